@@ -1,0 +1,38 @@
+# The two commands: `make run` (gateway + bundled engine on the default model) and `make test`
+# (every test). Both install what they need; nothing is fetched from a model hub.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/reasoning-gateway/target
+VENV ?= $(HOME)/.cache/reasoning-gateway/venv
+export RG_PYTHON ?= $(VENV)/bin/python
+CONFIG ?= configs/engine.yaml
+BIN := $(CARGO_TARGET_DIR)/release/reasoning-gateway
+
+.PHONY: run test deps models venv build check lint
+
+run: deps models build
+	$(BIN) serve --config $(CONFIG)
+
+test: deps models venv build
+	cargo nextest run --release --workspace --all-targets --no-fail-fast
+	$(BIN) check --config configs/engine.yaml
+	$(BIN) check --config configs/vllm.yaml
+
+# System packages: cmake builds libz-ng for Pingora; curl for the examples.
+deps:
+	@if ! command -v cmake >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake curl; fi
+
+models:
+	./scripts/fetch-models.sh
+
+# The official OpenAI Python SDK, used as a client by the end-to-end tests.
+venv:
+	@test -x $(RG_PYTHON) || python3 -m venv $(VENV)
+	@$(RG_PYTHON) -c 'import openai' 2>/dev/null || $(RG_PYTHON) -m pip install --quiet 'openai>=1.50,<3'
+
+build:
+	cargo build --release --workspace --all-targets
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --release --workspace --all-targets -- -D warnings

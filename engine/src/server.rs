@@ -1,0 +1,366 @@
+//! The engine's OpenAI API on a loopback listener: `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/models`, `/health`.
+//!
+//! Generation always runs as a mistral.rs stream. A client that goes away makes the next write
+//! fail, the response channel to mistral.rs is dropped, and mistral.rs cancels the sequence; a
+//! non-streamed response keeps that property by sending JSON-legal whitespace while it waits.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use mistralrs::{NormalRequest, Response as MrResponse};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::error::EngineError;
+use crate::load::Engine;
+use crate::request::{parse, Api, Generation};
+
+const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Tokens between whitespace heartbeats of a non-streamed response.
+const HEARTBEAT_EVERY: usize = 8;
+
+/// A response body fed from a channel; dropping it (client gone) closes the channel.
+pub struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+type Resp = Response<ChannelBody>;
+
+fn full(status: u16, content_type: &str, body: Vec<u8>) -> Resp {
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(Bytes::from(body));
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(ChannelBody(rx))
+        .unwrap_or_else(|_| Response::new(ChannelBody(mpsc::channel(1).1)))
+}
+
+fn error(e: &EngineError) -> Resp {
+    full(e.status(), "application/json", e.body())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let engine = engine.clone();
+                        async move { Ok::<_, Infallible>(handle(engine, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        }
+    }
+}
+
+async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Resp {
+    let name = engine.options.served_model_name.clone();
+    let api = match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/health") => return full(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+        ("GET", "/v1/models") => {
+            let v = json!({"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "reasoning-gateway-engine"}]});
+            return full(200, "application/json", serde_json::to_vec(&v).unwrap_or_default());
+        }
+        ("POST", "/v1/chat/completions") => Api::Chat,
+        ("POST", "/v1/completions") => Api::Completions,
+        _ => return full(404, "application/json", br#"{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":"unknown_url"}}"#.to_vec()),
+    };
+    let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(&EngineError::BadRequest {
+                param: None,
+                message: "the request body could not be read".into(),
+            })
+        }
+    };
+    let generation = match parse(api, &body, engine.options.max_context_tokens) {
+        Ok(g) => g,
+        Err(e) => return error(&e),
+    };
+    let mut rx = match start(&engine, &generation).await {
+        Ok(rx) => rx,
+        Err(e) => return error(&e),
+    };
+    // Wait for the first response so refusals (prompt too long, …) get a real status code.
+    let first = match rx.recv().await {
+        Some(MrResponse::ValidationError(e)) => {
+            return error(&EngineError::BadRequest {
+                param: None,
+                message: e.to_string(),
+            })
+        }
+        Some(MrResponse::InternalError(e)) => {
+            return error(&EngineError::Generation(e.to_string()))
+        }
+        Some(MrResponse::ModelError(e, _)) | Some(MrResponse::CompletionModelError(e, _)) => {
+            return error(&EngineError::Generation(e))
+        }
+        Some(r) => r,
+        None => {
+            return error(&EngineError::Generation(
+                "the engine stopped before answering".into(),
+            ))
+        }
+    };
+    let (tx, body_rx) = mpsc::channel(32);
+    let stream = generation.stream;
+    tokio::spawn(relay(first, rx, tx, api, generation, name));
+    let content_type = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .header("cache-control", "no-cache")
+        .body(ChannelBody(body_rx))
+        .unwrap_or_else(|_| Response::new(ChannelBody(mpsc::channel(1).1)))
+}
+
+async fn start(engine: &Engine, g: &Generation) -> Result<mpsc::Receiver<MrResponse>, EngineError> {
+    let (tx, rx) = mpsc::channel(64);
+    let request = mistralrs::Request::Normal(Box::new(NormalRequest {
+        messages: g.messages.clone(),
+        sampling_params: g.sampling.clone(),
+        response: tx,
+        return_logprobs: false,
+        is_streaming: true,
+        id: 0,
+        constraint: mistralrs::Constraint::None,
+        suffix: None,
+        tools: None,
+        tool_choice: None,
+        logits_processors: None,
+        return_raw_logits: false,
+        web_search_options: None,
+        model_id: None,
+        truncate_sequence: false,
+    }));
+    let sender = engine
+        .model
+        .inner()
+        .get_sender(None)
+        .map_err(|e| EngineError::Generation(e.to_string()))?;
+    sender
+        .send(request)
+        .await
+        .map_err(|e| EngineError::Generation(e.to_string()))?;
+    Ok(rx)
+}
+
+/// What a finished generation looked like.
+#[derive(Default)]
+struct Outcome {
+    text: String,
+    reasoning: String,
+    finish_reason: Option<String>,
+    usage: Option<Value>,
+    id: String,
+    created: u64,
+    tokens: usize,
+}
+
+/// Moves mistral.rs responses to the client; returns when done or when the client is gone.
+async fn relay(
+    first: MrResponse,
+    mut rx: mpsc::Receiver<MrResponse>,
+    tx: mpsc::Sender<Bytes>,
+    api: Api,
+    g: Generation,
+    name: String,
+) {
+    let mut out = Outcome {
+        created: now(),
+        ..Outcome::default()
+    };
+    let object = if api == Api::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let mut next = Some(first);
+    loop {
+        let resp = match next.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let (chunk, usage) = match resp {
+            MrResponse::Chunk(c) => {
+                let usage = c.usage.as_ref().map(|u| json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}));
+                (serde_json::to_value(&c).unwrap_or(Value::Null), usage)
+            }
+            MrResponse::CompletionChunk(c) => {
+                (serde_json::to_value(&c).unwrap_or(Value::Null), None)
+            }
+            MrResponse::InternalError(e) | MrResponse::ValidationError(e) => {
+                let err = EngineError::Generation(e.to_string());
+                let _ = tx.send(failure_bytes(&err, g.stream)).await;
+                return;
+            }
+            MrResponse::ModelError(e, _) | MrResponse::CompletionModelError(e, _) => {
+                let _ = tx
+                    .send(failure_bytes(&EngineError::Generation(e), g.stream))
+                    .await;
+                return;
+            }
+            _ => continue,
+        };
+        let Value::Object(mut chunk) = chunk else {
+            continue;
+        };
+        if usage.is_some() {
+            out.usage = usage;
+        }
+        chunk.remove("usage");
+        chunk.insert("model".into(), Value::String(name.clone()));
+        chunk.insert("object".into(), Value::String(object.into()));
+        chunk.insert("created".into(), Value::from(out.created));
+        if let Some(id) = chunk.get("id").and_then(Value::as_str) {
+            out.id = id.to_string();
+        }
+        let finished = absorb(&mut out, &chunk);
+        out.tokens += 1;
+        let sent = if g.stream {
+            tx.send(Bytes::from(format!("data: {}\n\n", Value::Object(chunk))))
+                .await
+        } else if out.tokens % HEARTBEAT_EVERY == 0 {
+            tx.send(Bytes::from_static(b" ")).await
+        } else {
+            Ok(())
+        };
+        if sent.is_err() {
+            tracing::debug!("The engine's client went away; generation is cancelled.");
+            return;
+        }
+        if finished {
+            break;
+        }
+    }
+    let _ = tx.send(Bytes::from(finale(&out, api, &g, &name))).await;
+}
+
+/// Folds one chunk into the outcome; true when it carried a finish reason.
+fn absorb(out: &mut Outcome, chunk: &Map<String, Value>) -> bool {
+    let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
+        return false;
+    };
+    let (text, reasoning) = match choice.get("delta") {
+        Some(d) => (d.get("content"), d.get("reasoning_content")),
+        None => (choice.get("text"), None),
+    };
+    out.text
+        .push_str(text.and_then(Value::as_str).unwrap_or(""));
+    out.reasoning
+        .push_str(reasoning.and_then(Value::as_str).unwrap_or(""));
+    match choice.get("finish_reason").and_then(Value::as_str) {
+        Some(r) => {
+            out.finish_reason = Some(r.to_string());
+            true
+        }
+        None => false,
+    }
+}
+
+/// The end of the response: usage chunk and `[DONE]` for streams, the whole JSON otherwise.
+fn finale(out: &Outcome, api: Api, g: &Generation, name: &str) -> Vec<u8> {
+    if g.stream {
+        let mut s = String::new();
+        if g.include_usage {
+            if let Some(u) = &out.usage {
+                let object = if api == Api::Chat {
+                    "chat.completion.chunk"
+                } else {
+                    "text_completion"
+                };
+                let v = json!({"id": out.id, "object": object, "created": out.created, "model": name, "choices": [], "usage": u});
+                s.push_str(&format!("data: {v}\n\n"));
+            }
+        }
+        s.push_str("data: [DONE]\n\n");
+        return s.into_bytes();
+    }
+    let finish = out.finish_reason.clone().unwrap_or_else(|| "stop".into());
+    let choice = match api {
+        Api::Chat => {
+            let mut message = json!({"role": "assistant", "content": out.text});
+            if !out.reasoning.is_empty() {
+                message["reasoning_content"] = Value::String(out.reasoning.clone());
+            }
+            json!({"index": 0, "message": message, "finish_reason": finish})
+        }
+        Api::Completions => json!({"index": 0, "text": out.text, "finish_reason": finish}),
+    };
+    let object = if api == Api::Chat {
+        "chat.completion"
+    } else {
+        "text_completion"
+    };
+    let mut v = json!({"id": out.id, "object": object, "created": out.created, "model": name, "choices": [choice]});
+    if let Some(u) = &out.usage {
+        v["usage"] = u.clone();
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// An error after the 200 was sent: an SSE error event, or an error JSON after the whitespace.
+fn failure_bytes(e: &EngineError, stream: bool) -> Bytes {
+    if stream {
+        let mut s = b"data: ".to_vec();
+        s.extend_from_slice(&e.body());
+        s.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        Bytes::from(s)
+    } else {
+        Bytes::from(e.body())
+    }
+}

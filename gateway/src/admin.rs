@@ -1,0 +1,120 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/config`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::json;
+
+use crate::state::Gateway;
+
+/// Serves the admin API on its own listener.
+pub struct AdminService {
+    gw: Arc<Gateway>,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+}
+
+impl AdminService {
+    /// Wraps an already bound listener (bound at start-up so address errors surface early).
+    pub fn new(gw: Arc<Gateway>, listener: std::net::TcpListener) -> Self {
+        AdminService {
+            gw,
+            listener: std::sync::Mutex::new(Some(listener)),
+        }
+    }
+}
+
+fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .unwrap_or_default()
+}
+
+/// Answers one admin request.
+pub fn handle(gw: &Gateway, method: &hyper::Method, path: &str) -> Response<Full<Bytes>> {
+    match (method.as_str(), path) {
+        ("GET", "/metrics") => response(200, "text/plain; version=0.0.4", gw.metrics.render()),
+        ("GET", "/healthz") => response(200, "text/plain", "ok\n"),
+        ("GET", "/readyz") => {
+            if gw.is_ready() {
+                response(200, "text/plain", "ready\n")
+            } else {
+                response(503, "text/plain", "not ready\n")
+            }
+        }
+        ("GET", "/admin/config") => {
+            let snap = gw.snapshot.load();
+            let pools: serde_json::Map<_, _> = snap
+                .pools
+                .iter()
+                .map(|(name, p)| {
+                    let eps: Vec<_> = p
+                        .endpoints
+                        .iter()
+                        .map(|e| json!({"address": e.addr.to_string(), "healthy": e.is_healthy(), "inflight": e.inflight()}))
+                        .collect();
+                    (name.clone(), json!(eps))
+                })
+                .collect();
+            let routes: Vec<_> = snap
+                .config
+                .routes
+                .iter()
+                .map(|r| json!({"name": r.name, "model": r.model, "upstream": r.upstream, "upstream_model": r.upstream_model}))
+                .collect();
+            let body = json!({"generation": snap.generation, "routes": routes, "upstreams": pools});
+            response(
+                200,
+                "application/json",
+                serde_json::to_vec(&body).unwrap_or_default(),
+            )
+        }
+        _ => response(404, "text/plain", "not found\n"),
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match std_listener
+            .set_nonblocking(true)
+            .and_then(|_| tokio::net::TcpListener::from_std(std_listener))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "The admin listener could not be started.");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let gw = self.gw.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let resp = handle(&gw, req.method(), req.uri().path());
+                            async move { Ok::<_, Infallible>(resp) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Configuration: the raw YAML types ([`raw`]) validated into the runtime [`Config`].
+//! Validation reports every error at once, each with its YAML path.
+
+pub mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use validate::{parse_duration, validate};
+
+/// Name of the upstream that stands for the bundled engine.
+pub const ENGINE_UPSTREAM: &str = "engine";
+/// Default request body limit.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// OpenAI-compatible listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Proxy worker threads.
+    pub threads: usize,
+    /// Bundled engine, when configured.
+    pub engine: Option<EngineConfig>,
+    /// Upstream pools (without the engine, which is added when it has started).
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes, first match wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Bundled engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Directory with the GGUF.
+    pub model_dir: PathBuf,
+    /// GGUF file name inside `model_dir`.
+    pub gguf: String,
+    /// Model name clients use.
+    pub served_model_name: String,
+    /// Loopback address to listen on (port 0: ephemeral).
+    pub listen: SocketAddr,
+    /// Most sequences decoded at once.
+    pub max_seqs: usize,
+    /// CPU threads for generation.
+    pub threads: usize,
+    /// Chat template override.
+    pub chat_template: Option<PathBuf>,
+    /// Largest prompt + completion length.
+    pub max_context_tokens: usize,
+}
+
+/// How a pool chooses an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Rotate through healthy endpoints.
+    RoundRobin,
+    /// Fewest requests in flight.
+    LeastLoaded,
+}
+
+/// Active health check of a pool.
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    /// Time between checks.
+    pub interval: Duration,
+    /// Longest a check may take.
+    pub timeout: Duration,
+    /// HTTP path to GET, or TCP connect when `None`.
+    pub path: Option<String>,
+}
+
+/// One upstream pool.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Pool name.
+    pub name: String,
+    /// Resolved endpoint addresses with the text the user wrote (used as `Host`).
+    pub endpoints: Vec<(SocketAddr, String)>,
+    /// Endpoint choice.
+    pub balance: Balance,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle read timeout.
+    pub read_timeout: Duration,
+    /// Health checks.
+    pub health_check: HealthCheckConfig,
+}
+
+/// Where reasoning is found in the upstream's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParserKind {
+    /// `<think>…</think>` in content (DeepSeek-R1 and distills, QwQ).
+    DeepseekR1,
+    /// Qwen3 thinking: the same tags; thinking may be switched off per request.
+    Qwen3,
+    /// Forward the upstream byte for byte.
+    Passthrough,
+    /// Never look for tags; only map fields the upstream already split.
+    None,
+}
+
+/// Which delta/message field carries reasoning to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputField {
+    /// `reasoning_content` (DeepSeek API, SGLang, older vLLM).
+    ReasoningContent,
+    /// `reasoning` (vLLM ≥ 0.16, OpenRouter).
+    Reasoning,
+    /// Both fields, same text.
+    Both,
+}
+
+/// Reasoning settings of a route.
+#[derive(Debug, Clone)]
+pub struct ReasoningConfig {
+    /// Parser.
+    pub parser: ParserKind,
+    /// Output starts inside `<think>`.
+    pub start_in_reasoning: bool,
+    /// Output field.
+    pub output_field: OutputField,
+}
+
+impl Default for ReasoningConfig {
+    fn default() -> Self {
+        ReasoningConfig {
+            parser: ParserKind::DeepseekR1,
+            start_in_reasoning: false,
+            output_field: OutputField::ReasoningContent,
+        }
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Route name (metrics label, `x-gateway-route`).
+    pub name: String,
+    /// Model pattern.
+    pub model: String,
+    /// Upstream pool name.
+    pub upstream: String,
+    /// Model name sent upstream.
+    pub upstream_model: Option<String>,
+    /// Reasoning split.
+    pub reasoning: ReasoningConfig,
+}
+
+/// Errors of loading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// YAML syntax or type errors, or validation errors, one line each.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        // serde_yaml prefixes the parent's path; the full path from serde_path_to_error replaces it.
+        let msg = match msg.split_once(": ") {
+            Some((head, rest)) if !head.contains(' ') => rest.to_string(),
+            _ => msg,
+        };
+        ConfigError::Invalid(vec![if path == "." {
+            msg
+        } else {
+            format!("{path}: {msg}")
+        }])
+    })?;
+    validate(raw).map_err(ConfigError::Invalid)
+}

@@ -1,0 +1,114 @@
+//! The YAML file as written by users: serde types with `deny_unknown_fields`, no validation.
+//! [`super::validate`] turns them into the runtime [`super::Config`].
+
+use serde::Deserialize;
+
+/// The whole gateway configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address of the OpenAI-compatible listener, e.g. `127.0.0.1:8080`.
+    pub listen: Option<String>,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/admin/*`).
+    pub admin_listen: Option<String>,
+    /// Largest accepted request body, in bytes (default 16 MiB). Larger bodies get 413.
+    pub max_body_bytes: Option<u64>,
+    /// Worker threads of the proxy (default: the number of CPUs).
+    pub threads: Option<usize>,
+    /// The bundled mistral.rs engine, served as upstream `engine`.
+    pub engine: Option<RawEngine>,
+    /// Named pools of OpenAI-compatible backends.
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    /// Model name → upstream routes, first match wins.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// The bundled engine section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngine {
+    /// Local directory holding the GGUF file (never a hub id).
+    pub model_dir: String,
+    /// File name of the GGUF inside `model_dir`.
+    pub gguf: String,
+    /// The model name clients use and responses report.
+    pub served_model_name: String,
+    /// Loopback address the engine listens on (default: an ephemeral port on 127.0.0.1).
+    pub listen: Option<String>,
+    /// Most sequences decoded at once (default 8).
+    pub max_seqs: Option<usize>,
+    /// CPU threads for generation (default: the number of CPUs).
+    pub threads: Option<usize>,
+    /// A Jinja chat template file overriding the one in the GGUF.
+    pub chat_template: Option<String>,
+    /// Largest context (prompt + completion tokens) accepted (default 4096).
+    pub max_context_tokens: Option<usize>,
+}
+
+/// One named upstream pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Name used by routes; `engine` is reserved for the bundled engine.
+    pub name: String,
+    /// `host:port` endpoints of the pool.
+    pub endpoints: Vec<String>,
+    /// `round_robin` (default) or `least_loaded`.
+    pub balance: Option<String>,
+    /// Longest wait for a TCP connection (default `2s`).
+    pub connect_timeout: Option<String>,
+    /// Longest silence while reading the response (default `300s`).
+    pub read_timeout: Option<String>,
+    /// Active health checks.
+    pub health_check: Option<RawHealthCheck>,
+}
+
+/// Active health-check settings of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Time between checks (default `5s`).
+    pub interval: Option<String>,
+    /// Longest a check may take (default `1s`).
+    pub timeout: Option<String>,
+    /// HTTP path to GET (2xx = healthy); without it a TCP connect is the check.
+    pub path: Option<String>,
+}
+
+/// One route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// The request's `model`, exact or a glob with `*` and `?`.
+    pub model: String,
+    /// Name of the upstream pool, or `engine`.
+    pub upstream: String,
+    /// Rewrite of `model` sent upstream.
+    pub upstream_model: Option<String>,
+    /// Route name used in metrics and `x-gateway-route` (default: `model`).
+    pub name: Option<String>,
+    /// How reasoning is split from the answer.
+    pub reasoning: Option<RawReasoning>,
+    /// Reasoning cache settings (not available in this version).
+    pub cache: Option<serde_yaml::Value>,
+    /// Canary split settings (not available in this version).
+    pub canary: Option<serde_yaml::Value>,
+}
+
+/// Reasoning settings of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReasoning {
+    /// `deepseek_r1` | `qwen3` | `passthrough` | `none`.
+    pub parser: Option<String>,
+    /// The chat template already opened `<think>`: output starts inside reasoning.
+    pub start_in_reasoning: Option<bool>,
+    /// `reasoning_content` | `reasoning` | `both`.
+    pub output_field: Option<String>,
+    /// Longest silence between tokens while reasoning (not enforced in this version).
+    pub step_timeout: Option<String>,
+    /// Reasoning budget in tokens (not enforced in this version).
+    pub max_reasoning_tokens: Option<u64>,
+}

@@ -1,0 +1,341 @@
+//! Raw → runtime config. Every problem is collected with its YAML path; nothing stops early.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::*;
+use super::*;
+
+/// Parses `250ms`, `10s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs))
+}
+
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn push(&mut self, path: &str, msg: impl std::fmt::Display) {
+        self.0.push(format!("{path}: {msg}"));
+    }
+
+    fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s) {
+                Some(d) if !d.is_zero() => d,
+                _ => {
+                    self.push(
+                        path,
+                        format!("`{s}` is not a positive duration (e.g. 500ms, 10s, 5m)"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn addr(&mut self, path: &str, v: &Option<String>, default: &str) -> SocketAddr {
+        let text = v.as_deref().unwrap_or(default);
+        match text.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.push(path, format!("`{text}` is not an IP:port address"));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        }
+    }
+}
+
+/// Validates a parsed file; returns every error found.
+pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
+    let mut errs = Errors(Vec::new());
+    let listen = errs.addr("listen", &raw.listen, "127.0.0.1:8080");
+    let admin_listen = errs.addr("admin_listen", &raw.admin_listen, "127.0.0.1:9090");
+    if listen == admin_listen && listen.port() != 0 {
+        errs.push("admin_listen", "must differ from `listen`");
+    }
+    let max_body_bytes = match raw.max_body_bytes {
+        Some(0) => {
+            errs.push("max_body_bytes", "must be greater than 0");
+            DEFAULT_MAX_BODY_BYTES
+        }
+        Some(n) => n as usize,
+        None => DEFAULT_MAX_BODY_BYTES,
+    };
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = match raw.threads {
+        Some(0) => {
+            errs.push("threads", "must be at least 1");
+            cpus
+        }
+        Some(n) => n,
+        None => cpus,
+    };
+
+    let engine = raw.engine.as_ref().map(|e| engine(&mut errs, e, cpus));
+
+    let mut names = HashSet::new();
+    let mut upstreams = Vec::new();
+    for (i, u) in raw.upstreams.iter().enumerate() {
+        let path = format!("upstreams[{i}]");
+        if u.name == ENGINE_UPSTREAM {
+            errs.push(
+                &format!("{path}.name"),
+                "`engine` is reserved for the bundled engine",
+            );
+        } else if u.name.is_empty() {
+            errs.push(&format!("{path}.name"), "must not be empty");
+        } else if !names.insert(u.name.clone()) {
+            errs.push(
+                &format!("{path}.name"),
+                format!("duplicate upstream `{}`", u.name),
+            );
+        }
+        upstreams.push(upstream(&mut errs, &path, u));
+    }
+    if engine.is_some() {
+        names.insert(ENGINE_UPSTREAM.to_string());
+    }
+
+    if raw.routes.is_empty() {
+        errs.push("routes", "at least one route is needed");
+    }
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if r.model.is_empty() {
+            errs.push(&format!("{path}.model"), "must not be empty");
+        }
+        if !names.contains(&r.upstream) {
+            let hint = if r.upstream == ENGINE_UPSTREAM {
+                " (add an `engine:` section)"
+            } else {
+                ""
+            };
+            errs.push(
+                &format!("{path}.upstream"),
+                format!("unknown upstream `{}`{hint}", r.upstream),
+            );
+        }
+        if r.cache.is_some() {
+            errs.push(
+                &format!("{path}.cache"),
+                "the reasoning cache is not available in this version",
+            );
+        }
+        if r.canary.is_some() {
+            errs.push(
+                &format!("{path}.canary"),
+                "canary routing is not available in this version",
+            );
+        }
+        let name = r.name.clone().unwrap_or_else(|| r.model.clone());
+        if !route_names.insert(name.clone()) {
+            errs.push(
+                &format!("{path}.name"),
+                format!("duplicate route name `{name}`"),
+            );
+        }
+        let reasoning = r
+            .reasoning
+            .as_ref()
+            .map(|x| reasoning(&mut errs, &format!("{path}.reasoning"), x))
+            .unwrap_or_default();
+        routes.push(RouteConfig {
+            name,
+            model: r.model.clone(),
+            upstream: r.upstream.clone(),
+            upstream_model: r.upstream_model.clone(),
+            reasoning,
+        });
+    }
+
+    if errs.0.is_empty() {
+        Ok(Config {
+            listen,
+            admin_listen,
+            max_body_bytes,
+            threads,
+            engine,
+            upstreams,
+            routes,
+        })
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn engine(errs: &mut Errors, e: &RawEngine, cpus: usize) -> EngineConfig {
+    let model_dir = PathBuf::from(&e.model_dir);
+    if e.served_model_name.is_empty() {
+        errs.push("engine.served_model_name", "must not be empty");
+    }
+    if e.gguf.is_empty() || !e.gguf.ends_with(".gguf") {
+        errs.push(
+            "engine.gguf",
+            format!("`{}` is not a .gguf file name", e.gguf),
+        );
+    }
+    let listen = errs.addr("engine.listen", &e.listen, "127.0.0.1:0");
+    if !listen.ip().is_loopback() {
+        errs.push("engine.listen", "the engine listens on loopback only");
+    }
+    let positive = |errs: &mut Errors, path: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => {
+            errs.push(path, "must be at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    EngineConfig {
+        model_dir,
+        gguf: e.gguf.clone(),
+        served_model_name: e.served_model_name.clone(),
+        listen,
+        max_seqs: positive(errs, "engine.max_seqs", e.max_seqs, 8),
+        threads: positive(errs, "engine.threads", e.threads, cpus),
+        chat_template: e.chat_template.as_ref().map(PathBuf::from),
+        max_context_tokens: positive(
+            errs,
+            "engine.max_context_tokens",
+            e.max_context_tokens,
+            4096,
+        ),
+    }
+}
+
+fn upstream(errs: &mut Errors, path: &str, u: &RawUpstream) -> UpstreamConfig {
+    if u.endpoints.is_empty() {
+        errs.push(
+            &format!("{path}.endpoints"),
+            "at least one endpoint is needed",
+        );
+    }
+    let mut endpoints = Vec::new();
+    for (j, ep) in u.endpoints.iter().enumerate() {
+        match ep.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => endpoints.push((addr, ep.clone())),
+            _ => errs.push(
+                &format!("{path}.endpoints[{j}]"),
+                format!("`{ep}` is not a resolvable host:port"),
+            ),
+        }
+    }
+    let balance = match u.balance.as_deref() {
+        None | Some("round_robin") => Balance::RoundRobin,
+        Some("least_loaded") => Balance::LeastLoaded,
+        Some(other) => {
+            errs.push(
+                &format!("{path}.balance"),
+                format!("`{other}` is not one of round_robin, least_loaded"),
+            );
+            Balance::RoundRobin
+        }
+    };
+    let hc = u.health_check.as_ref();
+    let health_check = HealthCheckConfig {
+        interval: errs.duration(
+            &format!("{path}.health_check.interval"),
+            &hc.and_then(|h| h.interval.clone()),
+            Duration::from_secs(5),
+        ),
+        timeout: errs.duration(
+            &format!("{path}.health_check.timeout"),
+            &hc.and_then(|h| h.timeout.clone()),
+            Duration::from_secs(1),
+        ),
+        path: hc.and_then(|h| h.path.clone()),
+    };
+    if let Some(p) = &health_check.path {
+        if !p.starts_with('/') || p.contains(char::is_whitespace) {
+            errs.push(
+                &format!("{path}.health_check.path"),
+                format!("`{p}` is not an absolute path"),
+            );
+        }
+    }
+    UpstreamConfig {
+        name: u.name.clone(),
+        endpoints,
+        balance,
+        connect_timeout: errs.duration(
+            &format!("{path}.connect_timeout"),
+            &u.connect_timeout,
+            Duration::from_secs(2),
+        ),
+        read_timeout: errs.duration(
+            &format!("{path}.read_timeout"),
+            &u.read_timeout,
+            Duration::from_secs(300),
+        ),
+        health_check,
+    }
+}
+
+fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig {
+    let parser = match r.parser.as_deref() {
+        None | Some("deepseek_r1") => ParserKind::DeepseekR1,
+        Some("qwen3") => ParserKind::Qwen3,
+        Some("passthrough") => ParserKind::Passthrough,
+        Some("none") => ParserKind::None,
+        Some(other) => {
+            errs.push(
+                &format!("{path}.parser"),
+                format!("`{other}` is not one of deepseek_r1, qwen3, passthrough, none"),
+            );
+            ParserKind::DeepseekR1
+        }
+    };
+    let output_field = match r.output_field.as_deref() {
+        None | Some("reasoning_content") => OutputField::ReasoningContent,
+        Some("reasoning") => OutputField::Reasoning,
+        Some("both") => OutputField::Both,
+        Some(other) => {
+            errs.push(
+                &format!("{path}.output_field"),
+                format!("`{other}` is not one of reasoning_content, reasoning, both"),
+            );
+            OutputField::ReasoningContent
+        }
+    };
+    if r.step_timeout.is_some() {
+        errs.push(
+            &format!("{path}.step_timeout"),
+            "step timeouts are not available in this version",
+        );
+    }
+    if r.max_reasoning_tokens.is_some() {
+        errs.push(
+            &format!("{path}.max_reasoning_tokens"),
+            "reasoning budgets are not available in this version",
+        );
+    }
+    ReasoningConfig {
+        parser,
+        start_in_reasoning: r.start_in_reasoning.unwrap_or(false),
+        output_field,
+    }
+}
+
+#[cfg(test)]
+mod tests;

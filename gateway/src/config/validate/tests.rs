@@ -1,0 +1,105 @@
+use crate::config::{parse, Balance, ConfigError, OutputField, ParserKind};
+
+fn errors(yaml: &str) -> Vec<String> {
+    match parse(yaml) {
+        Err(ConfigError::Invalid(e)) => e,
+        other => panic!("expected validation errors, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_full_config_validates_into_runtime_types() {
+    let c = parse(
+        r#"
+listen: 127.0.0.1:18080
+admin_listen: 127.0.0.1:19090
+upstreams:
+  - name: vllm
+    endpoints: ["127.0.0.1:8000", "localhost:8001"]
+    balance: least_loaded
+    health_check: { interval: 250ms, path: /health }
+routes:
+  - model: deepseek-*
+    upstream: vllm
+    upstream_model: deepseek-ai/DeepSeek-R1-Distill-Qwen-7B
+    reasoning: { parser: qwen3, start_in_reasoning: true, output_field: both }
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.listen.port(), 18080);
+    assert_eq!(c.upstreams[0].balance, Balance::LeastLoaded);
+    assert_eq!(c.upstreams[0].endpoints.len(), 2);
+    assert_eq!(c.upstreams[0].health_check.interval.as_millis(), 250);
+    let r = &c.routes[0];
+    assert_eq!(r.name, "deepseek-*");
+    assert_eq!(r.reasoning.parser, ParserKind::Qwen3);
+    assert!(r.reasoning.start_in_reasoning);
+    assert_eq!(r.reasoning.output_field, OutputField::Both);
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_path() {
+    let e = errors("routes:\n  - model: a\n    upstream: u\n    colour: red\n");
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("routes[0].colour: unknown field `colour`"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn every_validation_error_is_reported_at_once() {
+    let e = errors(
+        r#"
+listen: nowhere
+upstreams:
+  - name: engine
+    endpoints: []
+    balance: random
+    read_timeout: soon
+routes:
+  - model: m
+    upstream: missing
+    reasoning: { parser: magic, output_field: thoughts }
+  - model: e
+    upstream: engine
+"#,
+    );
+    let expect = [
+        "listen: `nowhere`",
+        "upstreams[0].name: `engine` is reserved",
+        "upstreams[0].endpoints: at least one",
+        "upstreams[0].balance: `random`",
+        "upstreams[0].read_timeout: `soon`",
+        "routes[0].upstream: unknown upstream `missing`",
+        "routes[0].reasoning.parser: `magic`",
+        "routes[0].reasoning.output_field: `thoughts`",
+        "routes[1].upstream: unknown upstream `engine` (add an `engine:` section)",
+    ];
+    for want in expect {
+        assert!(
+            e.iter().any(|l| l.starts_with(want)),
+            "missing {want:?} in {e:#?}"
+        );
+    }
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+}
+
+#[test]
+fn features_of_later_versions_are_refused_not_ignored() {
+    let e = errors(
+        "upstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\nroutes:\n  - model: m\n    upstream: u\n    cache: {enabled: true}\n",
+    );
+    assert!(e[0].starts_with("routes[0].cache:"), "{e:?}");
+}
+
+#[test]
+fn durations_parse_with_units() {
+    use super::parse_duration;
+    assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
+    assert_eq!(parse_duration("10s").unwrap().as_secs(), 10);
+    assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
+    assert_eq!(parse_duration("3").unwrap().as_secs(), 3);
+    assert!(parse_duration("10 parsecs").is_none());
+    assert!(parse_duration("-1s").is_none());
+}

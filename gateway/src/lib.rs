@@ -1,0 +1,15 @@
+//! reasoning-gateway: a Pingora sidecar proxy and observability layer for reasoning LLMs.
+
+pub mod admin;
+pub mod config;
+#[cfg(feature = "engine")]
+pub mod engine;
+pub mod metrics;
+pub mod openai;
+pub mod proxy;
+pub mod reasoning;
+pub mod routing;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;

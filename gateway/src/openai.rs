@@ -1,0 +1,323 @@
+//! The OpenAI wire format as the gateway needs it: endpoints, request checks, error bodies.
+
+use serde_json::{json, Map, Value};
+
+/// The API endpoints the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`
+    ChatCompletions,
+    /// `POST /v1/completions`
+    Completions,
+    /// `GET /v1/models`
+    Models,
+}
+
+impl Endpoint {
+    /// Recognises a method and path (query string excluded).
+    pub fn from_request(method: &str, path: &str) -> Result<Endpoint, ApiError> {
+        let path = path.trim_end_matches('/');
+        let (endpoint, wanted) = match path {
+            "/v1/chat/completions" => (Endpoint::ChatCompletions, "POST"),
+            "/v1/completions" => (Endpoint::Completions, "POST"),
+            "/v1/models" => (Endpoint::Models, "GET"),
+            _ => return Err(ApiError::unknown_url(method, path)),
+        };
+        if method != wanted {
+            return Err(ApiError::new(
+                405,
+                ErrorKind::InvalidRequest,
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}; use {wanted}"),
+            ));
+        }
+        Ok(endpoint)
+    }
+
+    /// Label value for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Models => "models",
+        }
+    }
+}
+
+/// OpenAI error `type` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The client's request is wrong.
+    InvalidRequest,
+    /// Something failed on the server or upstream side.
+    Server,
+}
+
+impl ErrorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::Server => "server_error",
+        }
+    }
+}
+
+/// An error answered to the client in OpenAI shape.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// OpenAI `type`.
+    pub kind: ErrorKind,
+    /// OpenAI `code` (a fixed identifier, also used as a log field).
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// The request field at fault.
+    pub param: Option<&'static str>,
+}
+
+impl ApiError {
+    /// A new error without `param`.
+    pub fn new(
+        status: u16,
+        kind: ErrorKind,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// A 400 about one request field.
+    pub fn invalid_param(param: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            param: Some(param),
+            ..ApiError::new(400, ErrorKind::InvalidRequest, "invalid_value", message)
+        }
+    }
+
+    /// 404 for a path the gateway does not serve.
+    pub fn unknown_url(method: &str, path: &str) -> Self {
+        ApiError::new(
+            404,
+            ErrorKind::InvalidRequest,
+            "unknown_url",
+            format!("Invalid URL ({method} {path})"),
+        )
+    }
+
+    /// 404 for a model no route matches.
+    pub fn model_not_found(model: &str) -> Self {
+        ApiError {
+            param: Some("model"),
+            ..ApiError::new(
+                404,
+                ErrorKind::InvalidRequest,
+                "model_not_found",
+                format!("The model `{model}` does not exist or you do not have access to it."),
+            )
+        }
+    }
+
+    /// 413 for a body over the limit.
+    pub fn body_too_large(limit: usize) -> Self {
+        ApiError::new(
+            413,
+            ErrorKind::InvalidRequest,
+            "request_too_large",
+            format!("The request body exceeds the gateway's limit of {limit} bytes."),
+        )
+    }
+
+    /// The JSON body `{"error":{…}}`.
+    pub fn body(&self) -> Vec<u8> {
+        let v = json!({"error": {
+            "message": self.message,
+            "type": self.kind.as_str(),
+            "param": self.param,
+            "code": self.code,
+        }});
+        // Serialising a `json!` value cannot fail.
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+
+    /// The same error as one SSE event followed by `[DONE]`, for streams already under way.
+    pub fn sse_event(&self) -> Vec<u8> {
+        let mut out = b"data: ".to_vec();
+        out.extend_from_slice(&self.body());
+        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        out
+    }
+}
+
+/// What the gateway needs to know about a request body.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    /// The parsed body.
+    pub body: Map<String, Value>,
+    /// `model`.
+    pub model: String,
+    /// `stream: true`.
+    pub stream: bool,
+}
+
+/// Parses and type-checks a chat/completions request body.
+pub fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<RequestInfo, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            400,
+            ErrorKind::InvalidRequest,
+            "invalid_json",
+            format!("We could not parse the JSON body of your request: {e}"),
+        )
+    })?;
+    let Value::Object(body) = value else {
+        return Err(ApiError::new(
+            400,
+            ErrorKind::InvalidRequest,
+            "invalid_json",
+            "The request body must be a JSON object.",
+        ));
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(ApiError {
+                code: "missing_required_parameter",
+                ..ApiError::invalid_param("model", "you must provide a model parameter")
+            })
+        }
+        Some(_) => return Err(ApiError::invalid_param("model", "`model` must be a string")),
+    };
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "stream",
+                "`stream` must be a boolean",
+            ))
+        }
+    };
+    match endpoint {
+        Endpoint::ChatCompletions => check_messages(body.get("messages"))?,
+        Endpoint::Completions => check_prompt(body.get("prompt"))?,
+        Endpoint::Models => {}
+    }
+    check_types(&body)?;
+    Ok(RequestInfo {
+        body,
+        model,
+        stream,
+    })
+}
+
+fn check_messages(v: Option<&Value>) -> Result<(), ApiError> {
+    let Some(Value::Array(msgs)) = v else {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "`messages` must be an array of message objects",
+        ));
+    };
+    if msgs.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    for m in msgs {
+        let ok = m
+            .as_object()
+            .is_some_and(|o| o.get("role").is_some_and(Value::is_string));
+        if !ok {
+            return Err(ApiError::invalid_param(
+                "messages",
+                "each message must be an object with a string `role`",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_prompt(v: Option<&Value>) -> Result<(), ApiError> {
+    match v {
+        Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(items)) if !items.is_empty() => Ok(()),
+        _ => Err(ApiError::invalid_param(
+            "prompt",
+            "`prompt` must be a string or a non-empty array",
+        )),
+    }
+}
+
+fn check_types(body: &Map<String, Value>) -> Result<(), ApiError> {
+    let non_negative_int = ["max_tokens", "max_completion_tokens", "n"];
+    for key in non_negative_int {
+        if let Some(v) = body.get(key).filter(|v| !v.is_null()) {
+            if v.as_u64().is_none() {
+                return Err(ApiError::invalid_param(
+                    key,
+                    format!("`{key}` must be a non-negative integer"),
+                ));
+            }
+        }
+    }
+    for key in [
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+    ] {
+        if let Some(v) = body.get(key).filter(|v| !v.is_null()) {
+            if !v.is_number() {
+                return Err(ApiError::invalid_param(
+                    key,
+                    format!("`{key}` must be a number"),
+                ));
+            }
+        }
+    }
+    if let Some(v) = body.get("seed").filter(|v| !v.is_null()) {
+        if v.as_i64().is_none() && v.as_u64().is_none() {
+            return Err(ApiError::invalid_param("seed", "`seed` must be an integer"));
+        }
+    }
+    if let Some(v) = body.get("stop").filter(|v| !v.is_null()) {
+        let ok = v.is_string()
+            || v.as_array()
+                .is_some_and(|a| a.len() <= 4 && a.iter().all(Value::is_string));
+        if !ok {
+            return Err(ApiError::invalid_param(
+                "stop",
+                "`stop` must be a string or up to 4 strings",
+            ));
+        }
+    }
+    if let Some(v) = body.get("stream_options").filter(|v| !v.is_null()) {
+        if !v.is_object() {
+            return Err(ApiError::invalid_param(
+                "stream_options",
+                "`stream_options` must be an object",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The body of `GET /v1/models`.
+pub fn models_body<'a>(names: impl Iterator<Item = &'a str>) -> Vec<u8> {
+    let data: Vec<Value> = names
+        .map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "reasoning-gateway"}))
+        .collect();
+    serde_json::to_vec(&json!({"object": "list", "data": data})).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,313 @@
+//! The Pingora `ProxyHttp` implementation. Each phase only dispatches to a module.
+
+mod context;
+pub mod intake;
+mod log;
+mod respond;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::{Error, ErrorType};
+
+pub use context::RequestCtx;
+
+use crate::openai::{models_body, ApiError, Endpoint, ErrorKind};
+use crate::reasoning::ResponseRewriter;
+use crate::state::Gateway;
+
+/// The OpenAI-compatible proxy.
+pub struct GatewayProxy {
+    gw: Arc<Gateway>,
+}
+
+impl GatewayProxy {
+    /// A proxy over the shared gateway state.
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        GatewayProxy { gw }
+    }
+
+    /// Everything before choosing a peer. `Ok(true)`: the response was written here.
+    async fn intake(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        let header = session.req_header();
+        let endpoint = match Endpoint::from_request(header.method.as_str(), header.uri.path()) {
+            Ok(e) => e,
+            Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
+        };
+        ctx.endpoint = Some(endpoint);
+        let snapshot = self.gw.snapshot.load_full();
+        ctx.snapshot = Some(snapshot.clone());
+        if endpoint == Endpoint::Models {
+            let body = models_body(snapshot.routes.model_names());
+            return respond::json(session, ctx, 200, body).await.map(|_| true);
+        }
+        let body = match intake::read_body(session, snapshot.config.max_body_bytes).await {
+            Ok(b) => b,
+            Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
+        };
+        ctx.request_bytes = body.len();
+        let routed = match intake::route(&snapshot, endpoint, body) {
+            Ok(r) => r,
+            Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
+        };
+        ctx.stream_requested = routed.info.stream;
+        ctx.route = Some(routed.route);
+        ctx.pool = Some(routed.pool);
+        ctx.upstream_body = routed.upstream_body;
+        Ok(false)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        ctx.start = Instant::now();
+        ctx._inflight = Some(context::InflightRequest::new(self.gw.clone()));
+        ctx.request_id = intake::request_id(session);
+        self.intake(session, ctx).await
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let pool = ctx
+            .pool
+            .clone()
+            .ok_or_else(|| Error::new(ErrorType::InternalError))?;
+        let Some((index, guard)) = pool.pick(&ctx.tried) else {
+            let err = ApiError::new(
+                503,
+                ErrorKind::Server,
+                "no_healthy_upstream",
+                format!(
+                    "No healthy endpoint left in upstream `{}`.",
+                    pool.config.name
+                ),
+            );
+            ctx.error = Some(err);
+            ctx.upstream_error = Some("no_healthy_endpoint");
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no healthy upstream endpoint",
+            ));
+        };
+        ctx.tried.push(index);
+        let ep = guard.endpoint.clone();
+        ctx.endpoint_guard = Some(guard);
+        let mut peer = HttpPeer::new(ep.addr, false, String::new());
+        peer.options.connection_timeout = Some(pool.config.connect_timeout);
+        peer.options.total_connection_timeout = Some(pool.config.connect_timeout);
+        peer.options.read_timeout = Some(pool.config.read_timeout);
+        peer.options.write_timeout = Some(pool.config.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.gw
+            .metrics
+            .upstream_errors_total
+            .with_label_values(&[ctx.upstream_label(), "connect"])
+            .inc();
+        if let Some(guard) = ctx.endpoint_guard.take() {
+            if guard.endpoint.set_healthy(false) {
+                tracing::warn!(request_id = %ctx.request_id, endpoint = %guard.endpoint.addr, "Connecting to an upstream endpoint failed; it is out of rotation until its health check passes.");
+            }
+        }
+        // Nothing has reached the client yet, so another endpoint may be tried.
+        let more = ctx.pool.as_ref().is_some_and(|p| {
+            p.endpoints
+                .iter()
+                .enumerate()
+                .any(|(i, ep)| !ctx.tried.contains(&i) && ep.is_healthy())
+        });
+        e.set_retry(more);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer {}", peer.address()));
+        // The whole body is held in `ctx`, so even a POST can be resent; Pingora decides
+        // whether the error allows it (a stale pooled connection does), but never once the
+        // client has seen response bytes.
+        if session.response_written().is_some() || ctx.first_byte_at.is_some() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // The body was read whole in `request_filter`; Pingora replays only its tail (see
+        // `intake::read_body`), which is swapped for the full, possibly rewritten, body.
+        *body = end_of_stream.then(|| ctx.upstream_body.clone());
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        req.remove_header("transfer-encoding");
+        req.insert_header("content-length", ctx.upstream_body.len().to_string())?;
+        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // The reasoning parser reads the response, so it must arrive uncompressed.
+        req.remove_header("accept-encoding");
+        if let Some(guard) = &ctx.endpoint_guard {
+            req.insert_header("host", guard.endpoint.host.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let status = resp.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if status >= 500 {
+            ctx.upstream_error = Some("status_5xx");
+        }
+        let content_type = resp
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if let (Some(route), Some(endpoint)) = (&ctx.route, ctx.endpoint) {
+            ctx.rewriter =
+                ResponseRewriter::for_response(&route.reasoning, endpoint, status, content_type);
+        }
+        if ctx.rewriter.is_some() {
+            resp.remove_header("content-length");
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(route) = &ctx.route {
+            resp.insert_header("x-gateway-route", route.name.as_str())?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        if ctx.first_byte_at.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
+            ctx.first_byte_at = Some(Instant::now());
+        }
+        if let Some(rw) = ctx.rewriter.as_mut() {
+            let mut out = body.take().map(|b| rw.feed(&b)).unwrap_or_default();
+            if end_of_stream {
+                out.extend_from_slice(&rw.finish());
+            }
+            *body = Some(Bytes::from(out));
+        }
+        ctx.response_bytes += body.as_ref().map_or(0, Bytes::len);
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let classified = match ctx.error.clone() {
+            Some(err) => Some((err, ctx.upstream_error.unwrap_or("status"))),
+            None => respond::classify(e),
+        };
+        let Some((err, kind)) = classified else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if kind != "status" && kind != "internal" {
+            ctx.upstream_error = Some(kind);
+        }
+        let code = err.status;
+        if session.response_written().is_some() {
+            // Headers (and maybe part of the body) are out: a stream gets a final error event
+            // and `[DONE]` so SDKs end cleanly; anything else can only be cut short.
+            let streaming = ctx
+                .rewriter
+                .as_ref()
+                .map_or(ctx.stream_requested, ResponseRewriter::is_stream);
+            if streaming {
+                let mut tail = ctx
+                    .rewriter
+                    .as_mut()
+                    .map(|rw| rw.abort())
+                    .unwrap_or_default();
+                tail.extend_from_slice(&err.sse_event());
+                ctx.response_bytes += tail.len();
+                let _ = session
+                    .write_response_body(Some(Bytes::from(tail)), true)
+                    .await;
+            }
+            ctx.error = Some(err);
+        } else if let Err(write_err) = respond::error(session, ctx, err).await {
+            tracing::debug!(request_id = %ctx.request_id, error = %write_err, "Writing the error response failed.");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        log::record(&self.gw, session, e, ctx);
+    }
+}

@@ -1,0 +1,114 @@
+//! Per-request state shared by the proxy phases.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::config::RouteConfig;
+use crate::openai::{ApiError, Endpoint};
+use crate::reasoning::ResponseRewriter;
+use crate::state::{Gateway, Snapshot};
+use crate::upstream::{InflightGuard, Pool};
+
+/// Decrements `inflight_requests` when the request ends, however it ends.
+pub struct InflightRequest(Arc<Gateway>);
+
+impl InflightRequest {
+    /// Counts one request in.
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        gw.metrics.inflight_requests.inc();
+        InflightRequest(gw)
+    }
+}
+
+impl Drop for InflightRequest {
+    fn drop(&mut self) {
+        self.0.metrics.inflight_requests.dec();
+    }
+}
+
+/// Everything one request carries from phase to phase.
+pub struct RequestCtx {
+    /// When the request arrived (after its header was read).
+    pub start: Instant,
+    /// Kept from the client's `x-request-id` or generated.
+    pub request_id: String,
+    /// Keeps `inflight_requests` right.
+    pub _inflight: Option<InflightRequest>,
+    /// The API endpoint, once recognised.
+    pub endpoint: Option<Endpoint>,
+    /// The config generation this request runs on, start to end.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// The matched route.
+    pub route: Option<Arc<RouteConfig>>,
+    /// The route's pool.
+    pub pool: Option<Arc<Pool>>,
+    /// The body sent upstream (possibly rewritten).
+    pub upstream_body: Bytes,
+    /// Request size as received.
+    pub request_bytes: usize,
+    /// `stream: true` in the request.
+    pub stream_requested: bool,
+    /// Endpoint indices already tried (connect failures).
+    pub tried: Vec<usize>,
+    /// The endpoint in use.
+    pub endpoint_guard: Option<InflightGuard>,
+    /// Upstream response status.
+    pub upstream_status: Option<u16>,
+    /// Status of a response the gateway answered itself.
+    pub local_status: Option<u16>,
+    /// First upstream body byte.
+    pub first_byte_at: Option<Instant>,
+    /// Response body bytes sent downstream.
+    pub response_bytes: usize,
+    /// The error answered (or appended to a stream).
+    pub error: Option<ApiError>,
+    /// Upstream failure kind counted in `upstream_errors_total`.
+    pub upstream_error: Option<&'static str>,
+    /// Rewrites the response body (reasoning split); `None` forwards it untouched.
+    pub rewriter: Option<ResponseRewriter>,
+}
+
+impl RequestCtx {
+    /// A fresh context.
+    pub fn new() -> Self {
+        RequestCtx {
+            start: Instant::now(),
+            request_id: String::new(),
+            _inflight: None,
+            endpoint: None,
+            snapshot: None,
+            route: None,
+            pool: None,
+            upstream_body: Bytes::new(),
+            request_bytes: 0,
+            stream_requested: false,
+            tried: Vec::new(),
+            endpoint_guard: None,
+            upstream_status: None,
+            local_status: None,
+            first_byte_at: None,
+            response_bytes: 0,
+            error: None,
+            upstream_error: None,
+            rewriter: None,
+        }
+    }
+
+    /// Route label for metrics and logs.
+    pub fn route_label(&self) -> &str {
+        self.route.as_ref().map_or("none", |r| r.name.as_str())
+    }
+
+    /// Upstream label for metrics and logs.
+    pub fn upstream_label(&self) -> &str {
+        self.route.as_ref().map_or("none", |r| r.upstream.as_str())
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx::new()
+    }
+}

@@ -1,0 +1,159 @@
+//! Reading the request: request id, bounded body read, validation, route choice.
+
+use bytes::{Bytes, BytesMut};
+use pingora::proxy::Session;
+use serde_json::Value;
+
+use crate::openai::{parse_request, ApiError, Endpoint, ErrorKind, RequestInfo};
+use crate::state::Snapshot;
+
+/// Pingora replays a body read before proxying only through its retry buffer, which holds
+/// 64 KiB (pingora-core `BODY_BUF_LIMIT`). See [`read_body`].
+const RETRY_BUFFER_BYTES: usize = 64 * 1024;
+/// Longest accepted client-supplied request id.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The client's `x-request-id` when it is sane, else a fresh random id.
+pub fn request_id(session: &Session) -> String {
+    let given = session
+        .req_header()
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_LEN
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        });
+    match given {
+        Some(id) => id.to_string(),
+        None => format!("{:032x}", rand::random::<u128>()),
+    }
+}
+
+/// Reads the whole request body, at most `limit` bytes.
+///
+/// Pingora forwards a body that was consumed before proxying only by replaying its retry buffer
+/// and handing it to `request_body_filter`, where the proxy substitutes the full body. The retry
+/// buffer truncates past 64 KiB, so it is switched on only for the last 64 KiB of a body of known
+/// length: it then always holds a non-empty, untruncated tail and the filter is always called.
+/// A chunked body of unknown length larger than the buffer cannot be forwarded this way and is
+/// refused with 411.
+pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()));
+    let declared = match declared {
+        Some(None) => {
+            return Err(ApiError::new(
+                400,
+                ErrorKind::InvalidRequest,
+                "invalid_request",
+                "Invalid Content-Length header.",
+            ))
+        }
+        Some(Some(n)) => Some(n),
+        None => None,
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024));
+    let mut buffering = false;
+    loop {
+        let remaining = declared.map(|n| n.saturating_sub(buf.len()));
+        if !buffering && remaining.is_none_or(|r| r <= RETRY_BUFFER_BYTES) {
+            session.as_downstream_mut().enable_retry_buffering();
+            buffering = true;
+        }
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(ApiError::body_too_large(limit));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ApiError::new(
+                    400,
+                    ErrorKind::InvalidRequest,
+                    "invalid_request",
+                    format!("The request body could not be read: {}", e.etype().as_str()),
+                ))
+            }
+        }
+    }
+    if session.as_downstream().retry_buffer_truncated() {
+        return Err(ApiError::new(
+            411,
+            ErrorKind::InvalidRequest,
+            "length_required",
+            format!("Chunked request bodies over {RETRY_BUFFER_BYTES} bytes need a Content-Length header."),
+        ));
+    }
+    Ok(buf.freeze())
+}
+
+/// A validated request with its route.
+pub struct Routed {
+    /// Parsed body.
+    pub info: RequestInfo,
+    /// Route index in the snapshot's table.
+    pub route: std::sync::Arc<crate::config::RouteConfig>,
+    /// The pool the route uses.
+    pub pool: std::sync::Arc<crate::upstream::Pool>,
+    /// Bytes to send upstream.
+    pub upstream_body: Bytes,
+}
+
+/// Validates the body and finds its route and pool.
+pub fn route(snapshot: &Snapshot, endpoint: Endpoint, body: Bytes) -> Result<Routed, ApiError> {
+    let mut info = parse_request(endpoint, &body)?;
+    let route = snapshot
+        .routes
+        .find(&info.model)
+        .ok_or_else(|| ApiError::model_not_found(&info.model))?;
+    let pool = snapshot
+        .pools
+        .get(&route.upstream)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                503,
+                ErrorKind::Server,
+                "upstream_unavailable",
+                format!("Upstream `{}` is not running.", route.upstream),
+            )
+        })?;
+    if !pool.any_healthy() {
+        return Err(ApiError::new(
+            503,
+            ErrorKind::Server,
+            "no_healthy_upstream",
+            format!("No healthy endpoint in upstream `{}`.", route.upstream),
+        ));
+    }
+    let upstream_body = match &route.upstream_model {
+        Some(m) => {
+            info.body.insert("model".into(), Value::String(m.clone()));
+            Bytes::from(serde_json::to_vec(&info.body).map_err(|e| {
+                ApiError::new(
+                    500,
+                    ErrorKind::Server,
+                    "internal_error",
+                    format!("re-encoding the request failed: {e}"),
+                )
+            })?)
+        }
+        None => body,
+    };
+    Ok(Routed {
+        info,
+        route: route.clone(),
+        pool,
+        upstream_body,
+    })
+}

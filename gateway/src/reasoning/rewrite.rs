@@ -1,0 +1,450 @@
+//! Rewrites upstream responses so clients see reasoning in the route's output field and the
+//! answer in `content`: SSE streams event by event, JSON bodies whole.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::parser::{Split, ThinkParser};
+use super::sse::{Event, SseDecoder};
+use crate::config::{OutputField, ParserKind, ReasoningConfig};
+use crate::openai::Endpoint;
+
+/// Largest single SSE event accepted before the rewriter gives up and passes bytes through.
+const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+/// Largest non-streamed body rewritten; larger bodies pass through untouched.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug)]
+struct ChoiceState {
+    parser: ThinkParser,
+    /// The upstream split reasoning itself: `content` is never scanned again.
+    upstream_split: bool,
+    finished: bool,
+    reasoning_chars: usize,
+    content_chars: usize,
+    /// Stream chunks that carried reasoning (≈ reasoning tokens for token-per-chunk servers).
+    reasoning_chunks: u64,
+}
+
+/// What the rewriter saw, for metrics and logs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Characters of reasoning across choices.
+    pub reasoning_chars: usize,
+    /// Characters of answer across choices.
+    pub content_chars: usize,
+    /// Some choice ended inside reasoning.
+    pub unterminated: bool,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Stream {
+        decoder: SseDecoder,
+        saw_done: bool,
+    },
+    Body {
+        buf: Vec<u8>,
+    },
+    /// Framing failed: everything from here on is forwarded as it comes.
+    Passthrough,
+}
+
+/// Rewrites one response.
+#[derive(Debug)]
+pub struct ResponseRewriter {
+    mode: Mode,
+    kind: ParserKind,
+    start_in_reasoning: bool,
+    field: OutputField,
+    /// `choices[].text` (completions) instead of `delta`/`message.content` (chat).
+    completions: bool,
+    choices: BTreeMap<u64, ChoiceState>,
+    /// id/object/created/model of the last chunk, for chunks the gateway synthesises.
+    template: Map<String, Value>,
+}
+
+impl ResponseRewriter {
+    /// A rewriter for a successful chat/completions response, or `None` to forward untouched.
+    pub fn for_response(
+        cfg: &ReasoningConfig,
+        endpoint: Endpoint,
+        status: u16,
+        content_type: &str,
+    ) -> Option<Self> {
+        if cfg.parser == ParserKind::Passthrough
+            || !(200..300).contains(&status)
+            || endpoint == Endpoint::Models
+        {
+            return None;
+        }
+        let mode = if content_type.starts_with("text/event-stream") {
+            Mode::Stream {
+                decoder: SseDecoder::new(MAX_EVENT_BYTES),
+                saw_done: false,
+            }
+        } else if content_type.starts_with("application/json") {
+            Mode::Body { buf: Vec::new() }
+        } else {
+            return None;
+        };
+        Some(ResponseRewriter {
+            mode,
+            kind: cfg.parser,
+            start_in_reasoning: cfg.start_in_reasoning,
+            field: cfg.output_field,
+            completions: endpoint == Endpoint::Completions,
+            choices: BTreeMap::new(),
+            template: Map::new(),
+        })
+    }
+
+    /// Whether the response is an SSE stream.
+    pub fn is_stream(&self) -> bool {
+        !matches!(self.mode, Mode::Body { .. })
+    }
+
+    /// Feeds upstream bytes; returns the bytes to send downstream now.
+    pub fn feed(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        match &mut self.mode {
+            Mode::Passthrough => out.extend_from_slice(input),
+            Mode::Body { buf } => {
+                buf.extend_from_slice(input);
+                if buf.len() > MAX_BODY_BYTES {
+                    out = std::mem::take(buf);
+                    self.mode = Mode::Passthrough;
+                }
+            }
+            Mode::Stream { decoder, .. } => {
+                let mut events = Vec::new();
+                let res = decoder.feed(input, &mut |e| events.push(e));
+                for e in events {
+                    self.on_event(e, &mut out);
+                }
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, "SSE framing failed; forwarding the rest of the stream untouched.");
+                    self.mode = Mode::Passthrough;
+                }
+            }
+        }
+        out
+    }
+
+    /// End of the upstream body: flushes what was held back.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match std::mem::replace(&mut self.mode, Mode::Passthrough) {
+            Mode::Passthrough => {}
+            Mode::Body { buf } => out = self.rewrite_body(buf),
+            Mode::Stream {
+                mut decoder,
+                saw_done,
+            } => {
+                let mut events = Vec::new();
+                let _ = decoder.finish(&mut |e| events.push(e));
+                for e in events {
+                    self.on_event(e, &mut out);
+                }
+                if !saw_done {
+                    self.flush_all(&mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// The upstream failed mid-response: releases held-back text, drops any partial event.
+    pub fn abort(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if matches!(self.mode, Mode::Stream { .. }) {
+            self.flush_all(&mut out);
+        }
+        self.mode = Mode::Passthrough;
+        out
+    }
+
+    /// Totals so far.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for c in self.choices.values() {
+            s.reasoning_chars += c.reasoning_chars;
+            s.content_chars += c.content_chars;
+            s.unterminated |= c.parser.in_reasoning() && c.parser.saw_reasoning();
+        }
+        s
+    }
+
+    fn new_choice(&self) -> ChoiceState {
+        let parser = match self.kind {
+            ParserKind::None | ParserKind::Passthrough => ThinkParser::plain(),
+            ParserKind::DeepseekR1 | ParserKind::Qwen3 => ThinkParser::new(self.start_in_reasoning),
+        };
+        ChoiceState {
+            parser,
+            upstream_split: false,
+            finished: false,
+            reasoning_chars: 0,
+            content_chars: 0,
+            reasoning_chunks: 0,
+        }
+    }
+
+    fn on_event(&mut self, event: Event, out: &mut Vec<u8>) {
+        let Some(data) = event.data.as_deref() else {
+            event.write(out);
+            return;
+        };
+        if data.trim() == "[DONE]" {
+            self.flush_all(out);
+            if let Mode::Stream { saw_done, .. } = &mut self.mode {
+                *saw_done = true;
+            }
+            event.write(out);
+            return;
+        }
+        let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(data) else {
+            event.write(out);
+            return;
+        };
+        let usage_only = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(|c| c.is_empty())
+            && chunk.get("usage").is_some_and(|u| !u.is_null());
+        if usage_only {
+            // Generation is over: release held-back text before the usage that counts it.
+            self.flush_all(out);
+        }
+        let mut all_emptied = false;
+        if let Some(Value::Array(choices)) = chunk.get_mut("choices") {
+            let before = choices.len();
+            choices.retain_mut(|c| !self.rewrite_choice(c, true));
+            all_emptied = before > 0 && choices.is_empty();
+            for key in ["id", "object", "created", "model", "system_fingerprint"] {
+                if let Some(v) = chunk.get(key) {
+                    self.template.insert(key.to_string(), v.clone());
+                }
+            }
+        }
+        if let Some(usage) = chunk.get_mut("usage") {
+            self.fill_usage(usage, true);
+        }
+        let has_usage = chunk.get("usage").is_some_and(|u| !u.is_null());
+        if all_emptied && !has_usage {
+            return;
+        }
+        let data = serde_json::to_string(&chunk).unwrap_or_default();
+        Event {
+            data: Some(data),
+            ..event
+        }
+        .write(out);
+    }
+
+    /// Rewrites one choice in place; returns true when the gateway emptied it (drop it).
+    fn rewrite_choice(&mut self, choice: &mut Value, stream: bool) -> bool {
+        let Some(obj) = choice.as_object_mut() else {
+            return false;
+        };
+        let index = obj.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let finish = obj.get("finish_reason").is_some_and(|f| !f.is_null());
+        let mut state = self
+            .choices
+            .remove(&index)
+            .unwrap_or_else(|| self.new_choice());
+        let (container, text_key) = if self.completions {
+            (Some(obj), "text")
+        } else {
+            let key = if stream { "delta" } else { "message" };
+            (obj.get_mut(key).and_then(Value::as_object_mut), "content")
+        };
+        let mut emptied = false;
+        if let Some(c) = container {
+            let mut split = Split::default();
+            let given = take_upstream_reasoning(c);
+            if let Some(r) = given {
+                state.upstream_split = true;
+                split.reasoning.push_str(&r);
+            }
+            let text = c.get(text_key).and_then(Value::as_str).map(str::to_owned);
+            if let Some(t) = &text {
+                if state.upstream_split {
+                    split.content.push_str(t);
+                } else {
+                    state.parser.feed(t, &mut split);
+                }
+            }
+            if (finish || !stream) && !state.finished {
+                state.parser.finish(&mut split);
+                state.finished = true;
+            }
+            let had_text = text.as_deref().is_some_and(|t| !t.is_empty());
+            emptied = stream && !finish && had_text && split.is_empty();
+            self.apply(&mut state, c, text_key, split, text.is_some(), stream);
+            emptied &= c.is_empty();
+        }
+        self.choices.insert(index, state);
+        emptied && !self.completions
+    }
+
+    /// Writes a split back into a delta/message/choice object.
+    fn apply(
+        &self,
+        state: &mut ChoiceState,
+        c: &mut Map<String, Value>,
+        text_key: &str,
+        split: Split,
+        had_text: bool,
+        stream: bool,
+    ) {
+        state.reasoning_chars += split.reasoning.chars().count();
+        state.content_chars += split.content.chars().count();
+        if !split.reasoning.is_empty() {
+            state.reasoning_chunks += 1;
+        }
+        if !split.content.is_empty() || (had_text && (!stream || self.completions)) {
+            c.insert(text_key.to_string(), Value::String(split.content));
+        } else if had_text {
+            c.remove(text_key);
+        }
+        let reasoning = if split.reasoning.is_empty() {
+            // Non-streamed messages say "no reasoning" explicitly; stream deltas just omit it.
+            if stream {
+                return;
+            }
+            Value::Null
+        } else {
+            Value::String(split.reasoning)
+        };
+        match self.field {
+            OutputField::ReasoningContent => {
+                c.insert("reasoning_content".into(), reasoning);
+            }
+            OutputField::Reasoning => {
+                c.insert("reasoning".into(), reasoning);
+            }
+            OutputField::Both => {
+                c.insert("reasoning_content".into(), reasoning.clone());
+                c.insert("reasoning".into(), reasoning);
+            }
+        }
+    }
+
+    /// Emits a synthetic chunk for every unfinished choice that still holds text.
+    fn flush_all(&mut self, out: &mut Vec<u8>) {
+        let indices: Vec<u64> = self.choices.keys().copied().collect();
+        for index in indices {
+            let Some(mut state) = self.choices.remove(&index) else {
+                continue;
+            };
+            if !state.finished {
+                let mut split = Split::default();
+                state.parser.finish(&mut split);
+                state.finished = true;
+                if !split.is_empty() {
+                    let mut delta = Map::new();
+                    self.apply(
+                        &mut state,
+                        &mut delta,
+                        if self.completions { "text" } else { "content" },
+                        split,
+                        false,
+                        true,
+                    );
+                    let mut choice = Map::new();
+                    choice.insert("index".into(), Value::from(index));
+                    if self.completions {
+                        choice.extend(delta);
+                    } else {
+                        choice.insert("delta".into(), Value::Object(delta));
+                    }
+                    choice.insert("finish_reason".into(), Value::Null);
+                    let mut chunk = self.template.clone();
+                    chunk.insert("choices".into(), Value::Array(vec![Value::Object(choice)]));
+                    let data = serde_json::to_string(&chunk).unwrap_or_default();
+                    Event {
+                        data: Some(data),
+                        ..Event::default()
+                    }
+                    .write(out);
+                }
+            }
+            self.choices.insert(index, state);
+        }
+    }
+
+    /// Fills `completion_tokens_details.reasoning_tokens` when the upstream left it out.
+    fn fill_usage(&self, usage: &mut Value, stream: bool) {
+        let Some(u) = usage.as_object_mut() else {
+            return;
+        };
+        let completion = u
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let details = u
+            .entry("completion_tokens_details")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if details.is_null() {
+            *details = Value::Object(Map::new());
+        }
+        let Some(d) = details.as_object_mut() else {
+            return;
+        };
+        if d.get("reasoning_tokens").is_some_and(|v| !v.is_null()) {
+            return;
+        }
+        let (r_chars, c_chars, chunks) = self.choices.values().fold((0, 0, 0), |acc, c| {
+            (
+                acc.0 + c.reasoning_chars,
+                acc.1 + c.content_chars,
+                acc.2 + c.reasoning_chunks,
+            )
+        });
+        let estimate = if stream && chunks > 0 {
+            chunks.min(completion)
+        } else if r_chars + c_chars > 0 {
+            // Share of completion tokens by share of characters.
+            ((completion as f64) * (r_chars as f64) / ((r_chars + c_chars) as f64)).round() as u64
+        } else {
+            0
+        };
+        d.insert("reasoning_tokens".into(), Value::from(estimate));
+    }
+
+    fn rewrite_body(&mut self, buf: Vec<u8>) -> Vec<u8> {
+        let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&buf) else {
+            return buf;
+        };
+        if let Some(Value::Array(choices)) = body.get_mut("choices") {
+            for c in choices.iter_mut() {
+                self.rewrite_choice(c, false);
+            }
+        }
+        if let Some(usage) = body.get_mut("usage") {
+            self.fill_usage(usage, false);
+        }
+        serde_json::to_vec(&body).unwrap_or(buf)
+    }
+}
+
+/// Removes `reasoning_content` and `reasoning` from an upstream object and returns the reasoning
+/// once, even when both fields carry the same text.
+fn take_upstream_reasoning(c: &mut Map<String, Value>) -> Option<String> {
+    let rc = c.remove("reasoning_content");
+    let r = c.remove("reasoning");
+    let as_text = |v: Option<Value>| match v {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    match (as_text(rc), as_text(r)) {
+        // Servers that fill both fields send the same text twice; `reasoning_content` wins.
+        (Some(a), _) | (None, Some(a)) => Some(a),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

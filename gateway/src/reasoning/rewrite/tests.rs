@@ -1,0 +1,192 @@
+use serde_json::{json, Value};
+
+use super::*;
+
+fn cfg(parser: ParserKind, start: bool, field: OutputField) -> ReasoningConfig {
+    ReasoningConfig {
+        parser,
+        start_in_reasoning: start,
+        output_field: field,
+    }
+}
+
+fn sse_chunk(content: &str) -> String {
+    let v = json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
+        "choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]});
+    format!("data: {v}\n\n")
+}
+
+fn finish_chunk() -> String {
+    let v = json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
+        "choices":[{"index":0,"delta":{},"finish_reason":"stop"}]});
+    format!("data: {v}\n\n")
+}
+
+/// Runs a stream through a rewriter fed in pieces of `piece` bytes; returns (reasoning, content, events).
+fn run_stream(c: &ReasoningConfig, input: &str, piece: usize) -> (String, String, Vec<Value>) {
+    let mut rw =
+        ResponseRewriter::for_response(c, Endpoint::ChatCompletions, 200, "text/event-stream")
+            .unwrap();
+    let mut out = Vec::new();
+    for part in input.as_bytes().chunks(piece.max(1)) {
+        out.extend(rw.feed(part));
+    }
+    out.extend(rw.finish());
+    let text = String::from_utf8(out).unwrap();
+    let mut reasoning = String::new();
+    let mut content = String::new();
+    let mut events = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.is_empty()) {
+        let data = block.strip_prefix("data: ").unwrap();
+        if data == "[DONE]" {
+            events.push(Value::String("[DONE]".into()));
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        if let Some(d) = v["choices"].get(0).map(|c| &c["delta"]) {
+            reasoning.push_str(d["reasoning_content"].as_str().unwrap_or(""));
+            reasoning.push_str(d["reasoning"].as_str().unwrap_or(""));
+            content.push_str(d["content"].as_str().unwrap_or(""));
+        }
+        events.push(v);
+    }
+    (reasoning, content, events)
+}
+
+#[test]
+fn tags_split_across_chunks_and_tcp_reads_give_one_clean_split() {
+    let tokens = [
+        "<th", "ink>", "2+2", " is 4", ".</", "think", ">\n\n", "Four", " ✓",
+    ];
+    let mut input: String = tokens.iter().map(|t| sse_chunk(t)).collect();
+    input.push_str(&finish_chunk());
+    input.push_str("data: [DONE]\n\n");
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::ReasoningContent);
+    for piece in [1, 2, 3, 7, 64, 100_000] {
+        let (r, a, events) = run_stream(&c, &input, piece);
+        assert_eq!(r, "2+2 is 4.", "piece {piece}");
+        assert_eq!(a, "Four ✓", "piece {piece}");
+        assert_eq!(events.last().unwrap(), "[DONE]");
+    }
+}
+
+#[test]
+fn upstream_split_fields_are_mapped_not_duplicated_and_content_is_not_rescanned() {
+    let v1 = json!({"choices":[{"index":0,"delta":{"reasoning_content":"think A","reasoning":"think A"}}]});
+    let v2 = json!({"choices":[{"index":0,"delta":{"content":"<think>literal</think>"}}]});
+    let input = format!("data: {v1}\n\ndata: {v2}\n\ndata: [DONE]\n\n");
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::Reasoning);
+    let (r, a, events) = run_stream(&c, &input, 5);
+    assert_eq!(r, "think A");
+    assert_eq!(a, "<think>literal</think>");
+    assert!(events[0]["choices"][0]["delta"]
+        .get("reasoning_content")
+        .is_none());
+}
+
+#[test]
+fn output_field_both_sets_both_fields() {
+    let input = format!("{}{}", sse_chunk("<think>x</think>y"), "data: [DONE]\n\n");
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::Both);
+    let (_, _, events) = run_stream(&c, &input, 4);
+    let d = &events[0]["choices"][0]["delta"];
+    assert_eq!(d["reasoning_content"], "x");
+    assert_eq!(d["reasoning"], "x");
+    assert_eq!(d["content"], "y");
+}
+
+#[test]
+fn held_back_text_is_flushed_before_done_and_usage_gets_reasoning_tokens() {
+    let usage = json!({"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}});
+    let input = format!(
+        "{}{}{}data: {usage}\n\ndata: [DONE]\n\n",
+        sse_chunk("a"),
+        sse_chunk("b"),
+        sse_chunk("</thi")
+    );
+    let c = cfg(ParserKind::DeepseekR1, true, OutputField::ReasoningContent);
+    let (r, a, events) = run_stream(&c, &input, 9);
+    assert_eq!(r, "ab</thi", "an unterminated tag prefix is reasoning text");
+    assert_eq!(a, "");
+    let usage = events.iter().find(|e| e.get("usage").is_some()).unwrap();
+    assert_eq!(
+        usage["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        3
+    );
+    assert_eq!(usage["choices"], json!([]));
+}
+
+#[test]
+fn non_streamed_messages_are_split_with_null_for_no_reasoning() {
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::ReasoningContent);
+    let body = json!({"choices":[
+        {"index":0,"message":{"role":"assistant","content":"<think>because</think>\n\nyes"},"finish_reason":"stop"},
+        {"index":1,"message":{"role":"assistant","content":"plain"},"finish_reason":"stop"}],
+        "usage":{"prompt_tokens":1,"completion_tokens":10,"total_tokens":11}});
+    let mut rw =
+        ResponseRewriter::for_response(&c, Endpoint::ChatCompletions, 200, "application/json")
+            .unwrap();
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let mut out = rw.feed(&bytes[..10]);
+    out.extend(rw.feed(&bytes[10..]));
+    out.extend(rw.finish());
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["choices"][0]["message"]["reasoning_content"], "because");
+    assert_eq!(v["choices"][0]["message"]["content"], "yes");
+    assert_eq!(v["choices"][1]["message"]["reasoning_content"], Value::Null);
+    assert_eq!(v["choices"][1]["message"]["content"], "plain");
+    // 7 of 15 characters are reasoning: 10 × 7/15 ≈ 5.
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        5
+    );
+}
+
+#[test]
+fn completions_text_is_split_too() {
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::ReasoningContent);
+    let body = json!({"choices":[{"index":0,"text":"<think>r</think>t","finish_reason":"stop"}]});
+    let mut rw =
+        ResponseRewriter::for_response(&c, Endpoint::Completions, 200, "application/json").unwrap();
+    let mut out = rw.feed(&serde_json::to_vec(&body).unwrap());
+    out.extend(rw.finish());
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["choices"][0]["text"], "t");
+    assert_eq!(v["choices"][0]["reasoning_content"], "r");
+}
+
+#[test]
+fn passthrough_errors_and_non_json_are_not_rewritten() {
+    let c = cfg(
+        ParserKind::Passthrough,
+        false,
+        OutputField::ReasoningContent,
+    );
+    assert!(ResponseRewriter::for_response(
+        &c,
+        Endpoint::ChatCompletions,
+        200,
+        "text/event-stream"
+    )
+    .is_none());
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::ReasoningContent);
+    assert!(
+        ResponseRewriter::for_response(&c, Endpoint::ChatCompletions, 500, "application/json")
+            .is_none()
+    );
+    assert!(
+        ResponseRewriter::for_response(&c, Endpoint::ChatCompletions, 200, "text/plain").is_none()
+    );
+}
+
+#[test]
+fn unterminated_reasoning_is_flagged() {
+    let input = sse_chunk("<think>still going");
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::ReasoningContent);
+    let mut rw =
+        ResponseRewriter::for_response(&c, Endpoint::ChatCompletions, 200, "text/event-stream")
+            .unwrap();
+    rw.feed(input.as_bytes());
+    rw.finish();
+    assert!(rw.stats().unterminated);
+}

@@ -1,0 +1,74 @@
+//! Live gateway state: the config snapshot every request loads once, plus process-wide parts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, UpstreamConfig};
+use crate::metrics::Metrics;
+use crate::routing::RouteTable;
+use crate::upstream::{Pool, Pools};
+
+/// One generation of configuration, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// Routes.
+    pub routes: RouteTable,
+    /// Pools by name (including `engine` when it runs).
+    pub pools: Pools,
+    /// Increases by one with every swap.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// Builds a snapshot; `extra` adds pools not in the file (the bundled engine).
+    pub fn new(config: Config, extra: Vec<UpstreamConfig>, generation: u64) -> Self {
+        let pools: HashMap<_, _> = config
+            .upstreams
+            .iter()
+            .cloned()
+            .chain(extra)
+            .map(|u| (u.name.clone(), Arc::new(Pool::new(u))))
+            .collect();
+        Snapshot {
+            routes: RouteTable::new(&config),
+            config: Arc::new(config),
+            pools,
+            generation,
+        }
+    }
+}
+
+/// Everything the proxy, the admin listener and background tasks share.
+pub struct Gateway {
+    /// The current snapshot; requests `load_full` it once and keep it.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    ready: AtomicBool,
+}
+
+impl Gateway {
+    /// Creates the shared state; not ready until [`Gateway::set_ready`].
+    pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the gateway can serve (engine loaded, listeners up).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the gateway ready or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+}

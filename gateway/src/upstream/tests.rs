@@ -1,0 +1,96 @@
+use std::time::Duration;
+
+use super::*;
+
+fn pool(n: usize, balance: Balance) -> Pool {
+    Pool::new(UpstreamConfig {
+        name: "p".into(),
+        endpoints: (0..n)
+            .map(|i| {
+                (
+                    SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                    format!("h{i}"),
+                )
+            })
+            .collect(),
+        balance,
+        connect_timeout: Duration::from_secs(1),
+        read_timeout: Duration::from_secs(1),
+        health_check: HealthCheckConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(200),
+            path: None,
+        },
+    })
+}
+
+#[test]
+fn round_robin_rotates_and_skips_unhealthy_and_tried() {
+    let p = pool(3, Balance::RoundRobin);
+    let picks: Vec<usize> = (0..6).map(|_| p.pick(&[]).unwrap().0).collect();
+    assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+    p.endpoints[1].set_healthy(false);
+    let picks: Vec<usize> = (0..4).map(|_| p.pick(&[]).unwrap().0).collect();
+    assert!(!picks.contains(&1));
+    assert_eq!(p.pick(&[0, 2]).map(|x| x.0), None);
+}
+
+#[test]
+fn least_loaded_prefers_idle_endpoints() {
+    let p = pool(2, Balance::LeastLoaded);
+    let (first, _held) = p.pick(&[]).unwrap();
+    for _ in 0..4 {
+        let (i, _g) = p.pick(&[]).unwrap();
+        assert_ne!(
+            i, first,
+            "the busy endpoint was picked while another was idle"
+        );
+    }
+    assert_eq!(p.endpoints[first].inflight(), 1);
+}
+
+#[test]
+fn inflight_counts_drop_with_the_guard() {
+    let p = pool(1, Balance::RoundRobin);
+    let g = p.pick(&[]).unwrap();
+    assert_eq!(p.endpoints[0].inflight(), 1);
+    drop(g);
+    assert_eq!(p.endpoints[0].inflight(), 0);
+}
+
+#[tokio::test]
+async fn health_checks_see_listening_and_closed_ports() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open = listener.local_addr().unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let hc = HealthCheckConfig {
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
+        path: None,
+    };
+    assert!(check_endpoint(open, "x", &hc).await);
+    assert!(!check_endpoint(closed, "x", &hc).await);
+    // HTTP checks need a 2xx status line.
+    let hc_http = HealthCheckConfig {
+        path: Some("/health".into()),
+        ..hc
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        for status in ["200 OK", "503 Service Unavailable"] {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf).await;
+            s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+    });
+    assert!(check_endpoint(open, "x", &hc_http).await);
+    assert!(!check_endpoint(open, "x", &hc_http).await);
+    server.await.unwrap();
+}

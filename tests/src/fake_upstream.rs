@@ -1,0 +1,348 @@
+//! A scripted OpenAI-compatible upstream on loopback. Behaviour is chosen by the request's model:
+//!
+//! | model           | behaviour                                                                 |
+//! |-----------------|---------------------------------------------------------------------------|
+//! | `think`         | reasoning in `<think>` tags, streamed one token per SSE event, or JSON    |
+//! | `think-bytes`   | the same stream written one byte per TCP write                            |
+//! | `split-fields`  | reasoning already split into `reasoning_content` and `reasoning`          |
+//! | `slow`          | like `think`, 30 ms between events                                        |
+//! | `disconnect`    | a few events, then the connection is dropped mid-stream                   |
+//! | `error500`      | HTTP 500 with an OpenAI error body                                        |
+//! | `garbage`       | bytes that are not HTTP, then close                                       |
+//! | anything else   | echo: JSON describing what arrived (body length, checksum, model, auth)   |
+//!
+//! Every response carries `x-upstream-id` so tests can tell endpoints apart.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Tokens of the reasoning fixture: tags split across events on purpose.
+pub const THINK_TOKENS: &[&str] = &[
+    "<th",
+    "ink>",
+    "Let me add",
+    " 2 and 2",
+    ".\n\nWait, ",
+    "check: 4",
+    ".</",
+    "think",
+    ">\n\n",
+    "The answer",
+    " is 4",
+    " ✓",
+];
+/// The reasoning in [`THINK_TOKENS`].
+pub const THINK_REASONING: &str = "Let me add 2 and 2.\n\nWait, check: 4.";
+/// The answer in [`THINK_TOKENS`].
+pub const THINK_ANSWER: &str = "The answer is 4 ✓";
+
+/// A running fake upstream.
+pub struct FakeUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Requests handled so far.
+    pub requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl FakeUpstream {
+    /// Starts one on an ephemeral loopback port; `id` is echoed in `x-upstream-id`.
+    pub async fn start(id: &str) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (id, count) = (id.to_string(), requests.clone());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (id, count, mut stopped) = (id.clone(), count.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stopped.changed() => {}
+                        _ = serve_connection(stream, &id, &count) => {}
+                    }
+                });
+            }
+        });
+        FakeUpstream {
+            addr,
+            requests,
+            task,
+            stop,
+        }
+    }
+
+    /// Stops listening and drops every open connection, like a crashed server.
+    pub fn stop(&self) {
+        self.task.abort();
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Request {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Request>> {
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let mut tmp = [0u8; 65536];
+        let n = stream.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let path = lines
+        .next()
+        .unwrap_or("")
+        .split(' ')
+        .nth(1)
+        .unwrap_or("/")
+        .to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    buf.drain(..header_end + 4);
+    while buf.len() < len {
+        let mut tmp = [0u8; 65536];
+        let n = stream.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let body = buf.drain(..len).collect();
+    Ok(Some(Request {
+        path,
+        headers,
+        body,
+    }))
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    id: &str,
+    count: &AtomicUsize,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::new();
+    while let Some(req) = read_request(&mut stream, &mut buf).await? {
+        count.fetch_add(1, Ordering::Relaxed);
+        if req.path == "/health" {
+            write_json(&mut stream, id, 200, &json!({"status": "ok"})).await?;
+            continue;
+        }
+        let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        let model = body["model"].as_str().unwrap_or("").to_string();
+        let stream_wanted = body["stream"].as_bool().unwrap_or(false);
+        match model.as_str() {
+            "think" | "slow" | "think-bytes" if stream_wanted => {
+                let pace = if model == "slow" {
+                    Duration::from_millis(30)
+                } else {
+                    Duration::ZERO
+                };
+                let events: Vec<Value> = THINK_TOKENS
+                    .iter()
+                    .map(|t| chunk(&model, json!({"content": t}), None))
+                    .collect();
+                write_stream(
+                    &mut stream,
+                    id,
+                    &model,
+                    events,
+                    pace,
+                    model == "think-bytes",
+                    true,
+                )
+                .await?;
+            }
+            "think" if req.path == "/v1/completions" => {
+                let v = json!({"id": "cmpl-fake", "object": "text_completion", "created": 1, "model": model,
+                    "choices": [{"index": 0, "text": THINK_TOKENS.concat(), "finish_reason": "stop"}]});
+                write_json(&mut stream, id, 200, &v).await?;
+            }
+            "think" | "slow" | "think-bytes" => {
+                let text: String = THINK_TOKENS.concat();
+                write_json(
+                    &mut stream,
+                    id,
+                    200,
+                    &completion(&model, json!({"role": "assistant", "content": text})),
+                )
+                .await?;
+            }
+            "split-fields" if stream_wanted => {
+                let mut events = vec![
+                    chunk(&model, json!({"role": "assistant", "content": ""}), None),
+                    chunk(
+                        &model,
+                        json!({"reasoning_content": "Thinking", "reasoning": "Thinking"}),
+                        None,
+                    ),
+                    chunk(
+                        &model,
+                        json!({"reasoning_content": " hard.", "reasoning": " hard."}),
+                        None,
+                    ),
+                ];
+                events.push(chunk(&model, json!({"content": "Done."}), None));
+                write_stream(&mut stream, id, &model, events, Duration::ZERO, false, true).await?;
+            }
+            "split-fields" => {
+                let msg =
+                    json!({"role": "assistant", "content": "Done.", "reasoning": "Thinking hard."});
+                write_json(&mut stream, id, 200, &completion(&model, msg)).await?;
+            }
+            "disconnect" => {
+                let events: Vec<Value> = THINK_TOKENS[..4]
+                    .iter()
+                    .map(|t| chunk(&model, json!({"content": t}), None))
+                    .collect();
+                write_stream(
+                    &mut stream,
+                    id,
+                    &model,
+                    events,
+                    Duration::ZERO,
+                    false,
+                    false,
+                )
+                .await?;
+                return Ok(());
+            }
+            "error500" => {
+                let err = json!({"error": {"message": "backend exploded", "type": "server_error", "param": null, "code": "boom"}});
+                write_json(&mut stream, id, 500, &err).await?;
+            }
+            "garbage" => {
+                stream.write_all(b"this is not HTTP at all\r\n\r\n").await?;
+                return Ok(());
+            }
+            _ => {
+                let checksum: u64 = req.body.iter().map(|&b| b as u64).sum();
+                let auth = req
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "authorization")
+                    .map(|(_, v)| v.clone());
+                let rid = req
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "x-request-id")
+                    .map(|(_, v)| v.clone());
+                let echo = json!({"echo": {"body_len": req.body.len(), "checksum": checksum, "model": model,
+                    "authorization": auth, "request_id": rid, "path": req.path}});
+                write_json(&mut stream, id, 200, &echo).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Value {
+    json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+}
+
+fn completion(model: &str, message: Value) -> Value {
+    json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}})
+}
+
+async fn write_json(
+    stream: &mut TcpStream,
+    id: &str,
+    status: u16,
+    body: &Value,
+) -> std::io::Result<()> {
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    let head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream-id: {id}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&body).await
+}
+
+async fn write_stream(
+    stream: &mut TcpStream,
+    id: &str,
+    model: &str,
+    events: Vec<Value>,
+    pace: Duration,
+    byte_by_byte: bool,
+    complete: bool,
+) -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-upstream-id: {id}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    let mut payloads: Vec<String> = vec![": keep-alive\r\n\r\n".to_string()];
+    payloads.extend(events.iter().map(|e| format!("data: {e}\r\n\r\n")));
+    if complete {
+        payloads.push(format!(
+            "data: {}\n\n",
+            chunk(model, json!({}), Some("stop"))
+        ));
+        let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}});
+        payloads.push(format!("data: {usage}\n\n"));
+        payloads.push("data: [DONE]\n\n".to_string());
+    }
+    for p in payloads {
+        let pieces: Vec<&[u8]> = if byte_by_byte {
+            p.as_bytes().chunks(1).collect()
+        } else {
+            vec![p.as_bytes()]
+        };
+        for piece in pieces {
+            stream
+                .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                .await?;
+            stream.write_all(piece).await?;
+            stream.write_all(b"\r\n").await?;
+            stream.flush().await?;
+        }
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
+    }
+    if complete {
+        stream.write_all(b"0\r\n\r\n").await?;
+    } else {
+        // Abrupt end: no terminating chunk; the socket closes when the caller returns.
+        stream.shutdown().await?;
+    }
+    Ok(())
+}

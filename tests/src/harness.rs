@@ -1,0 +1,228 @@
+//! Runs the real `reasoning-gateway` binary on ephemeral loopback ports.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The gateway binary: `$REASONING_GATEWAY_BIN`, or next to the test executable's `deps/`.
+pub fn gateway_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("REASONING_GATEWAY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile dir");
+    let bin = dir.join("reasoning-gateway");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --release --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A free loopback port (bound and released; the gateway binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running gateway process, killed on drop.
+pub struct GatewayProc {
+    child: Child,
+    /// Proxy port.
+    pub port: u16,
+    /// Admin port.
+    pub admin_port: u16,
+    /// Log file (stderr of the gateway).
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates a fresh directory under the system temp dir.
+    pub fn new(tag: &str) -> TempDir {
+        let p =
+            std::env::temp_dir().join(format!("rg-{tag}-{}-{:x}", std::process::id(), rand_u64()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+impl GatewayProc {
+    /// Writes `body` (everything but `listen`/`admin_listen`) as the config and starts the
+    /// gateway, waiting (bounded by `ready_within`) until `/readyz` answers 200.
+    pub fn start(body: &str, ready_within: Duration) -> GatewayProc {
+        Self::start_with_args(body, ready_within, &[])
+    }
+
+    /// Like [`GatewayProc::start`] with extra CLI arguments (before `serve`).
+    pub fn start_with_args(body: &str, ready_within: Duration, args: &[&str]) -> GatewayProc {
+        let dir = TempDir::new("gw");
+        let (port, admin_port) = (free_port(), free_port());
+        let config =
+            format!("listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\n{body}");
+        let path = dir.0.join("gateway.yaml");
+        std::fs::write(&path, config).expect("write config");
+        let log = dir.0.join("gateway.log");
+        let child = Command::new(gateway_bin())
+            .args(args)
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn gateway");
+        let mut gw = GatewayProc {
+            child,
+            port,
+            admin_port,
+            log,
+            _dir: dir,
+        };
+        gw.wait_ready(ready_within);
+        gw
+    }
+
+    fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                panic!("gateway exited early ({status}); log:\n{}", self.log_text());
+            }
+            if http_status(self.admin_port, "/readyz") == Some(200)
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready within {within:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The proxy base URL, e.g. `http://127.0.0.1:1234/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    /// `GET` on the admin listener, body as text.
+    pub async fn admin_get(&self, path: &str) -> String {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        match reqwest::get(url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Waits (bounded) for a log line containing `needle`; the access log is written after the
+    /// response, so a client can see its answer before the line exists.
+    pub async fn wait_for_log_line(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.log_text().lines().find(|l| l.contains(needle)) {
+                return l.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {within:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the gateway logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status of a plain `GET` on loopback, `None` when nothing answers.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).ok()?;
+    std::str::from_utf8(&buf[9..12]).ok()?.parse().ok()
+}
+
+/// The value of one metric sample line in Prometheus text (first line starting with `prefix`).
+pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The Python with the `openai` SDK: `$RG_PYTHON`, else the `make venv` default.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("RG_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/reasoning-gateway/venv/bin/python")
+}
+
+/// Runs a script under `tests/python/` with the SDK's Python; panics with its output on failure.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let path = repo_root().join("tests/python").join(script);
+    let out = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run python (make venv installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    text
+}

@@ -1,0 +1,338 @@
+//! Gateway core, end to end through the real binary: routing, bodies, errors, pools, metrics.
+
+use std::time::Duration;
+
+use gateway_tests::fake_upstream::{FakeUpstream, THINK_ANSWER, THINK_REASONING};
+use gateway_tests::harness::{metric_value, GatewayProc};
+use serde_json::{json, Value};
+
+const READY: Duration = Duration::from_secs(20);
+
+fn config(endpoints: &[std::net::SocketAddr], extra_route: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"upstreams:
+  - name: fake
+    endpoints: [{}]
+    health_check: {{ interval: 100ms, timeout: 200ms }}
+routes:
+  - model: echo-rewritten
+    upstream: fake
+    upstream_model: echo-upstream
+  - model: "*"
+    upstream: fake
+{extra_route}"#,
+        eps.join(", ")
+    )
+}
+
+async fn post(gw: &GatewayProc, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}{path}", gw.port))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-test-secret")
+        .body(body)
+        .send()
+        .await
+        .expect("request reaches the gateway")
+}
+
+async fn error_of(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.expect("error body is JSON");
+    (status, v["error"].clone())
+}
+
+#[tokio::test]
+async fn requests_are_proxied_with_headers_body_and_model_rewrite_intact() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&[up.addr], ""), READY);
+    let body = json!({"model": "echo-rewritten", "messages": [{"role": "user", "content": "hi"}]});
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .header("authorization", "Bearer sk-test-secret")
+        .header("x-request-id", "req-123")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "req-123");
+    assert_eq!(resp.headers()["x-gateway-route"], "echo-rewritten");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        v["echo"]["model"], "echo-upstream",
+        "upstream_model rewrite reaches the upstream"
+    );
+    assert_eq!(v["echo"]["authorization"], "Bearer sk-test-secret");
+    assert_eq!(v["echo"]["request_id"], "req-123");
+    // Header values never reach the log.
+    gw.wait_for_log_line("req-123", Duration::from_secs(5))
+        .await;
+    let log = gw.log_text();
+    assert!(
+        !log.contains("sk-test-secret"),
+        "the API key leaked into the log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_one_mebibyte_prompt_arrives_byte_for_byte() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&[up.addr], ""), READY);
+    let prompt: String = (0..1024 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let body = serde_json::to_vec(
+        &json!({"model": "echo", "messages": [{"role": "user", "content": prompt}]}),
+    )
+    .unwrap();
+    let checksum: u64 = body.iter().map(|&b| b as u64).sum();
+    let len = body.len();
+    let v: Value = post(&gw, "/v1/chat/completions", body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["echo"]["body_len"], len);
+    assert_eq!(v["echo"]["checksum"], checksum);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(
+        &format!("max_body_bytes: 1000\n{}", config(&[up.addr], "")),
+        READY,
+    );
+    let big = json!({"model": "echo", "messages": [{"role": "user", "content": "x".repeat(2000)}]});
+    let (status, err) = error_of(post(&gw, "/v1/chat/completions", big.to_string()).await).await;
+    assert_eq!(status, 413);
+    assert_eq!(err["code"], "request_too_large");
+    assert_eq!(
+        up.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_openai_errors() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(
+        "upstreams: [{name: fake, endpoints: [\"ADDR\"]}]\nroutes: [{model: known, upstream: fake}]\n".replace("ADDR", &up.addr.to_string()).as_str(),
+        READY,
+    );
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("/v1/chat/completions", "{\"model\": ", 400, "invalid_json"),
+        (
+            "/v1/chat/completions",
+            "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+            400,
+            "missing_required_parameter",
+        ),
+        (
+            "/v1/chat/completions",
+            "{\"model\":1,\"messages\":[]}",
+            400,
+            "invalid_value",
+        ),
+        (
+            "/v1/chat/completions",
+            "{\"model\":\"known\",\"messages\":[{\"role\":\"user\"}],\"stream\":\"yes\"}",
+            400,
+            "invalid_value",
+        ),
+        (
+            "/v1/chat/completions",
+            "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+            404,
+            "model_not_found",
+        ),
+        (
+            "/v1/completions",
+            "{\"model\":\"known\"}",
+            400,
+            "invalid_value",
+        ),
+        ("/v1/embeddings", "{}", 404, "unknown_url"),
+    ];
+    for (path, body, status, code) in cases {
+        let (got, err) = error_of(post(&gw, path, body.to_string()).await).await;
+        assert_eq!(
+            (got, err["code"].as_str().unwrap()),
+            (*status, *code),
+            "{path} {body}"
+        );
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(err.get("type").is_some() && err.get("param").is_some());
+    }
+    let models: Value = reqwest::get(format!("{}/models", gw.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "known");
+}
+
+#[tokio::test]
+async fn streams_split_reasoning_and_survive_byte_by_byte_delivery() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&[up.addr], ""), READY);
+    for model in ["think", "think-bytes"] {
+        let body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "2+2?"}]});
+        let resp = post(&gw, "/v1/chat/completions", body.to_string()).await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        let (mut reasoning, mut answer) = (String::new(), String::new());
+        for data in text
+            .split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        {
+            if data == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(data).unwrap();
+            if let Some(d) = v["choices"].get(0).map(|c| &c["delta"]) {
+                reasoning.push_str(d["reasoning_content"].as_str().unwrap_or(""));
+                answer.push_str(d["content"].as_str().unwrap_or(""));
+            }
+        }
+        assert_eq!(reasoning, THINK_REASONING, "{model}");
+        assert_eq!(answer, THINK_ANSWER, "{model}");
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{model}");
+    }
+}
+
+#[tokio::test]
+async fn upstream_failures_become_clear_errors_and_are_counted() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&[up.addr], ""), READY);
+    let msg = |model: &str, stream: bool| {
+        json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}]})
+            .to_string()
+    };
+
+    // Mid-stream death: the client still gets a final error event and [DONE].
+    let resp = post(&gw, "/v1/chat/completions", msg("disconnect", true)).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .collect();
+    assert_eq!(events.last().unwrap().trim(), "data: [DONE]", "{text}");
+    let err: Value = serde_json::from_str(
+        events[events.len() - 2]
+            .trim()
+            .strip_prefix("data: ")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(err["error"]["code"], "upstream_disconnected", "{text}");
+
+    // A 500 from the upstream is passed through as it is.
+    let resp = post(&gw, "/v1/chat/completions", msg("error500", false)).await;
+    let (status, err) = error_of(resp).await;
+    assert_eq!((status, err["code"].as_str()), (500, Some("boom")));
+
+    // Garbage instead of HTTP: 502 in OpenAI shape.
+    let (status, err) =
+        error_of(post(&gw, "/v1/chat/completions", msg("garbage", false)).await).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (502, Some("upstream_protocol_error"))
+    );
+
+    let metrics = gw.admin_get("/metrics").await;
+    let disconnects = metric_value(
+        &metrics,
+        "reasoning_gateway_upstream_errors_total{kind=\"disconnect\",upstream=\"fake\"}",
+    );
+    assert_eq!(disconnects, Some(1.0), "{metrics}");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "reasoning_gateway_upstream_errors_total{kind=\"status_5xx\",upstream=\"fake\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "reasoning_gateway_upstream_errors_total{kind=\"protocol\",upstream=\"fake\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(metrics.contains("reasoning_gateway_request_duration_seconds_bucket"));
+    assert!(metrics.contains("reasoning_gateway_time_to_first_token_seconds_bucket"));
+    assert_eq!(
+        metric_value(&metrics, "reasoning_gateway_inflight_requests"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_fails_over_and_no_healthy_endpoint_gives_503() {
+    let a = FakeUpstream::start("a").await;
+    let b = FakeUpstream::start("b").await;
+    let gw = GatewayProc::start(&config(&[a.addr, b.addr], ""), READY);
+    let body = json!({"model": "echo", "messages": [{"role": "user", "content": "x"}]}).to_string();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let resp = post(&gw, "/v1/chat/completions", body.clone()).await;
+        seen.insert(
+            resp.headers()["x-upstream-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(seen.len(), 2, "round-robin uses both endpoints");
+
+    // `a` dies: every request still succeeds (connect retry on `b`, then health checks).
+    a.stop();
+    drop(a);
+    for _ in 0..6 {
+        let resp = post(&gw, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-upstream-id"], "b");
+    }
+    b.stop();
+    drop(b);
+    let (status, err) = error_of(post(&gw, "/v1/chat/completions", body.clone()).await).await;
+    assert!(status == 503 || status == 502, "status {status}");
+    assert!(
+        ["no_healthy_upstream", "upstream_unreachable"].contains(&err["code"].as_str().unwrap()),
+        "{err}"
+    );
+    // Once the checks have marked both down, the answer is a plain 503.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, err) = error_of(post(&gw, "/v1/chat/completions", body.clone()).await).await;
+        if status == 503 {
+            assert_eq!(err["code"], "no_healthy_upstream");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reported 503");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn json_logs_carry_one_structured_line_per_request() {
+    let up = FakeUpstream::start("a").await;
+    let gw =
+        GatewayProc::start_with_args(&config(&[up.addr], ""), READY, &["--log-format", "json"]);
+    let body = json!({"model": "echo", "messages": [{"role": "user", "content": "x"}]}).to_string();
+    let resp = post(&gw, "/v1/chat/completions", body).await;
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(rid.len(), 32, "a generated id");
+    resp.bytes().await.unwrap();
+    let line = gw.wait_for_log_line(&rid, Duration::from_secs(5)).await;
+    let v: Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["route"], "*");
+    assert!(v["duration_ms"].as_f64().is_some());
+}
