@@ -6,6 +6,7 @@ pub mod error;
 pub mod load;
 pub mod request;
 pub mod server;
+pub mod stop;
 
 pub use error::EngineError;
 pub use load::{preflight, Engine, EngineOptions};

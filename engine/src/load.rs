@@ -33,6 +33,8 @@ pub struct Engine {
     pub model: Model,
     /// Options it was loaded with.
     pub options: EngineOptions,
+    /// Generations currently relayed to a client (reported by `/health`).
+    pub active: std::sync::atomic::AtomicUsize,
 }
 
 /// Checks, before anything slow happens, that the directory and file exist and the file is a GGUF.
@@ -106,6 +108,7 @@ pub async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     Ok(Engine {
         model,
         options: opts,
+        active: Default::default(),
     })
 }
 

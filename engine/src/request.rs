@@ -28,6 +28,8 @@ pub struct Generation {
     pub stream: bool,
     /// Send a usage chunk before `[DONE]`.
     pub include_usage: bool,
+    /// Stop sequences (also cut by the relay: mistral.rs streams them before stopping).
+    pub stops: Vec<String>,
 }
 
 /// Parameters the engine cannot honour; asking for them is a 400, not a silent no-op.
@@ -225,7 +227,7 @@ pub fn parse(api: Api, body: &[u8], max_context_tokens: usize) -> Result<Generat
     sampling.top_p = top_p;
     sampling.presence_penalty = presence.map(|x| x as f32);
     sampling.frequency_penalty = frequency.map(|x| x as f32);
-    sampling.stop_toks = stop.map(StopTokens::Seqs);
+    sampling.stop_toks = stop.clone().map(StopTokens::Seqs);
     sampling.max_len = Some(max_len);
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let include_usage = body
@@ -238,6 +240,7 @@ pub fn parse(api: Api, body: &[u8], max_context_tokens: usize) -> Result<Generat
         sampling,
         stream,
         include_usage,
+        stops: stop.unwrap_or_default(),
     })
 }
 

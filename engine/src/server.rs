@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::error::EngineError;
 use crate::load::Engine;
 use crate::request::{parse, Api, Generation};
+use crate::stop::StopMatcher;
 
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// Tokens between whitespace heartbeats of a non-streamed response.
@@ -99,7 +101,11 @@ pub async fn serve(
 async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Resp {
     let name = engine.options.served_model_name.clone();
     let api = match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/health") => return full(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+        ("GET", "/health") => {
+            let active = engine.active.load(Ordering::Relaxed);
+            let v = json!({"status": "ok", "model": name, "active_generations": active});
+            return full(200, "application/json", serde_json::to_vec(&v).unwrap_or_default());
+        }
         ("GET", "/v1/models") => {
             let v = json!({"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "reasoning-gateway-engine"}]});
             return full(200, "application/json", serde_json::to_vec(&v).unwrap_or_default());
@@ -151,7 +157,11 @@ async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Resp {
     };
     let (tx, body_rx) = mpsc::channel(32);
     let stream = generation.stream;
-    tokio::spawn(relay(first, rx, tx, api, generation, name));
+    let active = Active::new(engine.clone());
+    tokio::spawn(async move {
+        relay(first, rx, tx, api, generation, name).await;
+        drop(active);
+    });
     let content_type = if stream {
         "text/event-stream"
     } else {
@@ -196,6 +206,22 @@ async fn start(engine: &Engine, g: &Generation) -> Result<mpsc::Receiver<MrRespo
     Ok(rx)
 }
 
+/// Counts a generation in `Engine::active` while it is relayed.
+struct Active(Arc<Engine>);
+
+impl Active {
+    fn new(engine: Arc<Engine>) -> Self {
+        engine.active.fetch_add(1, Ordering::Relaxed);
+        Active(engine)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What a finished generation looked like.
 #[derive(Default)]
 struct Outcome {
@@ -226,6 +252,8 @@ async fn relay(
     } else {
         "text_completion"
     };
+    let mut stops = StopMatcher::new(g.stops.clone());
+    let mut stop_sent = false;
     let mut next = Some(first);
     loop {
         let resp = match next.take() {
@@ -269,7 +297,20 @@ async fn relay(
         if let Some(id) = chunk.get("id").and_then(Value::as_str) {
             out.id = id.to_string();
         }
-        let finished = absorb(&mut out, &chunk);
+        let upstream_finished = chunk
+            .get("choices")
+            .and_then(|c| c.get(0))
+            .is_some_and(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()));
+        if stop_sent {
+            // Past a stop sequence nothing more is sent; reading on picks up the final usage.
+            if upstream_finished {
+                break;
+            }
+            continue;
+        }
+        apply_stops(&mut chunk, &mut stops);
+        stop_sent = stops.stopped();
+        absorb(&mut out, &chunk);
         out.tokens += 1;
         let sent = if g.stream {
             tx.send(Bytes::from(format!("data: {}\n\n", Value::Object(chunk))))
@@ -283,17 +324,59 @@ async fn relay(
             tracing::debug!("The engine's client went away; generation is cancelled.");
             return;
         }
-        if finished {
+        if upstream_finished {
             break;
         }
     }
     let _ = tx.send(Bytes::from(finale(&out, api, &g, &name))).await;
 }
 
-/// Folds one chunk into the outcome; true when it carried a finish reason.
-fn absorb(out: &mut Outcome, chunk: &Map<String, Value>) -> bool {
+/// Cuts the chunk's text at a stop sequence; a cut chunk finishes with `stop`.
+fn apply_stops(chunk: &mut Map<String, Value>, stops: &mut StopMatcher) {
+    let Some(choice) = chunk
+        .get_mut("choices")
+        .and_then(|c| c.get_mut(0))
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let finishing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+    let (holder, key) = if choice.contains_key("delta") {
+        (
+            choice.get_mut("delta").and_then(Value::as_object_mut),
+            "content",
+        )
+    } else {
+        (Some(choice), "text")
+    };
+    let Some(holder) = holder else { return };
+    let text = holder
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut emit = stops.feed(&text);
+    if finishing {
+        emit.push_str(&stops.finish());
+    }
+    if holder.contains_key(key) || !emit.is_empty() {
+        holder.insert(key.into(), Value::String(emit));
+    }
+    if stops.stopped() {
+        if let Some(choice) = chunk
+            .get_mut("choices")
+            .and_then(|c| c.get_mut(0))
+            .and_then(Value::as_object_mut)
+        {
+            choice.insert("finish_reason".into(), Value::String("stop".into()));
+        }
+    }
+}
+
+/// Folds one chunk into the outcome.
+fn absorb(out: &mut Outcome, chunk: &Map<String, Value>) {
     let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
-        return false;
+        return;
     };
     let (text, reasoning) = match choice.get("delta") {
         Some(d) => (d.get("content"), d.get("reasoning_content")),
@@ -303,12 +386,8 @@ fn absorb(out: &mut Outcome, chunk: &Map<String, Value>) -> bool {
         .push_str(text.and_then(Value::as_str).unwrap_or(""));
     out.reasoning
         .push_str(reasoning.and_then(Value::as_str).unwrap_or(""));
-    match choice.get("finish_reason").and_then(Value::as_str) {
-        Some(r) => {
-            out.finish_reason = Some(r.to_string());
-            true
-        }
-        None => false,
+    if let Some(r) = choice.get("finish_reason").and_then(Value::as_str) {
+        out.finish_reason = Some(r.to_string());
     }
 }
 

@@ -65,6 +65,18 @@ impl BackgroundService for EngineService {
                 std::process::exit(1);
             }
         };
+        // Requests may flow as soon as /readyz says so: no waiting for the next health check.
+        if let Some(pool) = self
+            .gw
+            .snapshot
+            .load()
+            .pools
+            .get(crate::config::ENGINE_UPSTREAM)
+        {
+            for ep in &pool.endpoints {
+                ep.set_healthy(true);
+            }
+        }
         self.gw.set_ready(true);
         reasoning_engine::serve(engine, listener, async move {
             let _ = shutdown.changed().await;

@@ -94,7 +94,16 @@ impl GatewayProc {
         let path = dir.0.join("gateway.yaml");
         std::fs::write(&path, config).expect("write config");
         let log = dir.0.join("gateway.log");
-        let child = Command::new(gateway_bin())
+        let mut cmd = Command::new(gateway_bin());
+        // A killed test run must not leave gateways (and engines) behind.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(args)
             .arg("serve")
             .arg("--config")

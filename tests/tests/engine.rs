@@ -1,0 +1,261 @@
+//! The bundled mistral.rs engine on the real SmolLM2-135M GGUF, through the real gateway.
+//! Needs `models/smollm2/` (`make models`).
+
+use std::time::{Duration, Instant};
+
+use gateway_tests::harness::{free_port, http_status, repo_root, run_python, GatewayProc};
+use serde_json::{json, Value};
+
+const LOAD: Duration = Duration::from_secs(120);
+
+struct Engine {
+    gw: GatewayProc,
+    engine_port: u16,
+}
+
+fn start(max_seqs: usize) -> Engine {
+    let dir = repo_root().join("models/smollm2");
+    assert!(
+        dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file(),
+        "run `make models` first"
+    );
+    let engine_port = free_port();
+    let config = format!(
+        "engine:\n  model_dir: {}\n  gguf: SmolLM2-135M-Instruct.Q4_1.gguf\n  served_model_name: smollm2\n  listen: 127.0.0.1:{engine_port}\n  max_seqs: {max_seqs}\n  max_context_tokens: 2048\nroutes:\n  - model: smollm2\n    upstream: engine\n",
+        dir.display()
+    );
+    Engine {
+        gw: GatewayProc::start(&config, LOAD),
+        engine_port,
+    }
+}
+
+async fn chat(gw: &GatewayProc, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("gateway answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON body"))
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+#[tokio::test]
+async fn real_generation_streamed_and_not_reports_the_served_model_name() {
+    let e = start(4);
+    let (status, v) = chat(&e.gw, json!({"model": "smollm2", "messages": user("Name three colors."), "max_tokens": 24, "temperature": 0})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["model"], "smollm2");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!content.trim().is_empty(), "{v}");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 24);
+
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/completions", e.gw.base_url()))
+        .json(&json!({"model": "smollm2", "messages": user("Name three colors."), "max_tokens": 24, "temperature": 0,
+            "stream": true, "stream_options": {"include_usage": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = resp.text().await.unwrap();
+    let mut streamed = String::new();
+    let mut usage = None;
+    for data in text
+        .split("\n\n")
+        .filter_map(|ev| ev.strip_prefix("data: "))
+    {
+        if data == "[DONE]" {
+            continue;
+        }
+        let c: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(c["model"], "smollm2");
+        if !c["usage"].is_null() {
+            usage = Some(c["usage"].clone());
+        }
+        streamed.push_str(
+            c["choices"]
+                .get(0)
+                .and_then(|c| c["delta"]["content"].as_str())
+                .unwrap_or(""),
+        );
+    }
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    assert_eq!(
+        streamed, content,
+        "greedy decoding gives the same text streamed and not"
+    );
+    assert!(usage.is_some_and(|u| u["completion_tokens"].as_u64().unwrap() > 0));
+}
+
+#[tokio::test]
+async fn max_tokens_and_stop_sequences_are_honoured_and_seed_is_refused() {
+    let e = start(4);
+    let base = json!({"model": "smollm2", "messages": user("Count from 1 to 20, separated by commas."), "temperature": 0});
+    let mut long = base.clone();
+    long["max_tokens"] = json!(40);
+    let (_, v) = chat(&e.gw, long).await;
+    let full = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(full.len() > 8, "{full:?}");
+
+    let mut short = base.clone();
+    short["max_tokens"] = json!(3);
+    let (_, v) = chat(&e.gw, short).await;
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+
+    // A stop sequence taken from the middle of the unstopped output: the answer ends right
+    // before its first occurrence, without it.
+    let mid = full
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| i >= full.len() / 2)
+        .unwrap();
+    let stop: String = full[mid..].chars().take(2).collect();
+    let expected = &full[..full.find(&stop).unwrap()];
+    let mut stopped = base.clone();
+    stopped["max_tokens"] = json!(40);
+    stopped["stop"] = json!([stop]);
+    let (_, v) = chat(&e.gw, stopped).await;
+    assert_eq!(
+        v["choices"][0]["message"]["content"], expected,
+        "stop {stop:?} in {full:?}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+    let mut seeded = base.clone();
+    seeded["seed"] = json!(7);
+    let (status, v) = chat(&e.gw, seeded).await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["param"], "seed");
+    let (status, v) = chat(
+        &e.gw,
+        json!({"model": "smollm2", "messages": user("x"), "max_tokens": 100000}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("max_tokens"))
+    );
+}
+
+#[tokio::test]
+async fn a_client_disconnect_cancels_generation() {
+    // One sequence at a time: a generation left running would hold the engine for minutes.
+    let e = start(1);
+    let client = reqwest::Client::new();
+    let mut resp = client
+        .post(format!("{}/chat/completions", e.gw.base_url()))
+        .json(&json!({"model": "smollm2", "messages": user("Write a very long story about a dragon."), "max_tokens": 1500, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Read a few events so generation is surely under way, then hang up.
+    let mut seen = String::new();
+    for _ in 0..3 {
+        let chunk = resp
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the stream is still going");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!seen.contains("[DONE]"), "{seen}");
+    drop(resp);
+    drop(client);
+    let health = format!("http://127.0.0.1:{}/health", e.engine_port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Value = reqwest::get(&health).await.unwrap().json().await.unwrap();
+        if v["active_generations"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "generation still running after the client left: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // With one sequence slot, this completes only if the abandoned one was cancelled.
+    let (status, v) = tokio::time::timeout(
+        Duration::from_secs(60),
+        chat(
+            &e.gw,
+            json!({"model": "smollm2", "messages": user("Hi"), "max_tokens": 4}),
+        ),
+    )
+    .await
+    .expect("the engine is free again");
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
+async fn concurrent_requests_all_complete() {
+    let e = start(4);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let url = format!("{}/chat/completions", e.gw.base_url());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"model": "smollm2", "messages": user(&format!("Say the number {i}.")), "max_tokens": 12, "stream": i % 2 == 0});
+            let resp = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("smollm2"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn the_openai_sdk_talks_to_the_engine_and_readiness_waits_for_the_model() {
+    let e = start(2);
+    let log = e.gw.log_text();
+    assert!(
+        log.contains("model is loaded"),
+        "ready before the model loaded:\n{log}"
+    );
+    assert_eq!(http_status(e.gw.admin_port, "/readyz"), Some(200));
+    let base = e.gw.base_url();
+    let out = tokio::task::spawn_blocking(move || run_python("sdk_engine.py", &[&base]))
+        .await
+        .unwrap();
+    assert!(out.contains("sdk engine ok"), "{out}");
+}
+
+#[test]
+fn a_missing_model_file_stops_start_up_with_its_path() {
+    let dir = gateway_tests::harness::TempDir::new("nomodel");
+    let config = dir.0.join("g.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{}\nadmin_listen: 127.0.0.1:{}\nengine: {{model_dir: {}, gguf: absent.gguf, served_model_name: m}}\nroutes: [{{model: m, upstream: engine}}]\n",
+            free_port(),
+            free_port(),
+            dir.0.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(gateway_tests::harness::gateway_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("absent.gguf") && err.contains("does not exist"),
+        "{err}"
+    );
+}
