@@ -190,3 +190,87 @@ fn unterminated_reasoning_is_flagged() {
     rw.finish();
     assert!(rw.stats().unterminated);
 }
+
+/// A small deterministic generator (xorshift64*), so failures reproduce from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const FRAGMENTS: &[&str] = &[
+    "<think>", "</think>", "<th", "ink>", "</", "think", ">", "<", " ", "\n", "\n\n", "a", "42", "é", "🤔",
+    "wait", "\"", "\\", "data: ", "[DONE]",
+];
+
+fn feed_in_random_pieces(rw: &mut ResponseRewriter, input: &[u8], rng: &mut Rng) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < input.len() {
+        let n = 1 + rng.below(40);
+        let j = (i + n).min(input.len());
+        out.extend(rw.feed(&input[i..j]));
+        i = j;
+    }
+    out.extend(rw.finish());
+    out
+}
+
+#[test]
+fn arbitrary_bytes_never_panic_the_rewriters() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::Both);
+    for _ in 0..3000 {
+        let len = rng.below(300);
+        let mut input = Vec::with_capacity(len);
+        while input.len() < len {
+            if rng.below(4) == 0 {
+                input.push(rng.next() as u8);
+            } else {
+                input.extend_from_slice(FRAGMENTS[rng.below(FRAGMENTS.len())].as_bytes());
+            }
+        }
+        for content_type in ["text/event-stream", "application/json"] {
+            for endpoint in [Endpoint::ChatCompletions, Endpoint::Completions] {
+                let mut rw = ResponseRewriter::for_response(&c, endpoint, 200, content_type).unwrap();
+                feed_in_random_pieces(&mut rw, &input, &mut rng);
+                let mut rw = ResponseRewriter::for_response(&c, endpoint, 200, content_type).unwrap();
+                rw.feed(&input);
+                rw.abort();
+            }
+        }
+    }
+}
+
+#[test]
+fn random_token_streams_split_the_same_under_any_chunking() {
+    let mut rng = Rng(42);
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::ReasoningContent);
+    for _ in 0..500 {
+        let tokens: Vec<String> = (0..rng.below(30))
+            .map(|_| (0..1 + rng.below(3)).map(|_| FRAGMENTS[rng.below(FRAGMENTS.len())]).collect())
+            .collect();
+        let mut input: String = tokens.iter().map(|t| sse_chunk(t)).collect();
+        input.push_str(&finish_chunk());
+        input.push_str("data: [DONE]\n\n");
+        let whole = run_stream(&c, &input, usize::MAX);
+        let mut rw = ResponseRewriter::for_response(&c, Endpoint::ChatCompletions, 200, "text/event-stream").unwrap();
+        let pieces = feed_in_random_pieces(&mut rw, input.as_bytes(), &mut rng);
+        let text = String::from_utf8(pieces).unwrap();
+        let (mut r, mut a) = (String::new(), String::new());
+        for data in text.split("\n\n").filter_map(|b| b.strip_prefix("data: ")).filter(|d| *d != "[DONE]") {
+            let v: Value = serde_json::from_str(data).unwrap();
+            r.push_str(v["choices"][0]["delta"]["reasoning_content"].as_str().unwrap_or(""));
+            a.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        }
+        assert_eq!((r, a), (whole.0, whole.1), "tokens {tokens:?}");
+    }
+}
