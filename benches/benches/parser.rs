@@ -64,12 +64,24 @@ fn sse_events(c: &mut Criterion) {
         stream.extend_from_slice(format!("data: {v}\n\n").as_bytes());
     }
     stream.extend_from_slice(b"data: [DONE]\n\n");
-    let cfg = ReasoningConfig { parser: ParserKind::DeepseekR1, start_in_reasoning: false, output_field: OutputField::ReasoningContent };
+    let cfg = ReasoningConfig {
+        parser: ParserKind::DeepseekR1,
+        start_in_reasoning: false,
+        output_field: OutputField::ReasoningContent,
+    };
     let mut g = c.benchmark_group("sse_rewrite");
     g.throughput(Throughput::Elements(tokens.len() as u64 + 1));
     g.bench_function("chat_chunk_events", |b| {
         b.iter_batched(
-            || ResponseRewriter::for_response(&cfg, Endpoint::ChatCompletions, 200, "text/event-stream").unwrap(),
+            || {
+                ResponseRewriter::for_response(
+                    &cfg,
+                    Endpoint::ChatCompletions,
+                    200,
+                    "text/event-stream",
+                )
+                .unwrap()
+            },
             |mut rw| {
                 let mut n = 0;
                 for part in stream.chunks(1460) {

@@ -149,7 +149,7 @@ impl ThinkParser {
                         self.state = State::Answer { trim: false };
                     }
                 }
-                State::Reasoning => match text.find(CLOSE) {
+                State::Reasoning => match find_tag(text, CLOSE) {
                     Some(i) => {
                         out.reasoning.push_str(&text[..i]);
                         self.state = State::Answer { trim: true };
@@ -166,6 +166,13 @@ impl ThinkParser {
             }
         }
     }
+}
+
+/// First occurrence of `tag` (which starts with `<`): memchr to each `<`, then compare.
+/// Much cheaper than a substring searcher for the short deltas streamed one by one.
+fn find_tag(text: &str, tag: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    memchr::memchr_iter(b'<', bytes).find(|&i| bytes[i..].starts_with(tag.as_bytes()))
 }
 
 /// Length of the longest suffix of `text` that is a proper prefix of `tag`.

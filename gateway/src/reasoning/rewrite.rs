@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use super::fastpath;
 use super::parser::{Split, ThinkParser};
 use super::sse::{Event, SseDecoder};
 use crate::config::{OutputField, ParserKind, ReasoningConfig};
@@ -63,6 +64,8 @@ pub struct ResponseRewriter {
     choices: BTreeMap<u64, ChoiceState>,
     /// id/object/created/model of the last chunk, for chunks the gateway synthesises.
     template: Map<String, Value>,
+    /// Use [`fastpath`] where it applies (off only in tests comparing both paths).
+    fast: bool,
 }
 
 impl ResponseRewriter {
@@ -97,6 +100,7 @@ impl ResponseRewriter {
             completions: endpoint == Endpoint::Completions,
             choices: BTreeMap::new(),
             template: Map::new(),
+            fast: true,
         })
     }
 
@@ -204,6 +208,16 @@ impl ResponseRewriter {
             event.write(out);
             return;
         }
+        if let Some(rewritten) = self.fast_chunk(data) {
+            if let Some(d) = rewritten {
+                Event {
+                    data: Some(d),
+                    ..event
+                }
+                .write(out);
+            }
+            return;
+        }
         let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(data) else {
             event.write(out);
             return;
@@ -241,6 +255,67 @@ impl ResponseRewriter {
             ..event
         }
         .write(out);
+    }
+
+    /// The common chunk without a JSON tree (see [`fastpath`]): `None` when it does not apply,
+    /// `Some(None)` when the gateway emptied the chunk (drop it), else the rewritten data.
+    fn fast_chunk(&mut self, data: &str) -> Option<Option<String>> {
+        if self.completions || !self.fast {
+            return None;
+        }
+        let chunk = fastpath::simple_chat_chunk(data)?;
+        if self
+            .choices
+            .get(&chunk.index)
+            .is_some_and(|c| c.upstream_split || c.finished)
+        {
+            return None;
+        }
+        if self.template.is_empty() {
+            if let Ok(Value::Object(v)) = serde_json::from_str::<Value>(data) {
+                for key in ["id", "object", "created", "model", "system_fingerprint"] {
+                    if let Some(x) = v.get(key) {
+                        self.template.insert(key.to_string(), x.clone());
+                    }
+                }
+            }
+        }
+        let fresh = self.new_choice();
+        let state = self.choices.entry(chunk.index).or_insert(fresh);
+        let mut split = Split::default();
+        state.parser.feed(&chunk.content, &mut split);
+        state.reasoning_chars += split.reasoning.chars().count();
+        state.content_chars += split.content.chars().count();
+        if !split.reasoning.is_empty() {
+            state.reasoning_chunks += 1;
+        }
+        if split.is_empty() && chunk.content_only && !chunk.content.is_empty() {
+            return Some(None);
+        }
+        let mut s = String::with_capacity(data.len() + split.reasoning.len() * 2 + 40);
+        s.push_str(&data[..chunk.member.start]);
+        if !split.reasoning.is_empty() {
+            let names: &[&str] = match self.field {
+                OutputField::ReasoningContent => &["reasoning_content"],
+                OutputField::Reasoning => &["reasoning"],
+                OutputField::Both => &["reasoning_content", "reasoning"],
+            };
+            for name in names {
+                s.push('"');
+                s.push_str(name);
+                s.push_str("\":");
+                fastpath::push_json_string(&mut s, &split.reasoning);
+                s.push(',');
+            }
+        }
+        if !split.content.is_empty() || split.reasoning.is_empty() {
+            s.push_str("\"content\":");
+            fastpath::push_json_string(&mut s, &split.content);
+        } else {
+            s.pop();
+        }
+        s.push_str(&data[chunk.member.end..]);
+        Some(Some(s))
     }
 
     /// Rewrites one choice in place; returns true when the gateway emptied it (drop it).

@@ -94,7 +94,7 @@ impl SseDecoder {
                     continue;
                 }
             }
-            match input.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', input) {
                 Some(i) => {
                     self.push_line_bytes(&input[..i])?;
                     self.after_cr = input[i] == b'\r';
