@@ -7,7 +7,7 @@ export RG_PYTHON ?= $(VENV)/bin/python
 CONFIG ?= configs/engine.yaml
 BIN := $(CARGO_TARGET_DIR)/release/reasoning-gateway
 
-.PHONY: run test deps models venv build check lint
+.PHONY: run test deps models venv build check lint bench-parser bench-engine
 
 run: deps models build
 	$(BIN) serve --config $(CONFIG)
@@ -36,3 +36,14 @@ build:
 lint:
 	cargo fmt --all --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
+
+bench-parser:
+	cargo bench -p gateway-benches --bench parser
+
+# llama.cpp built for this CPU in its own virtualenv, for the side-by-side engine benchmark.
+BENCH_VENV ?= $(HOME)/.cache/reasoning-gateway/bench-venv
+bench-engine: deps models build
+	@test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/python -c 'import llama_cpp' 2>/dev/null || \
+	  CMAKE_ARGS="-DGGML_NATIVE=ON" $(BENCH_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36
+	$(BENCH_VENV)/bin/python benches/engine_vs_llamacpp.py $(BIN)
