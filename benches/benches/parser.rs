@@ -68,6 +68,7 @@ fn sse_events(c: &mut Criterion) {
         parser: ParserKind::DeepseekR1,
         start_in_reasoning: false,
         output_field: OutputField::ReasoningContent,
+        ..ReasoningConfig::default()
     };
     let mut g = c.benchmark_group("sse_rewrite");
     g.throughput(Throughput::Elements(tokens.len() as u64 + 1));

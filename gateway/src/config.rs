@@ -125,6 +125,32 @@ pub struct ReasoningConfig {
     pub start_in_reasoning: bool,
     /// Output field.
     pub output_field: OutputField,
+    /// How finished responses are analysed (shared by every request of the route).
+    pub analysis: std::sync::Arc<AnalysisConfig>,
+}
+
+/// Steps, self-corrections and verification settings of a route.
+#[derive(Debug, Clone)]
+pub struct AnalysisConfig {
+    /// Self-correction markers, lowercase.
+    pub correction_markers: Vec<String>,
+    /// Verification checks.
+    pub verify: crate::reasoning::verify::VerifyConfig,
+    /// Add `reasoning_stats` to responses (a final stream chunk with `choices: []`).
+    pub stats: bool,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            correction_markers: crate::reasoning::corrections::DEFAULT_MARKERS
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
+            verify: Default::default(),
+            stats: false,
+        }
+    }
 }
 
 impl Default for ReasoningConfig {
@@ -133,6 +159,7 @@ impl Default for ReasoningConfig {
             parser: ParserKind::DeepseekR1,
             start_in_reasoning: false,
             output_field: OutputField::ReasoningContent,
+            analysis: Default::default(),
         }
     }
 }

@@ -13,6 +13,25 @@ const LATENCY_BUCKETS: &[f64] = &[
     120.0, 300.0, 600.0,
 ];
 
+/// Token-count buckets, from a few tokens to very long reasoning chains.
+const TOKEN_BUCKETS: &[f64] = &[
+    0.0, 16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0,
+];
+/// Step-count buckets.
+const STEP_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// The reasoning-length class a request falls into (label of the duration-by-length histogram).
+pub fn reasoning_length_class(tokens: u64) -> &'static str {
+    match tokens {
+        0 => "0",
+        1..=256 => "1-256",
+        257..=1024 => "257-1024",
+        1025..=4096 => "1025-4096",
+        4097..=16384 => "4097-16384",
+        _ => "16385+",
+    }
+}
+
 /// The gateway's metrics and the registry they live in.
 pub struct Metrics {
     registry: Registry,
@@ -26,6 +45,24 @@ pub struct Metrics {
     pub upstream_errors_total: IntCounterVec,
     /// Requests being handled right now.
     pub inflight_requests: IntGauge,
+    /// Time to first answer token (the thinking time).
+    pub time_to_first_answer_token_seconds: HistogramVec,
+    /// The same TTFT under its OpenTelemetry GenAI name.
+    pub gen_ai_server_time_to_first_token_seconds: HistogramVec,
+    /// Reasoning tokens per response.
+    pub reasoning_tokens: HistogramVec,
+    /// Answer tokens per response.
+    pub answer_tokens: HistogramVec,
+    /// Reasoning steps per response.
+    pub reasoning_steps: HistogramVec,
+    /// Self-corrections in reasoning.
+    pub self_corrections_total: IntCounterVec,
+    /// Verification checks run, by check and result.
+    pub verifications_total: IntCounterVec,
+    /// Verification checks failed, by check.
+    pub verification_failures_total: IntCounterVec,
+    /// Request duration by reasoning-length class: reasoning length against latency.
+    pub request_duration_by_reasoning_length_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -82,8 +119,78 @@ impl Metrics {
         registry
             .register(Box::new(inflight_requests.clone()))
             .expect("metric is registered once");
+        let rl = &["route", "upstream"];
+        let time_to_first_answer_token_seconds = histogram(
+            "time_to_first_answer_token_seconds",
+            "Time from receiving a request to the first answer (not reasoning) text sent: the thinking time.",
+            rl,
+            LATENCY_BUCKETS,
+        );
+        let gen_ai_server_time_to_first_token_seconds = {
+            let h = HistogramVec::new(
+                HistogramOpts::new(
+                    "gen_ai_server_time_to_first_token_seconds",
+                    "OpenTelemetry GenAI gen_ai.server.time_to_first_token: time to the first response byte from the model server.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"],
+            )
+            .expect("metric definition is valid");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric is registered once");
+            h
+        };
+        let reasoning_tokens = histogram(
+            "reasoning_tokens",
+            "Reasoning tokens per response (upstream usage when given, else counted by the gateway).",
+            rl,
+            TOKEN_BUCKETS,
+        );
+        let answer_tokens = histogram(
+            "answer_tokens",
+            "Answer tokens per response (completion tokens minus reasoning tokens).",
+            rl,
+            TOKEN_BUCKETS,
+        );
+        let reasoning_steps = histogram(
+            "reasoning_steps",
+            "Reasoning steps per response: paragraphs, numbered items and `Step N` lines.",
+            rl,
+            STEP_BUCKETS,
+        );
+        let self_corrections_total = counter(
+            "self_corrections_total",
+            "Self-correction markers (wait, actually, …) at sentence starts in reasoning.",
+            rl,
+        );
+        let verifications_total = counter(
+            "verifications_total",
+            "Verification checks run on finished responses, by check and result (pass|fail).",
+            &["route", "upstream", "check", "result"],
+        );
+        let verification_failures_total = counter(
+            "verification_failures_total",
+            "Verification checks that failed, by check.",
+            &["route", "upstream", "check"],
+        );
+        let request_duration_by_reasoning_length_seconds = histogram(
+            "request_duration_by_reasoning_length_seconds",
+            "Request duration by reasoning-length class (reasoning tokens): how reasoning length drives latency.",
+            &["route", "reasoning_length"],
+            LATENCY_BUCKETS,
+        );
         Metrics {
             registry,
+            time_to_first_answer_token_seconds,
+            gen_ai_server_time_to_first_token_seconds,
+            reasoning_tokens,
+            answer_tokens,
+            reasoning_steps,
+            self_corrections_total,
+            verifications_total,
+            verification_failures_total,
+            request_duration_by_reasoning_length_seconds,
             requests_total,
             request_duration_seconds,
             time_to_first_token_seconds,

@@ -56,6 +56,8 @@ impl GatewayProxy {
             Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
         };
         ctx.stream_requested = routed.info.stream;
+        ctx.response_format = routed.info.body.get("response_format").cloned();
+        ctx.strip_usage = routed.usage_injected;
         ctx.route = Some(routed.route);
         ctx.pool = Some(routed.pool);
         ctx.upstream_body = routed.upstream_body;
@@ -216,7 +218,8 @@ impl ProxyHttp for GatewayProxy {
             .unwrap_or("");
         if let (Some(route), Some(endpoint)) = (&ctx.route, ctx.endpoint) {
             ctx.rewriter =
-                ResponseRewriter::for_response(&route.reasoning, endpoint, status, content_type);
+                ResponseRewriter::for_response(&route.reasoning, endpoint, status, content_type)
+                    .map(|rw| rw.with_request(ctx.response_format.take(), ctx.strip_usage));
         }
         if ctx.rewriter.is_some() {
             resp.remove_header("content-length");
@@ -253,6 +256,9 @@ impl ProxyHttp for GatewayProxy {
                 out.extend_from_slice(&rw.finish());
             }
             *body = Some(Bytes::from(out));
+            if ctx.first_answer_at.is_none() && rw.answer_started() {
+                ctx.first_answer_at = Some(Instant::now());
+            }
         }
         ctx.response_bytes += body.as_ref().map_or(0, Bytes::len);
         Ok(None)

@@ -37,6 +37,20 @@ pub const THINK_TOKENS: &[&str] = &[
     " is 4",
     " ✓",
 ];
+/// Tokens of the analysis fixture: 3 steps, 2 self-corrections, an answer that is not JSON.
+pub const ANALYSED_TOKENS: &[&str] = &[
+    "<think>",
+    "Step 1: add 2",
+    " and 2.\n\n",
+    "Wait, check",
+    " again. Actually,",
+    " it is 4.\n\n",
+    "Step 2: the",
+    " answer is 4.",
+    "</think>",
+    "\n\n{\"answer\": 4",
+];
+
 /// The reasoning in [`THINK_TOKENS`].
 pub const THINK_REASONING: &str = "Let me add 2 and 2.\n\nWait, check: 4.";
 /// The answer in [`THINK_TOKENS`].
@@ -166,7 +180,27 @@ async fn serve_connection(
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let model = body["model"].as_str().unwrap_or("").to_string();
         let stream_wanted = body["stream"].as_bool().unwrap_or(false);
+        let include_usage = body["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false);
         match model.as_str() {
+            "analysed" => {
+                let events: Vec<Value> = ANALYSED_TOKENS
+                    .iter()
+                    .map(|t| chunk(&model, json!({"content": t}), None))
+                    .collect();
+                write_stream(
+                    &mut stream,
+                    id,
+                    &model,
+                    events,
+                    Duration::ZERO,
+                    false,
+                    true,
+                    include_usage,
+                )
+                .await?;
+            }
             "think" | "slow" | "think-bytes" if stream_wanted => {
                 let pace = if model == "slow" {
                     Duration::from_millis(30)
@@ -185,6 +219,7 @@ async fn serve_connection(
                     pace,
                     model == "think-bytes",
                     true,
+                    include_usage,
                 )
                 .await?;
             }
@@ -218,7 +253,17 @@ async fn serve_connection(
                     ),
                 ];
                 events.push(chunk(&model, json!({"content": "Done."}), None));
-                write_stream(&mut stream, id, &model, events, Duration::ZERO, false, true).await?;
+                write_stream(
+                    &mut stream,
+                    id,
+                    &model,
+                    events,
+                    Duration::ZERO,
+                    false,
+                    true,
+                    include_usage,
+                )
+                .await?;
             }
             "split-fields" => {
                 let msg =
@@ -238,6 +283,7 @@ async fn serve_connection(
                     Duration::ZERO,
                     false,
                     false,
+                    include_usage,
                 )
                 .await?;
                 return Ok(());
@@ -297,6 +343,7 @@ async fn write_json(
     stream.write_all(&body).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_stream(
     stream: &mut TcpStream,
     id: &str,
@@ -305,6 +352,7 @@ async fn write_stream(
     pace: Duration,
     byte_by_byte: bool,
     complete: bool,
+    include_usage: bool,
 ) -> std::io::Result<()> {
     let head = format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-upstream-id: {id}\r\n\r\n");
     stream.write_all(head.as_bytes()).await?;
@@ -315,9 +363,11 @@ async fn write_stream(
             "data: {}\n\n",
             chunk(model, json!({}), Some("stop"))
         ));
-        let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+        if include_usage {
+            let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
             "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}});
-        payloads.push(format!("data: {usage}\n\n"));
+            payloads.push(format!("data: {usage}\n\n"));
+        }
         payloads.push("data: [DONE]\n\n".to_string());
     }
     for p in payloads {

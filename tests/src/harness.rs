@@ -174,6 +174,20 @@ impl GatewayProc {
         }
     }
 
+    /// Waits (bounded) until `n` requests have finished: metrics are recorded in the same phase
+    /// as the access log, after the client already has its response.
+    pub async fn wait_for_requests(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.log_text().matches("Request finished.").count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} requests finished:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// What the gateway logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

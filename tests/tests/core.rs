@@ -245,6 +245,7 @@ async fn upstream_failures_become_clear_errors_and_are_counted() {
         (502, Some("upstream_protocol_error"))
     );
 
+    gw.wait_for_requests(3, Duration::from_secs(5)).await;
     let metrics = gw.admin_get("/metrics").await;
     let disconnects = metric_value(
         &metrics,

@@ -111,4 +111,24 @@ pub struct RawReasoning {
     pub step_timeout: Option<String>,
     /// Reasoning budget in tokens (not enforced in this version).
     pub max_reasoning_tokens: Option<u64>,
+    /// Sentence-initial phrases counted as self-corrections (default: a built-in list).
+    pub correction_markers: Option<Vec<String>>,
+    /// Checks run on every finished response.
+    pub verify: Option<RawVerify>,
+    /// Add per-response `reasoning_stats` (a final `choices: []` stream chunk, or a top-level field).
+    pub stats: Option<bool>,
+}
+
+/// Verification settings of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    /// Checks to run: unterminated, empty_answer, tag_leak, json, regex, contradiction, loop.
+    pub checks: Option<Vec<String>>,
+    /// Regex the answer must match; enables the `regex` check.
+    pub answer_regex: Option<String>,
+    /// Word n-gram length of the `loop` check (default 8).
+    pub loop_ngram: Option<usize>,
+    /// Largest share of repeated n-grams before the reasoning counts as looping (default 0.5).
+    pub loop_max_ratio: Option<f64>,
 }

@@ -334,7 +334,67 @@ fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig
         parser,
         start_in_reasoning: r.start_in_reasoning.unwrap_or(false),
         output_field,
+        analysis: std::sync::Arc::new(analysis(errs, path, r)),
     }
+}
+
+fn analysis(errs: &mut Errors, path: &str, r: &RawReasoning) -> AnalysisConfig {
+    use crate::reasoning::verify::Check;
+    let mut a = AnalysisConfig::default();
+    if let Some(m) = &r.correction_markers {
+        a.correction_markers = m
+            .iter()
+            .map(|x| x.trim().to_lowercase())
+            .filter(|x| !x.is_empty())
+            .collect();
+    }
+    a.stats = r.stats.unwrap_or(false);
+    let Some(v) = &r.verify else { return a };
+    if let Some(names) = &v.checks {
+        a.verify.checks.clear();
+        for (i, n) in names.iter().enumerate() {
+            match Check::from_label(n) {
+                Some(c) => a.verify.checks.push(c),
+                None => errs.push(
+                    &format!("{path}.verify.checks[{i}]"),
+                    format!("`{n}` is not one of unterminated, empty_answer, tag_leak, json, regex, contradiction, loop"),
+                ),
+            }
+        }
+    }
+    if let Some(re) = &v.answer_regex {
+        match regex::Regex::new(re) {
+            Ok(r) => {
+                a.verify.answer_regex = Some(r);
+                if !a.verify.checks.contains(&Check::Regex) {
+                    a.verify.checks.push(Check::Regex);
+                }
+            }
+            Err(e) => errs.push(
+                &format!("{path}.verify.answer_regex"),
+                format!("invalid regex: {e}"),
+            ),
+        }
+    } else if a.verify.checks.contains(&Check::Regex) {
+        errs.push(
+            &format!("{path}.verify.checks"),
+            "the `regex` check needs `answer_regex`",
+        );
+    }
+    match v.loop_ngram {
+        Some(0) => errs.push(&format!("{path}.verify.loop_ngram"), "must be at least 1"),
+        Some(n) => a.verify.loop_ngram = n,
+        None => {}
+    }
+    match v.loop_max_ratio {
+        Some(x) if !(0.0..=1.0).contains(&x) => errs.push(
+            &format!("{path}.verify.loop_max_ratio"),
+            "must be between 0 and 1",
+        ),
+        Some(x) => a.verify.loop_max_ratio = x,
+        None => {}
+    }
+    a
 }
 
 #[cfg(test)]

@@ -68,6 +68,12 @@ pub struct RequestCtx {
     pub upstream_error: Option<&'static str>,
     /// Rewrites the response body (reasoning split); `None` forwards it untouched.
     pub rewriter: Option<ResponseRewriter>,
+    /// The request's `response_format`, handed to the rewriter for the `json` check.
+    pub response_format: Option<serde_json::Value>,
+    /// The gateway asked the upstream for usage the client did not want.
+    pub strip_usage: bool,
+    /// First answer (not reasoning) text sent to the client.
+    pub first_answer_at: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -93,6 +99,9 @@ impl RequestCtx {
             error: None,
             upstream_error: None,
             rewriter: None,
+            response_format: None,
+            strip_usage: false,
+            first_answer_at: None,
         }
     }
 

@@ -107,6 +107,8 @@ pub struct Routed {
     pub pool: std::sync::Arc<crate::upstream::Pool>,
     /// Bytes to send upstream.
     pub upstream_body: Bytes,
+    /// The gateway added `stream_options.include_usage` for its own metrics.
+    pub usage_injected: bool,
 }
 
 /// Validates the body and finds its route and pool.
@@ -136,24 +138,48 @@ pub fn route(snapshot: &Snapshot, endpoint: Endpoint, body: Bytes) -> Result<Rou
             format!("No healthy endpoint in upstream `{}`.", route.upstream),
         ));
     }
-    let upstream_body = match &route.upstream_model {
-        Some(m) => {
-            info.body.insert("model".into(), Value::String(m.clone()));
-            Bytes::from(serde_json::to_vec(&info.body).map_err(|e| {
-                ApiError::new(
-                    500,
-                    ErrorKind::Server,
-                    "internal_error",
-                    format!("re-encoding the request failed: {e}"),
-                )
-            })?)
+    let mut rewritten = false;
+    if let Some(m) = &route.upstream_model {
+        info.body.insert("model".into(), Value::String(m.clone()));
+        rewritten = true;
+    }
+    // Streams are asked for usage so token metrics come from the upstream, not estimates; the
+    // usage chunk is then kept from clients that did not ask for it.
+    let wants_usage = info
+        .body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool);
+    let usage_injected = info.stream
+        && wants_usage != Some(true)
+        && route.reasoning.parser != crate::config::ParserKind::Passthrough;
+    if usage_injected {
+        let opts = info
+            .body
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(o) = opts {
+            o.insert("include_usage".into(), Value::Bool(true));
         }
-        None => body,
+        rewritten = true;
+    }
+    let upstream_body = if rewritten {
+        Bytes::from(serde_json::to_vec(&info.body).map_err(|e| {
+            ApiError::new(
+                500,
+                ErrorKind::Server,
+                "internal_error",
+                format!("re-encoding the request failed: {e}"),
+            )
+        })?)
+    } else {
+        body
     };
     Ok(Routed {
         info,
         route: route.clone(),
         pool,
         upstream_body,
+        usage_injected,
     })
 }

@@ -35,6 +35,50 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
             .with_label_values(&[route, upstream])
             .observe(t.as_secs_f64());
     }
+    if let Some(t) = ttft {
+        m.gen_ai_server_time_to_first_token_seconds
+            .with_label_values(&[route])
+            .observe(t.as_secs_f64());
+    }
+    let ttfat = ctx.first_answer_at.map(|t| t.duration_since(ctx.start));
+    if let Some(t) = ttfat {
+        m.time_to_first_answer_token_seconds
+            .with_label_values(&[route, upstream])
+            .observe(t.as_secs_f64());
+    }
+    let report = ctx.rewriter.as_ref().map(|rw| rw.report());
+    if let Some(r) = &report {
+        let labels = [route, upstream];
+        m.reasoning_tokens
+            .with_label_values(&labels)
+            .observe(r.reasoning_tokens as f64);
+        m.answer_tokens
+            .with_label_values(&labels)
+            .observe(r.answer_tokens as f64);
+        m.reasoning_steps
+            .with_label_values(&labels)
+            .observe(r.steps as f64);
+        m.self_corrections_total
+            .with_label_values(&labels)
+            .inc_by(r.corrections as u64);
+        for (check, passed) in &r.verifications {
+            let result = if *passed { "pass" } else { "fail" };
+            m.verifications_total
+                .with_label_values(&[route, upstream, check.label(), result])
+                .inc();
+            if !passed {
+                m.verification_failures_total
+                    .with_label_values(&[route, upstream, check.label()])
+                    .inc();
+            }
+        }
+        m.request_duration_by_reasoning_length_seconds
+            .with_label_values(&[
+                route,
+                crate::metrics::reasoning_length_class(r.reasoning_tokens),
+            ])
+            .observe(elapsed.as_secs_f64());
+    }
     // Connect failures are counted per attempt in `fail_to_connect`.
     if let Some(kind) = ctx.upstream_error.filter(|k| *k != "connect") {
         m.upstream_errors_total
@@ -66,6 +110,14 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         attempts = ctx.tried.len(),
         error_code,
         proxy_error,
+        ttfat_ms = ttfat.map(|t| t.as_secs_f64() * 1000.0),
+        reasoning_tokens = report.as_ref().map(|r| r.reasoning_tokens),
+        answer_tokens = report.as_ref().map(|r| r.answer_tokens),
+        tokens_estimated = report.as_ref().map(|r| r.tokens_counted),
+        reasoning_steps = report.as_ref().map(|r| r.steps),
+        self_corrections = report.as_ref().map(|r| r.corrections),
+        unterminated = report.as_ref().map(|r| r.unterminated),
+        verification_failures = report.as_ref().map(|r| r.failed().map(|c| c.label()).collect::<Vec<_>>().join(",")),
         "Request finished."
     );
 }

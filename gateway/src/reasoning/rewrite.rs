@@ -5,10 +5,16 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
+use super::corrections::count_corrections;
 use super::fastpath;
 use super::parser::{Split, ThinkParser};
+use super::report::Report;
 use super::sse::{Event, SseDecoder};
-use crate::config::{OutputField, ParserKind, ReasoningConfig};
+use super::steps::count_steps;
+use super::verify;
+use crate::config::{AnalysisConfig, OutputField, ParserKind, ReasoningConfig};
 use crate::openai::Endpoint;
 
 /// Largest single SSE event accepted before the rewriter gives up and passes bytes through.
@@ -26,6 +32,38 @@ struct ChoiceState {
     content_chars: usize,
     /// Stream chunks that carried reasoning (≈ reasoning tokens for token-per-chunk servers).
     reasoning_chunks: u64,
+    /// Stream chunks that carried answer text.
+    content_chunks: u64,
+    /// Reasoning and answer text kept for analysis (first choice only, bounded).
+    reasoning_text: String,
+    answer_text: String,
+    keep_text: bool,
+    finish_reason: Option<String>,
+}
+
+/// Text kept per response for steps, corrections and verification.
+const MAX_ANALYSED_BYTES: usize = 1 << 20;
+
+impl ChoiceState {
+    /// Counts one split that goes out to the client.
+    fn account(&mut self, split: &Split) {
+        self.reasoning_chars += split.reasoning.chars().count();
+        self.content_chars += split.content.chars().count();
+        if !split.reasoning.is_empty() {
+            self.reasoning_chunks += 1;
+        }
+        if !split.content.is_empty() {
+            self.content_chunks += 1;
+        }
+        if self.keep_text {
+            if self.reasoning_text.len() < MAX_ANALYSED_BYTES {
+                self.reasoning_text.push_str(&split.reasoning);
+            }
+            if self.answer_text.len() < MAX_ANALYSED_BYTES {
+                self.answer_text.push_str(&split.content);
+            }
+        }
+    }
 }
 
 /// What the rewriter saw, for metrics and logs.
@@ -66,6 +104,13 @@ pub struct ResponseRewriter {
     template: Map<String, Value>,
     /// Use [`fastpath`] where it applies (off only in tests comparing both paths).
     fast: bool,
+    analysis: Arc<AnalysisConfig>,
+    /// The request's `response_format` (for the `json` check).
+    response_format: Option<Value>,
+    /// The gateway asked for `include_usage`; the client did not: usage chunks are not forwarded.
+    strip_usage: bool,
+    /// Usage as the upstream reported it: completion tokens and reasoning tokens if given.
+    usage: Option<(u64, Option<u64>)>,
 }
 
 impl ResponseRewriter {
@@ -101,7 +146,100 @@ impl ResponseRewriter {
             choices: BTreeMap::new(),
             template: Map::new(),
             fast: true,
+            analysis: cfg.analysis.clone(),
+            response_format: None,
+            strip_usage: false,
+            usage: None,
         })
+    }
+
+    /// Adds what the request said: its `response_format`, and whether usage chunks the client did
+    /// not ask for must be dropped.
+    pub fn with_request(mut self, response_format: Option<Value>, strip_usage: bool) -> Self {
+        self.response_format = response_format;
+        self.strip_usage = strip_usage;
+        self
+    }
+
+    /// The answer has begun (for time to first answer token).
+    pub fn answer_started(&self) -> bool {
+        self.choices.values().any(|c| c.content_chars > 0)
+    }
+
+    /// Tokens, steps, corrections and verification of the response so far (complete once the
+    /// upstream body has ended).
+    pub fn report(&self) -> Report {
+        let stream = self.is_stream();
+        let first = self.choices.values().next();
+        let (completion, given_reasoning) = match self.usage {
+            Some((c, r)) => (Some(c), r),
+            None => (None, None),
+        };
+        let counted = completion.is_none();
+        let completion = completion.unwrap_or_else(|| {
+            self.choices
+                .values()
+                .map(|c| {
+                    if stream {
+                        c.reasoning_chunks + c.content_chunks
+                    } else {
+                        // About four characters per token when nobody counted.
+                        ((c.reasoning_chars + c.content_chars) as u64).div_ceil(4)
+                    }
+                })
+                .sum()
+        });
+        let reasoning_tokens = given_reasoning
+            .unwrap_or_else(|| self.estimate_reasoning_tokens(completion, stream))
+            .min(completion);
+        let (reasoning, answer) = first.map_or(("", ""), |c| {
+            (c.reasoning_text.as_str(), c.answer_text.as_str())
+        });
+        let unterminated = self.stats().unterminated;
+        let finish_reason = first.and_then(|c| c.finish_reason.clone());
+        let verifications = verify::verify(
+            &self.analysis.verify,
+            &verify::Subject {
+                reasoning,
+                answer,
+                unterminated,
+                response_format: self.response_format.as_ref(),
+                complete: finish_reason.as_deref() == Some("stop"),
+            },
+        );
+        Report {
+            reasoning_tokens,
+            answer_tokens: completion - reasoning_tokens,
+            tokens_counted: counted,
+            reasoning_chars: self.choices.values().map(|c| c.reasoning_chars).sum(),
+            steps: count_steps(reasoning),
+            corrections: count_corrections(reasoning, &self.analysis.correction_markers),
+            unterminated,
+            finish_reason,
+            verifications,
+        }
+    }
+
+    fn estimate_reasoning_tokens(&self, completion: u64, stream: bool) -> u64 {
+        let (r_chars, c_chars, chunks) = self.choices.values().fold((0, 0, 0), |acc, c| {
+            (
+                acc.0 + c.reasoning_chars,
+                acc.1 + c.content_chars,
+                acc.2 + c.reasoning_chunks,
+            )
+        });
+        if stream && chunks > 0 {
+            chunks.min(completion)
+        } else if r_chars + c_chars > 0 {
+            // Share of completion tokens by share of characters.
+            ((completion as f64) * (r_chars as f64) / ((r_chars + c_chars) as f64)).round() as u64
+        } else {
+            0
+        }
+    }
+
+    fn stats_value(&self) -> Value {
+        self.report().to_json()
     }
 
     /// Whether the response is an SSE stream.
@@ -180,7 +318,7 @@ impl ResponseRewriter {
         s
     }
 
-    fn new_choice(&self) -> ChoiceState {
+    fn new_choice(&self, index: u64) -> ChoiceState {
         let parser = match self.kind {
             ParserKind::None | ParserKind::Passthrough => ThinkParser::plain(),
             ParserKind::DeepseekR1 | ParserKind::Qwen3 => ThinkParser::new(self.start_in_reasoning),
@@ -192,6 +330,11 @@ impl ResponseRewriter {
             reasoning_chars: 0,
             content_chars: 0,
             reasoning_chunks: 0,
+            content_chunks: 0,
+            reasoning_text: String::new(),
+            answer_text: String::new(),
+            keep_text: index == 0,
+            finish_reason: None,
         }
     }
 
@@ -204,6 +347,17 @@ impl ResponseRewriter {
             self.flush_all(out);
             if let Mode::Stream { saw_done, .. } = &mut self.mode {
                 *saw_done = true;
+            }
+            if self.analysis.stats {
+                // A `choices: []` chunk like the usage chunk: SDKs pass it through untouched.
+                let mut chunk = self.template.clone();
+                chunk.insert("choices".into(), Value::Array(Vec::new()));
+                chunk.insert("reasoning_stats".into(), self.stats_value());
+                Event {
+                    data: Some(serde_json::to_string(&chunk).unwrap_or_default()),
+                    ..Event::default()
+                }
+                .write(out);
             }
             event.write(out);
             return;
@@ -246,7 +400,7 @@ impl ResponseRewriter {
             self.fill_usage(usage, true);
         }
         let has_usage = chunk.get("usage").is_some_and(|u| !u.is_null());
-        if all_emptied && !has_usage {
+        if all_emptied && !has_usage || usage_only && self.strip_usage {
             return;
         }
         let data = serde_json::to_string(&chunk).unwrap_or_default();
@@ -280,15 +434,11 @@ impl ResponseRewriter {
                 }
             }
         }
-        let fresh = self.new_choice();
+        let fresh = self.new_choice(chunk.index);
         let state = self.choices.entry(chunk.index).or_insert(fresh);
         let mut split = Split::default();
         state.parser.feed(&chunk.content, &mut split);
-        state.reasoning_chars += split.reasoning.chars().count();
-        state.content_chars += split.content.chars().count();
-        if !split.reasoning.is_empty() {
-            state.reasoning_chunks += 1;
-        }
+        state.account(&split);
         if split.is_empty() && chunk.content_only && !chunk.content.is_empty() {
             return Some(None);
         }
@@ -324,11 +474,18 @@ impl ResponseRewriter {
             return false;
         };
         let index = obj.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let finish_reason = obj
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let finish = obj.get("finish_reason").is_some_and(|f| !f.is_null());
         let mut state = self
             .choices
             .remove(&index)
-            .unwrap_or_else(|| self.new_choice());
+            .unwrap_or_else(|| self.new_choice(index));
+        if finish_reason.is_some() {
+            state.finish_reason = finish_reason;
+        }
         let (container, text_key) = if self.completions {
             (Some(obj), "text")
         } else {
@@ -374,11 +531,7 @@ impl ResponseRewriter {
         had_text: bool,
         stream: bool,
     ) {
-        state.reasoning_chars += split.reasoning.chars().count();
-        state.content_chars += split.content.chars().count();
-        if !split.reasoning.is_empty() {
-            state.reasoning_chunks += 1;
-        }
+        state.account(&split);
         if !split.content.is_empty() || (had_text && (!stream || self.completions)) {
             c.insert(text_key.to_string(), Value::String(split.content));
         } else if had_text {
@@ -451,7 +604,7 @@ impl ResponseRewriter {
     }
 
     /// Fills `completion_tokens_details.reasoning_tokens` when the upstream left it out.
-    fn fill_usage(&self, usage: &mut Value, stream: bool) {
+    fn fill_usage(&mut self, usage: &mut Value, stream: bool) {
         let Some(u) = usage.as_object_mut() else {
             return;
         };
@@ -468,25 +621,12 @@ impl ResponseRewriter {
         let Some(d) = details.as_object_mut() else {
             return;
         };
-        if d.get("reasoning_tokens").is_some_and(|v| !v.is_null()) {
-            return;
+        let given = d.get("reasoning_tokens").and_then(Value::as_u64);
+        self.usage = Some((completion, given));
+        if given.is_none() {
+            let estimate = self.estimate_reasoning_tokens(completion, stream);
+            d.insert("reasoning_tokens".into(), Value::from(estimate));
         }
-        let (r_chars, c_chars, chunks) = self.choices.values().fold((0, 0, 0), |acc, c| {
-            (
-                acc.0 + c.reasoning_chars,
-                acc.1 + c.content_chars,
-                acc.2 + c.reasoning_chunks,
-            )
-        });
-        let estimate = if stream && chunks > 0 {
-            chunks.min(completion)
-        } else if r_chars + c_chars > 0 {
-            // Share of completion tokens by share of characters.
-            ((completion as f64) * (r_chars as f64) / ((r_chars + c_chars) as f64)).round() as u64
-        } else {
-            0
-        };
-        d.insert("reasoning_tokens".into(), Value::from(estimate));
     }
 
     fn rewrite_body(&mut self, buf: Vec<u8>) -> Vec<u8> {
@@ -500,6 +640,9 @@ impl ResponseRewriter {
         }
         if let Some(usage) = body.get_mut("usage") {
             self.fill_usage(usage, false);
+        }
+        if self.analysis.stats {
+            body.insert("reasoning_stats".into(), self.stats_value());
         }
         serde_json::to_vec(&body).unwrap_or(buf)
     }

@@ -7,6 +7,7 @@ fn cfg(parser: ParserKind, start: bool, field: OutputField) -> ReasoningConfig {
         parser,
         start_in_reasoning: start,
         output_field: field,
+        ..ReasoningConfig::default()
     }
 }
 

@@ -1,0 +1,134 @@
+//! Reasoning observability end to end: a scripted stream with known steps, corrections and a
+//! failing JSON check; the exact metric deltas in `/metrics`, the access log and the stats chunk.
+
+use std::time::Duration;
+
+use gateway_tests::fake_upstream::FakeUpstream;
+use gateway_tests::harness::{metric_value, GatewayProc};
+use serde_json::{json, Value};
+
+fn config(addr: std::net::SocketAddr) -> String {
+    format!(
+        r#"upstreams: [{{name: fake, endpoints: ["{addr}"]}}]
+routes:
+  - model: analysed
+    name: r1
+    upstream: fake
+    reasoning:
+      parser: deepseek_r1
+      stats: true
+      verify:
+        checks: [unterminated, empty_answer, tag_leak, json, loop, contradiction]
+"#
+    )
+}
+
+async fn stream(gw: &GatewayProc, body: Value) -> Vec<Value> {
+    let text = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(|d| {
+            if d == "[DONE]" {
+                Value::String(d.into())
+            } else {
+                serde_json::from_str(d).unwrap()
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn steps_corrections_and_failed_checks_reach_metrics_logs_and_the_stats_chunk() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start_with_args(
+        &config(up.addr),
+        Duration::from_secs(20),
+        &["--log-format", "json"],
+    );
+    let body = json!({"model": "analysed", "stream": true, "response_format": {"type": "json_object"},
+        "messages": [{"role": "user", "content": "2+2 as JSON"}]});
+    let events = stream(&gw, body.clone()).await;
+
+    // No usage chunk reaches a client that did not ask for one, though the gateway asked for it.
+    assert!(
+        events
+            .iter()
+            .all(|e| e.get("usage").is_none_or(Value::is_null)),
+        "{events:?}"
+    );
+    let stats = events
+        .iter()
+        .find_map(|e| e.get("reasoning_stats"))
+        .expect("stats chunk");
+    assert_eq!(stats["steps"], 3, "{stats}");
+    assert_eq!(stats["self_corrections"], 2);
+    assert_eq!(stats["verification_failures"], json!(["json"]));
+    assert_eq!(
+        stats["tokens_estimated"], false,
+        "usage came from the upstream"
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+
+    let _ = stream(&gw, body).await;
+    let line = gw
+        .wait_for_log_line("\"self_corrections\":2", Duration::from_secs(5))
+        .await;
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["reasoning_steps"], 3);
+    assert_eq!(v["verification_failures"], "json");
+    assert!(v["ttfat_ms"].as_f64().unwrap() >= v["ttft_ms"].as_f64().unwrap());
+
+    // Two identical requests: every figure exactly doubled.
+    gw.wait_for_requests(2, Duration::from_secs(5)).await;
+    let m = gw.admin_get("/metrics").await;
+    let val = |sample: &str| {
+        metric_value(&m, sample).unwrap_or_else(|| panic!("{sample} missing in\n{m}"))
+    };
+    assert_eq!(
+        val("reasoning_gateway_reasoning_steps_sum{route=\"r1\",upstream=\"fake\"}"),
+        6.0
+    );
+    assert_eq!(
+        val("reasoning_gateway_reasoning_steps_count{route=\"r1\",upstream=\"fake\"}"),
+        2.0
+    );
+    assert_eq!(
+        val("reasoning_gateway_self_corrections_total{route=\"r1\",upstream=\"fake\"}"),
+        4.0
+    );
+    assert_eq!(val("reasoning_gateway_verification_failures_total{check=\"json\",route=\"r1\",upstream=\"fake\"}"), 2.0);
+    assert_eq!(val("reasoning_gateway_verifications_total{check=\"json\",result=\"fail\",route=\"r1\",upstream=\"fake\"}"), 2.0);
+    for check in [
+        "unterminated",
+        "empty_answer",
+        "tag_leak",
+        "loop",
+        "contradiction",
+    ] {
+        let pass = format!("reasoning_gateway_verifications_total{{check=\"{check}\",result=\"pass\",route=\"r1\",upstream=\"fake\"}}");
+        assert_eq!(val(&pass), 2.0, "{check}");
+    }
+    // The fake's usage says 12 completion tokens; 7 of its chunks carried reasoning.
+    assert_eq!(
+        val("reasoning_gateway_reasoning_tokens_sum{route=\"r1\",upstream=\"fake\"}"),
+        14.0
+    );
+    assert_eq!(
+        val("reasoning_gateway_answer_tokens_sum{route=\"r1\",upstream=\"fake\"}"),
+        10.0
+    );
+    assert_eq!(val("reasoning_gateway_time_to_first_answer_token_seconds_count{route=\"r1\",upstream=\"fake\"}"), 2.0);
+    assert_eq!(val("reasoning_gateway_request_duration_by_reasoning_length_seconds_count{reasoning_length=\"1-256\",route=\"r1\"}"), 2.0);
+    assert_eq!(
+        val("gen_ai_server_time_to_first_token_seconds_count{route=\"r1\"}"),
+        2.0
+    );
+}
