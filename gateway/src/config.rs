@@ -125,6 +125,12 @@ pub struct ReasoningConfig {
     pub start_in_reasoning: bool,
     /// Output field.
     pub output_field: OutputField,
+    /// Longest silence between tokens while reasoning.
+    pub step_timeout: Option<Duration>,
+    /// A step timeout ends the response (else it is only counted).
+    pub step_timeout_abort: bool,
+    /// Reasoning budget of streamed responses, in tokens.
+    pub max_reasoning_tokens: Option<u64>,
     /// How finished responses are analysed (shared by every request of the route).
     pub analysis: std::sync::Arc<AnalysisConfig>,
 }
@@ -138,6 +144,10 @@ pub struct AnalysisConfig {
     pub verify: crate::reasoning::verify::VerifyConfig,
     /// Add `reasoning_stats` to responses (a final stream chunk with `choices: []`).
     pub stats: bool,
+    /// Periodic checks every N reasoning steps while streaming (0: off).
+    pub every_steps: u32,
+    /// A failed periodic check ends the stream (else a warning chunk is sent).
+    pub periodic_abort: bool,
 }
 
 impl Default for AnalysisConfig {
@@ -149,6 +159,8 @@ impl Default for AnalysisConfig {
                 .collect(),
             verify: Default::default(),
             stats: false,
+            every_steps: 0,
+            periodic_abort: false,
         }
     }
 }
@@ -159,6 +171,9 @@ impl Default for ReasoningConfig {
             parser: ParserKind::DeepseekR1,
             start_in_reasoning: false,
             output_field: OutputField::ReasoningContent,
+            step_timeout: None,
+            step_timeout_abort: false,
+            max_reasoning_tokens: None,
             analysis: Default::default(),
         }
     }

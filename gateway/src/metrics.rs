@@ -63,6 +63,10 @@ pub struct Metrics {
     pub verification_failures_total: IntCounterVec,
     /// Request duration by reasoning-length class: reasoning length against latency.
     pub request_duration_by_reasoning_length_seconds: HistogramVec,
+    /// Gaps between tokens while reasoning longer than the route's `step_timeout`.
+    pub step_timeouts_total: IntCounterVec,
+    /// Streams the gateway ended itself, by reason (budget|verification).
+    pub reasoning_aborts_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -180,8 +184,20 @@ impl Metrics {
             &["route", "reasoning_length"],
             LATENCY_BUCKETS,
         );
+        let step_timeouts_total = counter(
+            "step_timeouts_total",
+            "Gaps between tokens while reasoning longer than the route's step_timeout.",
+            rl,
+        );
+        let reasoning_aborts_total = counter(
+            "reasoning_aborts_total",
+            "Streams the gateway ended itself: reasoning_budget_exceeded, verification_failed, step_timeout.",
+            &["route", "upstream", "reason"],
+        );
         Metrics {
             registry,
+            step_timeouts_total,
+            reasoning_aborts_total,
             time_to_first_answer_token_seconds,
             gen_ai_server_time_to_first_token_seconds,
             reasoning_tokens,

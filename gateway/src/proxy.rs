@@ -1,5 +1,6 @@
 //! The Pingora `ProxyHttp` implementation. Each phase only dispatches to a module.
 
+mod body;
 mod context;
 pub mod intake;
 mod log;
@@ -116,7 +117,14 @@ impl ProxyHttp for GatewayProxy {
         let mut peer = HttpPeer::new(ep.addr, false, String::new());
         peer.options.connection_timeout = Some(pool.config.connect_timeout);
         peer.options.total_connection_timeout = Some(pool.config.connect_timeout);
-        peer.options.read_timeout = Some(pool.config.read_timeout);
+        // With `step_timeout_policy: abort` the step timeout is the read timeout: it also bounds
+        // the wait for the first byte.
+        let step_abort = ctx.route.as_ref().and_then(|r| {
+            r.reasoning
+                .step_timeout
+                .filter(|_| r.reasoning.step_timeout_abort)
+        });
+        peer.options.read_timeout = Some(step_abort.unwrap_or(pool.config.read_timeout));
         peer.options.write_timeout = Some(pool.config.read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
@@ -180,6 +188,19 @@ impl ProxyHttp for GatewayProxy {
         // The body was read whole in `request_filter`; Pingora replays only its tail (see
         // `intake::read_body`), which is swapped for the full, possibly rewritten, body.
         *body = end_of_stream.then(|| ctx.upstream_body.clone());
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.upstream_fd = Some(fd);
         Ok(())
     }
 
@@ -247,20 +268,7 @@ impl ProxyHttp for GatewayProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<Duration>> {
-        if ctx.first_byte_at.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
-            ctx.first_byte_at = Some(Instant::now());
-        }
-        if let Some(rw) = ctx.rewriter.as_mut() {
-            let mut out = body.take().map(|b| rw.feed(&b)).unwrap_or_default();
-            if end_of_stream {
-                out.extend_from_slice(&rw.finish());
-            }
-            *body = Some(Bytes::from(out));
-            if ctx.first_answer_at.is_none() && rw.answer_started() {
-                ctx.first_answer_at = Some(Instant::now());
-            }
-        }
-        ctx.response_bytes += body.as_ref().map_or(0, Bytes::len);
+        body::filter(ctx, body, end_of_stream);
         Ok(None)
     }
 
@@ -270,6 +278,30 @@ impl ProxyHttp for GatewayProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if ctx.aborted {
+            // The client already has its error event and `[DONE]`; only the body's end is owed.
+            let _ = session.write_response_body(None, true).await;
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let step_abort = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.reasoning.step_timeout_abort);
+        if step_abort
+            && e.etype() == &ErrorType::ReadTimedout
+            && ctx.rewriter.as_ref().is_some_and(|rw| rw.in_reasoning())
+        {
+            ctx.step_timeouts += 1;
+            ctx.error = Some(ApiError::new(
+                504,
+                ErrorKind::Server,
+                "step_timeout",
+                "No token arrived within the route's step_timeout while reasoning; generation was stopped.",
+            ));
+        }
         let classified = match ctx.error.clone() {
             Some(err) => Some((err, ctx.upstream_error.unwrap_or("status"))),
             None => respond::classify(e),

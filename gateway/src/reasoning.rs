@@ -11,4 +11,4 @@ pub mod verify;
 
 pub use parser::{Split, ThinkParser};
 pub use report::Report;
-pub use rewrite::{ResponseRewriter, Stats};
+pub use rewrite::{Alert, ResponseRewriter, Stats};

@@ -201,6 +201,56 @@ async fn serve_connection(
                 )
                 .await?;
             }
+            "stall" | "long" | "loop" => {
+                let (tokens, pause_after): (Vec<String>, Option<usize>) = match model.as_str() {
+                    // 300 ms of silence in the middle of the reasoning.
+                    "stall" => (
+                        [
+                            "<think>",
+                            "first",
+                            " half",
+                            "second half",
+                            "</think>",
+                            "Answer.",
+                        ]
+                        .map(String::from)
+                        .to_vec(),
+                        Some(3),
+                    ),
+                    // 60 reasoning tokens.
+                    "long" => (
+                        std::iter::once("<think>".to_string())
+                            .chain((0..60).map(|i| format!("t{i} ")))
+                            .chain(["</think>".into(), "Done.".into()])
+                            .collect(),
+                        None,
+                    ),
+                    // The same paragraph over and over.
+                    _ => (
+                        std::iter::once("<think>".to_string())
+                            .chain(
+                                (0..40).map(|_| "I will try the same idea again.\n\n".to_string()),
+                            )
+                            .chain(["</think>".into(), "Done.".into()])
+                            .collect(),
+                        None,
+                    ),
+                };
+                write_head(&mut stream, id).await?;
+                for (i, t) in tokens.iter().enumerate() {
+                    if Some(i) == pause_after {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let ev = format!("data: {}\n\n", chunk(&model, json!({"content": t}), None));
+                    write_chunk(&mut stream, ev.as_bytes()).await?;
+                }
+                let end = format!(
+                    "data: {}\n\ndata: [DONE]\n\n",
+                    chunk(&model, json!({}), Some("stop"))
+                );
+                write_chunk(&mut stream, end.as_bytes()).await?;
+                stream.write_all(b"0\r\n\r\n").await?;
+            }
             "think" | "slow" | "think-bytes" if stream_wanted => {
                 let pace = if model == "slow" {
                     Duration::from_millis(30)
@@ -341,6 +391,20 @@ async fn write_json(
     );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(&body).await
+}
+
+async fn write_head(stream: &mut TcpStream, id: &str) -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-upstream-id: {id}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await
+}
+
+async fn write_chunk(stream: &mut TcpStream, piece: &[u8]) -> std::io::Result<()> {
+    stream
+        .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+        .await?;
+    stream.write_all(piece).await?;
+    stream.write_all(b"\r\n").await?;
+    stream.flush().await
 }
 
 #[allow(clippy::too_many_arguments)]

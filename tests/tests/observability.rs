@@ -132,3 +132,113 @@ async fn steps_corrections_and_failed_checks_reach_metrics_logs_and_the_stats_ch
         2.0
     );
 }
+
+fn policy_config(addr: std::net::SocketAddr) -> String {
+    format!(
+        r#"upstreams: [{{name: fake, endpoints: ["{addr}"]}}]
+routes:
+  - {{model: stall, upstream: fake, reasoning: {{step_timeout: 100ms}}}}
+  - {{model: stall-abort, upstream: fake, upstream_model: stall, reasoning: {{step_timeout: 100ms, step_timeout_policy: abort}}}}
+  - {{model: long, upstream: fake, reasoning: {{max_reasoning_tokens: 10}}}}
+  - {{model: loop, upstream: fake, reasoning: {{verify: {{every_steps: 5, policy: warn}}}}}}
+  - {{model: loop-abort, upstream: fake, upstream_model: loop, reasoning: {{verify: {{every_steps: 5, policy: abort}}}}}}
+"#
+    )
+}
+
+fn reasoning_of(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter_map(|e| {
+            e["choices"]
+                .get(0)
+                .and_then(|c| c["delta"]["reasoning_content"].as_str())
+        })
+        .collect()
+}
+
+fn answer_of(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter_map(|e| {
+            e["choices"]
+                .get(0)
+                .and_then(|c| c["delta"]["content"].as_str())
+        })
+        .collect()
+}
+
+fn error_code(events: &[Value]) -> Option<String> {
+    events
+        .iter()
+        .find_map(|e| e["error"]["code"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn step_timeouts_budgets_and_periodic_checks_act_as_configured() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&policy_config(up.addr), Duration::from_secs(20));
+    let ask = |model: &str| json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "go"}]});
+
+    // A stall while reasoning is counted; with `continue` the answer still arrives.
+    let events = stream(&gw, ask("stall")).await;
+    assert_eq!(answer_of(&events), "Answer.");
+    assert_eq!(error_code(&events), None);
+    // With `abort` the stream ends with a step_timeout error event and [DONE].
+    let events = stream(&gw, ask("stall-abort")).await;
+    assert_eq!(reasoning_of(&events), "first half");
+    assert_eq!(
+        error_code(&events).as_deref(),
+        Some("step_timeout"),
+        "{events:?}"
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+
+    // The budget stops a long reasoning right after 10 reasoning tokens.
+    let events = stream(&gw, ask("long")).await;
+    let reasoning = reasoning_of(&events);
+    assert_eq!(
+        reasoning.split_whitespace().count(),
+        11,
+        "{reasoning} {events:?}"
+    );
+    assert_eq!(
+        error_code(&events).as_deref(),
+        Some("reasoning_budget_exceeded")
+    );
+    assert_eq!(answer_of(&events), "");
+    assert_eq!(events.last().unwrap(), "[DONE]");
+
+    // A looping reasoning: `warn` sends a reasoning_warning chunk and lets the answer through…
+    let events = stream(&gw, ask("loop")).await;
+    let warning = events
+        .iter()
+        .find_map(|e| e.get("reasoning_warning"))
+        .expect("warning chunk");
+    assert_eq!(warning["check"], "loop");
+    assert_eq!(answer_of(&events), "Done.");
+    // …`abort` ends it.
+    let events = stream(&gw, ask("loop-abort")).await;
+    assert_eq!(error_code(&events).as_deref(), Some("verification_failed"));
+    assert_eq!(answer_of(&events), "");
+
+    gw.wait_for_requests(5, Duration::from_secs(10)).await;
+    let m = gw.admin_get("/metrics").await;
+    let val = |sample: &str| {
+        metric_value(&m, sample).unwrap_or_else(|| panic!("{sample} missing in\n{m}"))
+    };
+    assert_eq!(
+        val("reasoning_gateway_step_timeouts_total{route=\"stall\",upstream=\"fake\"}"),
+        1.0
+    );
+    assert_eq!(
+        val("reasoning_gateway_step_timeouts_total{route=\"stall-abort\",upstream=\"fake\"}"),
+        1.0
+    );
+    assert_eq!(val("reasoning_gateway_reasoning_aborts_total{reason=\"step_timeout\",route=\"stall-abort\",upstream=\"fake\"}"), 1.0);
+    assert_eq!(val("reasoning_gateway_reasoning_aborts_total{reason=\"reasoning_budget_exceeded\",route=\"long\",upstream=\"fake\"}"), 1.0);
+    assert_eq!(val("reasoning_gateway_reasoning_aborts_total{reason=\"verification_failed\",route=\"loop-abort\",upstream=\"fake\"}"), 1.0);
+    // One loop failure per response, though the periodic check and the final check both saw it.
+    assert_eq!(val("reasoning_gateway_verification_failures_total{check=\"loop\",route=\"loop\",upstream=\"fake\"}"), 1.0);
+    assert_eq!(val("reasoning_gateway_verification_failures_total{check=\"loop\",route=\"loop-abort\",upstream=\"fake\"}"), 1.0);
+}

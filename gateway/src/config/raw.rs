@@ -107,9 +107,12 @@ pub struct RawReasoning {
     pub start_in_reasoning: Option<bool>,
     /// `reasoning_content` | `reasoning` | `both`.
     pub output_field: Option<String>,
-    /// Longest silence between tokens while reasoning (not enforced in this version).
+    /// Longest silence between tokens while reasoning; longer gaps are counted.
     pub step_timeout: Option<String>,
-    /// Reasoning budget in tokens (not enforced in this version).
+    /// `continue` (count only, default) or `abort` (end the response with a `step_timeout` error).
+    pub step_timeout_policy: Option<String>,
+    /// Reasoning budget in tokens for streamed responses; past it the stream ends with a
+    /// `reasoning_budget_exceeded` error event.
     pub max_reasoning_tokens: Option<u64>,
     /// Sentence-initial phrases counted as self-corrections (default: a built-in list).
     pub correction_markers: Option<Vec<String>>,
@@ -131,4 +134,8 @@ pub struct RawVerify {
     pub loop_ngram: Option<usize>,
     /// Largest share of repeated n-grams before the reasoning counts as looping (default 0.5).
     pub loop_max_ratio: Option<f64>,
+    /// Run the checks that apply to unfinished reasoning (`loop`) every N steps while streaming.
+    pub every_steps: Option<u32>,
+    /// What a failed periodic check does: `warn` (a `reasoning_warning` chunk) or `abort`.
+    pub policy: Option<String>,
 }

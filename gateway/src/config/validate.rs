@@ -318,22 +318,43 @@ fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig
             OutputField::ReasoningContent
         }
     };
-    if r.step_timeout.is_some() {
-        errs.push(
+    let step_timeout = r.step_timeout.as_ref().map(|_| {
+        errs.duration(
             &format!("{path}.step_timeout"),
-            "step timeouts are not available in this version",
+            &r.step_timeout,
+            Duration::from_secs(10),
+        )
+    });
+    let step_timeout_abort = match r.step_timeout_policy.as_deref() {
+        None | Some("continue") => false,
+        Some("abort") => true,
+        Some(other) => {
+            errs.push(
+                &format!("{path}.step_timeout_policy"),
+                format!("`{other}` is not one of continue, abort"),
+            );
+            false
+        }
+    };
+    if step_timeout_abort && step_timeout.is_none() {
+        errs.push(
+            &format!("{path}.step_timeout_policy"),
+            "`abort` needs `step_timeout`",
         );
     }
-    if r.max_reasoning_tokens.is_some() {
+    if r.max_reasoning_tokens == Some(0) {
         errs.push(
             &format!("{path}.max_reasoning_tokens"),
-            "reasoning budgets are not available in this version",
+            "must be at least 1",
         );
     }
     ReasoningConfig {
         parser,
         start_in_reasoning: r.start_in_reasoning.unwrap_or(false),
         output_field,
+        step_timeout,
+        step_timeout_abort,
+        max_reasoning_tokens: r.max_reasoning_tokens,
         analysis: std::sync::Arc::new(analysis(errs, path, r)),
     }
 }
@@ -386,6 +407,18 @@ fn analysis(errs: &mut Errors, path: &str, r: &RawReasoning) -> AnalysisConfig {
         Some(n) => a.verify.loop_ngram = n,
         None => {}
     }
+    a.every_steps = v.every_steps.unwrap_or(0);
+    a.periodic_abort = match v.policy.as_deref() {
+        None | Some("warn") => false,
+        Some("abort") => true,
+        Some(other) => {
+            errs.push(
+                &format!("{path}.verify.policy"),
+                format!("`{other}` is not one of warn, abort"),
+            );
+            false
+        }
+    };
     match v.loop_max_ratio {
         Some(x) if !(0.0..=1.0).contains(&x) => errs.push(
             &format!("{path}.verify.loop_max_ratio"),

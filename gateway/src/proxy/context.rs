@@ -74,6 +74,14 @@ pub struct RequestCtx {
     pub strip_usage: bool,
     /// First answer (not reasoning) text sent to the client.
     pub first_answer_at: Option<Instant>,
+    /// Last upstream body bytes (for step timeouts).
+    pub last_body_at: Option<Instant>,
+    /// Gaps between tokens while reasoning longer than `step_timeout`.
+    pub step_timeouts: u32,
+    /// The gateway ended the stream itself (budget, periodic check).
+    pub aborted: bool,
+    /// Socket of the upstream connection in use (to stop a stream the gateway ended).
+    pub upstream_fd: Option<std::os::unix::io::RawFd>,
 }
 
 impl RequestCtx {
@@ -102,6 +110,10 @@ impl RequestCtx {
             response_format: None,
             strip_usage: false,
             first_answer_at: None,
+            last_body_at: None,
+            step_timeouts: 0,
+            aborted: false,
+            upstream_fd: None,
         }
     }
 

@@ -79,6 +79,21 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
             ])
             .observe(elapsed.as_secs_f64());
     }
+    if report.is_some() || ctx.step_timeouts > 0 {
+        m.step_timeouts_total
+            .with_label_values(&[route, upstream])
+            .inc_by(ctx.step_timeouts as u64);
+    }
+    if let Some(code) = ctx.error.as_ref().map(|e| e.code) {
+        if matches!(
+            code,
+            "reasoning_budget_exceeded" | "verification_failed" | "step_timeout"
+        ) {
+            m.reasoning_aborts_total
+                .with_label_values(&[route, upstream, code])
+                .inc();
+        }
+    }
     // Connect failures are counted per attempt in `fail_to_connect`.
     if let Some(kind) = ctx.upstream_error.filter(|k| *k != "connect") {
         m.upstream_errors_total
@@ -111,6 +126,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         error_code,
         proxy_error,
         ttfat_ms = ttfat.map(|t| t.as_secs_f64() * 1000.0),
+        step_timeouts = ctx.step_timeouts,
         reasoning_tokens = report.as_ref().map(|r| r.reasoning_tokens),
         answer_tokens = report.as_ref().map(|r| r.answer_tokens),
         tokens_estimated = report.as_ref().map(|r| r.tokens_counted),

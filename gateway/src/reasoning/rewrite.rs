@@ -12,8 +12,8 @@ use super::fastpath;
 use super::parser::{Split, ThinkParser};
 use super::report::Report;
 use super::sse::{Event, SseDecoder};
-use super::steps::count_steps;
-use super::verify;
+use super::steps::StepCounter;
+use super::verify::{self, Check};
 use crate::config::{AnalysisConfig, OutputField, ParserKind, ReasoningConfig};
 use crate::openai::Endpoint;
 
@@ -39,6 +39,20 @@ struct ChoiceState {
     answer_text: String,
     keep_text: bool,
     finish_reason: Option<String>,
+    steps: StepCounter,
+    /// Step count at which the next periodic check runs.
+    next_check: u32,
+}
+
+/// Something the proxy must act on while the stream runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alert {
+    /// Reasoning went past `max_reasoning_tokens`.
+    BudgetExceeded,
+    /// A periodic check failed under policy `abort`.
+    Abort(Check),
+    /// A periodic check failed under policy `warn`; a `reasoning_warning` chunk was sent.
+    Warned(Check),
 }
 
 /// Text kept per response for steps, corrections and verification.
@@ -56,6 +70,7 @@ impl ChoiceState {
             self.content_chunks += 1;
         }
         if self.keep_text {
+            self.steps.feed(&split.reasoning);
             if self.reasoning_text.len() < MAX_ANALYSED_BYTES {
                 self.reasoning_text.push_str(&split.reasoning);
             }
@@ -111,6 +126,11 @@ pub struct ResponseRewriter {
     strip_usage: bool,
     /// Usage as the upstream reported it: completion tokens and reasoning tokens if given.
     usage: Option<(u64, Option<u64>)>,
+    max_reasoning_tokens: Option<u64>,
+    alerts: Vec<Alert>,
+    budget_hit: bool,
+    /// Checks that already failed mid-stream (counted once, not re-run at the end).
+    periodic_failed: Vec<Check>,
 }
 
 impl ResponseRewriter {
@@ -150,7 +170,69 @@ impl ResponseRewriter {
             response_format: None,
             strip_usage: false,
             usage: None,
+            max_reasoning_tokens: cfg.max_reasoning_tokens,
+            alerts: Vec::new(),
+            budget_hit: false,
+            periodic_failed: Vec::new(),
         })
+    }
+
+    /// Alerts raised since the last call.
+    pub fn take_alerts(&mut self) -> Vec<Alert> {
+        std::mem::take(&mut self.alerts)
+    }
+
+    /// The first choice is inside reasoning.
+    pub fn in_reasoning(&self) -> bool {
+        self.choices
+            .values()
+            .next()
+            .is_some_and(|c| c.parser.in_reasoning())
+    }
+
+    /// Budget and periodic checks after new text; a warning chunk goes to `out`.
+    fn check_progress(&mut self, out: &mut Vec<u8>) {
+        let every = self.analysis.every_steps;
+        let Some(c) = self.choices.get_mut(&0) else {
+            return;
+        };
+        if !c.parser.in_reasoning() {
+            return;
+        }
+        if let Some(max) = self.max_reasoning_tokens {
+            if !self.budget_hit && c.reasoning_chunks > max {
+                self.budget_hit = true;
+                self.alerts.push(Alert::BudgetExceeded);
+            }
+        }
+        if every == 0 || c.steps.steps() < c.next_check {
+            return;
+        }
+        let steps = c.steps.steps();
+        c.next_check = (steps / every + 1) * every;
+        let v = &self.analysis.verify;
+        let looping = v.checks.contains(&Check::Loop)
+            && verify::repeated_ngram_ratio(&c.reasoning_text, v.loop_ngram) > v.loop_max_ratio;
+        if !looping || self.periodic_failed.contains(&Check::Loop) {
+            return;
+        }
+        self.periodic_failed.push(Check::Loop);
+        if self.analysis.periodic_abort {
+            self.alerts.push(Alert::Abort(Check::Loop));
+        } else {
+            self.alerts.push(Alert::Warned(Check::Loop));
+            let mut chunk = self.template.clone();
+            chunk.insert("choices".into(), Value::Array(Vec::new()));
+            chunk.insert(
+                "reasoning_warning".into(),
+                serde_json::json!({"check": "loop", "step": steps}),
+            );
+            Event {
+                data: Some(serde_json::to_string(&chunk).unwrap_or_default()),
+                ..Event::default()
+            }
+            .write(out);
+        }
     }
 
     /// Adds what the request said: its `response_format`, and whether usage chunks the client did
@@ -197,7 +279,7 @@ impl ResponseRewriter {
         });
         let unterminated = self.stats().unterminated;
         let finish_reason = first.and_then(|c| c.finish_reason.clone());
-        let verifications = verify::verify(
+        let mut verifications = verify::verify(
             &self.analysis.verify,
             &verify::Subject {
                 reasoning,
@@ -207,12 +289,18 @@ impl ResponseRewriter {
                 complete: finish_reason.as_deref() == Some("stop"),
             },
         );
+        // Checks that failed mid-stream stay failed (and are counted once).
+        for (check, passed) in &mut verifications {
+            if self.periodic_failed.contains(check) {
+                *passed = false;
+            }
+        }
         Report {
             reasoning_tokens,
             answer_tokens: completion - reasoning_tokens,
             tokens_counted: counted,
             reasoning_chars: self.choices.values().map(|c| c.reasoning_chars).sum(),
-            steps: count_steps(reasoning),
+            steps: first.map_or(0, |c| c.steps.clone().finish()),
             corrections: count_corrections(reasoning, &self.analysis.correction_markers),
             unterminated,
             finish_reason,
@@ -265,6 +353,7 @@ impl ResponseRewriter {
                 for e in events {
                     self.on_event(e, &mut out);
                 }
+                self.check_progress(&mut out);
                 if let Err(e) = res {
                     tracing::warn!(error = %e, "SSE framing failed; forwarding the rest of the stream untouched.");
                     self.mode = Mode::Passthrough;
@@ -335,6 +424,8 @@ impl ResponseRewriter {
             answer_text: String::new(),
             keep_text: index == 0,
             finish_reason: None,
+            steps: StepCounter::default(),
+            next_check: self.analysis.every_steps,
         }
     }
 

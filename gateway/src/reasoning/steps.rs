@@ -4,20 +4,74 @@
 
 /// Counts the steps in a reasoning text.
 pub fn count_steps(reasoning: &str) -> u32 {
-    let mut steps = 0;
-    let mut after_blank = true;
-    for line in reasoning.lines() {
-        let t = line.trim();
-        if t.is_empty() {
-            after_blank = true;
-            continue;
+    let mut c = StepCounter::default();
+    c.feed(reasoning);
+    c.finish()
+}
+
+/// The same count over streamed deltas: each line is judged once, when it ends.
+#[derive(Debug, Clone)]
+pub struct StepCounter {
+    steps: u32,
+    after_blank: bool,
+    line: String,
+}
+
+impl Default for StepCounter {
+    fn default() -> Self {
+        StepCounter {
+            steps: 0,
+            after_blank: true,
+            line: String::new(),
         }
-        if after_blank || opens_item(t) {
-            steps += 1;
-        }
-        after_blank = false;
     }
-    steps
+}
+
+/// Only the start of a line decides whether it opens a step.
+const LINE_PREFIX: usize = 32;
+
+impl StepCounter {
+    /// Feeds reasoning text.
+    pub fn feed(&mut self, mut text: &str) {
+        while let Some(i) = text.find('\n') {
+            self.push(&text[..i]);
+            self.end_line();
+            text = &text[i + 1..];
+        }
+        self.push(text);
+    }
+
+    /// Steps so far, counting a line still in progress.
+    pub fn steps(&self) -> u32 {
+        self.steps + u32::from(self.opens(&self.line))
+    }
+
+    /// Final count.
+    pub fn finish(&mut self) -> u32 {
+        self.end_line();
+        self.steps
+    }
+
+    fn push(&mut self, part: &str) {
+        if self.line.len() < LINE_PREFIX {
+            self.line.push_str(part);
+        }
+    }
+
+    fn opens(&self, line: &str) -> bool {
+        let t = line.trim();
+        !t.is_empty() && (self.after_blank || opens_item(t))
+    }
+
+    fn end_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        if line.trim().is_empty() {
+            self.after_blank = true;
+        } else {
+            self.steps += u32::from(self.opens(&line));
+            self.after_blank = false;
+        }
+    }
 }
 
 fn opens_item(line: &str) -> bool {
@@ -32,7 +86,21 @@ fn opens_item(line: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::count_steps;
+    use super::{count_steps, StepCounter};
+
+    #[test]
+    fn streamed_counts_match_whole_counts_at_every_split() {
+        let text = "Plan:\n1. add\n\n2) carry\nStep 3: check\n\n\n**Step 4** done\nend";
+        let whole = count_steps(text);
+        assert_eq!(whole, 5);
+        for cut in 0..=text.len() {
+            let mut c = StepCounter::default();
+            c.feed(&text[..cut]);
+            assert!(c.steps() <= whole);
+            c.feed(&text[cut..]);
+            assert_eq!(c.finish(), whole, "cut {cut}");
+        }
+    }
 
     #[test]
     fn paragraphs_and_numbered_lines_are_steps() {

@@ -1,0 +1,86 @@
+//! The response body on its way to the client: reasoning split, thinking time, step timeouts,
+//! reasoning budget and periodic checks.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::context::RequestCtx;
+use crate::openai::{ApiError, ErrorKind};
+use crate::reasoning::Alert;
+
+/// Rewrites one body chunk in place and applies the route's reasoning policies.
+pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+    if ctx.aborted {
+        // The client has its error event and `[DONE]`; whatever the upstream still sends
+        // before its socket shuts is dropped.
+        *body = None;
+        return;
+    }
+    let now = Instant::now();
+    let has_bytes = body.as_ref().is_some_and(|b| !b.is_empty());
+    if ctx.first_byte_at.is_none() && has_bytes {
+        ctx.first_byte_at = Some(now);
+    }
+    let step_timeout = ctx.route.as_ref().and_then(|r| r.reasoning.step_timeout);
+    let Some(rw) = ctx.rewriter.as_mut() else {
+        ctx.response_bytes += body.as_ref().map_or(0, Bytes::len);
+        return;
+    };
+    if let (Some(limit), Some(last)) = (step_timeout, ctx.last_body_at) {
+        if has_bytes && rw.in_reasoning() && now.duration_since(last) > limit {
+            ctx.step_timeouts += 1;
+        }
+    }
+    if has_bytes {
+        ctx.last_body_at = Some(now);
+    }
+    let mut out = body.take().map(|b| rw.feed(&b)).unwrap_or_default();
+    if end_of_stream {
+        out.extend_from_slice(&rw.finish());
+    }
+    if ctx.first_answer_at.is_none() && rw.answer_started() {
+        ctx.first_answer_at = Some(now);
+    }
+    for alert in rw.take_alerts() {
+        let err = match alert {
+            Alert::Warned(_) => continue,
+            Alert::BudgetExceeded => ApiError::new(
+                200,
+                ErrorKind::Server,
+                "reasoning_budget_exceeded",
+                "The reasoning exceeded the route's max_reasoning_tokens; generation was stopped.",
+            ),
+            Alert::Abort(check) => ApiError::new(
+                200,
+                ErrorKind::Server,
+                "verification_failed",
+                format!(
+                    "The reasoning failed the `{}` check; generation was stopped.",
+                    check.label()
+                ),
+            ),
+        };
+        out.extend_from_slice(&rw.abort());
+        out.extend_from_slice(&err.sse_event());
+        ctx.error = Some(err);
+        ctx.aborted = true;
+        stop_upstream(ctx);
+        break;
+    }
+    ctx.response_bytes += out.len();
+    *body = Some(Bytes::from(out));
+}
+
+/// Stops the upstream now, so it stops generating: the error event must go out with this chunk,
+/// and returning an error from a body filter would drop the whole batch of chunks it belongs to.
+/// Shutting the socket makes Pingora's next upstream read fail instead; the connection is not
+/// pooled after an error, so the descriptor cannot belong to anyone else yet.
+fn stop_upstream(ctx: &RequestCtx) {
+    if let Some(fd) = ctx.upstream_fd {
+        // SAFETY: shutdown(2) on a descriptor this request holds open; no memory is involved.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+}
