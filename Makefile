@@ -13,14 +13,18 @@ run: deps models build
 	$(BIN) serve --config $(CONFIG)
 
 test: deps models venv build
+	promtool check rules configs/alerts.yml
+	promtool test rules configs/alerts_test.yml
+	promtool check config configs/prometheus.yml
 	cargo nextest run --release --workspace --all-targets --no-fail-fast
 	$(BIN) check --config configs/engine.yaml
 	$(BIN) check --config configs/vllm.yaml
 
-# System packages: cmake builds libz-ng for Pingora; curl for the examples.
+# System packages: cmake builds libz-ng for Pingora; Prometheus (with promtool) for the alert-rule
+# tests and the dashboard end-to-end test; curl for the examples.
 deps:
-	@if ! command -v cmake >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake curl; fi
+	@if ! command -v cmake >/dev/null || ! command -v promtool >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake curl prometheus; fi
 
 models:
 	./scripts/fetch-models.sh

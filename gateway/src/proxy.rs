@@ -278,71 +278,7 @@ impl ProxyHttp for GatewayProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if ctx.aborted {
-            // The client already has its error event and `[DONE]`; only the body's end is owed.
-            let _ = session.write_response_body(None, true).await;
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        }
-        let step_abort = ctx
-            .route
-            .as_ref()
-            .is_some_and(|r| r.reasoning.step_timeout_abort);
-        if step_abort
-            && e.etype() == &ErrorType::ReadTimedout
-            && ctx.rewriter.as_ref().is_some_and(|rw| rw.in_reasoning())
-        {
-            ctx.step_timeouts += 1;
-            ctx.error = Some(ApiError::new(
-                504,
-                ErrorKind::Server,
-                "step_timeout",
-                "No token arrived within the route's step_timeout while reasoning; generation was stopped.",
-            ));
-        }
-        let classified = match ctx.error.clone() {
-            Some(err) => Some((err, ctx.upstream_error.unwrap_or("status"))),
-            None => respond::classify(e),
-        };
-        let Some((err, kind)) = classified else {
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        };
-        if kind != "status" && kind != "internal" {
-            ctx.upstream_error = Some(kind);
-        }
-        let code = err.status;
-        if session.response_written().is_some() {
-            // Headers (and maybe part of the body) are out: a stream gets a final error event
-            // and `[DONE]` so SDKs end cleanly; anything else can only be cut short.
-            let streaming = ctx
-                .rewriter
-                .as_ref()
-                .map_or(ctx.stream_requested, ResponseRewriter::is_stream);
-            if streaming {
-                let mut tail = ctx
-                    .rewriter
-                    .as_mut()
-                    .map(|rw| rw.abort())
-                    .unwrap_or_default();
-                tail.extend_from_slice(&err.sse_event());
-                ctx.response_bytes += tail.len();
-                let _ = session
-                    .write_response_body(Some(Bytes::from(tail)), true)
-                    .await;
-            }
-            ctx.error = Some(err);
-        } else if let Err(write_err) = respond::error(session, ctx, err).await {
-            tracing::debug!(request_id = %ctx.request_id, error = %write_err, "Writing the error response failed.");
-        }
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        respond::proxy_failure(session, e, ctx).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -2,3 +2,4 @@
 
 pub mod fake_upstream;
 pub mod harness;
+pub mod prometheus;

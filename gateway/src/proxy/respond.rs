@@ -2,11 +2,96 @@
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use super::context::RequestCtx;
 use crate::openai::{ApiError, ErrorKind};
+use crate::reasoning::ResponseRewriter;
+
+/// The client got a complete response, so the connection can serve its next request; without
+/// this Pingora closes it after any upstream error and keep-alive clients fail their next request.
+fn reuse(session: &mut Session, written: bool) -> bool {
+    written && session.as_downstream_mut().is_body_done()
+}
+
+/// After a proxy error: a complete OpenAI error for the client, whatever had been sent already.
+pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    if ctx.aborted {
+        // The client already has its error event and `[DONE]`; only the body's end is owed.
+        let written = session.write_response_body(None, true).await.is_ok();
+        return FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: reuse(session, written),
+        };
+    }
+    let step_abort = ctx
+        .route
+        .as_ref()
+        .is_some_and(|r| r.reasoning.step_timeout_abort);
+    if step_abort
+        && e.etype() == &ErrorType::ReadTimedout
+        && ctx.rewriter.as_ref().is_some_and(|rw| rw.in_reasoning())
+    {
+        ctx.step_timeouts += 1;
+        ctx.error = Some(ApiError::new(
+            504,
+            ErrorKind::Server,
+            "step_timeout",
+            "No token arrived within the route's step_timeout while reasoning; generation was stopped.",
+        ));
+    }
+    let classified = match ctx.error.clone() {
+        Some(err) => Some((err, ctx.upstream_error.unwrap_or("status"))),
+        None => classify(e),
+    };
+    let Some((err, kind)) = classified else {
+        return FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
+    };
+    if kind != "status" && kind != "internal" {
+        ctx.upstream_error = Some(kind);
+    }
+    let code = err.status;
+    let written = if session.response_written().is_some() {
+        // Headers (and maybe part of the body) are out: a stream gets a final error event and
+        // `[DONE]` so SDKs end cleanly; anything else can only be cut short.
+        let streaming = ctx
+            .rewriter
+            .as_ref()
+            .map_or(ctx.stream_requested, ResponseRewriter::is_stream);
+        let mut ok = false;
+        if streaming {
+            let mut tail = ctx
+                .rewriter
+                .as_mut()
+                .map(|rw| rw.abort())
+                .unwrap_or_default();
+            tail.extend_from_slice(&err.sse_event());
+            ctx.response_bytes += tail.len();
+            ok = session
+                .write_response_body(Some(Bytes::from(tail)), true)
+                .await
+                .is_ok();
+        }
+        ctx.error = Some(err);
+        ok
+    } else {
+        match error(session, ctx, err).await {
+            Ok(()) => true,
+            Err(write_err) => {
+                tracing::debug!(request_id = %ctx.request_id, error = %write_err, "Writing the error response failed.");
+                false
+            }
+        }
+    };
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: reuse(session, written),
+    }
+}
 
 /// Writes a complete JSON response.
 pub async fn json(

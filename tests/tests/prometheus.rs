@@ -1,0 +1,175 @@
+//! A real Prometheus scrapes the real gateway under a scripted workload; every dashboard panel's
+//! query returns data, every metric a dashboard or rule names exists, and the rules load.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use gateway_tests::fake_upstream::FakeUpstream;
+use gateway_tests::harness::{repo_root, GatewayProc};
+use gateway_tests::prometheus::{scalar, Prometheus};
+use serde_json::{json, Value};
+
+fn config(addr: std::net::SocketAddr) -> String {
+    format!(
+        r#"upstreams: [{{name: fake, endpoints: ["{addr}"]}}]
+routes:
+  - {{model: analysed, upstream: fake, reasoning: {{stats: true}}}}
+  - {{model: stall, upstream: fake, reasoning: {{step_timeout: 100ms}}}}
+  - {{model: long, upstream: fake, reasoning: {{max_reasoning_tokens: 10}}}}
+  - {{model: "*", upstream: fake}}
+"#
+    )
+}
+
+/// Every `expr` of every panel of every dashboard, with template variables filled in.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$route", ".*")
+                    .replace("$upstream", ".*")
+                    .replace("$__rate_interval", "1m");
+                out.push((
+                    format!(
+                        "{} / {}",
+                        d["title"].as_str().unwrap(),
+                        p["title"].as_str().unwrap()
+                    ),
+                    expr,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Metric names (`reasoning_gateway_…`, `gen_ai_…`) in a text.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for prefix in ["reasoning_gateway_", "gen_ai_"] {
+        for (i, _) in text.match_indices(prefix) {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn dashboards_and_rules_work_against_a_real_prometheus() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(up.addr), Duration::from_secs(20));
+    let prom = Prometheus::start(gw.admin_port).await;
+
+    // A fresh connection per request: after an upstream failure the gateway closes the client
+    // connection (see the closing notes), and reqwest does not retry a POST on a closed one.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = format!("{}/chat/completions", gw.base_url());
+    let workload = [
+        ("think", true),
+        ("think", false),
+        ("analysed", true),
+        ("stall", true),
+        ("long", true),
+        ("error500", false),
+        ("disconnect", true),
+        ("echo", false),
+    ];
+    for round in 0..2 {
+        for (model, stream) in workload {
+            let body = json!({"model": model, "stream": stream, "response_format": {"type": "json_object"},
+                "messages": [{"role": "user", "content": format!("round {round}")}]});
+            let resp = client
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{model} (stream {stream}, round {round}): {e}"));
+            resp.bytes().await.ok();
+        }
+    }
+    let n = 2 * workload.len();
+    gw.wait_for_requests(n, Duration::from_secs(10)).await;
+    prom.wait_until(
+        "sum(reasoning_gateway_requests_total)",
+        |r| scalar(r) == Some(n as f64),
+        Duration::from_secs(30),
+    )
+    .await;
+    // rate() needs two samples of a series. Every series was born during the workload, before the
+    // last request was logged, so two samples of each requests_total series mean two of all.
+    prom.wait_until(
+        "min(count_over_time(reasoning_gateway_requests_total[1m]))",
+        |r| scalar(r).is_some_and(|c| c >= 2.0),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let mut empty = Vec::new();
+    for (panel, expr) in dashboard_queries() {
+        let result = prom
+            .query(&expr)
+            .await
+            .unwrap_or_else(|e| panic!("{panel}: {e}"));
+        if result.is_empty() {
+            empty.push(format!("{panel}: {expr}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "panels without data:\n{}",
+        empty.join("\n")
+    );
+
+    let metrics = gw.admin_get("/metrics").await;
+    let mut used = BTreeSet::new();
+    for entry in std::fs::read_dir(repo_root().join("dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            used.extend(metric_names(&std::fs::read_to_string(path).unwrap()));
+        }
+    }
+    used.extend(metric_names(
+        &std::fs::read_to_string(repo_root().join("configs/alerts.yml")).unwrap(),
+    ));
+    assert!(used.len() > 10, "{used:?}");
+    let missing: Vec<_> = used
+        .iter()
+        .filter(|name| !metrics.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "used by dashboards or rules but not exported: {missing:?}"
+    );
+
+    let rules = prom.api("/api/v1/rules").await;
+    let loaded: Vec<&Value> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(loaded.len(), 6);
+    assert!(loaded.iter().all(|r| r["health"] == "ok"), "{loaded:?}");
+
+    if let Ok(png) = std::env::var("RG_DASHBOARD_PNG") {
+        let base = format!("http://127.0.0.1:{}", prom.port);
+        let out = gateway_tests::harness::run_python("render_panels.py", &[&base, &png]);
+        assert!(out.contains("wrote"), "{out}");
+    }
+}
