@@ -7,7 +7,7 @@ export RG_PYTHON ?= $(VENV)/bin/python
 CONFIG ?= configs/engine.yaml
 BIN := $(CARGO_TARGET_DIR)/release/reasoning-gateway
 
-.PHONY: run test deps models venv build check lint bench-parser bench-engine
+.PHONY: run test deps models venv build check lint bench-parser bench-engine dashboard-png
 
 run: deps models build
 	$(BIN) serve --config $(CONFIG)
@@ -51,3 +51,10 @@ bench-engine: deps models build
 	@$(BENCH_VENV)/bin/python -c 'import llama_cpp' 2>/dev/null || \
 	  CMAKE_ARGS="-DGGML_NATIVE=ON" $(BENCH_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36
 	$(BENCH_VENV)/bin/python benches/engine_vs_llamacpp.py $(BIN)
+
+# docs/dashboard.png: the Prometheus end-to-end test's data rendered with matplotlib.
+dashboard-png: deps build
+	@test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(BENCH_VENV)/bin/pip install --quiet matplotlib
+	RG_PYTHON=$(BENCH_VENV)/bin/python RG_DASHBOARD_PNG=$(CURDIR)/docs/dashboard.png \
+	  cargo nextest run --release -p gateway-tests --test prometheus
