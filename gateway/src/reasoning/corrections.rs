@@ -43,11 +43,9 @@ pub fn count_corrections(reasoning: &str, markers: &[String]) -> u32 {
             continue;
         }
         let b = bytes[i];
-        if b == b'\n' {
-            at_start = true;
-        } else if matches!(b, b'.' | b'!' | b'?')
-            && bytes.get(i + 1).is_some_and(|n| n.is_ascii_whitespace())
-        {
+        let ends_sentence = matches!(b, b'.' | b'!' | b'?')
+            && bytes.get(i + 1).is_some_and(|n| n.is_ascii_whitespace());
+        if b == b'\n' || ends_sentence {
             at_start = true;
         }
         i += 1;

@@ -220,9 +220,8 @@ pub fn numbers(text: &str) -> Vec<f64> {
         let joins = (c == '.' || c == ',')
             && !cur.is_empty()
             && chars.get(i + 1).is_some_and(char::is_ascii_digit);
-        if c.is_ascii_digit() || joins {
-            cur.push(c);
-        } else if c == '-' && cur.is_empty() && chars.get(i + 1).is_some_and(char::is_ascii_digit) {
+        let sign = c == '-' && cur.is_empty() && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if c.is_ascii_digit() || joins || sign {
             cur.push(c);
         } else if !cur.is_empty() {
             flush(&mut cur, &mut out);
