@@ -59,6 +59,12 @@ impl GatewayProxy {
         ctx.stream_requested = routed.info.stream;
         ctx.response_format = routed.info.body.get("response_format").cloned();
         ctx.strip_usage = routed.usage_injected;
+        ctx.thinking_off = routed
+            .info
+            .body
+            .get("chat_template_kwargs")
+            .and_then(|k| k.get("enable_thinking"))
+            == Some(&serde_json::Value::Bool(false));
         ctx.route = Some(routed.route);
         ctx.pool = Some(routed.pool);
         ctx.upstream_body = routed.upstream_body;
@@ -240,7 +246,14 @@ impl ProxyHttp for GatewayProxy {
         if let (Some(route), Some(endpoint)) = (&ctx.route, ctx.endpoint) {
             ctx.rewriter =
                 ResponseRewriter::for_response(&route.reasoning, endpoint, status, content_type)
-                    .map(|rw| rw.with_request(ctx.response_format.take(), ctx.strip_usage));
+                    .map(|rw| rw.with_request(ctx.response_format.take(), ctx.strip_usage))
+                    .map(|rw| {
+                        if ctx.thinking_off {
+                            rw.thinking_off()
+                        } else {
+                            rw
+                        }
+                    });
         }
         if ctx.rewriter.is_some() {
             resp.remove_header("content-length");

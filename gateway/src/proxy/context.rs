@@ -72,6 +72,8 @@ pub struct RequestCtx {
     pub response_format: Option<serde_json::Value>,
     /// The gateway asked the upstream for usage the client did not want.
     pub strip_usage: bool,
+    /// `chat_template_kwargs.enable_thinking: false` in the request.
+    pub thinking_off: bool,
     /// First answer (not reasoning) text sent to the client.
     pub first_answer_at: Option<Instant>,
     /// Last upstream body bytes (for step timeouts).
@@ -109,6 +111,7 @@ impl RequestCtx {
             rewriter: None,
             response_format: None,
             strip_usage: false,
+            thinking_off: false,
             first_answer_at: None,
             last_body_at: None,
             step_timeouts: 0,

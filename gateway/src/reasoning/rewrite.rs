@@ -243,6 +243,15 @@ impl ResponseRewriter {
         self
     }
 
+    /// The request switched Qwen3 thinking off (`chat_template_kwargs.enable_thinking: false`):
+    /// a `qwen3` route then looks for no tags, even with `start_in_reasoning`.
+    pub fn thinking_off(mut self) -> Self {
+        if self.kind == ParserKind::Qwen3 {
+            self.kind = ParserKind::None;
+        }
+        self
+    }
+
     /// The answer has begun (for time to first answer token).
     pub fn answer_started(&self) -> bool {
         self.choices.values().any(|c| c.content_chars > 0)

@@ -181,6 +181,25 @@ fn passthrough_errors_and_non_json_are_not_rewritten() {
 }
 
 #[test]
+fn qwen3_with_thinking_switched_off_looks_for_no_tags() {
+    let input = format!("{}data: [DONE]\n\n", sse_chunk("plain answer"));
+    let c = cfg(ParserKind::Qwen3, true, OutputField::ReasoningContent);
+    let (r, a, _) = run_stream(&c, &input, 5);
+    assert_eq!(
+        (r.as_str(), a.as_str()),
+        ("plain answer", ""),
+        "start_in_reasoning puts it all in reasoning"
+    );
+    let mut rw =
+        ResponseRewriter::for_response(&c, Endpoint::ChatCompletions, 200, "text/event-stream")
+            .unwrap()
+            .thinking_off();
+    let out = String::from_utf8(rw.feed(input.as_bytes())).unwrap();
+    assert!(out.contains("\"content\":\"plain answer\""), "{out}");
+    assert!(!out.contains("reasoning_content"), "{out}");
+}
+
+#[test]
 fn unterminated_reasoning_is_flagged() {
     let input = sse_chunk("<think>still going");
     let c = cfg(ParserKind::DeepseekR1, false, OutputField::ReasoningContent);
