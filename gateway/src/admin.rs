@@ -51,6 +51,33 @@ pub fn handle(gw: &Gateway, method: &hyper::Method, path: &str) -> Response<Full
                 response(503, "text/plain", "not ready\n")
             }
         }
+        ("POST", "/admin/reload") => {
+            let Some(path) = &gw.config_path else {
+                return response(
+                    409,
+                    "application/json",
+                    r#"{"error":"no config file to reload"}"#,
+                );
+            };
+            match crate::reload::reload(gw, path, "admin") {
+                Ok(r) => {
+                    let body = json!({"reloaded": true, "generation": r.generation, "restart_required": r.restart_required});
+                    response(
+                        200,
+                        "application/json",
+                        serde_json::to_vec(&body).unwrap_or_default(),
+                    )
+                }
+                Err(errors) => {
+                    let body = json!({"reloaded": false, "errors": errors});
+                    response(
+                        400,
+                        "application/json",
+                        serde_json::to_vec(&body).unwrap_or_default(),
+                    )
+                }
+            }
+        }
         ("GET", "/admin/config") => {
             let snap = gw.snapshot.load();
             let pools: serde_json::Map<_, _> = snap

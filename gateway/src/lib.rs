@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod openai;
 pub mod proxy;
 pub mod reasoning;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod state;

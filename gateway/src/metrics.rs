@@ -67,6 +67,8 @@ pub struct Metrics {
     pub step_timeouts_total: IntCounterVec,
     /// Streams the gateway ended itself, by reason (budget|verification).
     pub reasoning_aborts_total: IntCounterVec,
+    /// Config reloads by result (ok|error) and trigger (admin|sighup|watch).
+    pub config_reloads_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -194,8 +196,14 @@ impl Metrics {
             "Streams the gateway ended itself: reasoning_budget_exceeded, verification_failed, step_timeout.",
             &["route", "upstream", "reason"],
         );
+        let config_reloads_total = counter(
+            "config_reloads_total",
+            "Config reloads by result (ok: swapped in; error: invalid, the running config stayed) and trigger (admin, sighup, watch).",
+            &["result", "trigger"],
+        );
         Metrics {
             registry,
+            config_reloads_total,
             step_timeouts_total,
             reasoning_aborts_total,
             time_to_first_answer_token_seconds,

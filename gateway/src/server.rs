@@ -91,7 +91,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
             ep.set_healthy(false);
         }
     }
-    let gw = Gateway::new(snapshot);
+    let gw = Gateway::new(snapshot, Some(config_path.to_path_buf()));
 
     let conf = ServerConf {
         threads: config.threads,
@@ -113,6 +113,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     server.add_service(background_service(
         "health checks",
         HealthChecker { gw: gw.clone() },
+    ));
+    server.add_service(background_service(
+        "config reload",
+        crate::reload::ReloadService::new(gw.clone(), config_path.to_path_buf()),
     ));
 
     match (&config.engine, engine_listener) {

@@ -49,15 +49,21 @@ pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
     /// Metrics registry.
     pub metrics: Metrics,
+    /// The config file reloads read (none in tests that build state in memory).
+    pub config_path: Option<std::path::PathBuf>,
+    /// Serialises reloads: one writer at a time.
+    pub reload_lock: std::sync::Mutex<()>,
     ready: AtomicBool,
 }
 
 impl Gateway {
     /// Creates the shared state; not ready until [`Gateway::set_ready`].
-    pub fn new(snapshot: Snapshot) -> Arc<Self> {
+    pub fn new(snapshot: Snapshot, config_path: Option<std::path::PathBuf>) -> Arc<Self> {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics: Metrics::new(),
+            config_path,
+            reload_lock: std::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
         })
     }

@@ -49,6 +49,8 @@ pub struct GatewayProc {
     pub admin_port: u16,
     /// Log file (stderr of the gateway).
     pub log: PathBuf,
+    /// The config file it runs on.
+    pub config: PathBuf,
     _dir: TempDir,
 }
 
@@ -117,6 +119,7 @@ impl GatewayProc {
             port,
             admin_port,
             log,
+            config: path,
             _dir: dir,
         };
         gw.wait_ready(ready_within);
@@ -141,6 +144,11 @@ impl GatewayProc {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The proxy base URL, e.g. `http://127.0.0.1:1234/v1`.
