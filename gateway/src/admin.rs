@@ -40,8 +40,44 @@ fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response
 }
 
 /// Answers one admin request.
-pub fn handle(gw: &Gateway, method: &hyper::Method, path: &str) -> Response<Full<Bytes>> {
+pub fn handle(
+    gw: &Gateway,
+    method: &hyper::Method,
+    path: &str,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let param = |name: &str| {
+        query?.split('&').find_map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    };
     match (method.as_str(), path) {
+        ("GET", "/admin/canary") => response(
+            200,
+            "application/json",
+            serde_json::to_vec(&gw.canary.report()).unwrap_or_default(),
+        ),
+        ("POST", "/admin/canary/enable") => match (param("route"), param("variant")) {
+            (Some(r), Some(v)) => {
+                let was = gw.canary.enable(&r, &v);
+                if was {
+                    tracing::info!(route = %r, variant = %v, "Canary variant re-enabled by an operator.");
+                }
+                let body = json!({"route": r, "variant": v, "re_enabled": was});
+                response(
+                    200,
+                    "application/json",
+                    serde_json::to_vec(&body).unwrap_or_default(),
+                )
+            }
+            _ => response(
+                400,
+                "application/json",
+                r#"{"error":"route and variant query parameters are required"}"#,
+            ),
+        },
         ("GET", "/metrics") => response(200, "text/plain; version=0.0.4", gw.metrics.render()),
         ("GET", "/healthz") => response(200, "text/plain", "ok\n"),
         ("GET", "/readyz") => {
@@ -133,7 +169,7 @@ impl BackgroundService for AdminService {
                     let gw = self.gw.clone();
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let resp = handle(&gw, req.method(), req.uri().path());
+                            let resp = handle(&gw, req.method(), req.uri().path(), req.uri().query());
                             async move { Ok::<_, Infallible>(resp) }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()

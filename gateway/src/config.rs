@@ -192,6 +192,53 @@ pub struct RouteConfig {
     pub upstream_model: Option<String>,
     /// Reasoning split.
     pub reasoning: ReasoningConfig,
+    /// Canary split, when configured.
+    pub canary: Option<CanaryConfig>,
+}
+
+/// A route's canary split.
+#[derive(Debug, Clone)]
+pub struct CanaryConfig {
+    /// Header forcing the first (`false`) or second (`true`) variant.
+    pub header: Option<String>,
+    /// Header keeping a user on one variant (else the Authorization value).
+    pub sticky_header: Option<String>,
+    /// Served variants; index 0 is stable.
+    pub variants: Vec<VariantConfig>,
+    /// The shadow variant, if any.
+    pub shadow: Option<VariantConfig>,
+    /// Rollback limits.
+    pub rollback: RollbackConfig,
+}
+
+/// One variant.
+#[derive(Debug, Clone)]
+pub struct VariantConfig {
+    /// Name.
+    pub name: String,
+    /// Upstream pool.
+    pub upstream: String,
+    /// Weight.
+    pub weight: u32,
+    /// Model name sent upstream.
+    pub upstream_model: Option<String>,
+}
+
+/// Rollback limits.
+#[derive(Debug, Clone)]
+pub struct RollbackConfig {
+    /// Sliding window.
+    pub window: Duration,
+    /// Requests per side before comparing.
+    pub min_requests: usize,
+    /// Error-rate excess.
+    pub max_error_rate_delta: f64,
+    /// p95 latency ratio.
+    pub max_p95_ratio: f64,
+    /// Verification-failure-rate excess.
+    pub max_verification_failure_delta: f64,
+    /// Step-timeout-rate excess.
+    pub max_step_timeout_delta: f64,
 }
 
 /// Errors of loading a config file.

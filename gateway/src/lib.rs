@@ -1,6 +1,7 @@
 //! reasoning-gateway: a Pingora sidecar proxy and observability layer for reasoning LLMs.
 
 pub mod admin;
+pub mod canary;
 pub mod config;
 #[cfg(feature = "engine")]
 pub mod engine;
@@ -11,6 +12,7 @@ pub mod reasoning;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod shadow;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;

@@ -69,6 +69,14 @@ pub struct Metrics {
     pub reasoning_aborts_total: IntCounterVec,
     /// Config reloads by result (ok|error) and trigger (admin|sighup|watch).
     pub config_reloads_total: IntCounterVec,
+    /// Canary variants rolled back automatically.
+    pub canary_rollbacks_total: IntCounterVec,
+    /// Shadow requests by result (ok|error|skipped).
+    pub shadow_requests_total: IntCounterVec,
+    /// Shadow request duration.
+    pub shadow_request_duration_seconds: HistogramVec,
+    /// Verification checks the shadow's answers failed.
+    pub shadow_verification_failures_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -98,13 +106,13 @@ impl Metrics {
         };
         let requests_total = counter(
             "requests_total",
-            "Requests answered by the gateway, by route, upstream, API endpoint and HTTP status.",
-            &["route", "upstream", "endpoint", "status"],
+            "Requests answered by the gateway, by route, canary variant, upstream, API endpoint and HTTP status.",
+            &["route", "variant", "upstream", "endpoint", "status"],
         );
         let request_duration_seconds = histogram(
             "request_duration_seconds",
             "Time from receiving a request to sending the last response byte.",
-            &["route", "upstream", "stream"],
+            &["route", "variant", "upstream", "stream"],
             LATENCY_BUCKETS,
         );
         let time_to_first_token_seconds = histogram(
@@ -201,9 +209,34 @@ impl Metrics {
             "Config reloads by result (ok: swapped in; error: invalid, the running config stayed) and trigger (admin, sighup, watch).",
             &["result", "trigger"],
         );
+        let canary_rollbacks_total = counter(
+            "canary_rollbacks_total",
+            "Canary variants rolled back automatically (weight 0 until re-enabled on the admin API).",
+            &["route", "variant"],
+        );
+        let shadow_requests_total = counter(
+            "shadow_requests_total",
+            "Copies sent to shadow variants by result: ok, error, skipped (concurrency bound).",
+            &["route", "variant", "result"],
+        );
+        let shadow_request_duration_seconds = histogram(
+            "shadow_request_duration_seconds",
+            "Duration of shadow requests (measured, never served).",
+            &["route", "variant"],
+            LATENCY_BUCKETS,
+        );
+        let shadow_verification_failures_total = counter(
+            "shadow_verification_failures_total",
+            "Verification checks failed by shadow answers, by check.",
+            &["route", "variant", "check"],
+        );
         Metrics {
             registry,
             config_reloads_total,
+            canary_rollbacks_total,
+            shadow_requests_total,
+            shadow_request_duration_seconds,
+            shadow_verification_failures_total,
             step_timeouts_total,
             reasoning_aborts_total,
             time_to_first_answer_token_seconds,

@@ -52,7 +52,17 @@ impl GatewayProxy {
             Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
         };
         ctx.request_bytes = body.len();
-        let routed = match intake::route(&snapshot, endpoint, body) {
+        let req_header = session.req_header();
+        let header = |name: &str| {
+            req_header
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let rolled_back =
+            |route: &str, variant: &str| self.gw.canary.is_rolled_back(route, variant);
+        let routed = match intake::route(&snapshot, endpoint, body, &header, &rolled_back) {
             Ok(r) => r,
             Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
         };
@@ -65,6 +75,22 @@ impl GatewayProxy {
             .get("chat_template_kwargs")
             .and_then(|k| k.get("enable_thinking"))
             == Some(&serde_json::Value::Bool(false));
+        if let Some((variant, pool, body)) = routed.shadow {
+            let authorization = header("authorization");
+            crate::shadow::spawn(
+                self.gw.clone(),
+                crate::shadow::ShadowRequest {
+                    route: routed.route.clone(),
+                    variant,
+                    pool,
+                    body,
+                    endpoint,
+                    path: session.req_header().uri.path().to_string(),
+                    authorization,
+                },
+            );
+        }
+        ctx.variant = routed.variant;
         ctx.route = Some(routed.route);
         ctx.pool = Some(routed.pool);
         ctx.upstream_body = routed.upstream_body;
@@ -270,6 +296,9 @@ impl ProxyHttp for GatewayProxy {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(route) = &ctx.route {
             resp.insert_header("x-gateway-route", route.name.as_str())?;
+        }
+        if let Some(variant) = &ctx.variant {
+            resp.insert_header("x-gateway-variant", variant.as_str())?;
         }
         Ok(())
     }

@@ -1,4 +1,6 @@
-//! The route table: a request's `model` → the first matching route.
+//! The route table: a request's `model` → the first matching route; canary variant choice.
+
+pub mod variant;
 
 use std::sync::Arc;
 

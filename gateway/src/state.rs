@@ -53,6 +53,8 @@ pub struct Gateway {
     pub config_path: Option<std::path::PathBuf>,
     /// Serialises reloads: one writer at a time.
     pub reload_lock: std::sync::Mutex<()>,
+    /// Canary windows and rollbacks (kept across reloads).
+    pub canary: crate::canary::CanaryState,
     ready: AtomicBool,
 }
 
@@ -64,6 +66,7 @@ impl Gateway {
             metrics: Metrics::new(),
             config_path,
             reload_lock: std::sync::Mutex::new(()),
+            canary: Default::default(),
             ready: AtomicBool::new(false),
         })
     }

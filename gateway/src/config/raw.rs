@@ -93,8 +93,56 @@ pub struct RawRoute {
     pub reasoning: Option<RawReasoning>,
     /// Reasoning cache settings (not available in this version).
     pub cache: Option<serde_yaml::Value>,
-    /// Canary split settings (not available in this version).
-    pub canary: Option<serde_yaml::Value>,
+    /// Canary split: variants with weights, header overrides, sticky users, shadow, rollback.
+    pub canary: Option<RawCanary>,
+}
+
+/// Canary settings of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    /// Header forcing a variant for one request: `true` → the second variant, `false` → the first.
+    pub header: Option<String>,
+    /// Header whose value keeps a user on one variant (default: the API key in Authorization).
+    pub sticky_header: Option<String>,
+    /// Variants; the first is the stable one.
+    pub variants: Vec<RawVariant>,
+    /// Automatic rollback of non-stable variants.
+    pub rollback: Option<RawRollback>,
+}
+
+/// One variant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVariant {
+    /// Name (metric label, `x-gateway-variant`).
+    pub name: String,
+    /// Upstream pool.
+    pub upstream: String,
+    /// Share of traffic (relative to the other variants' weights).
+    pub weight: Option<u32>,
+    /// Model name sent upstream (default: the route's).
+    pub upstream_model: Option<String>,
+    /// Receives a copy of every request; its answer is measured, never served.
+    pub shadow: Option<bool>,
+}
+
+/// Rollback limits, canary against stable over a sliding window.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollback {
+    /// Window length (default `5m`).
+    pub window: Option<String>,
+    /// Requests each side needs in the window before comparing (default 20).
+    pub min_requests: Option<usize>,
+    /// Largest error-rate excess of the canary over stable (default 0.1).
+    pub max_error_rate_delta: Option<f64>,
+    /// Largest canary p95 latency as a multiple of stable's (default 2.0).
+    pub max_p95_ratio: Option<f64>,
+    /// Largest verification-failure-rate excess (default 0.1).
+    pub max_verification_failure_delta: Option<f64>,
+    /// Largest step-timeout-rate excess (default 0.1).
+    pub max_step_timeout_delta: Option<f64>,
 }
 
 /// Reasoning settings of a route.

@@ -142,12 +142,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 "the reasoning cache is not available in this version",
             );
         }
-        if r.canary.is_some() {
-            errs.push(
-                &format!("{path}.canary"),
-                "canary routing is not available in this version",
-            );
-        }
+        let canary = r
+            .canary
+            .as_ref()
+            .map(|c| canary(&mut errs, &format!("{path}.canary"), c, &names));
         let name = r.name.clone().unwrap_or_else(|| r.model.clone());
         if !route_names.insert(name.clone()) {
             errs.push(
@@ -166,6 +164,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             upstream: r.upstream.clone(),
             upstream_model: r.upstream_model.clone(),
             reasoning,
+            canary,
         });
     }
 
@@ -181,6 +180,120 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         })
     } else {
         Err(errs.0)
+    }
+}
+
+fn canary(
+    errs: &mut Errors,
+    path: &str,
+    c: &RawCanary,
+    upstreams: &HashSet<String>,
+) -> CanaryConfig {
+    let mut variants = Vec::new();
+    let mut shadow = None;
+    let mut seen = HashSet::new();
+    for (i, v) in c.variants.iter().enumerate() {
+        let vp = format!("{path}.variants[{i}]");
+        if !seen.insert(v.name.clone()) {
+            errs.push(
+                &format!("{vp}.name"),
+                format!("duplicate variant `{}`", v.name),
+            );
+        }
+        if v.name.is_empty()
+            || !v
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            errs.push(&format!("{vp}.name"), "use letters, digits, `-` and `_`");
+        }
+        if !upstreams.contains(&v.upstream) {
+            errs.push(
+                &format!("{vp}.upstream"),
+                format!("unknown upstream `{}`", v.upstream),
+            );
+        }
+        let variant = VariantConfig {
+            name: v.name.clone(),
+            upstream: v.upstream.clone(),
+            weight: v.weight.unwrap_or(0),
+            upstream_model: v.upstream_model.clone(),
+        };
+        if v.shadow.unwrap_or(false) {
+            if shadow.is_some() {
+                errs.push(&format!("{vp}.shadow"), "only one shadow variant per route");
+            }
+            shadow = Some(variant);
+        } else {
+            variants.push(variant);
+        }
+    }
+    if variants.is_empty() {
+        errs.push(
+            &format!("{path}.variants"),
+            "at least one served (non-shadow) variant is needed",
+        );
+    } else if variants.iter().all(|v| v.weight == 0) {
+        errs.push(
+            &format!("{path}.variants"),
+            "the served variants' weights must not all be 0",
+        );
+    }
+    let rb = c.rollback.as_ref();
+    let ratio = |errs: &mut Errors, key: &str, v: Option<f64>, default: f64, max: f64| match v {
+        Some(x) if !(0.0..=max).contains(&x) => {
+            errs.push(
+                &format!("{path}.rollback.{key}"),
+                format!("must be between 0 and {max}"),
+            );
+            default
+        }
+        Some(x) => x,
+        None => default,
+    };
+    let rollback = RollbackConfig {
+        window: errs.duration(
+            &format!("{path}.rollback.window"),
+            &rb.and_then(|r| r.window.clone()),
+            Duration::from_secs(300),
+        ),
+        min_requests: rb.and_then(|r| r.min_requests).unwrap_or(20).max(1),
+        max_error_rate_delta: ratio(
+            errs,
+            "max_error_rate_delta",
+            rb.and_then(|r| r.max_error_rate_delta),
+            0.1,
+            1.0,
+        ),
+        max_p95_ratio: ratio(
+            errs,
+            "max_p95_ratio",
+            rb.and_then(|r| r.max_p95_ratio),
+            2.0,
+            1000.0,
+        ),
+        max_verification_failure_delta: ratio(
+            errs,
+            "max_verification_failure_delta",
+            rb.and_then(|r| r.max_verification_failure_delta),
+            0.1,
+            1.0,
+        ),
+        max_step_timeout_delta: ratio(
+            errs,
+            "max_step_timeout_delta",
+            rb.and_then(|r| r.max_step_timeout_delta),
+            0.1,
+            1.0,
+        ),
+    };
+    CanaryConfig {
+        header: c.header.clone(),
+        sticky_header: c.sticky_header.clone(),
+        variants,
+        shadow,
+        rollback,
     }
 }
 

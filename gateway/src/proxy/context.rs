@@ -42,6 +42,8 @@ pub struct RequestCtx {
     pub snapshot: Option<Arc<Snapshot>>,
     /// The matched route.
     pub route: Option<Arc<RouteConfig>>,
+    /// The chosen canary variant.
+    pub variant: Option<String>,
     /// The route's pool.
     pub pool: Option<Arc<Pool>>,
     /// The body sent upstream (possibly rewritten).
@@ -96,6 +98,7 @@ impl RequestCtx {
             endpoint: None,
             snapshot: None,
             route: None,
+            variant: None,
             pool: None,
             upstream_body: Bytes::new(),
             request_bytes: 0,
@@ -127,7 +130,16 @@ impl RequestCtx {
 
     /// Upstream label for metrics and logs.
     pub fn upstream_label(&self) -> &str {
-        self.route.as_ref().map_or("none", |r| r.upstream.as_str())
+        match (&self.pool, &self.route) {
+            (Some(p), _) => p.config.name.as_str(),
+            (None, Some(r)) => r.upstream.as_str(),
+            (None, None) => "none",
+        }
+    }
+
+    /// Variant label: the canary variant, or `default` for routes without one.
+    pub fn variant_label(&self) -> &str {
+        self.variant.as_deref().unwrap_or("default")
     }
 }
 

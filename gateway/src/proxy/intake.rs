@@ -103,43 +103,100 @@ pub struct Routed {
     pub info: RequestInfo,
     /// Route index in the snapshot's table.
     pub route: std::sync::Arc<crate::config::RouteConfig>,
-    /// The pool the route uses.
+    /// The pool the route (or its chosen variant) uses.
     pub pool: std::sync::Arc<crate::upstream::Pool>,
+    /// The chosen canary variant.
+    pub variant: Option<String>,
     /// Bytes to send upstream.
     pub upstream_body: Bytes,
     /// The gateway added `stream_options.include_usage` for its own metrics.
     pub usage_injected: bool,
+    /// A copy for the route's shadow variant: its pool and body.
+    pub shadow: Option<(String, std::sync::Arc<crate::upstream::Pool>, Bytes)>,
 }
 
-/// Validates the body and finds its route and pool.
-pub fn route(snapshot: &Snapshot, endpoint: Endpoint, body: Bytes) -> Result<Routed, ApiError> {
+fn pool_of(
+    snapshot: &Snapshot,
+    name: &str,
+) -> Result<std::sync::Arc<crate::upstream::Pool>, ApiError> {
+    snapshot.pools.get(name).cloned().ok_or_else(|| {
+        ApiError::new(
+            503,
+            ErrorKind::Server,
+            "upstream_unavailable",
+            format!("Upstream `{name}` is not running."),
+        )
+    })
+}
+
+fn encode(body: &serde_json::Map<String, Value>) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(body).map(Bytes::from).map_err(|e| {
+        ApiError::new(
+            500,
+            ErrorKind::Server,
+            "internal_error",
+            format!("re-encoding the request failed: {e}"),
+        )
+    })
+}
+
+/// Validates the body and finds its route, variant and pool. `header` reads a request header
+/// (for canary overrides and stickiness); `rolled_back` tells rolled-back variants.
+pub fn route(
+    snapshot: &Snapshot,
+    endpoint: Endpoint,
+    body: Bytes,
+    header: &dyn Fn(&str) -> Option<String>,
+    rolled_back: &dyn Fn(&str, &str) -> bool,
+) -> Result<Routed, ApiError> {
     let mut info = parse_request(endpoint, &body)?;
     let route = snapshot
         .routes
         .find(&info.model)
         .ok_or_else(|| ApiError::model_not_found(&info.model))?;
-    let pool = snapshot
-        .pools
-        .get(&route.upstream)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::new(
-                503,
-                ErrorKind::Server,
-                "upstream_unavailable",
-                format!("Upstream `{}` is not running.", route.upstream),
+    let (upstream, upstream_model, variant) = match &route.canary {
+        Some(c) => {
+            let (i, _) = crate::routing::variant::pick(
+                c,
+                header,
+                &|v| rolled_back(&route.name, v),
+                rand::random::<f64>(),
+            );
+            let v = &c.variants[i];
+            (
+                v.upstream.as_str(),
+                v.upstream_model.as_ref().or(route.upstream_model.as_ref()),
+                Some(v.name.clone()),
             )
-        })?;
+        }
+        None => (route.upstream.as_str(), route.upstream_model.as_ref(), None),
+    };
+    let pool = pool_of(snapshot, upstream)?;
     if !pool.any_healthy() {
         return Err(ApiError::new(
             503,
             ErrorKind::Server,
             "no_healthy_upstream",
-            format!("No healthy endpoint in upstream `{}`.", route.upstream),
+            format!("No healthy endpoint in upstream `{upstream}`."),
         ));
     }
+    // The shadow gets the request as the client sent it (its own model rewrite only).
+    let shadow = match route.canary.as_ref().and_then(|c| c.shadow.as_ref()) {
+        Some(sv) => {
+            let mut copy = info.body.clone();
+            if let Some(m) = sv.upstream_model.as_ref().or(route.upstream_model.as_ref()) {
+                copy.insert("model".into(), Value::String(m.clone()));
+            }
+            Some((
+                sv.name.clone(),
+                pool_of(snapshot, &sv.upstream)?,
+                encode(&copy)?,
+            ))
+        }
+        None => None,
+    };
     let mut rewritten = false;
-    if let Some(m) = &route.upstream_model {
+    if let Some(m) = upstream_model {
         info.body.insert("model".into(), Value::String(m.clone()));
         rewritten = true;
     }
@@ -163,23 +220,14 @@ pub fn route(snapshot: &Snapshot, endpoint: Endpoint, body: Bytes) -> Result<Rou
         }
         rewritten = true;
     }
-    let upstream_body = if rewritten {
-        Bytes::from(serde_json::to_vec(&info.body).map_err(|e| {
-            ApiError::new(
-                500,
-                ErrorKind::Server,
-                "internal_error",
-                format!("re-encoding the request failed: {e}"),
-            )
-        })?)
-    } else {
-        body
-    };
+    let upstream_body = if rewritten { encode(&info.body)? } else { body };
     Ok(Routed {
         info,
         route: route.clone(),
         pool,
+        variant,
         upstream_body,
         usage_injected,
+        shadow,
     })
 }

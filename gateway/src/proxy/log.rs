@@ -17,9 +17,10 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
     let route = ctx.route_label();
     let upstream = ctx.upstream_label();
     let endpoint = ctx.endpoint.map_or("other", |e| e.label());
+    let variant = ctx.variant_label();
     let m = &gw.metrics;
     m.requests_total
-        .with_label_values(&[route, upstream, endpoint, &status.to_string()])
+        .with_label_values(&[route, variant, upstream, endpoint, &status.to_string()])
         .inc();
     let stream = if ctx.stream_requested {
         "true"
@@ -27,7 +28,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         "false"
     };
     m.request_duration_seconds
-        .with_label_values(&[route, upstream, stream])
+        .with_label_values(&[route, variant, upstream, stream])
         .observe(elapsed.as_secs_f64());
     let ttft = ctx.first_byte_at.map(|t| t.duration_since(ctx.start));
     if let Some(t) = ttft {
@@ -94,6 +95,25 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
                 .inc();
         }
     }
+    if let (Some(r), Some(v)) = (&ctx.route, &ctx.variant) {
+        if let Some(canary) = &r.canary {
+            let outcome = crate::canary::Outcome {
+                at: std::time::Instant::now(),
+                ok: status < 500 && status != 0 && ctx.error.is_none(),
+                latency: elapsed,
+                verification_failed: report
+                    .as_ref()
+                    .is_some_and(|rep| rep.failed().next().is_some()),
+                step_timeout: ctx.step_timeouts > 0,
+            };
+            if let Some(reason) = gw.canary.record(&r.name, canary, v, outcome) {
+                m.canary_rollbacks_total
+                    .with_label_values(&[route, v])
+                    .inc();
+                tracing::warn!(route, variant = %v, reason = %reason, "Canary variant rolled back: it gets no traffic until re-enabled with POST /admin/canary/enable.");
+            }
+        }
+    }
     // Connect failures are counted per attempt in `fail_to_connect`.
     if let Some(kind) = ctx.upstream_error.filter(|k| *k != "connect") {
         m.upstream_errors_total
@@ -115,6 +135,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         path = %header.uri.path(),
         status,
         route,
+        variant,
         upstream,
         endpoint = peer.as_deref().unwrap_or("-"),
         stream = ctx.stream_requested,

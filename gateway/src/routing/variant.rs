@@ -1,0 +1,202 @@
+//! Canary variant choice: a pure function of the route, the request's headers, the rollback
+//! state and an injected random source.
+
+use crate::config::CanaryConfig;
+
+/// Why a variant was chosen (log field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `x-gateway-variant: NAME`.
+    Named,
+    /// The canary header (`true`/`false`).
+    Header,
+    /// The sticky key's hash.
+    Sticky,
+    /// Weighted random.
+    Weighted,
+}
+
+/// Chooses a served variant (an index into `canary.variants`).
+///
+/// Order: `x-gateway-variant: NAME` (any served variant, even a rolled-back one: operators test
+/// with it), then the canary header (`false` → the first variant, `true` → the second), then
+/// weights, either from the sticky key (the same user always lands on the same variant while the
+/// weights stay the same) or from `random` (a number in `[0, 1)`). Rolled-back variants get weight 0.
+pub fn pick(
+    canary: &CanaryConfig,
+    header: &dyn Fn(&str) -> Option<String>,
+    rolled_back: &dyn Fn(&str) -> bool,
+    random: f64,
+) -> (usize, Reason) {
+    if let Some(name) = header("x-gateway-variant") {
+        if let Some(i) = canary.variants.iter().position(|v| v.name == name) {
+            return (i, Reason::Named);
+        }
+    }
+    if let Some(h) = &canary.header {
+        match header(h).as_deref().map(str::trim) {
+            Some("false") => return (0, Reason::Header),
+            Some("true") if canary.variants.len() > 1 => return (1, Reason::Header),
+            _ => {}
+        }
+    }
+    let weights: Vec<u64> = canary
+        .variants
+        .iter()
+        .map(|v| {
+            if rolled_back(&v.name) {
+                0
+            } else {
+                u64::from(v.weight)
+            }
+        })
+        .collect();
+    let total: u64 = weights.iter().sum();
+    if total == 0 {
+        return (0, Reason::Weighted);
+    }
+    let sticky = canary
+        .sticky_header
+        .as_deref()
+        .map_or_else(|| header("authorization"), header);
+    let (point, reason) = match sticky {
+        Some(key) if !key.is_empty() => (fnv1a(key.as_bytes()) % total, Reason::Sticky),
+        _ => (
+            ((random * total as f64) as u64).min(total - 1),
+            Reason::Weighted,
+        ),
+    };
+    let mut acc = 0;
+    for (i, w) in weights.iter().enumerate() {
+        acc += w;
+        if point < acc {
+            return (i, reason);
+        }
+    }
+    (0, reason)
+}
+
+/// FNV-1a: stable across processes and versions (unlike `DefaultHasher`), so stickiness
+/// survives restarts.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::config::{RollbackConfig, VariantConfig};
+
+    fn canary(weights: &[u32], sticky: Option<&str>) -> CanaryConfig {
+        CanaryConfig {
+            header: Some("x-canary".into()),
+            sticky_header: sticky.map(str::to_owned),
+            variants: weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| VariantConfig {
+                    name: ["stable", "canary", "third"][i].into(),
+                    upstream: "u".into(),
+                    weight: *w,
+                    upstream_model: None,
+                })
+                .collect(),
+            shadow: None,
+            rollback: RollbackConfig {
+                window: Duration::from_secs(60),
+                min_requests: 1,
+                max_error_rate_delta: 0.1,
+                max_p95_ratio: 2.0,
+                max_verification_failure_delta: 0.1,
+                max_step_timeout_delta: 0.1,
+            },
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    #[test]
+    fn weights_hold_within_statistical_bounds() {
+        let c = canary(&[95, 5], None);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let n = 20_000;
+        let canaries = (0..n)
+            .filter(|_| pick(&c, &headers(&[]), &|_| false, rng.gen::<f64>()).0 == 1)
+            .count();
+        // 5 % of 20 000 = 1 000, σ ≈ 31: ±4σ.
+        assert!((876..=1124).contains(&canaries), "{canaries}");
+    }
+
+    #[test]
+    fn headers_force_variants_and_rollback_zeroes_weight() {
+        let c = canary(&[50, 50], None);
+        let none = |_: &str| false;
+        assert_eq!(
+            pick(&c, &headers(&[("x-canary", "true")]), &none, 0.0),
+            (1, Reason::Header)
+        );
+        assert_eq!(
+            pick(&c, &headers(&[("x-canary", "false")]), &none, 0.99),
+            (0, Reason::Header)
+        );
+        assert_eq!(
+            pick(&c, &headers(&[("x-gateway-variant", "canary")]), &none, 0.0),
+            (1, Reason::Named)
+        );
+        let canary_out = |n: &str| n == "canary";
+        for r in [0.0, 0.5, 0.99] {
+            assert_eq!(pick(&c, &headers(&[]), &canary_out, r).0, 0);
+        }
+        assert_eq!(
+            pick(
+                &c,
+                &headers(&[("x-gateway-variant", "canary")]),
+                &canary_out,
+                0.0
+            )
+            .0,
+            1,
+            "operators can still reach it by name"
+        );
+    }
+
+    #[test]
+    fn sticky_users_keep_their_variant_and_spread_by_weight() {
+        let c = canary(&[50, 50], Some("x-user"));
+        let mut per_variant = [0; 2];
+        for u in 0..1000 {
+            let user = format!("user-{u}");
+            let h = headers(&[("x-user", user.as_str())]);
+            let (first, reason) = pick(&c, &h, &|_| false, 0.0);
+            assert_eq!(reason, Reason::Sticky);
+            for r in [0.3, 0.9] {
+                assert_eq!(pick(&c, &h, &|_| false, r).0, first, "{user} moved");
+            }
+            per_variant[first] += 1;
+        }
+        assert!(
+            per_variant[0] > 400 && per_variant[1] > 400,
+            "{per_variant:?}"
+        );
+        // Without a sticky header configured, the API key is the key.
+        let c = canary(&[50, 50], None);
+        let key = headers(&[("authorization", "Bearer sk-1")]);
+        assert_eq!(
+            pick(&c, &key, &|_| false, 0.1),
+            pick(&c, &key, &|_| false, 0.9)
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! Canary routing end to end: header overrides, sticky users, weights, shadow isolation and
+//! automatic rollback of a failing or slow canary.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use gateway_tests::fake_upstream::FakeUpstream;
+use gateway_tests::harness::{metric_value, GatewayProc};
+use serde_json::{json, Value};
+
+fn config(a: &FakeUpstream, b: &FakeUpstream, c: &FakeUpstream) -> String {
+    format!(
+        r#"upstreams:
+  - {{name: a, endpoints: ["{}"]}}
+  - {{name: b, endpoints: ["{}"]}}
+  - {{name: c, endpoints: ["{}"]}}
+  - {{name: dead, endpoints: ["127.0.0.1:1"], health_check: {{interval: 100ms}}}}
+routes:
+  - model: m
+    upstream: a
+    canary:
+      header: x-canary
+      sticky_header: x-user-id
+      variants:
+        - {{name: stable, upstream: a, weight: 50}}
+        - {{name: canary, upstream: b, weight: 50}}
+        - {{name: mirror, upstream: c, shadow: true}}
+  - model: s
+    upstream: a
+    canary:
+      variants:
+        - {{name: stable, upstream: a, weight: 100}}
+        - {{name: mirror, upstream: dead, shadow: true}}
+  - model: failing
+    upstream: a
+    upstream_model: echo
+    canary:
+      header: x-canary
+      rollback: {{window: 1m, min_requests: 5}}
+      variants:
+        - {{name: stable, upstream: a, weight: 50}}
+        - {{name: canary, upstream: b, weight: 50, upstream_model: error500}}
+  - model: slowing
+    upstream: a
+    upstream_model: think
+    canary:
+      header: x-canary
+      rollback: {{window: 1m, min_requests: 5, max_p95_ratio: 3}}
+      variants:
+        - {{name: stable, upstream: a, weight: 50}}
+        - {{name: canary, upstream: b, weight: 50, upstream_model: slow}}
+"#,
+        a.addr, b.addr, c.addr
+    )
+}
+
+async fn send(
+    gw: &GatewayProc,
+    model: &str,
+    headers: &[(&str, &str)],
+    stream: bool,
+) -> (u16, String, String) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .json(&json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}]}));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let variant = resp
+        .headers()
+        .get("x-gateway-variant")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let served_by = resp
+        .headers()
+        .get("x-upstream-id")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    resp.bytes().await.unwrap();
+    (status, variant, served_by)
+}
+
+#[tokio::test]
+async fn headers_stickiness_weights_and_shadow_isolation() {
+    let (a, b, c) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+        FakeUpstream::start("c").await,
+    );
+    let gw = GatewayProc::start(&config(&a, &b, &c), Duration::from_secs(20));
+
+    assert_eq!(
+        send(&gw, "m", &[("x-canary", "true")], false).await,
+        (200, "canary".into(), "b".into())
+    );
+    assert_eq!(
+        send(&gw, "m", &[("x-canary", "false")], false).await,
+        (200, "stable".into(), "a".into())
+    );
+    assert_eq!(
+        send(&gw, "m", &[("x-gateway-variant", "canary")], false)
+            .await
+            .1,
+        "canary"
+    );
+
+    // Sticky users keep their variant.
+    for user in ["alice", "bob", "carol", "dave"] {
+        let first = send(&gw, "m", &[("x-user-id", user)], false).await.1;
+        for _ in 0..5 {
+            assert_eq!(
+                send(&gw, "m", &[("x-user-id", user)], false).await.1,
+                first,
+                "{user}"
+            );
+        }
+    }
+
+    // Weights 50/50 over 200 anonymous requests: 100 ± 40 (more than 5 σ).
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..200 {
+        *counts
+            .entry(send(&gw, "m", &[], false).await.1)
+            .or_default() += 1;
+    }
+    for v in ["stable", "canary"] {
+        assert!((60..=140).contains(&counts[v]), "{counts:?}");
+    }
+
+    // Every served request on `m` was copied to the shadow `c`, which never answered a client.
+    gw.wait_for_requests(227, Duration::from_secs(10)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.requests.load(std::sync::atomic::Ordering::Relaxed) < 227 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shadow copies missing: {}",
+            c.requests.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A shadow that cannot be reached changes nothing for the client.
+    for _ in 0..10 {
+        assert_eq!(
+            send(&gw, "s", &[], false).await,
+            (200, "stable".into(), "a".into())
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = gw.admin_get("/metrics").await;
+        if metric_value(&m, "reasoning_gateway_shadow_requests_total{result=\"error\",route=\"s\",variant=\"mirror\"}") == Some(10.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shadow errors not counted:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn rolled_back(gw: &GatewayProc, route: &str) -> Option<Value> {
+    let v: Value = serde_json::from_str(&gw.admin_get("/admin/canary").await).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["route"] == route && e["variant"] == "canary" && e["rolled_back"] == true)
+        .cloned()
+}
+
+#[tokio::test]
+async fn failing_and_slow_canaries_are_rolled_back_until_re_enabled() {
+    let (a, b, c) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+        FakeUpstream::start("c").await,
+    );
+    let gw = GatewayProc::start(&config(&a, &b, &c), Duration::from_secs(20));
+
+    for (route, stream) in [("failing", false), ("slowing", true)] {
+        for _ in 0..6 {
+            send(&gw, route, &[("x-canary", "false")], stream).await;
+            send(&gw, route, &[("x-canary", "true")], stream).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let state = loop {
+            if let Some(s) = rolled_back(&gw, route).await {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{route}: no rollback: {}",
+                gw.admin_get("/admin/canary").await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let reason = state["reason"].as_str().unwrap();
+        let expected = if route == "failing" {
+            "error rate"
+        } else {
+            "p95 latency"
+        };
+        assert!(reason.starts_with(expected), "{route}: {reason}");
+        // Rolled back: weighted traffic all goes to stable.
+        for _ in 0..20 {
+            assert_eq!(send(&gw, route, &[], stream).await.1, "stable", "{route}");
+        }
+    }
+    let m = gw.admin_get("/metrics").await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "reasoning_gateway_canary_rollbacks_total{route=\"failing\",variant=\"canary\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "reasoning_gateway_canary_rollbacks_total{route=\"slowing\",variant=\"canary\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(gw.log_text().contains("Canary variant rolled back"));
+
+    // An operator re-enables it.
+    let url = format!(
+        "http://127.0.0.1:{}/admin/canary/enable?route=failing&variant=canary",
+        gw.admin_port
+    );
+    let v: Value = reqwest::Client::new()
+        .post(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["re_enabled"], true);
+    assert!(rolled_back(&gw, "failing").await.is_none());
+    let mut seen_canary = false;
+    for _ in 0..60 {
+        seen_canary |= send(&gw, "failing", &[], false).await.1 == "canary";
+    }
+    assert!(seen_canary, "the re-enabled canary gets traffic again");
+}
