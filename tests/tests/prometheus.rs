@@ -16,6 +16,15 @@ routes:
   - {{model: analysed, upstream: fake, reasoning: {{stats: true}}}}
   - {{model: stall, upstream: fake, reasoning: {{step_timeout: 100ms}}}}
   - {{model: long, upstream: fake, reasoning: {{max_reasoning_tokens: 10}}}}
+  - model: canaried
+    upstream: fake
+    canary:
+      header: x-canary
+      rollback: {{min_requests: 2}}
+      variants:
+        - {{name: stable, upstream: fake, weight: 90, upstream_model: think}}
+        - {{name: canary, upstream: fake, weight: 10, upstream_model: error500}}
+        - {{name: mirror, upstream: fake, upstream_model: think, shadow: true}}
   - {{model: "*", upstream: fake}}
 "#
     )
@@ -37,6 +46,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
                     .unwrap()
                     .replace("$route", ".*")
                     .replace("$upstream", ".*")
+                    .replace("$variant", ".*")
                     .replace("$__rate_interval", "1m");
                 out.push((
                     format!(
@@ -103,7 +113,19 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
             resp.bytes().await.ok();
         }
     }
-    let n = 2 * workload.len();
+    // Canary traffic: the canary fails, is rolled back; every request is shadowed.
+    for flag in ["false", "true", "false", "true", "false", "true"] {
+        let body = json!({"model": "canaried", "messages": [{"role": "user", "content": "x"}]});
+        let resp = client
+            .post(&url)
+            .header("x-canary", flag)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        resp.bytes().await.ok();
+    }
+    let n = 2 * workload.len() + 6;
     gw.wait_for_requests(n, Duration::from_secs(10)).await;
     prom.wait_until(
         "sum(reasoning_gateway_requests_total)",
@@ -164,7 +186,7 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 6);
+    assert_eq!(loaded.len(), 8);
     assert!(loaded.iter().all(|r| r["health"] == "ok"), "{loaded:?}");
 
     if let Ok(png) = std::env::var("RG_DASHBOARD_PNG") {
