@@ -167,3 +167,43 @@ async fn listener_changes_are_reported_as_needing_a_restart() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn a_configmap_style_symlink_swap_is_picked_up() {
+    let a = FakeUpstream::start("a").await;
+    let b = FakeUpstream::start("b").await;
+    let gw = GatewayProc::start(&routes_to(a.addr), Duration::from_secs(20));
+    // Kubernetes mounts a ConfigMap as `file -> ..data/file`, `..data -> ..2024_v1`, and swaps
+    // `..data` atomically to a new directory on update. Recreate that layout over the config.
+    let dir = gw.config.parent().unwrap().to_path_buf();
+    let head: String = std::fs::read_to_string(&gw.config)
+        .unwrap()
+        .lines()
+        .take(2)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for (version, addr) in [("v1", a.addr), ("v2", b.addr)] {
+        std::fs::create_dir_all(dir.join(format!("..{version}"))).unwrap();
+        std::fs::write(
+            dir.join(format!("..{version}/gateway.yaml")),
+            format!("{head}{}", routes_to(addr)),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    let tmp_link = dir.join("gateway.yaml.link");
+    std::os::unix::fs::symlink("..data/gateway.yaml", &tmp_link).unwrap();
+    std::fs::rename(&tmp_link, &gw.config).unwrap();
+    wait_generation(&gw, 2).await;
+    // The atomic swap of `..data`.
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    wait_generation(&gw, 3).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-upstream-id"], "b");
+}
