@@ -7,7 +7,7 @@ export RG_PYTHON ?= $(VENV)/bin/python
 CONFIG ?= configs/engine.yaml
 BIN := $(CARGO_TARGET_DIR)/release/reasoning-gateway
 
-.PHONY: run test deps models venv build check lint bench-parser bench-engine dashboard-png
+.PHONY: run test deps models venv build check lint bench-parser bench-engine dashboard-png bench-proxy fuzz
 
 run: deps models build
 	$(BIN) serve --config $(CONFIG)
@@ -58,3 +58,19 @@ dashboard-png: deps build
 	@$(BENCH_VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(BENCH_VENV)/bin/pip install --quiet matplotlib
 	RG_PYTHON=$(BENCH_VENV)/bin/python RG_DASHBOARD_PNG=$(CURDIR)/docs/dashboard.png \
 	  cargo nextest run --release -p gateway-tests --test prometheus
+
+# Proxy overhead side by side (direct, nginx, the gateway twice, LiteLLM) into benches/proxy-results.md.
+BENCH_SECONDS ?= 10
+BENCH_RATES ?= 500,1000,2000
+bench-proxy: deps build
+	@command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx)
+	@test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	@test -x $(BENCH_VENV)/bin/litellm || $(BENCH_VENV)/bin/pip install --quiet 'litellm[proxy]'
+	$(BENCH_VENV)/bin/python benches/compare.py $(CARGO_TARGET_DIR) benches/proxy-results.md $(BENCH_SECONDS) $(BENCH_RATES)
+
+# Coverage-guided fuzzing of the response rewriter and parser (cargo-fuzz on stable, no sanitizer).
+FUZZ_SECONDS ?= 120
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/reasoning-gateway/fuzz-target \
+	  cargo fuzz run -s none rewrite -- -max_total_time=$(FUZZ_SECONDS)

@@ -100,7 +100,12 @@ pub fn compare(stable: &Rates, canary: &Rates, cfg: &RollbackConfig) -> Option<S
             stable.error_rate * 100.0
         ));
     }
-    if stable.p95 > 0.0 && canary.p95 / stable.p95 > cfg.max_p95_ratio {
+    // A ratio of sub-millisecond latencies is noise: the gap must also matter in absolute terms.
+    let slower_by = canary.p95 - stable.p95;
+    if stable.p95 > 0.0
+        && canary.p95 / stable.p95 > cfg.max_p95_ratio
+        && slower_by > cfg.min_p95_delta.as_secs_f64()
+    {
         return Some(format!(
             "p95 latency {:.3} s against stable {:.3} s",
             canary.p95, stable.p95
@@ -219,6 +224,7 @@ mod tests {
             min_requests: 10,
             max_error_rate_delta: 0.1,
             max_p95_ratio: 2.0,
+            min_p95_delta: Duration::from_millis(100),
             max_verification_failure_delta: 0.1,
             max_step_timeout_delta: 0.1,
         }
@@ -247,6 +253,17 @@ mod tests {
             .starts_with("p95 latency"));
         let similar: Vec<_> = (0..20).map(|i| outcome(i != 0, 150)).collect();
         assert_eq!(compare(&s, &rates(similar.iter()), &cfg()), None);
+        // Three times slower, but by 2 ms: noise, not a regression.
+        let fast_stable: Vec<_> = (0..20).map(|_| outcome(true, 1)).collect();
+        let fast_canary: Vec<_> = (0..20).map(|_| outcome(true, 3)).collect();
+        assert_eq!(
+            compare(
+                &rates(fast_stable.iter()),
+                &rates(fast_canary.iter()),
+                &cfg()
+            ),
+            None
+        );
         let few: Vec<_> = (0..5).map(|_| outcome(false, 100)).collect();
         assert_eq!(
             compare(&s, &rates(few.iter()), &cfg()),

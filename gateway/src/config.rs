@@ -235,6 +235,8 @@ pub struct RollbackConfig {
     pub max_error_rate_delta: f64,
     /// p95 latency ratio.
     pub max_p95_ratio: f64,
+    /// Smallest p95 gap that counts (ratios of tiny latencies are noise).
+    pub min_p95_delta: Duration,
     /// Verification-failure-rate excess.
     pub max_verification_failure_delta: f64,
     /// Step-timeout-rate excess.

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub reasoning_aborts_total: IntCounterVec,
     /// Config reloads by result (ok|error) and trigger (admin|sighup|watch).
     pub config_reloads_total: IntCounterVec,
+    /// Time spent in the gateway per request, upstream waits excluded.
+    pub gateway_overhead_seconds: HistogramVec,
     /// Canary variants rolled back automatically.
     pub canary_rollbacks_total: IntCounterVec,
     /// Shadow requests by result (ok|error|skipped).
@@ -230,8 +232,15 @@ impl Metrics {
             "Verification checks failed by shadow answers, by check.",
             &["route", "variant", "check"],
         );
+        let gateway_overhead_seconds = histogram(
+            "gateway_overhead_seconds",
+            "Time the gateway itself spent on a proxied request (intake, routing, parsing and rewriting the response), upstream waits excluded.",
+            &["route"],
+            &[0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1],
+        );
         Metrics {
             registry,
+            gateway_overhead_seconds,
             config_reloads_total,
             canary_rollbacks_total,
             shadow_requests_total,

@@ -122,6 +122,9 @@ impl ProxyHttp for GatewayProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
+        if ctx.tried.is_empty() {
+            ctx.overhead += ctx.start.elapsed();
+        }
         let pool = ctx
             .pool
             .clone()
@@ -310,7 +313,9 @@ impl ProxyHttp for GatewayProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<Duration>> {
+        let entered = Instant::now();
         body::filter(ctx, body, end_of_stream);
+        ctx.overhead += entered.elapsed();
         Ok(None)
     }
 

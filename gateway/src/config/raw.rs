@@ -139,6 +139,8 @@ pub struct RawRollback {
     pub max_error_rate_delta: Option<f64>,
     /// Largest canary p95 latency as a multiple of stable's (default 2.0).
     pub max_p95_ratio: Option<f64>,
+    /// …and only when the canary is slower by more than this (default `100ms`).
+    pub min_p95_delta: Option<String>,
     /// Largest verification-failure-rate excess (default 0.1).
     pub max_verification_failure_delta: Option<f64>,
     /// Largest step-timeout-rate excess (default 0.1).

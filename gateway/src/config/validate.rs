@@ -273,6 +273,11 @@ fn canary(
             2.0,
             1000.0,
         ),
+        min_p95_delta: errs.duration(
+            &format!("{path}.rollback.min_p95_delta"),
+            &rb.and_then(|r| r.min_p95_delta.clone()),
+            Duration::from_millis(100),
+        ),
         max_verification_failure_delta: ratio(
             errs,
             "max_verification_failure_delta",

@@ -84,6 +84,9 @@ pub struct RequestCtx {
     pub step_timeouts: u32,
     /// The gateway ended the stream itself (budget, periodic check).
     pub aborted: bool,
+    /// Time spent in the gateway itself: request intake up to choosing a peer, plus every
+    /// response-body filter call (upstream waits excluded).
+    pub overhead: std::time::Duration,
     /// Socket of the upstream connection in use (to stop a stream the gateway ended).
     pub upstream_fd: Option<std::os::unix::io::RawFd>,
 }
@@ -120,6 +123,7 @@ impl RequestCtx {
             step_timeouts: 0,
             aborted: false,
             upstream_fd: None,
+            overhead: std::time::Duration::ZERO,
         }
     }
 

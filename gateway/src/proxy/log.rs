@@ -31,6 +31,11 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         .with_label_values(&[route, variant, upstream, stream])
         .observe(elapsed.as_secs_f64());
     let ttft = ctx.first_byte_at.map(|t| t.duration_since(ctx.start));
+    if !ctx.tried.is_empty() {
+        m.gateway_overhead_seconds
+            .with_label_values(&[route])
+            .observe(ctx.overhead.as_secs_f64());
+    }
     if let Some(t) = ttft {
         m.time_to_first_token_seconds
             .with_label_values(&[route, upstream])
@@ -147,6 +152,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         error_code,
         proxy_error,
         ttfat_ms = ttfat.map(|t| t.as_secs_f64() * 1000.0),
+        overhead_us = ctx.overhead.as_micros() as u64,
         step_timeouts = ctx.step_timeouts,
         reasoning_tokens = report.as_ref().map(|r| r.reasoning_tokens),
         answer_tokens = report.as_ref().map(|r| r.answer_tokens),

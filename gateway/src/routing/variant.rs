@@ -114,6 +114,7 @@ mod tests {
                 min_requests: 1,
                 max_error_rate_delta: 0.1,
                 max_p95_ratio: 2.0,
+                min_p95_delta: Duration::from_millis(100),
                 max_verification_failure_delta: 0.1,
                 max_step_timeout_delta: 0.1,
             },
