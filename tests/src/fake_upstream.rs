@@ -185,10 +185,7 @@ async fn serve_connection(
             .unwrap_or(false);
         match model.as_str() {
             "analysed" => {
-                let events: Vec<Value> = ANALYSED_TOKENS
-                    .iter()
-                    .map(|t| chunk(&model, json!({"content": t}), None))
-                    .collect();
+                let events = content_events(&model, &ANALYSED_TOKENS);
                 write_stream(
                     &mut stream,
                     id,
@@ -257,10 +254,7 @@ async fn serve_connection(
                 } else {
                     Duration::ZERO
                 };
-                let events: Vec<Value> = THINK_TOKENS
-                    .iter()
-                    .map(|t| chunk(&model, json!({"content": t}), None))
-                    .collect();
+                let events = content_events(&model, &THINK_TOKENS);
                 write_stream(
                     &mut stream,
                     id,
@@ -321,10 +315,7 @@ async fn serve_connection(
                 write_json(&mut stream, id, 200, &completion(&model, msg)).await?;
             }
             "disconnect" => {
-                let events: Vec<Value> = THINK_TOKENS[..4]
-                    .iter()
-                    .map(|t| chunk(&model, json!({"content": t}), None))
-                    .collect();
+                let events = content_events(&model, &THINK_TOKENS[..4]);
                 write_stream(
                     &mut stream,
                     id,
@@ -365,6 +356,14 @@ async fn serve_connection(
         }
     }
     Ok(())
+}
+
+/// One chat chunk per content token.
+fn content_events(model: &str, tokens: &[&str]) -> Vec<Value> {
+    tokens
+        .iter()
+        .map(|t| chunk(model, json!({"content": t}), None))
+        .collect()
 }
 
 fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Value {

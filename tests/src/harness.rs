@@ -224,6 +224,11 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     std::str::from_utf8(&buf[9..12]).ok()?.parse().ok()
 }
 
+/// Like [`metric_value`], but the sample must exist.
+pub fn required_metric(text: &str, prefix: &str) -> f64 {
+    metric_value(text, prefix).unwrap_or_else(|| panic!("{prefix} missing in\n{text}"))
+}
+
 /// The value of one metric sample line in Prometheus text (first line starting with `prefix`).
 pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
     text.lines()

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use gateway_tests::fake_upstream::FakeUpstream;
-use gateway_tests::harness::{metric_value, GatewayProc};
+use gateway_tests::harness::{required_metric, GatewayProc};
 use serde_json::{json, Value};
 
 fn config(addr: std::net::SocketAddr) -> String {
@@ -89,9 +89,7 @@ async fn steps_corrections_and_failed_checks_reach_metrics_logs_and_the_stats_ch
     // Two identical requests: every figure exactly doubled.
     gw.wait_for_requests(2, Duration::from_secs(5)).await;
     let m = gw.admin_get("/metrics").await;
-    let val = |sample: &str| {
-        metric_value(&m, sample).unwrap_or_else(|| panic!("{sample} missing in\n{m}"))
-    };
+    let val = |sample: &str| required_metric(&m, sample);
     assert_eq!(
         val("reasoning_gateway_reasoning_steps_sum{route=\"r1\",upstream=\"fake\"}"),
         6.0
@@ -224,9 +222,7 @@ async fn step_timeouts_budgets_and_periodic_checks_act_as_configured() {
 
     gw.wait_for_requests(5, Duration::from_secs(10)).await;
     let m = gw.admin_get("/metrics").await;
-    let val = |sample: &str| {
-        metric_value(&m, sample).unwrap_or_else(|| panic!("{sample} missing in\n{m}"))
-    };
+    let val = |sample: &str| required_metric(&m, sample);
     assert_eq!(
         val("reasoning_gateway_step_timeouts_total{route=\"stall\",upstream=\"fake\"}"),
         1.0

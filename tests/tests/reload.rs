@@ -22,6 +22,15 @@ fn replace_config(gw: &GatewayProc, body: &str) {
     std::fs::rename(&tmp, &gw.config).unwrap();
 }
 
+async fn ask(gw: &GatewayProc) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn generation(gw: &GatewayProc) -> u64 {
     let v: Value = serde_json::from_str(&gw.admin_get("/admin/config").await).unwrap();
     v["generation"].as_u64().unwrap()
@@ -159,12 +168,7 @@ async fn listener_changes_are_reported_as_needing_a_restart() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["restart_required"], json!(["listen"]), "{v}");
     // Still serving on the old port.
-    let r = reqwest::Client::new()
-        .post(format!("{}/chat/completions", gw.base_url()))
-        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
+    let r = ask(&gw).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -199,11 +203,6 @@ async fn a_configmap_style_symlink_swap_is_picked_up() {
     std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     wait_generation(&gw, 3).await;
-    let r = reqwest::Client::new()
-        .post(format!("{}/chat/completions", gw.base_url()))
-        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
+    let r = ask(&gw).await;
     assert_eq!(r.headers()["x-upstream-id"], "b");
 }
