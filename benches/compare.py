@@ -34,7 +34,7 @@ def free_port():
     return p
 
 
-def wait_port(port, timeout=60):
+def wait_port(port, timeout=120):
     end = time.time() + timeout
     while time.time() < end:
         try:
@@ -88,6 +88,19 @@ def start(cmd, port, env=None, cwd=None):
 
 def main():
     procs = []
+    try:
+        run(procs)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def run(procs):
     up_port = free_port()
     procs.append(start([BIN("bench-upstream"), str(up_port), "64", "0"], up_port))
     targets = [("direct", f"http://127.0.0.1:{up_port}/v1/chat/completions", None)]
@@ -122,29 +135,28 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{up_port}; keepalive 512
   - model_name: bench
     litellm_params: {{model: openai/bench, api_base: "http://127.0.0.1:{up_port}/v1", api_key: "none"}}
 litellm_settings: {{telemetry: false, drop_params: true}}
+# Loopback-only benchmark: no key, so the load generator measures the proxy, not auth.
+general_settings: {{dangerously_permit_weak_or_unset_master_key: true}}
 """)
         env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", NO_PROXY="127.0.0.1,localhost")
         procs.append(start([litellm, "--config", cfg, "--port", str(port), "--host", "127.0.0.1", "--num_workers", "1"], port, env=env))
         targets.append(("LiteLLM proxy", f"http://127.0.0.1:{port}/v1/chat/completions", procs[-1]))
 
+    only = os.environ.get("RG_BENCH_ONLY")
+    if only:
+        targets = [t for t in targets if t[0] == "direct" or any(o in t[0] for o in only.split(","))]
     rows = []
-    try:
-        for stream in (False, True):
-            for rate in RATES:
-                for name, url, proc in targets:
-                    pids = [] if proc is None else [proc.pid] + children(proc.pid)
-                    before = cpu_seconds(pids)
-                    r = loadgen(url, rate, stream)
-                    r["cpu_s_per_1k"] = (cpu_seconds(pids) - before) / max(1, r["sent"]) * 1000 if pids else None
-                    r["rss_mb"] = peak_rss_mb(pids) if pids else None
-                    r.update(target=name, rate=rate, stream=stream)
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=10)
+    for stream in (False, True):
+        for rate in RATES:
+            for name, url, proc in targets:
+                pids = [] if proc is None else [proc.pid] + children(proc.pid)
+                before = cpu_seconds(pids)
+                r = loadgen(url, rate, stream)
+                r["cpu_s_per_1k"] = (cpu_seconds(pids) - before) / max(1, r["sent"]) * 1000 if pids else None
+                r["rss_mb"] = peak_rss_mb(pids) if pids else None
+                r.update(target=name, rate=rate, stream=stream)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
 
     lines = ["| mode | rate (req/s) | target | ok / sent | p50 ms | p99 ms | TTFB p99 ms | added p50 ms | added p99 ms | p99 vs nginx | CPU s / 1k req | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
