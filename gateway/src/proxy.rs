@@ -69,6 +69,7 @@ impl GatewayProxy {
         ctx.stream_requested = routed.info.stream;
         ctx.response_format = routed.info.body.get("response_format").cloned();
         ctx.strip_usage = routed.usage_injected;
+        ctx.aggregate = routed.aggregate;
         ctx.thinking_off = routed
             .info
             .body
@@ -286,6 +287,16 @@ impl ProxyHttp for GatewayProxy {
         }
         if ctx.rewriter.is_some() {
             resp.remove_header("content-length");
+        }
+        if let (true, Some(rw), Some(route)) = (ctx.aggregate, &ctx.rewriter, &ctx.route) {
+            if rw.is_stream() {
+                let completions = ctx.endpoint == Some(Endpoint::Completions);
+                ctx.aggregator = Some(crate::reasoning::aggregate::Aggregator::new(
+                    completions,
+                    route.reasoning.output_field,
+                ));
+                resp.insert_header("content-type", "application/json")?;
+            }
         }
         Ok(())
     }

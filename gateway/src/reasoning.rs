@@ -1,5 +1,6 @@
 //! Splitting reasoning from the answer: the pure parser, SSE framing and response rewriting.
 
+pub mod aggregate;
 pub mod corrections;
 pub mod fastpath;
 pub mod parser;

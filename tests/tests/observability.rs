@@ -238,3 +238,62 @@ async fn step_timeouts_budgets_and_periodic_checks_act_as_configured() {
     assert_eq!(val("reasoning_gateway_verification_failures_total{check=\"loop\",route=\"loop\",upstream=\"fake\"}"), 1.0);
     assert_eq!(val("reasoning_gateway_verification_failures_total{check=\"loop\",route=\"loop-abort\",upstream=\"fake\"}"), 1.0);
 }
+
+async fn ask_json(gw: &GatewayProc, model: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "go"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    resp.json::<Value>().await.unwrap()
+}
+
+#[tokio::test]
+async fn budgets_and_step_timeouts_also_apply_to_json_requests() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&policy_config(up.addr), Duration::from_secs(20));
+    // The budget stops the upstream after 10 reasoning tokens; the client gets one JSON body.
+    let v = ask_json(&gw, "long").await;
+    let msg = &v["choices"][0]["message"];
+    assert_eq!(
+        msg["reasoning_content"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .count(),
+        11,
+        "{v}"
+    );
+    assert_eq!(msg["content"], "");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["object"], "chat.completion");
+    // A stall is counted and the answer still arrives…
+    let v = ask_json(&gw, "stall").await;
+    assert_eq!(v["choices"][0]["message"]["content"], "Answer.", "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["reasoning_content"],
+        "first halfsecond half"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // …or, with `abort`, ends the answer where it stalled.
+    let v = ask_json(&gw, "stall-abort").await;
+    assert_eq!(
+        v["choices"][0]["message"]["reasoning_content"], "first half",
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+    gw.wait_for_requests(3, Duration::from_secs(10)).await;
+    let m = gw.admin_get("/metrics").await;
+    assert_eq!(
+        required_metric(
+            &m,
+            "reasoning_gateway_step_timeouts_total{route=\"stall\",upstream=\"fake\"}"
+        ),
+        1.0
+    );
+    assert_eq!(required_metric(&m, "reasoning_gateway_reasoning_aborts_total{reason=\"reasoning_budget_exceeded\",route=\"long\",upstream=\"fake\"}"), 1.0);
+    assert_eq!(required_metric(&m, "reasoning_gateway_reasoning_aborts_total{reason=\"step_timeout\",route=\"stall-abort\",upstream=\"fake\"}"), 1.0);
+}

@@ -62,11 +62,23 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
             ),
         };
         out.extend_from_slice(&rw.abort());
-        out.extend_from_slice(&err.sse_event());
+        if ctx.aggregator.is_none() {
+            out.extend_from_slice(&err.sse_event());
+        }
         ctx.error = Some(err);
         ctx.aborted = true;
         stop_upstream(ctx);
         break;
+    }
+    if let Some(agg) = ctx.aggregator.as_mut() {
+        // JSON for the client: collect until the end; a stream the gateway ended is reported as
+        // `finish_reason: length` (the reasoning budget or step timeout cut it).
+        agg.feed(&out);
+        out = if end_of_stream || ctx.aborted {
+            agg.finish(ctx.aborted.then_some("length"))
+        } else {
+            Vec::new()
+        };
     }
     ctx.response_bytes += out.len();
     *body = Some(Bytes::from(out));

@@ -76,6 +76,10 @@ pub struct RequestCtx {
     pub strip_usage: bool,
     /// `chat_template_kwargs.enable_thinking: false` in the request.
     pub thinking_off: bool,
+    /// JSON for the client, assembled from an upstream stream (budgets and step timeouts).
+    pub aggregator: Option<crate::reasoning::aggregate::Aggregator>,
+    /// The request is served that way.
+    pub aggregate: bool,
     /// First answer (not reasoning) text sent to the client.
     pub first_answer_at: Option<Instant>,
     /// Last upstream body bytes (for step timeouts).
@@ -118,6 +122,8 @@ impl RequestCtx {
             response_format: None,
             strip_usage: false,
             thinking_off: false,
+            aggregator: None,
+            aggregate: false,
             first_answer_at: None,
             last_body_at: None,
             step_timeouts: 0,

@@ -111,6 +111,8 @@ pub struct Routed {
     pub upstream_body: Bytes,
     /// The gateway added `stream_options.include_usage` for its own metrics.
     pub usage_injected: bool,
+    /// The client asked for JSON; the upstream is asked to stream and the gateway assembles.
+    pub aggregate: bool,
     /// A copy for the route's shadow variant: its pool and body.
     pub shadow: Option<(String, std::sync::Arc<crate::upstream::Pool>, Bytes)>,
 }
@@ -207,10 +209,19 @@ pub fn route(
         .get("stream_options")
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool);
-    let usage_injected = info.stream
-        && wants_usage != Some(true)
-        && route.reasoning.parser != crate::config::ParserKind::Passthrough;
-    if usage_injected {
+    let parsing = route.reasoning.parser != crate::config::ParserKind::Passthrough;
+    // A budget or step timeout needs tokens as they come: a JSON request is streamed from the
+    // upstream and assembled again for the client.
+    let aggregate = !info.stream
+        && parsing
+        && endpoint != Endpoint::Models
+        && (route.reasoning.max_reasoning_tokens.is_some()
+            || route.reasoning.step_timeout.is_some());
+    if aggregate {
+        info.body.insert("stream".into(), Value::Bool(true));
+    }
+    let usage_injected = info.stream && wants_usage != Some(true) && parsing;
+    if usage_injected || aggregate {
         let opts = info
             .body
             .entry("stream_options")
@@ -228,6 +239,7 @@ pub fn route(
         variant,
         upstream_body,
         usage_injected,
+        aggregate,
         shadow,
     })
 }

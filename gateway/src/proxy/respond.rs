@@ -63,6 +63,28 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
             .as_ref()
             .map_or(ctx.stream_requested, ResponseRewriter::is_stream);
         let mut ok = false;
+        if let Some(agg) = ctx.aggregator.as_mut() {
+            // The client waits for one JSON body. A step timeout ends it like the budget does
+            // (what arrived, `finish_reason: length`); any other failure is the error itself.
+            let body = if err.code == "step_timeout" {
+                if let Some(rw) = ctx.rewriter.as_mut() {
+                    agg.feed(&rw.abort());
+                }
+                agg.finish(Some("length"))
+            } else {
+                err.body()
+            };
+            ctx.response_bytes += body.len();
+            ok = session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await
+                .is_ok();
+            ctx.error = Some(err);
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: reuse(session, ok),
+            };
+        }
         if streaming {
             let mut tail = ctx
                 .rewriter
