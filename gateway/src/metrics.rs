@@ -49,6 +49,10 @@ pub struct Metrics {
     pub time_to_first_answer_token_seconds: HistogramVec,
     /// The same TTFT under its OpenTelemetry GenAI name.
     pub gen_ai_server_time_to_first_token_seconds: HistogramVec,
+    /// OpenTelemetry GenAI `gen_ai.client.token.usage`: input and output tokens per request.
+    pub gen_ai_client_token_usage: HistogramVec,
+    /// OpenTelemetry GenAI `gen_ai.server.request.duration`.
+    pub gen_ai_server_request_duration_seconds: HistogramVec,
     /// Reasoning tokens per response.
     pub reasoning_tokens: HistogramVec,
     /// Answer tokens per response.
@@ -157,6 +161,29 @@ impl Metrics {
                 .expect("metric is registered once");
             h
         };
+        let gen_ai = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+            .expect("metric definition is valid");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric is registered once");
+            h
+        };
+        let gen_ai_client_token_usage = gen_ai(
+            "gen_ai_client_token_usage",
+            "OpenTelemetry GenAI gen_ai.client.token.usage: tokens per request by gen_ai_token_type (input|output), from upstream usage.",
+            &["route", "gen_ai_token_type"],
+            TOKEN_BUCKETS,
+        );
+        let gen_ai_server_request_duration_seconds = gen_ai(
+            "gen_ai_server_request_duration_seconds",
+            "OpenTelemetry GenAI gen_ai.server.request.duration: time from request to the last response byte.",
+            &["route"],
+            LATENCY_BUCKETS,
+        );
         let reasoning_tokens = histogram(
             "reasoning_tokens",
             "Reasoning tokens per response (upstream usage when given, else counted by the gateway).",
@@ -250,6 +277,8 @@ impl Metrics {
             reasoning_aborts_total,
             time_to_first_answer_token_seconds,
             gen_ai_server_time_to_first_token_seconds,
+            gen_ai_client_token_usage,
+            gen_ai_server_request_duration_seconds,
             reasoning_tokens,
             answer_tokens,
             reasoning_steps,

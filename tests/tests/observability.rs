@@ -126,6 +126,18 @@ async fn steps_corrections_and_failed_checks_reach_metrics_logs_and_the_stats_ch
     assert_eq!(val("reasoning_gateway_time_to_first_answer_token_seconds_count{route=\"r1\",upstream=\"fake\"}"), 2.0);
     assert_eq!(val("reasoning_gateway_request_duration_by_reasoning_length_seconds_count{reasoning_length=\"1-256\",route=\"r1\"}"), 2.0);
     assert_eq!(
+        val("gen_ai_client_token_usage_sum{gen_ai_token_type=\"input\",route=\"r1\"}"),
+        10.0
+    );
+    assert_eq!(
+        val("gen_ai_client_token_usage_sum{gen_ai_token_type=\"output\",route=\"r1\"}"),
+        24.0
+    );
+    assert_eq!(
+        val("gen_ai_server_request_duration_seconds_count{route=\"r1\"}"),
+        2.0
+    );
+    assert_eq!(
         val("gen_ai_server_time_to_first_token_seconds_count{route=\"r1\"}"),
         2.0
     );

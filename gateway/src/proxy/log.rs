@@ -61,6 +61,17 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         m.answer_tokens
             .with_label_values(&labels)
             .observe(r.answer_tokens as f64);
+        if let Some(p) = r.prompt_tokens {
+            m.gen_ai_client_token_usage
+                .with_label_values(&[route, "input"])
+                .observe(p as f64);
+            m.gen_ai_client_token_usage
+                .with_label_values(&[route, "output"])
+                .observe((r.reasoning_tokens + r.answer_tokens) as f64);
+        }
+        m.gen_ai_server_request_duration_seconds
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
         m.reasoning_steps
             .with_label_values(&labels)
             .observe(r.steps as f64);

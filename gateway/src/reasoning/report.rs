@@ -25,6 +25,8 @@ pub struct Report {
     pub finish_reason: Option<String>,
     /// Checks run and whether each passed.
     pub verifications: Vec<(Check, bool)>,
+    /// Prompt tokens, when the upstream reported usage.
+    pub prompt_tokens: Option<u64>,
 }
 
 impl Report {

@@ -126,6 +126,8 @@ pub struct ResponseRewriter {
     strip_usage: bool,
     /// Usage as the upstream reported it: completion tokens and reasoning tokens if given.
     usage: Option<(u64, Option<u64>)>,
+    /// Prompt tokens from the upstream's usage.
+    prompt_tokens: Option<u64>,
     max_reasoning_tokens: Option<u64>,
     alerts: Vec<Alert>,
     budget_hit: bool,
@@ -170,6 +172,7 @@ impl ResponseRewriter {
             response_format: None,
             strip_usage: false,
             usage: None,
+            prompt_tokens: None,
             max_reasoning_tokens: cfg.max_reasoning_tokens,
             alerts: Vec::new(),
             budget_hit: false,
@@ -314,6 +317,7 @@ impl ResponseRewriter {
             unterminated,
             finish_reason,
             verifications,
+            prompt_tokens: self.prompt_tokens,
         }
     }
 
@@ -708,6 +712,7 @@ impl ResponseRewriter {
         let Some(u) = usage.as_object_mut() else {
             return;
         };
+        self.prompt_tokens = u.get("prompt_tokens").and_then(Value::as_u64);
         let completion = u
             .get("completion_tokens")
             .and_then(Value::as_u64)
