@@ -9,8 +9,10 @@ use super::context::RequestCtx;
 use crate::openai::{ApiError, ErrorKind};
 use crate::reasoning::ResponseRewriter;
 
-/// The client got a complete response, so the connection can serve its next request; without
-/// this Pingora closes it after any upstream error and keep-alive clients fail their next request.
+/// The client got a complete response, so the connection could serve its next request.
+/// Pingora 0.9.1 honours this only for failures before a peer was chosen; after one it closes the
+/// client connection whatever this says (its `finish` reuses the downstream only when the
+/// upstream exchange succeeded), so keep-alive clients reconnect after an upstream failure.
 fn reuse(session: &mut Session, written: bool) -> bool {
     written && session.as_downstream_mut().is_body_done()
 }
