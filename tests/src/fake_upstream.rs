@@ -191,10 +191,7 @@ async fn serve_connection(
                     id,
                     &model,
                     events,
-                    Duration::ZERO,
-                    false,
-                    true,
-                    include_usage,
+                    Delivery::whole(include_usage),
                 )
                 .await?;
             }
@@ -255,17 +252,12 @@ async fn serve_connection(
                     Duration::ZERO
                 };
                 let events = content_events(&model, &THINK_TOKENS);
-                write_stream(
-                    &mut stream,
-                    id,
-                    &model,
-                    events,
+                let delivery = Delivery {
                     pace,
-                    model == "think-bytes",
-                    true,
-                    include_usage,
-                )
-                .await?;
+                    byte_by_byte: model == "think-bytes",
+                    ..Delivery::whole(include_usage)
+                };
+                write_stream(&mut stream, id, &model, events, delivery).await?;
             }
             "think" if req.path == "/v1/completions" => {
                 let v = json!({"id": "cmpl-fake", "object": "text_completion", "created": 1, "model": model,
@@ -302,10 +294,7 @@ async fn serve_connection(
                     id,
                     &model,
                     events,
-                    Duration::ZERO,
-                    false,
-                    true,
-                    include_usage,
+                    Delivery::whole(include_usage),
                 )
                 .await?;
             }
@@ -316,17 +305,11 @@ async fn serve_connection(
             }
             "disconnect" => {
                 let events = content_events(&model, &THINK_TOKENS[..4]);
-                write_stream(
-                    &mut stream,
-                    id,
-                    &model,
-                    events,
-                    Duration::ZERO,
-                    false,
-                    false,
-                    include_usage,
-                )
-                .await?;
+                let delivery = Delivery {
+                    complete: false,
+                    ..Delivery::whole(include_usage)
+                };
+                write_stream(&mut stream, id, &model, events, delivery).await?;
                 return Ok(());
             }
             "error500" => {
@@ -406,19 +389,46 @@ async fn write_chunk(stream: &mut TcpStream, piece: &[u8]) -> std::io::Result<()
     stream.flush().await
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How a scripted stream is delivered.
+#[derive(Clone, Copy)]
+struct Delivery {
+    /// Pause between events.
+    pace: Duration,
+    /// One byte per TCP write.
+    byte_by_byte: bool,
+    /// Finish chunk, usage (when asked) and `[DONE]`, then the terminating chunk; else the
+    /// connection is cut.
+    complete: bool,
+    /// The request asked for `stream_options.include_usage`.
+    include_usage: bool,
+}
+
+impl Delivery {
+    /// Every event at once, properly ended.
+    fn whole(include_usage: bool) -> Self {
+        Delivery {
+            pace: Duration::ZERO,
+            byte_by_byte: false,
+            complete: true,
+            include_usage,
+        }
+    }
+}
+
 async fn write_stream(
     stream: &mut TcpStream,
     id: &str,
     model: &str,
     events: Vec<Value>,
-    pace: Duration,
-    byte_by_byte: bool,
-    complete: bool,
-    include_usage: bool,
+    d: Delivery,
 ) -> std::io::Result<()> {
-    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-upstream-id: {id}\r\n\r\n");
-    stream.write_all(head.as_bytes()).await?;
+    let Delivery {
+        pace,
+        byte_by_byte,
+        complete,
+        include_usage,
+    } = d;
+    write_head(stream, id).await?;
     let mut payloads: Vec<String> = vec![": keep-alive\r\n\r\n".to_string()];
     payloads.extend(events.iter().map(|e| format!("data: {e}\r\n\r\n")));
     if complete {
@@ -440,12 +450,7 @@ async fn write_stream(
             vec![p.as_bytes()]
         };
         for piece in pieces {
-            stream
-                .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
-                .await?;
-            stream.write_all(piece).await?;
-            stream.write_all(b"\r\n").await?;
-            stream.flush().await?;
+            write_chunk(stream, piece).await?;
         }
         if !pace.is_zero() {
             tokio::time::sleep(pace).await;
