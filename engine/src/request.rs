@@ -220,9 +220,11 @@ pub fn parse(api: Api, body: &[u8], max_context_tokens: usize) -> Result<Generat
     };
     let mut sampling = SamplingParams::neutral();
     // OpenAI's default temperature is 1; 0 means greedy decoding.
-    match temperature.unwrap_or(1.0) {
-        t if t == 0.0 => sampling.top_k = Some(1),
-        t => sampling.temperature = Some(t),
+    let t = temperature.unwrap_or(1.0);
+    if t == 0.0 {
+        sampling.top_k = Some(1);
+    } else {
+        sampling.temperature = Some(t);
     }
     sampling.top_p = top_p;
     sampling.presence_penalty = presence.map(|x| x as f32);

@@ -315,7 +315,7 @@ async fn relay(
         let sent = if g.stream {
             tx.send(Bytes::from(format!("data: {}\n\n", Value::Object(chunk))))
                 .await
-        } else if out.tokens % HEARTBEAT_EVERY == 0 {
+        } else if out.tokens.is_multiple_of(HEARTBEAT_EVERY) {
             tx.send(Bytes::from_static(b" ")).await
         } else {
             Ok(())

@@ -185,7 +185,7 @@ async fn serve_connection(
             .unwrap_or(false);
         match model.as_str() {
             "analysed" => {
-                let events = content_events(&model, &ANALYSED_TOKENS);
+                let events = content_events(&model, ANALYSED_TOKENS);
                 write_stream(
                     &mut stream,
                     id,
@@ -251,7 +251,7 @@ async fn serve_connection(
                 } else {
                     Duration::ZERO
                 };
-                let events = content_events(&model, &THINK_TOKENS);
+                let events = content_events(&model, THINK_TOKENS);
                 let delivery = Delivery {
                     pace,
                     byte_by_byte: model == "think-bytes",
