@@ -67,6 +67,7 @@ bench-proxy: deps build
 	@test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
 	@test -x $(BENCH_VENV)/bin/litellm || $(BENCH_VENV)/bin/pip install --quiet 'litellm[proxy]'
 	$(BENCH_VENV)/bin/python benches/compare.py $(CARGO_TARGET_DIR) benches/proxy-results.md $(BENCH_SECONDS) $(BENCH_RATES)
+	$(BENCH_VENV)/bin/python benches/compare.py $(CARGO_TARGET_DIR) benches/proxy-ceiling.md 4 $(BENCH_RATES) --ceiling
 
 # Coverage-guided fuzzing of the response rewriter and parser (cargo-fuzz on stable, no sanitizer).
 FUZZ_SECONDS ?= 120

@@ -2,7 +2,10 @@
 plain reverse proxy, the gateway with observability only (parser `passthrough`), the gateway with
 the reasoning parser and metrics (`deepseek_r1`), and LiteLLM proxy when installed.
 
-Usage: compare.py TARGET_DIR OUT.md [SECONDS] [RATES]   (run by `make bench-proxy`)
+Usage: compare.py TARGET_DIR OUT.md [SECONDS] [RATES] [--ceiling]   (run by `make bench-proxy`)
+
+With --ceiling, each target instead climbs a rate ladder (4 s per step) and the table reports the
+highest rate at which every request succeeded with p99 under 10 ms.
 
 For every target and rate an open-loop fixed-rate run (benches/src/bin/loadgen.rs) measures
 latency and time to first byte; the proxy's CPU seconds and peak RSS come from /proc. Results
@@ -22,6 +25,8 @@ TARGET = sys.argv[1]
 OUT = sys.argv[2]
 SECONDS = float(sys.argv[3]) if len(sys.argv) > 3 else 10
 RATES = [int(r) for r in (sys.argv[4] if len(sys.argv) > 4 else "500,1000,2000").split(",")]
+CEILING = "--ceiling" in sys.argv
+LADDER = [250, 500, 1000, 1500, 2000, 3000, 4000, 6000]
 BIN = lambda name: os.path.join(TARGET, "release", name)  # noqa: E731
 TMP = tempfile.mkdtemp(prefix="rg-bench-")
 
@@ -145,6 +150,8 @@ general_settings: {{dangerously_permit_weak_or_unset_master_key: true}}
     only = os.environ.get("RG_BENCH_ONLY")
     if only:
         targets = [t for t in targets if t[0] == "direct" or any(o in t[0] for o in only.split(","))]
+    if CEILING:
+        return ceiling(targets)
     rows = []
     for stream in (False, True):
         for rate in RATES:
@@ -174,6 +181,29 @@ general_settings: {{dangerously_permit_weak_or_unset_master_key: true}}
                 lines.append(f"| {'stream' if stream else 'json'} | {rate} | {r['target']} | {r['ok']} / {r['sent']} | "
                              f"{r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {r['ttfb_p99_us'] / 1000:.2f} | "
                              f"{added50:.2f} | {added99:.2f} | {vs_nginx} | {cpu} | {rss} |")
+    open(OUT, "w").write("\n".join(lines) + "\n")
+    print(f"wrote {OUT}")
+
+
+def ceiling(targets):
+    global SECONDS
+    SECONDS = 4
+    lines = ["| mode | target | max req/s with p99 < 10 ms and no errors | p99 ms there | vs nginx |", "|---|---|---|---|---|"]
+    for stream in (False, True):
+        best = {}
+        for name, url, _ in targets:
+            best[name] = (0, None)
+            for rate in LADDER:
+                r = loadgen(url, rate, stream)
+                print(json.dumps(dict(r, target=name, rate=rate, stream=stream)), flush=True)
+                if r["errors"] or r["p99_us"] >= 10_000:
+                    break
+                best[name] = (rate, r["p99_us"] / 1000)
+        nginx = best.get("nginx", (0, None))[0]
+        for name, (rate, p99) in best.items():
+            ratio = f"{rate / nginx:.2f}×" if nginx else "-"
+            p99s = f"{p99:.2f}" if p99 is not None else "-"
+            lines.append(f"| {'stream' if stream else 'json'} | {name} | {rate} | {p99s} | {ratio} |")
     open(OUT, "w").write("\n".join(lines) + "\n")
     print(f"wrote {OUT}")
 
