@@ -1,0 +1,196 @@
+//! The rewriter's running figures: token estimates, the per-response report, alerts raised while
+//! streaming (budget, periodic checks), and usage filled in for clients.
+
+use serde_json::{Map, Value};
+
+use super::{Alert, ResponseRewriter, Stats};
+use crate::reasoning::corrections::count_corrections;
+use crate::reasoning::report::Report;
+use crate::reasoning::sse::Event;
+use crate::reasoning::verify::{self, Check};
+
+impl ResponseRewriter {
+    /// Alerts raised since the last call.
+    pub fn take_alerts(&mut self) -> Vec<Alert> {
+        std::mem::take(&mut self.alerts)
+    }
+
+    /// The first choice is inside reasoning.
+    pub fn in_reasoning(&self) -> bool {
+        self.choices
+            .values()
+            .next()
+            .is_some_and(|c| c.parser.in_reasoning())
+    }
+
+    /// Budget and periodic checks after new text; a warning chunk goes to `out`.
+    pub(super) fn check_progress(&mut self, out: &mut Vec<u8>) {
+        let every = self.analysis.every_steps;
+        let Some(c) = self.choices.get_mut(&0) else {
+            return;
+        };
+        if !c.parser.in_reasoning() {
+            return;
+        }
+        if let Some(max) = self.max_reasoning_tokens {
+            if !self.budget_hit && c.reasoning_chunks > max {
+                self.budget_hit = true;
+                self.alerts.push(Alert::BudgetExceeded);
+            }
+        }
+        if every == 0 || c.steps.steps() < c.next_check {
+            return;
+        }
+        let steps = c.steps.steps();
+        c.next_check = (steps / every + 1) * every;
+        let v = &self.analysis.verify;
+        let looping = v.checks.contains(&Check::Loop)
+            && verify::repeated_ngram_ratio(&c.reasoning_text, v.loop_ngram) > v.loop_max_ratio;
+        if !looping || self.periodic_failed.contains(&Check::Loop) {
+            return;
+        }
+        self.periodic_failed.push(Check::Loop);
+        if self.analysis.periodic_abort {
+            self.alerts.push(Alert::Abort(Check::Loop));
+        } else {
+            self.alerts.push(Alert::Warned(Check::Loop));
+            let mut chunk = self.template.clone();
+            chunk.insert("choices".into(), Value::Array(Vec::new()));
+            chunk.insert(
+                "reasoning_warning".into(),
+                serde_json::json!({"check": "loop", "step": steps}),
+            );
+            Event {
+                data: Some(serde_json::to_string(&chunk).unwrap_or_default()),
+                ..Event::default()
+            }
+            .write(out);
+        }
+    }
+
+    /// The answer has begun (for time to first answer token).
+    pub fn answer_started(&self) -> bool {
+        self.choices.values().any(|c| c.content_chars > 0)
+    }
+
+    /// Tokens, steps, corrections and verification of the response so far (complete once the
+    /// upstream body has ended).
+    pub fn report(&self) -> Report {
+        let stream = self.is_stream();
+        let first = self.choices.values().next();
+        let (completion, given_reasoning) = match self.usage {
+            Some((c, r)) => (Some(c), r),
+            None => (None, None),
+        };
+        let counted = completion.is_none();
+        let completion = completion.unwrap_or_else(|| {
+            self.choices
+                .values()
+                .map(|c| {
+                    if stream {
+                        c.reasoning_chunks + c.content_chunks
+                    } else {
+                        // About four characters per token when nobody counted.
+                        ((c.reasoning_chars + c.content_chars) as u64).div_ceil(4)
+                    }
+                })
+                .sum()
+        });
+        let reasoning_tokens = given_reasoning
+            .unwrap_or_else(|| self.estimate_reasoning_tokens(completion, stream))
+            .min(completion);
+        let (reasoning, answer) = first.map_or(("", ""), |c| {
+            (c.reasoning_text.as_str(), c.answer_text.as_str())
+        });
+        let unterminated = self.stats().unterminated;
+        let finish_reason = first.and_then(|c| c.finish_reason.clone());
+        let mut verifications = verify::verify(
+            &self.analysis.verify,
+            &verify::Subject {
+                reasoning,
+                answer,
+                unterminated,
+                response_format: self.response_format.as_ref(),
+                complete: finish_reason.as_deref() == Some("stop"),
+            },
+        );
+        // Checks that failed mid-stream stay failed (and are counted once).
+        for (check, passed) in &mut verifications {
+            if self.periodic_failed.contains(check) {
+                *passed = false;
+            }
+        }
+        Report {
+            reasoning_tokens,
+            answer_tokens: completion - reasoning_tokens,
+            tokens_counted: counted,
+            reasoning_chars: self.choices.values().map(|c| c.reasoning_chars).sum(),
+            steps: first.map_or(0, |c| c.steps.clone().finish()),
+            corrections: count_corrections(reasoning, &self.analysis.correction_markers),
+            unterminated,
+            finish_reason,
+            verifications,
+            prompt_tokens: self.prompt_tokens,
+        }
+    }
+
+    pub(super) fn estimate_reasoning_tokens(&self, completion: u64, stream: bool) -> u64 {
+        let (r_chars, c_chars, chunks) = self.choices.values().fold((0, 0, 0), |acc, c| {
+            (
+                acc.0 + c.reasoning_chars,
+                acc.1 + c.content_chars,
+                acc.2 + c.reasoning_chunks,
+            )
+        });
+        if stream && chunks > 0 {
+            chunks.min(completion)
+        } else if r_chars + c_chars > 0 {
+            // Share of completion tokens by share of characters.
+            ((completion as f64) * (r_chars as f64) / ((r_chars + c_chars) as f64)).round() as u64
+        } else {
+            0
+        }
+    }
+
+    pub(super) fn stats_value(&self) -> Value {
+        self.report().to_json()
+    }
+
+    /// Totals so far.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for c in self.choices.values() {
+            s.reasoning_chars += c.reasoning_chars;
+            s.content_chars += c.content_chars;
+            s.unterminated |= c.parser.in_reasoning() && c.parser.saw_reasoning();
+        }
+        s
+    }
+
+    /// Fills `completion_tokens_details.reasoning_tokens` when the upstream left it out.
+    pub(super) fn fill_usage(&mut self, usage: &mut Value, stream: bool) {
+        let Some(u) = usage.as_object_mut() else {
+            return;
+        };
+        self.prompt_tokens = u.get("prompt_tokens").and_then(Value::as_u64);
+        let completion = u
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let details = u
+            .entry("completion_tokens_details")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if details.is_null() {
+            *details = Value::Object(Map::new());
+        }
+        let Some(d) = details.as_object_mut() else {
+            return;
+        };
+        let given = d.get("reasoning_tokens").and_then(Value::as_u64);
+        self.usage = Some((completion, given));
+        if given.is_none() {
+            let estimate = self.estimate_reasoning_tokens(completion, stream);
+            d.insert("reasoning_tokens".into(), Value::from(estimate));
+        }
+    }
+}
