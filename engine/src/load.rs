@@ -25,6 +25,8 @@ pub struct EngineOptions {
     pub chat_template: Option<PathBuf>,
     /// Largest prompt + completion length in tokens.
     pub max_context_tokens: usize,
+    /// Dequantize the weights at load (`"f16"` or `"f32"`): faster prefill, slower decode.
+    pub dequantize: Option<&'static str>,
 }
 
 /// A loaded model ready to serve.
@@ -84,6 +86,12 @@ pub async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", opts.threads.to_string());
     }
+    // candle reads these once per thread, when a quantized matmul is first built.
+    match opts.dequantize {
+        Some("f32") => std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1"),
+        Some("f16") => std::env::set_var("CANDLE_DEQUANTIZE_ALL_F16", "1"),
+        _ => {}
+    }
     let started = Instant::now();
     tracing::info!(file = %file.display(), threads = opts.threads, max_seqs = opts.max_seqs, "Loading the bundled engine's model.");
     // An existing local directory as the model id and no token source: mistral.rs reads the
@@ -125,6 +133,7 @@ mod tests {
             threads: 1,
             chat_template: None,
             max_context_tokens: 512,
+            dequantize: None,
         }
     }
 

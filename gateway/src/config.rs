@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub chat_template: Option<PathBuf>,
     /// Largest prompt + completion length.
     pub max_context_tokens: usize,
+    /// Dequantize weights at load: `None`, `Some("f16")` or `Some("f32")`.
+    pub dequantize: Option<&'static str>,
 }
 
 /// How a pool chooses an endpoint.

@@ -21,6 +21,7 @@ pub fn options(c: &EngineConfig) -> EngineOptions {
         threads: c.threads,
         chat_template: c.chat_template.clone(),
         max_context_tokens: c.max_context_tokens,
+        dequantize: c.dequantize,
     }
 }
 

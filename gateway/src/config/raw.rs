@@ -45,6 +45,9 @@ pub struct RawEngine {
     pub chat_template: Option<String>,
     /// Largest context (prompt + completion tokens) accepted (default 4096).
     pub max_context_tokens: Option<usize>,
+    /// `none` (default: quantized kernels), `f16` or `f32`: dequantize the weights at load for
+    /// faster prompt processing (prefill) at some cost in decode speed and memory.
+    pub dequantize: Option<String>,
 }
 
 /// One named upstream pool.

@@ -339,6 +339,18 @@ fn engine(errs: &mut Errors, e: &RawEngine, cpus: usize) -> EngineConfig {
             e.max_context_tokens,
             4096,
         ),
+        dequantize: match e.dequantize.as_deref() {
+            None | Some("none") => None,
+            Some("f16") => Some("f16"),
+            Some("f32") => Some("f32"),
+            Some(other) => {
+                errs.push(
+                    "engine.dequantize",
+                    format!("`{other}` is not one of none, f16, f32"),
+                );
+                None
+            }
+        },
     }
 }
 

@@ -94,6 +94,28 @@ fn features_of_later_versions_are_refused_not_ignored() {
 }
 
 #[test]
+fn engine_settings_validate() {
+    let ok = parse(
+        "engine: {model_dir: m, gguf: x.gguf, served_model_name: s, dequantize: f16}\nroutes: [{model: s, upstream: engine}]\n",
+    )
+    .unwrap();
+    assert_eq!(ok.engine.unwrap().dequantize, Some("f16"));
+    let e = errors(
+        "engine: {model_dir: m, gguf: x.bin, served_model_name: s, dequantize: int3, listen: '10.0.0.1:1'}\nroutes: [{model: s, upstream: engine}]\n",
+    );
+    for want in [
+        "engine.gguf:",
+        "engine.dequantize: `int3`",
+        "engine.listen: the engine listens on loopback only",
+    ] {
+        assert!(
+            e.iter().any(|l| l.starts_with(want)),
+            "missing {want:?} in {e:#?}"
+        );
+    }
+}
+
+#[test]
 fn durations_parse_with_units() {
     use super::parse_duration;
     assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
