@@ -30,6 +30,9 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
     m.request_duration_seconds
         .with_label_values(&[route, variant, upstream, stream])
         .observe(elapsed.as_secs_f64());
+    m.gen_ai_server_request_duration_seconds
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
     let ttft = ctx.first_byte_at.map(|t| t.duration_since(ctx.start));
     if !ctx.tried.is_empty() {
         m.gateway_overhead_seconds
@@ -69,9 +72,6 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
                 .with_label_values(&[route, "output"])
                 .observe((r.reasoning_tokens + r.answer_tokens) as f64);
         }
-        m.gen_ai_server_request_duration_seconds
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
         m.reasoning_steps
             .with_label_values(&labels)
             .observe(r.steps as f64);
