@@ -17,6 +17,15 @@ fn reuse(session: &mut Session, written: bool) -> bool {
     written && session.as_downstream_mut().is_body_done()
 }
 
+/// Writes the last body bytes of a response already under way; true when they went out.
+async fn write_last(session: &mut Session, ctx: &mut RequestCtx, body: Vec<u8>) -> bool {
+    ctx.response_bytes += body.len();
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
+        .is_ok()
+}
+
 /// After a proxy error: a complete OpenAI error for the client, whatever had been sent already.
 pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
     if ctx.aborted {
@@ -76,11 +85,7 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
             } else {
                 err.body()
             };
-            ctx.response_bytes += body.len();
-            ok = session
-                .write_response_body(Some(Bytes::from(body)), true)
-                .await
-                .is_ok();
+            ok = write_last(session, ctx, body).await;
             ctx.error = Some(err);
             return FailToProxy {
                 error_code: code,
@@ -94,11 +99,7 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
                 .map(|rw| rw.abort())
                 .unwrap_or_default();
             tail.extend_from_slice(&err.sse_event());
-            ctx.response_bytes += tail.len();
-            ok = session
-                .write_response_body(Some(Bytes::from(tail)), true)
-                .await
-                .is_ok();
+            ok = write_last(session, ctx, tail).await;
         }
         ctx.error = Some(err);
         ok
