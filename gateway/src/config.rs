@@ -28,6 +28,8 @@ pub struct Config {
     pub threads: usize,
     /// Bundled engine, when configured.
     pub engine: Option<EngineConfig>,
+    /// Reasoning-cache settings: present when a `cache:` section exists or a route enables it.
+    pub cache: Option<CacheSettings>,
     /// Upstream pools (without the engine, which is added when it has started).
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes, first match wins.
@@ -196,6 +198,42 @@ pub struct RouteConfig {
     pub reasoning: ReasoningConfig,
     /// Canary split, when configured.
     pub canary: Option<CanaryConfig>,
+    /// Reasoning cache, when enabled for the route.
+    pub cache: Option<RouteCacheConfig>,
+}
+
+/// Process-wide reasoning-cache settings (a restart applies changes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// Directory with the embedding model (`model.onnx` + tokenizer files).
+    pub model_dir: PathBuf,
+    /// ONNX Runtime shared library.
+    pub onnxruntime: PathBuf,
+    /// Where snapshots go; `None`: the cache lives in memory only.
+    pub snapshot_dir: Option<PathBuf>,
+    /// How often a changed cache is written.
+    pub snapshot_interval: Duration,
+    /// Embedding threads.
+    pub embed_threads: usize,
+    /// Longest wait for an embedding before the request goes on as a miss.
+    pub embed_timeout: Duration,
+    /// Header naming the tenant; by default a digest of the API key is the tenant.
+    pub tenant_header: Option<String>,
+}
+
+/// A route's cache settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteCacheConfig {
+    /// Cosine similarity needed for a hit.
+    pub threshold: f32,
+    /// How long an entry is served.
+    pub ttl: Duration,
+    /// Entries kept for the route (oldest evicted first).
+    pub max_entries: usize,
+    /// Run the near-miss guard (off only to measure plain cosine).
+    pub guard: bool,
+    /// Serve entries across tenants (off by default).
+    pub shared_across_tenants: bool,
 }
 
 /// A route's canary split.

@@ -1,6 +1,7 @@
 //! reasoning-gateway: a Pingora sidecar proxy and observability layer for reasoning LLMs.
 
 pub mod admin;
+pub mod cache;
 pub mod canary;
 pub mod config;
 #[cfg(feature = "engine")]

@@ -2,7 +2,8 @@
 //! Label values come from config names and fixed enums, never from request text.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 const PREFIX: &str = "reasoning_gateway";
@@ -83,6 +84,25 @@ pub struct Metrics {
     pub shadow_request_duration_seconds: HistogramVec,
     /// Verification checks the shadow's answers failed.
     pub shadow_verification_failures_total: IntCounterVec,
+    /// Cache lookups by route and result (hit|miss|bypass|uncacheable|error).
+    pub cache_requests_total: IntCounterVec,
+    /// Similarity of the best candidate per lookup, by outcome (hit|rejected|below_threshold).
+    pub cache_similarity: HistogramVec,
+    /// Live cache entries per route.
+    pub cache_entries: IntGaugeVec,
+    /// Time for a whole lookup (exact tier, embedding, search, guard), by result.
+    pub cache_lookup_duration_seconds: HistogramVec,
+    /// Time to embed one problem (queue wait included).
+    pub cache_embedding_duration_seconds: HistogramVec,
+    /// Candidates above the threshold the guard rejected, by reason.
+    pub cache_guard_rejections_total: IntCounterVec,
+    /// Entries stored.
+    pub cache_inserts_total: IntCounterVec,
+    /// Entries removed, by reason (expired|capacity|purge|replaced).
+    pub cache_evictions_total: IntCounterVec,
+    /// Hits followed by the same request again with the cache bypassed (a client refusing the
+    /// replayed answer): a false-hit signal.
+    pub cache_suspect_hits_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -265,8 +285,71 @@ impl Metrics {
             &["route"],
             &[0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1],
         );
+        let cache_requests_total = counter(
+            "cache_requests_total",
+            "Reasoning-cache lookups by route and result: hit, miss, bypass (client asked), uncacheable (tools, n>1, no user message last), error (embedding failed or timed out; served as a miss).",
+            &["route", "result"],
+        );
+        let cache_similarity = histogram(
+            "cache_similarity",
+            "Cosine similarity of the best cache candidate per lookup, by outcome: hit, rejected (guard), below_threshold.",
+            &["route", "outcome"],
+            &[0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.875, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0],
+        );
+        let cache_entries = IntGaugeVec::new(
+            Opts::new("cache_entries", "Live reasoning-cache entries per route.").namespace(PREFIX),
+            &["route"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(cache_entries.clone()))
+            .expect("metric is registered once");
+        let fast_buckets = &[
+            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.012, 0.02, 0.05, 0.1, 0.25, 1.0,
+        ];
+        let cache_lookup_duration_seconds = histogram(
+            "cache_lookup_duration_seconds",
+            "Time for a whole cache lookup (exact tier, embedding, search, guard) by result.",
+            &["route", "result"],
+            fast_buckets,
+        );
+        let cache_embedding_duration_seconds = histogram(
+            "cache_embedding_duration_seconds",
+            "Time to embed one problem, queue wait included.",
+            &["route"],
+            fast_buckets,
+        );
+        let cache_guard_rejections_total = counter(
+            "cache_guard_rejections_total",
+            "Cache candidates above the similarity threshold that the guard rejected, by reason (number, unit, negation, polarity, entity, content).",
+            &["route", "reason"],
+        );
+        let cache_inserts_total = counter(
+            "cache_inserts_total",
+            "Complete, verified responses stored in the reasoning cache.",
+            &["route"],
+        );
+        let cache_evictions_total = counter(
+            "cache_evictions_total",
+            "Reasoning-cache entries removed, by reason: expired, capacity, purge, replaced.",
+            &["reason"],
+        );
+        let cache_suspect_hits_total = counter(
+            "cache_suspect_hits_total",
+            "Cache hits the same tenant re-asked within 10 minutes with the cache bypassed (Cache-Control: no-cache or x-reasoning-cache: bypass): likely wrong or unwanted replays.",
+            &["route"],
+        );
         Metrics {
             registry,
+            cache_requests_total,
+            cache_similarity,
+            cache_entries,
+            cache_lookup_duration_seconds,
+            cache_embedding_duration_seconds,
+            cache_guard_rejections_total,
+            cache_inserts_total,
+            cache_evictions_total,
+            cache_suspect_hits_total,
             gateway_overhead_seconds,
             config_reloads_total,
             canary_rollbacks_total,

@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` implementation. Each phase only dispatches to a module.
 
 mod body;
+mod cache;
 mod context;
 pub mod intake;
 mod log;
@@ -76,6 +77,17 @@ impl GatewayProxy {
             .get("chat_template_kwargs")
             .and_then(|k| k.get("enable_thinking"))
             == Some(&serde_json::Value::Bool(false));
+        if cache::lookup(&self.gw, session, ctx, &routed, endpoint).await? {
+            return Ok(true);
+        }
+        let req_header = session.req_header();
+        let header = |name: &str| {
+            req_header
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         if let Some((variant, pool, body)) = routed.shadow {
             let authorization = header("authorization");
             crate::shadow::spawn(
@@ -314,6 +326,15 @@ impl ProxyHttp for GatewayProxy {
         if let Some(variant) = &ctx.variant {
             resp.insert_header("x-gateway-variant", variant.as_str())?;
         }
+        if let Some(c) = ctx.cache_header {
+            resp.insert_header("x-reasoning-cache", c)?;
+        }
+        if let Some(s) = ctx.cache_similarity {
+            resp.insert_header("x-reasoning-cache-similarity", format!("{s:.4}"))?;
+        }
+        if let Some(r) = ctx.cache_rejected {
+            resp.insert_header("x-reasoning-cache-rejected", r.label())?;
+        }
         Ok(())
     }
 
@@ -340,6 +361,7 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        log::record(&self.gw, session, e, ctx);
+        let report = log::record(&self.gw, session, e, ctx);
+        cache::store(&self.gw, ctx, report.as_ref());
     }
 }

@@ -55,6 +55,10 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
         restart_required.push("engine");
         new.engine = old.config.engine.clone();
     }
+    if new.cache != old.config.cache {
+        restart_required.push("cache");
+        new.cache = old.config.cache.clone();
+    }
     // The engine keeps running on its listener: its pool carries over as it is.
     let extra: Vec<_> = old
         .pools

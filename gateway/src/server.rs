@@ -36,6 +36,9 @@ pub enum StartError {
     /// The engine's model files are missing or wrong.
     #[error("bundled engine: {0}")]
     Engine(String),
+    /// The reasoning cache cannot start (model or ONNX Runtime missing).
+    #[error("reasoning cache: {0}")]
+    Cache(String),
     /// The config asks for the engine but this build has none.
     #[error(
         "this build has no bundled engine (cargo feature `engine`); remove the `engine:` section"
@@ -92,6 +95,12 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         }
     }
     let gw = Gateway::new(snapshot, Some(config_path.to_path_buf()));
+    if let Some(settings) = &config.cache {
+        let cache = crate::cache::Cache::start(settings.clone())
+            .map_err(|e| StartError::Cache(format!("{e:#}")))?;
+        cache.set_entries(&gw.metrics);
+        let _ = gw.cache.set(cache);
+    }
 
     let conf = ServerConf {
         threads: config.threads,
@@ -114,6 +123,12 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         "health checks",
         HealthChecker { gw: gw.clone() },
     ));
+    if gw.cache.get().is_some() {
+        server.add_service(background_service(
+            "reasoning cache",
+            CacheMaintenance { gw: gw.clone() },
+        ));
+    }
     server.add_service(background_service(
         "config reload",
         crate::reload::ReloadService::new(gw.clone(), config_path.to_path_buf()),
@@ -185,6 +200,49 @@ impl BackgroundService for HealthChecker {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+}
+
+/// Expires entries, rebuilds the index when due, writes snapshots (and a last one at shutdown).
+struct CacheMaintenance {
+    gw: Arc<Gateway>,
+}
+
+impl CacheMaintenance {
+    fn snapshot(&self, force: bool) {
+        let Some(cache) = self.gw.cache.get() else {
+            return;
+        };
+        match cache.write_snapshot(force) {
+            Ok(true) => tracing::debug!("Reasoning cache snapshot written."),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "Reasoning cache snapshot failed."),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for CacheMaintenance {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(cache) = self.gw.cache.get().cloned() else {
+            return;
+        };
+        let mut last_snapshot = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.snapshot(false);
+                    return;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let (c, gw) = (cache.clone(), self.gw.clone());
+            let _ = tokio::task::spawn_blocking(move || c.maintain(&gw.metrics)).await;
+            if last_snapshot.elapsed() >= cache.settings.snapshot_interval {
+                self.snapshot(false);
+                last_snapshot = Instant::now();
             }
         }
     }

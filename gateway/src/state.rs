@@ -55,6 +55,8 @@ pub struct Gateway {
     pub reload_lock: std::sync::Mutex<()>,
     /// Canary windows and rollbacks (kept across reloads).
     pub canary: crate::canary::CanaryState,
+    /// The reasoning cache, when the config enables it (started once, kept across reloads).
+    pub cache: std::sync::OnceLock<Arc<crate::cache::Cache>>,
     ready: AtomicBool,
 }
 
@@ -67,6 +69,7 @@ impl Gateway {
             config_path,
             reload_lock: std::sync::Mutex::new(()),
             canary: Default::default(),
+            cache: std::sync::OnceLock::new(),
             ready: AtomicBool::new(false),
         })
     }

@@ -196,6 +196,40 @@ impl GatewayProc {
         }
     }
 
+    /// Waits (bounded) until the metric sample starting with `prefix` reaches `value`.
+    pub async fn wait_for_metric(&self, prefix: &str, value: f64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = self.admin_get("/metrics").await;
+            if metric_value(&text, prefix) == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{prefix} did not reach {value} within {within:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `SIGTERM` (graceful shutdown); waits (bounded) for the process to exit.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// What the gateway logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -17,6 +17,8 @@ pub struct RawConfig {
     pub threads: Option<usize>,
     /// The bundled mistral.rs engine, served as upstream `engine`.
     pub engine: Option<RawEngine>,
+    /// Process-wide reasoning-cache settings (embedding model, snapshots, tenancy).
+    pub cache: Option<RawCacheSettings>,
     /// Named pools of OpenAI-compatible backends.
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
@@ -94,8 +96,8 @@ pub struct RawRoute {
     pub name: Option<String>,
     /// How reasoning is split from the answer.
     pub reasoning: Option<RawReasoning>,
-    /// Reasoning cache settings (not available in this version).
-    pub cache: Option<serde_yaml::Value>,
+    /// The reasoning cache for this route.
+    pub cache: Option<RawRouteCache>,
     /// Canary split: variants with weights, header overrides, sticky users, shadow, rollback.
     pub canary: Option<RawCanary>,
 }
@@ -191,4 +193,29 @@ pub struct RawVerify {
     pub every_steps: Option<u32>,
     /// What a failed periodic check does: `warn` (a `reasoning_warning` chunk) or `abort`.
     pub policy: Option<String>,
+}
+
+/// The top-level `cache:` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheSettings {
+    pub model_dir: Option<String>,
+    pub onnxruntime: Option<String>,
+    pub snapshot_dir: Option<String>,
+    pub snapshot_interval: Option<String>,
+    pub embed_threads: Option<usize>,
+    pub embed_timeout: Option<String>,
+    pub tenant_header: Option<String>,
+}
+
+/// A route's `cache:` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    pub enabled: Option<bool>,
+    pub threshold: Option<f64>,
+    pub ttl: Option<String>,
+    pub max_entries: Option<usize>,
+    pub guard: Option<bool>,
+    pub shared_across_tenants: Option<bool>,
 }

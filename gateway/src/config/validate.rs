@@ -136,12 +136,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 format!("unknown upstream `{}`{hint}", r.upstream),
             );
         }
-        if r.cache.is_some() {
-            errs.push(
-                &format!("{path}.cache"),
-                "the reasoning cache is not available in this version",
-            );
-        }
+        let cache = r
+            .cache
+            .as_ref()
+            .and_then(|c| route_cache(&mut errs, &format!("{path}.cache"), c));
         let canary = r
             .canary
             .as_ref()
@@ -165,8 +163,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             upstream_model: r.upstream_model.clone(),
             reasoning,
             canary,
+            cache,
         });
     }
+    let cache = match (&raw.cache, routes.iter().any(|r| r.cache.is_some())) {
+        (None, false) => None,
+        (c, _) => Some(cache_settings(&mut errs, c.as_ref())),
+    };
 
     if errs.0.is_empty() {
         Ok(Config {
@@ -175,6 +178,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             max_body_bytes,
             threads,
             engine,
+            cache,
             upstreams,
             routes,
         })
@@ -562,3 +566,102 @@ fn analysis(errs: &mut Errors, path: &str, r: &RawReasoning) -> AnalysisConfig {
 
 #[cfg(test)]
 mod tests;
+
+fn route_cache(errs: &mut Errors, path: &str, c: &RawRouteCache) -> Option<RouteCacheConfig> {
+    let threshold = c.threshold.unwrap_or(0.85);
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        errs.push(&format!("{path}.threshold"), "must be in (0, 1]");
+    }
+    let ttl = errs.duration(
+        &format!("{path}.ttl"),
+        &c.ttl,
+        Duration::from_secs(24 * 3600),
+    );
+    let max_entries = match c.max_entries {
+        Some(0) => {
+            errs.push(&format!("{path}.max_entries"), "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => 100_000,
+    };
+    if c.enabled == Some(false) {
+        return None;
+    }
+    Some(RouteCacheConfig {
+        threshold: threshold as f32,
+        ttl,
+        max_entries,
+        guard: c.guard.unwrap_or(true),
+        shared_across_tenants: c.shared_across_tenants.unwrap_or(false),
+    })
+}
+
+fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSettings {
+    let model_dir = PathBuf::from(
+        c.and_then(|c| c.model_dir.clone())
+            .unwrap_or_else(|| "models/minilm".to_string()),
+    );
+    if model_dir.is_dir() {
+        for f in crate::cache::embed::MODEL_FILES {
+            if !model_dir.join(f).is_file() {
+                errs.push(
+                    "cache.model_dir",
+                    format!("{} has no {f} (run `make models`)", model_dir.display()),
+                );
+            }
+        }
+    } else {
+        errs.push(
+            "cache.model_dir",
+            format!(
+                "{} is not a directory with the embedding model (run `make models`)",
+                model_dir.display()
+            ),
+        );
+    }
+    let onnxruntime = c
+        .and_then(|c| c.onnxruntime.clone())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::cache::embed::default_onnxruntime(&model_dir));
+    if !onnxruntime.is_file() {
+        errs.push(
+            "cache.onnxruntime",
+            format!(
+                "{} is not the ONNX Runtime library (run `make models`)",
+                onnxruntime.display()
+            ),
+        );
+    }
+    let embed_threads = match c.and_then(|c| c.embed_threads) {
+        Some(0) => {
+            errs.push("cache.embed_threads", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => 1,
+    };
+    let tenant_header = c.and_then(|c| c.tenant_header.clone());
+    if let Some(h) = &tenant_header {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            errs.push("cache.tenant_header", format!("`{h}` is not a header name"));
+        }
+    }
+    CacheSettings {
+        model_dir,
+        onnxruntime,
+        snapshot_dir: c.and_then(|c| c.snapshot_dir.clone()).map(PathBuf::from),
+        snapshot_interval: errs.duration(
+            "cache.snapshot_interval",
+            &c.and_then(|c| c.snapshot_interval.clone()),
+            Duration::from_secs(30),
+        ),
+        embed_threads,
+        embed_timeout: errs.duration(
+            "cache.embed_timeout",
+            &c.and_then(|c| c.embed_timeout.clone()),
+            Duration::from_millis(250),
+        ),
+        tenant_header: tenant_header.map(|h| h.to_ascii_lowercase()),
+    }
+}

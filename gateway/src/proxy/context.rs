@@ -93,6 +93,14 @@ pub struct RequestCtx {
     pub overhead: std::time::Duration,
     /// Socket of the upstream connection in use (to stop a stream the gateway ended).
     pub upstream_fd: Option<std::os::unix::io::RawFd>,
+    /// `x-reasoning-cache` value, when the route has a cache.
+    pub cache_header: Option<&'static str>,
+    /// Similarity of the hit, or of the best candidate of a miss.
+    pub cache_similarity: Option<f32>,
+    /// Why the best candidate above the threshold was refused.
+    pub cache_rejected: Option<crate::cache::guard::Reject>,
+    /// Where to store the response if it qualifies.
+    pub cache_pending: Option<crate::cache::Pending>,
 }
 
 impl RequestCtx {
@@ -129,6 +137,10 @@ impl RequestCtx {
             step_timeouts: 0,
             aborted: false,
             upstream_fd: None,
+            cache_header: None,
+            cache_similarity: None,
+            cache_rejected: None,
+            cache_pending: None,
             overhead: std::time::Duration::ZERO,
         }
     }

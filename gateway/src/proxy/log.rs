@@ -7,8 +7,14 @@ use pingora::Error;
 use super::context::RequestCtx;
 use crate::state::Gateway;
 
-/// Records metrics and writes the access log for a finished request.
-pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+/// Records metrics and writes the access log for a finished request; returns the reasoning
+/// report (for the cache).
+pub fn record(
+    gw: &Gateway,
+    session: &Session,
+    e: Option<&Error>,
+    ctx: &RequestCtx,
+) -> Option<crate::reasoning::Report> {
     let status = ctx
         .local_status
         .or_else(|| session.response_written().map(|r| r.status.as_u16()))
@@ -172,6 +178,9 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         self_corrections = report.as_ref().map(|r| r.corrections),
         unterminated = report.as_ref().map(|r| r.unterminated),
         verification_failures = report.as_ref().map(|r| r.failed().map(|c| c.label()).collect::<Vec<_>>().join(",")),
+        cache = ctx.cache_header,
+        cache_similarity = ctx.cache_similarity,
         "Request finished."
     );
+    report
 }

@@ -125,8 +125,28 @@ pub async fn json(
     status: u16,
     body: Vec<u8>,
 ) -> pingora::Result<()> {
-    let mut header = ResponseHeader::build(status, Some(4))?;
-    header.insert_header("content-type", "application/json")?;
+    local(session, ctx, status, "application/json", body).await
+}
+
+/// Answers a whole response the gateway produced itself (JSON, errors, cache replays).
+pub async fn local(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    content_type: &str,
+    body: Vec<u8>,
+) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(status, Some(8))?;
+    header.insert_header("content-type", content_type)?;
+    if let Some(v) = &ctx.variant {
+        header.insert_header("x-gateway-variant", v.as_str())?;
+    }
+    if let Some(c) = ctx.cache_header {
+        header.insert_header("x-reasoning-cache", c)?;
+    }
+    if let Some(s) = ctx.cache_similarity {
+        header.insert_header("x-reasoning-cache-similarity", format!("{s:.4}"))?;
+    }
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("x-request-id", ctx.request_id.as_str())?;
     if let Some(route) = &ctx.route {

@@ -86,11 +86,35 @@ routes:
 }
 
 #[test]
-fn features_of_later_versions_are_refused_not_ignored() {
+fn cache_settings_are_checked_with_their_paths() {
     let e = errors(
-        "upstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\nroutes:\n  - model: m\n    upstream: u\n    cache: {enabled: true}\n",
+        "cache: {model_dir: /nonexistent/minilm, onnxruntime: /nonexistent/ort.so, embed_threads: 0, tenant_header: 'bad header'}\nupstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\nroutes:\n  - model: m\n    upstream: u\n    cache: {threshold: 1.5, max_entries: 0, ttl: forever, colour: red}\n",
     );
-    assert!(e[0].starts_with("routes[0].cache:"), "{e:?}");
+    // An unknown key fails parsing first, with its path.
+    assert!(e[0].contains("colour"), "{e:?}");
+    let e = errors(
+        "cache: {model_dir: /nonexistent/minilm, onnxruntime: /nonexistent/ort.so, embed_threads: 0, tenant_header: 'bad header'}\nupstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\nroutes:\n  - model: m\n    upstream: u\n    cache: {threshold: 1.5, max_entries: 0, ttl: forever}\n",
+    );
+    for want in [
+        "routes[0].cache.threshold:",
+        "routes[0].cache.ttl:",
+        "routes[0].cache.max_entries:",
+        "cache.model_dir:",
+        "cache.onnxruntime:",
+        "cache.embed_threads:",
+        "cache.tenant_header:",
+    ] {
+        assert!(e.iter().any(|l| l.starts_with(want)), "missing {want:?} in {e:#?}");
+    }
+}
+
+#[test]
+fn a_disabled_route_cache_starts_nothing() {
+    let c = parse(
+        "upstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\nroutes:\n  - model: m\n    upstream: u\n    cache: {enabled: false}\n",
+    )
+    .expect("a disabled cache needs no model files");
+    assert!(c.cache.is_none() && c.routes[0].cache.is_none());
 }
 
 #[test]

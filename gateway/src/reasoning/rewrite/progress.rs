@@ -68,6 +68,26 @@ impl ResponseRewriter {
         }
     }
 
+    /// The complete reasoning and answer of a one-choice response (`None` with several choices
+    /// or when the text outgrew what is kept for analysis).
+    pub fn full_text(&self) -> Option<(String, String)> {
+        if self.choices.len() != 1 {
+            return None;
+        }
+        let c = self.choices.values().next()?;
+        let whole = c.reasoning_text.chars().count() == c.reasoning_chars
+            && c.answer_text.chars().count() == c.content_chars;
+        whole.then(|| (c.reasoning_text.clone(), c.answer_text.clone()))
+    }
+
+    /// The `model` the upstream's stream chunks carried.
+    pub fn response_model(&self) -> Option<String> {
+        self.template
+            .get("model")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+    }
+
     /// The answer has begun (for time to first answer token).
     pub fn answer_started(&self) -> bool {
         self.choices.values().any(|c| c.content_chars > 0)

@@ -1,0 +1,238 @@
+//! Sentence embeddings on dedicated threads (never a Pingora worker), bounded in time and queue.
+//!
+//! The model is all-MiniLM-L6-v2 (int8 ONNX) loaded by fastembed as a user-defined model from a
+//! local directory; ONNX Runtime is the shared library from the `onnxruntime` wheel, loaded at
+//! run time (`ort-load-dynamic`). Nothing is fetched from a hub.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+/// Files the model directory must hold.
+pub const MODEL_FILES: &[&str] = &[
+    "model.onnx",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "config.json",
+];
+
+/// Longest input, in tokens (all-MiniLM-L6-v2 was trained on 256).
+const MAX_TOKENS: usize = 256;
+/// Requests waiting for an embedding thread; more are refused at once (served as misses).
+const QUEUE: usize = 256;
+/// Requests one thread embeds in one batch.
+const BATCH: usize = 16;
+
+/// Something that turns texts into unit vectors.
+pub trait TextEmbed: Send {
+    /// One vector per text, each normalised to length 1.
+    fn embed(&mut self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>>;
+}
+
+/// fastembed's `TextEmbedding` over the local MiniLM files.
+pub struct MiniLm(fastembed::TextEmbedding);
+
+impl MiniLm {
+    /// Loads the model from `model_dir` with ONNX Runtime from `onnxruntime` (a `.so` path).
+    pub fn load(
+        model_dir: &Path,
+        onnxruntime: &Path,
+        intra_threads: usize,
+    ) -> anyhow::Result<Self> {
+        init_ort(onnxruntime)?;
+        let read = |name: &str| -> anyhow::Result<Vec<u8>> {
+            let p = model_dir.join(name);
+            std::fs::read(&p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+        };
+        let tokenizer = fastembed::TokenizerFiles {
+            tokenizer_file: read("tokenizer.json")?,
+            config_file: read("config.json")?,
+            special_tokens_map_file: read("special_tokens_map.json")?,
+            tokenizer_config_file: read("tokenizer_config.json")?,
+        };
+        let model = fastembed::UserDefinedEmbeddingModel::new(read("model.onnx")?, tokenizer)
+            .with_pooling(fastembed::Pooling::Mean);
+        let options = fastembed::InitOptionsUserDefined::new()
+            .with_max_length(MAX_TOKENS)
+            .with_intra_threads(intra_threads.max(1));
+        let te = fastembed::TextEmbedding::try_new_from_user_defined(model, options)
+            .map_err(|e| anyhow::anyhow!("cannot load the embedding model: {e}"))?;
+        Ok(MiniLm(te))
+    }
+}
+
+impl TextEmbed for MiniLm {
+    fn embed(&mut self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let mut out = self
+            .0
+            .embed(texts, Some(BATCH))
+            .map_err(|e| anyhow::anyhow!("embedding failed: {e}"))?;
+        for v in &mut out {
+            normalise(v);
+        }
+        Ok(out)
+    }
+}
+
+/// Scales to unit length (a zero vector stays zero).
+pub fn normalise(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+static ORT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+
+/// Points ONNX Runtime at its shared library, once per process.
+fn init_ort(path: &Path) -> anyhow::Result<()> {
+    let res = ORT.get_or_init(|| {
+        if !path.is_file() {
+            return Err(format!(
+                "ONNX Runtime library {} not found (run `make models`)",
+                path.display()
+            ));
+        }
+        // Loading the library is what matters; sessions create the default environment.
+        let _builder = ort::init_from(path)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+        Ok(())
+    });
+    res.clone().map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Embedding failures a request sees (all served as cache misses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EmbedError {
+    /// The queue was full.
+    #[error("embedding queue full")]
+    Busy,
+    /// It took longer than the configured timeout.
+    #[error("embedding timed out")]
+    Timeout,
+    /// The model failed or the threads are gone.
+    #[error("embedding failed")]
+    Failed,
+}
+
+struct Job {
+    text: String,
+    reply: oneshot::Sender<Result<Vec<f32>, EmbedError>>,
+}
+
+/// Embedding threads fed through a bounded queue.
+pub struct Embedder {
+    tx: SyncSender<Job>,
+    timeout: Duration,
+}
+
+impl Embedder {
+    /// Starts `threads` threads, each with its own model from `make`.
+    pub fn start<F>(threads: usize, timeout: Duration, make: F) -> anyhow::Result<Arc<Self>>
+    where
+        F: Fn() -> anyhow::Result<Box<dyn TextEmbed>>,
+    {
+        let (tx, rx) = sync_channel::<Job>(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let model = make()?;
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("rg-embed-{i}"))
+                .spawn(move || worker(model, rx))?;
+        }
+        Ok(Arc::new(Embedder { tx, timeout }))
+    }
+
+    /// Embeds one text, waiting at most the configured timeout.
+    pub async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            text: text.to_string(),
+            reply,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(EmbedError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(EmbedError::Failed),
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(EmbedError::Failed),
+            Err(_) => Err(EmbedError::Timeout),
+        }
+    }
+
+    /// Embeds without a deadline (background inserts, snapshots).
+    pub async fn embed_untimed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job {
+                text: text.to_string(),
+                reply,
+            })
+            .map_err(|_| EmbedError::Failed)?;
+        rx.await.map_err(|_| EmbedError::Failed)?
+    }
+}
+
+fn worker(mut model: Box<dyn TextEmbed>, rx: Arc<Mutex<Receiver<Job>>>) {
+    loop {
+        let mut jobs = Vec::with_capacity(BATCH);
+        {
+            let Ok(rx) = rx.lock() else { return };
+            match rx.recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => return,
+            }
+            while jobs.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+        }
+        // Requests that already gave up are not embedded.
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let texts: Vec<String> = jobs.iter().map(|j| j.text.clone()).collect();
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.embed(&texts)));
+        match result {
+            Ok(Ok(vectors)) if vectors.len() == jobs.len() => {
+                for (job, v) in jobs.into_iter().zip(vectors) {
+                    let _ = job.reply.send(Ok(v));
+                }
+            }
+            other => {
+                if let Ok(Err(e)) = &other {
+                    tracing::warn!(error = %e, "Embedding failed.");
+                } else {
+                    tracing::warn!("Embedding panicked or returned the wrong number of vectors.");
+                }
+                for job in jobs {
+                    let _ = job.reply.send(Err(EmbedError::Failed));
+                }
+            }
+        }
+        tracing::trace!(elapsed = ?started.elapsed(), "embedded a batch");
+    }
+}
+
+/// Default ONNX Runtime library location for a model directory: `$ORT_DYLIB_PATH`, else
+/// `models/onnxruntime/libonnxruntime.so` beside it.
+pub fn default_onnxruntime(model_dir: &Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    model_dir
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("onnxruntime/libonnxruntime.so")
+}

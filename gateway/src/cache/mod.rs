@@ -1,0 +1,477 @@
+//! The reasoning cache: replays a stored reasoning chain and answer when the same problem comes
+//! again, and refuses near-misses.
+//!
+//! Lookup: bypass headers → key (tenant, partition, problem) → exact tier (same problem text,
+//! spacing aside) → embedding (dedicated threads, bounded wait) → nearest entries of the
+//! partition (HNSW or an exact scan) → threshold → guard. Only complete, verified responses are
+//! stored (see `proxy::log`).
+
+pub mod embed;
+pub mod guard;
+pub mod key;
+pub mod replay;
+pub mod snapshot;
+pub mod store;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+use crate::config::{CacheSettings, RouteCacheConfig};
+use crate::metrics::Metrics;
+use embed::Embedder;
+use guard::Reject;
+use key::RequestKey;
+use store::{Candidate, Record, Removal, Store, Usage};
+
+/// Candidates examined per lookup.
+const CANDIDATES: usize = 8;
+/// How long a hit is remembered for the suspect-hit signal.
+const SUSPECT_WINDOW: Duration = Duration::from_secs(600);
+/// Hits remembered for the suspect-hit signal.
+const SUSPECT_MEMORY: usize = 10_000;
+
+/// Unix seconds now.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Replay this entry.
+    Hit {
+        /// The entry.
+        entry: Arc<store::Entry>,
+        /// Its similarity (1 for the exact tier).
+        similarity: f32,
+    },
+    /// Go upstream; store the response if it qualifies.
+    Miss {
+        /// What to store under.
+        pending: Pending,
+        /// Best candidate's similarity, if there was one.
+        best: Option<f32>,
+        /// Why the best candidate above the threshold was refused.
+        rejected: Option<Reject>,
+    },
+    /// The client asked to skip the cache (`store`: whether the fresh answer may be stored).
+    Bypass(Option<Pending>),
+    /// The request cannot be answered from a cache (tools, n > 1, no user message last, …).
+    Uncacheable,
+}
+
+impl Lookup {
+    /// The `x-reasoning-cache` header value.
+    pub fn header(&self) -> &'static str {
+        match self {
+            Lookup::Hit { .. } => "hit",
+            Lookup::Miss { .. } => "miss",
+            Lookup::Bypass(_) | Lookup::Uncacheable => "bypass",
+        }
+    }
+}
+
+/// A miss waiting for its response.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Route name.
+    pub route: String,
+    /// Keys and problem.
+    pub key: RequestKey,
+    /// The embedding, when the lookup computed one.
+    pub vector: Option<Vec<f32>>,
+    /// The route's settings at lookup time.
+    pub settings: RouteCacheConfig,
+}
+
+/// The completed response offered for storage.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    /// Reasoning text.
+    pub reasoning: String,
+    /// Answer text.
+    pub answer: String,
+    /// Response `model`.
+    pub model: String,
+    /// Token usage.
+    pub usage: Option<Usage>,
+}
+
+/// The process-wide cache.
+pub struct Cache {
+    /// Settings it was started with.
+    pub settings: CacheSettings,
+    embedder: Arc<Embedder>,
+    /// Entries and index.
+    pub store: Store,
+    recent_hits: Mutex<(HashMap<key::Digest128, Instant>, VecDeque<key::Digest128>)>,
+}
+
+impl Cache {
+    /// Loads the embedding model and the snapshot (a bad snapshot is logged and ignored).
+    pub fn start(settings: CacheSettings) -> anyhow::Result<Arc<Self>> {
+        let started = Instant::now();
+        let (dir, ort) = (settings.model_dir.clone(), settings.onnxruntime.clone());
+        let embedder = Embedder::start(settings.embed_threads, settings.embed_timeout, || {
+            Ok(Box::new(embed::MiniLm::load(&dir, &ort, 1)?) as Box<dyn embed::TextEmbed>)
+        })?;
+        let cache = Self::with_embedder(settings, embedder);
+        tracing::info!(elapsed = ?started.elapsed(), entries = cache.store.sizes().0, "Reasoning cache ready.");
+        Ok(cache)
+    }
+
+    /// A cache over any embedder (tests, benchmarks); loads the snapshot if configured.
+    pub fn with_embedder(settings: CacheSettings, embedder: Arc<Embedder>) -> Arc<Self> {
+        let cache = Cache {
+            embedder,
+            store: Store::new(),
+            recent_hits: Mutex::new((HashMap::new(), VecDeque::new())),
+            settings,
+        };
+        if let Some(dir) = &cache.settings.snapshot_dir {
+            match snapshot::read(dir, now_unix()) {
+                Ok(items) => {
+                    let n = items.len();
+                    cache.store.load(items);
+                    tracing::info!(entries = n, path = %snapshot::path(dir).display(), "Reasoning cache snapshot loaded.");
+                }
+                Err(snapshot::ReadError::Missing) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, path = %snapshot::path(dir).display(), "Reasoning cache snapshot ignored; starting empty.");
+                }
+            }
+        }
+        Arc::new(cache)
+    }
+
+    /// The embedder (benchmarks).
+    pub fn embedder(&self) -> &Arc<Embedder> {
+        &self.embedder
+    }
+
+    /// Looks a chat request up. `header` reads request headers (lower-case names).
+    pub async fn lookup(
+        &self,
+        metrics: &Metrics,
+        route: &str,
+        settings: &RouteCacheConfig,
+        body: &Map<String, Value>,
+        header: &(dyn Fn(&str) -> Option<String> + Sync),
+    ) -> Lookup {
+        let started = Instant::now();
+        let result = self
+            .lookup_inner(metrics, route, settings, body, header)
+            .await;
+        let label = match &result {
+            Lookup::Hit { .. } => "hit",
+            Lookup::Miss { pending, .. } if pending.vector.is_none() => "error",
+            Lookup::Miss { .. } => "miss",
+            Lookup::Bypass(_) => "bypass",
+            Lookup::Uncacheable => "uncacheable",
+        };
+        metrics
+            .cache_requests_total
+            .with_label_values(&[route, label])
+            .inc();
+        metrics
+            .cache_lookup_duration_seconds
+            .with_label_values(&[route, label])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn lookup_inner(
+        &self,
+        metrics: &Metrics,
+        route: &str,
+        settings: &RouteCacheConfig,
+        body: &Map<String, Value>,
+        header: &(dyn Fn(&str) -> Option<String> + Sync),
+    ) -> Lookup {
+        let tenant = if settings.shared_across_tenants {
+            "shared".to_string()
+        } else {
+            let secret = self
+                .settings
+                .tenant_header
+                .as_deref()
+                .and_then(header)
+                .or_else(|| header("authorization"));
+            key::tenant_id(secret.as_deref())
+        };
+        let Ok(key) = key::request_key(route, body, &tenant) else {
+            return Lookup::Uncacheable;
+        };
+        let pending = Pending {
+            route: route.to_string(),
+            key,
+            vector: None,
+            settings: settings.clone(),
+        };
+        let cache_control = header("cache-control")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let bypass = cache_control.contains("no-cache")
+            || cache_control.contains("no-store")
+            || header("x-reasoning-cache").is_some_and(|v| v.eq_ignore_ascii_case("bypass"));
+        if bypass {
+            if self.was_recent_hit(&pending.key.exact) {
+                metrics
+                    .cache_suspect_hits_total
+                    .with_label_values(&[route])
+                    .inc();
+            }
+            let store = !cache_control.contains("no-store");
+            return Lookup::Bypass(store.then_some(pending));
+        }
+        let now = now_unix();
+        if let Some(entry) = self.store.exact(&pending.key.exact, now) {
+            metrics
+                .cache_similarity
+                .with_label_values(&[route, "hit"])
+                .observe(1.0);
+            self.remember_hit(pending.key.exact);
+            return Lookup::Hit {
+                entry,
+                similarity: 1.0,
+            };
+        }
+        let embed_started = Instant::now();
+        let vector = match self.embedder.embed(&pending.key.problem).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "Cache lookup without an embedding.");
+                return Lookup::Miss {
+                    pending,
+                    best: None,
+                    rejected: None,
+                };
+            }
+        };
+        metrics
+            .cache_embedding_duration_seconds
+            .with_label_values(&[route])
+            .observe(embed_started.elapsed().as_secs_f64());
+        let candidates = self
+            .store
+            .search(&vector, &pending.key.partition, now, CANDIDATES);
+        let decision = decide(&pending.key.problem, &candidates, settings);
+        let best = candidates.first().map(|c| c.similarity);
+        let outcome = match &decision {
+            Decision::Hit(_) => "hit",
+            Decision::Rejected(_) => "rejected",
+            Decision::Below => "below_threshold",
+        };
+        if let Some(b) = best {
+            metrics
+                .cache_similarity
+                .with_label_values(&[route, outcome])
+                .observe(b as f64);
+        }
+        match decision {
+            Decision::Hit(c) => {
+                self.remember_hit(pending.key.exact);
+                Lookup::Hit {
+                    entry: c.entry.clone(),
+                    similarity: c.similarity,
+                }
+            }
+            Decision::Rejected(reason) => {
+                metrics
+                    .cache_guard_rejections_total
+                    .with_label_values(&[route, reason.label()])
+                    .inc();
+                Lookup::Miss {
+                    pending: Pending {
+                        vector: Some(vector),
+                        ..pending
+                    },
+                    best,
+                    rejected: Some(reason),
+                }
+            }
+            Decision::Below => Lookup::Miss {
+                pending: Pending {
+                    vector: Some(vector),
+                    ..pending
+                },
+                best,
+                rejected: None,
+            },
+        }
+    }
+
+    fn remember_hit(&self, exact: key::Digest128) {
+        let Ok(mut g) = self.recent_hits.lock() else {
+            return;
+        };
+        let (map, order) = &mut *g;
+        if map.insert(exact, Instant::now()).is_none() {
+            order.push_back(exact);
+        }
+        while order.len() > SUSPECT_MEMORY {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    fn was_recent_hit(&self, exact: &key::Digest128) -> bool {
+        let Ok(mut g) = self.recent_hits.lock() else {
+            return false;
+        };
+        match g.0.get(exact) {
+            Some(t) if t.elapsed() <= SUSPECT_WINDOW => {
+                g.0.remove(exact);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stores a completed response (embedding it first if the lookup could not).
+    pub fn insert(
+        self: &Arc<Self>,
+        gw: Arc<crate::state::Gateway>,
+        pending: Pending,
+        done: Completed,
+    ) {
+        match pending.vector.clone() {
+            Some(v) => self.insert_now(&gw.metrics, pending, done, v),
+            None => {
+                let cache = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(v) = cache.embedder.embed_untimed(&pending.key.problem).await {
+                        cache.insert_now(&gw.metrics, pending, done, v);
+                    }
+                });
+            }
+        }
+    }
+
+    fn insert_now(&self, metrics: &Metrics, pending: Pending, done: Completed, vector: Vec<f32>) {
+        let now = now_unix();
+        let record = Record {
+            route: pending.route.clone(),
+            tenant: pending.key.tenant.clone(),
+            partition: key::hex(&pending.key.partition),
+            exact: key::hex(&pending.key.exact),
+            problem: pending.key.problem.clone(),
+            reasoning: done.reasoning,
+            answer: done.answer,
+            model: done.model,
+            usage: done.usage,
+            created: now,
+            expires: now + pending.settings.ttl.as_secs().max(1),
+        };
+        let removed = self.store.insert(
+            record,
+            pending.key.partition,
+            pending.key.exact,
+            vector,
+            pending.settings.max_entries,
+        );
+        metrics
+            .cache_inserts_total
+            .with_label_values(&[pending.route.as_str()])
+            .inc();
+        count_removals(metrics, &removed);
+        self.set_entries(metrics);
+    }
+
+    /// Sets `cache_entries` for every route the store knows.
+    pub fn set_entries(&self, metrics: &Metrics) {
+        for (route, n) in self.store.counts() {
+            metrics
+                .cache_entries
+                .with_label_values(&[route.as_str()])
+                .set(n as i64);
+        }
+    }
+
+    /// Drops expired entries, updates the gauges and rebuilds the index when due (seconds on a
+    /// large cache: run it off the request path).
+    pub fn maintain(&self, metrics: &Metrics) {
+        let n = self.store.sweep(now_unix());
+        count_removals(metrics, &vec![Removal::Expired; n]);
+        self.set_entries(metrics);
+        if self.store.needs_rebuild() {
+            self.store.rebuild();
+        }
+    }
+
+    /// Writes a snapshot if configured and anything changed.
+    pub fn write_snapshot(&self, force: bool) -> std::io::Result<bool> {
+        let Some(dir) = &self.settings.snapshot_dir else {
+            return Ok(false);
+        };
+        if !force && !self.store.is_dirty() {
+            return Ok(false);
+        }
+        let entries = self.store.export();
+        snapshot::write(dir, &entries)?;
+        Ok(true)
+    }
+
+    /// Admin stats.
+    pub fn stats(&self) -> Value {
+        let (entries, tenants, tombstones) = self.store.sizes();
+        json!({
+            "entries": entries,
+            "tenants": tenants,
+            "index_tombstones": tombstones,
+            "routes": self.store.counts(),
+            "snapshot_dir": self.settings.snapshot_dir.as_ref().map(|d| d.display().to_string()),
+        })
+    }
+}
+
+/// Counts removals in `cache_evictions_total`.
+pub fn count_removals(metrics: &Metrics, removed: &[Removal]) {
+    for r in removed {
+        metrics
+            .cache_evictions_total
+            .with_label_values(&[r.label()])
+            .inc();
+    }
+}
+
+enum Decision<'a> {
+    Hit(&'a Candidate),
+    Rejected(Reject),
+    Below,
+}
+
+/// The first candidate above the threshold that the guard accepts.
+fn decide<'a>(
+    problem: &str,
+    candidates: &'a [Candidate],
+    settings: &RouteCacheConfig,
+) -> Decision<'a> {
+    let mut rejected = None;
+    let mut features = None;
+    for c in candidates {
+        if c.similarity < settings.threshold {
+            break;
+        }
+        if !settings.guard {
+            return Decision::Hit(c);
+        }
+        let f = features.get_or_insert_with(|| guard::features(problem));
+        match guard::check(f, &c.entry.features) {
+            Ok(()) => return Decision::Hit(c),
+            Err(r) => {
+                rejected.get_or_insert(r);
+            }
+        }
+    }
+    match rejected {
+        Some(r) => Decision::Rejected(r),
+        None => Decision::Below,
+    }
+}

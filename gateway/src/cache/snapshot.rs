@@ -1,0 +1,211 @@
+//! Snapshots: the cache written to one file, read back at start-up.
+//!
+//! Layout: `RGCACHE1`, entry count (u64 LE), then per entry a JSON record (u32 length + bytes)
+//! and its vector (u32 dimension + f32 LE values), then the SHA-256 of everything before it.
+//! Written to a temporary file and renamed, so a crash mid-write leaves the previous snapshot.
+//! Any damage (bad magic, bad digest, truncation, bad JSON) rejects the whole file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::key::Digest128;
+use super::store::{Entry, Record};
+
+const MAGIC: &[u8; 8] = b"RGCACHE1";
+/// File name inside the configured directory.
+pub const FILE: &str = "reasoning-cache.snapshot";
+
+/// One loaded entry.
+pub type Loaded = (Record, Digest128, Digest128, Vec<f32>);
+
+/// The snapshot path in a directory.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+/// Writes every entry atomically.
+pub fn write(dir: &Path, entries: &[std::sync::Arc<Entry>]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut buf = Vec::with_capacity(entries.len() * 2048 + 64);
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for e in entries {
+        let json = serde_json::to_vec(&e.record).map_err(std::io::Error::other)?;
+        buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&json);
+        buf.extend_from_slice(&(e.vector.len() as u32).to_le_bytes());
+        for x in &e.vector {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    let digest = Sha256::digest(&buf);
+    buf.extend_from_slice(&digest);
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&buf)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path(dir))
+}
+
+/// Why a snapshot was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No file (first start).
+    #[error("no snapshot")]
+    Missing,
+    /// Unreadable.
+    #[error("cannot read the snapshot: {0}")]
+    Io(#[from] std::io::Error),
+    /// Damaged.
+    #[error("the snapshot is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Reads a snapshot; entries expired at `now` are dropped.
+pub fn read(dir: &Path, now: u64) -> Result<Vec<Loaded>, ReadError> {
+    let p = path(dir);
+    let data = match std::fs::read(&p) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::Missing),
+        Err(e) => return Err(e.into()),
+    };
+    let corrupt = |m: &str| ReadError::Corrupt(m.to_string());
+    if data.len() < MAGIC.len() + 8 + 32 || &data[..8] != MAGIC {
+        return Err(corrupt("not a reasoning-gateway cache snapshot"));
+    }
+    let (body, digest) = data.split_at(data.len() - 32);
+    if Sha256::digest(body).as_slice() != digest {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let mut r = Reader { data: body, pos: 8 };
+    let count = r.u64().ok_or_else(|| corrupt("truncated header"))?;
+    let mut out = Vec::new();
+    for i in 0..count {
+        let bad = || ReadError::Corrupt(format!("entry {i} is damaged"));
+        let len = r.u32().ok_or_else(bad)? as usize;
+        let json = r.bytes(len).ok_or_else(bad)?;
+        let record: Record = serde_json::from_slice(json).map_err(|_| bad())?;
+        let dim = r.u32().ok_or_else(bad)? as usize;
+        let raw = r.bytes(dim * 4).ok_or_else(bad)?;
+        let vector: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let partition = unhex(&record.partition).ok_or_else(bad)?;
+        let exact = unhex(&record.exact).ok_or_else(bad)?;
+        if record.expires > now {
+            out.push((record, partition, exact, vector));
+        }
+    }
+    if r.pos != body.len() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok(out)
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.data.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.bytes(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let b = self.bytes(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Some(u64::from_le_bytes(a))
+    }
+}
+
+fn unhex(s: &str) -> Option<Digest128> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::key::hex;
+    use super::super::store::Store;
+    use super::*;
+
+    fn record(problem: &str, expires: u64) -> Record {
+        Record {
+            route: "r".into(),
+            tenant: "t".into(),
+            partition: hex(&[1; 16]),
+            exact: hex(&[2; 16]),
+            problem: problem.into(),
+            reasoning: "because".into(),
+            answer: "yes".into(),
+            model: "m".into(),
+            usage: None,
+            created: 1,
+            expires,
+        }
+    }
+
+    fn written(dir: &Path) -> Vec<u8> {
+        let s = Store::new();
+        s.insert(record("q1", 100), [1; 16], [2; 16], vec![0.6, 0.8], 10);
+        s.insert(record("q2", 5), [1; 16], [3; 16], vec![1.0, 0.0], 10);
+        write(dir, &s.export()).unwrap();
+        std::fs::read(path(dir)).unwrap()
+    }
+
+    #[test]
+    fn round_trip_drops_expired_entries() {
+        let dir = tempdir("rt");
+        written(&dir);
+        let loaded = read(&dir, 10).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].0.problem, "q1");
+        assert_eq!(loaded[0].3, vec![0.6, 0.8]);
+        assert_eq!(loaded[0].1, [1; 16]);
+    }
+
+    #[test]
+    fn damage_anywhere_is_reported_not_loaded() {
+        let dir = tempdir("dmg");
+        let good = written(&dir);
+        for cut in [0, 5, 20, good.len() / 2, good.len() - 1] {
+            std::fs::write(path(&dir), &good[..cut]).unwrap();
+            assert!(
+                matches!(read(&dir, 0), Err(ReadError::Corrupt(_))),
+                "cut {cut}"
+            );
+        }
+        let mut flipped = good.clone();
+        flipped[30] ^= 0x40;
+        std::fs::write(path(&dir), &flipped).unwrap();
+        assert!(matches!(read(&dir, 0), Err(ReadError::Corrupt(_))));
+        std::fs::remove_file(path(&dir)).unwrap();
+        assert!(matches!(read(&dir, 0), Err(ReadError::Missing)));
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rg-snap-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

@@ -1,0 +1,572 @@
+//! Entries, the exact-match tier and the HNSW index (cosine on unit vectors).
+//!
+//! hnsw_rs cannot delete points: removed entries become tombstones the search filter skips, and
+//! the index is rebuilt from the live entries once tombstones outnumber them. Partitions small
+//! enough to scan (`BRUTE_FORCE_MAX`) are scanned exactly instead: a filtered graph search over a
+//! large index can miss a tiny partition's points.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
+use hnsw_rs::anndists::dist::Distance;
+use hnsw_rs::prelude::Hnsw;
+use serde::{Deserialize, Serialize};
+
+use super::guard::{self, Features};
+use super::key::Digest128;
+
+/// Partitions up to this size are scanned exactly.
+pub const BRUTE_FORCE_MAX: usize = 4096;
+const HNSW_M: usize = 16;
+const HNSW_EF_CONSTRUCTION: usize = 64;
+const HNSW_EF_SEARCH: usize = 64;
+const HNSW_MAX_LAYER: usize = 16;
+
+/// `1 - a·b` for unit vectors (cosine distance without the norms).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnitCosine;
+
+impl Distance<f32> for UnitCosine {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - dot(a, b)).max(0.0)
+    }
+}
+
+/// Dot product (auto-vectorised).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len().min(b.len()) / 8;
+    for i in 0..chunks {
+        for (j, slot) in acc.iter_mut().enumerate() {
+            *slot += a[i * 8 + j] * b[i * 8 + j];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len().min(b.len()) {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+/// Token usage of the original response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens (reasoning included).
+    pub completion_tokens: u64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: u64,
+}
+
+/// What is persisted of an entry (its vector is stored beside it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Route name.
+    pub route: String,
+    /// Tenant id.
+    pub tenant: String,
+    /// Partition key (hex).
+    pub partition: String,
+    /// Exact key (hex).
+    pub exact: String,
+    /// The problem as asked.
+    pub problem: String,
+    /// The reasoning chain.
+    pub reasoning: String,
+    /// The answer.
+    pub answer: String,
+    /// The response's `model`.
+    pub model: String,
+    /// Original usage.
+    pub usage: Option<Usage>,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds after which the entry is not served.
+    pub expires: u64,
+}
+
+/// One cached answer.
+#[derive(Debug)]
+pub struct Entry {
+    /// Index id.
+    pub id: usize,
+    /// Persisted fields.
+    pub record: Record,
+    /// Partition key.
+    pub partition: Digest128,
+    /// Exact key.
+    pub exact: Digest128,
+    /// Guard features of the problem.
+    pub features: Features,
+    /// Unit embedding of the problem.
+    pub vector: Vec<f32>,
+}
+
+/// A search result.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The entry.
+    pub entry: Arc<Entry>,
+    /// Cosine similarity.
+    pub similarity: f32,
+}
+
+/// Why entries left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// TTL passed.
+    Expired,
+    /// Over `max_entries`.
+    Capacity,
+    /// Admin purge.
+    Purge,
+    /// Replaced by a fresh answer to the same exact problem.
+    Replaced,
+}
+
+impl Removal {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Removal::Expired => "expired",
+            Removal::Capacity => "capacity",
+            Removal::Purge => "purge",
+            Removal::Replaced => "replaced",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<usize, Arc<Entry>>,
+    exact: HashMap<Digest128, usize>,
+    partitions: HashMap<Digest128, Vec<usize>>,
+    /// Insertion order per route (may hold removed ids, skipped lazily).
+    order: HashMap<String, VecDeque<usize>>,
+    counts: HashMap<String, usize>,
+    next_id: usize,
+    tombstones: usize,
+    dirty: bool,
+}
+
+impl Inner {
+    fn remove(&mut self, id: usize) -> Option<Arc<Entry>> {
+        let e = self.entries.remove(&id)?;
+        if self.exact.get(&e.exact) == Some(&id) {
+            self.exact.remove(&e.exact);
+        }
+        if let Some(ids) = self.partitions.get_mut(&e.partition) {
+            ids.retain(|x| *x != id);
+            if ids.is_empty() {
+                self.partitions.remove(&e.partition);
+            }
+        }
+        if let Some(c) = self.counts.get_mut(&e.record.route) {
+            *c = c.saturating_sub(1);
+        }
+        self.tombstones += 1;
+        self.dirty = true;
+        Some(e)
+    }
+}
+
+struct Index {
+    hnsw: Hnsw<'static, f32, UnitCosine>,
+}
+
+impl Index {
+    fn new(capacity: usize) -> Self {
+        Index {
+            hnsw: Hnsw::new(
+                HNSW_M,
+                capacity.max(1024),
+                HNSW_MAX_LAYER,
+                HNSW_EF_CONSTRUCTION,
+                UnitCosine,
+            ),
+        }
+    }
+}
+
+/// All cached entries of the process.
+pub struct Store {
+    inner: RwLock<Inner>,
+    index: ArcSwap<Index>,
+    rebuilding: Arc<AtomicBool>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Self {
+        Store {
+            inner: RwLock::new(Inner::default()),
+            index: ArcSwap::from_pointee(Index::new(1024)),
+            rebuilding: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live entry for an exact key.
+    pub fn exact(&self, key: &Digest128, now: u64) -> Option<Arc<Entry>> {
+        let inner = self.read();
+        let id = inner.exact.get(key)?;
+        inner
+            .entries
+            .get(id)
+            .filter(|e| e.record.expires > now)
+            .cloned()
+    }
+
+    /// The `k` most similar live entries of a partition, most similar first.
+    pub fn search(
+        &self,
+        vector: &[f32],
+        partition: &Digest128,
+        now: u64,
+        k: usize,
+    ) -> Vec<Candidate> {
+        let inner = self.read();
+        let Some(ids) = inner.partitions.get(partition) else {
+            return Vec::new();
+        };
+        let live = |e: &Arc<Entry>| e.record.expires > now;
+        let mut out: Vec<Candidate> = if ids.len() <= BRUTE_FORCE_MAX {
+            ids.iter()
+                .filter_map(|id| inner.entries.get(id))
+                .filter(|e| live(e))
+                .map(|e| Candidate {
+                    entry: e.clone(),
+                    similarity: dot(vector, &e.vector),
+                })
+                .collect()
+        } else {
+            let filter = |id: &usize| {
+                inner
+                    .entries
+                    .get(id)
+                    .is_some_and(|e| &e.partition == partition && live(e))
+            };
+            let index = self.index.load();
+            index
+                .hnsw
+                .search_filter(vector, k, HNSW_EF_SEARCH.max(k), Some(&filter))
+                .into_iter()
+                .filter_map(|n| inner.entries.get(&n.d_id))
+                .map(|e| Candidate {
+                    entry: e.clone(),
+                    similarity: dot(vector, &e.vector),
+                })
+                .collect()
+        };
+        out.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        out.truncate(k);
+        out
+    }
+
+    /// Adds an entry (replacing one with the same exact key); evicts the route's oldest entries
+    /// beyond `max_entries`. Returns the removals by reason.
+    pub fn insert(
+        &self,
+        record: Record,
+        partition: Digest128,
+        exact: Digest128,
+        vector: Vec<f32>,
+        max_entries: usize,
+    ) -> Vec<Removal> {
+        let mut removed = Vec::new();
+        let features = guard::features(&record.problem);
+        let route = record.route.clone();
+        let (id, entry) = {
+            let mut inner = self.write();
+            if let Some(old) = inner.exact.get(&exact).copied() {
+                inner.remove(old);
+                removed.push(Removal::Replaced);
+            }
+            let id = inner.next_id;
+            inner.next_id += 1;
+            let entry = Arc::new(Entry {
+                id,
+                record,
+                partition,
+                exact,
+                features,
+                vector,
+            });
+            inner.entries.insert(id, entry.clone());
+            inner.exact.insert(exact, id);
+            inner.partitions.entry(partition).or_default().push(id);
+            inner.order.entry(route.clone()).or_default().push_back(id);
+            *inner.counts.entry(route.clone()).or_default() += 1;
+            inner.dirty = true;
+            while inner.counts.get(&route).copied().unwrap_or(0) > max_entries.max(1) {
+                let Some(oldest) = inner.order.get_mut(&route).and_then(VecDeque::pop_front) else {
+                    break;
+                };
+                if inner.remove(oldest).is_some() {
+                    removed.push(Removal::Capacity);
+                }
+            }
+            (id, entry)
+        };
+        self.index.load().hnsw.insert_slice((&entry.vector, id));
+        removed
+    }
+
+    /// Removes expired entries; returns how many.
+    pub fn sweep(&self, now: u64) -> usize {
+        let expired: Vec<usize> = self
+            .read()
+            .entries
+            .values()
+            .filter(|e| e.record.expires <= now)
+            .map(|e| e.id)
+            .collect();
+        if expired.is_empty() {
+            return 0;
+        }
+        let mut inner = self.write();
+        let n = expired
+            .iter()
+            .filter(|id| inner.remove(**id).is_some())
+            .count();
+        n
+    }
+
+    /// Removes entries matching a route and/or tenant (both `None`: everything).
+    pub fn purge(&self, route: Option<&str>, tenant: Option<&str>) -> usize {
+        let mut inner = self.write();
+        let ids: Vec<usize> = inner
+            .entries
+            .values()
+            .filter(|e| route.is_none_or(|r| e.record.route == r))
+            .filter(|e| tenant.is_none_or(|t| e.record.tenant == t))
+            .map(|e| e.id)
+            .collect();
+        ids.iter().filter(|id| inner.remove(**id).is_some()).count()
+    }
+
+    /// Live entries per route.
+    pub fn counts(&self) -> HashMap<String, usize> {
+        self.read().counts.clone()
+    }
+
+    /// Live entries, tenants and tombstones.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let inner = self.read();
+        let tenants: std::collections::HashSet<&str> = inner
+            .entries
+            .values()
+            .map(|e| e.record.tenant.as_str())
+            .collect();
+        (inner.entries.len(), tenants.len(), inner.tombstones)
+    }
+
+    /// Every live entry (for snapshots), oldest first, and clears the dirty flag.
+    pub fn export(&self) -> Vec<Arc<Entry>> {
+        let mut inner = self.write();
+        inner.dirty = false;
+        let mut all: Vec<Arc<Entry>> = inner.entries.values().cloned().collect();
+        all.sort_by_key(|e| e.id);
+        all
+    }
+
+    /// Whether anything changed since the last export.
+    pub fn is_dirty(&self) -> bool {
+        self.read().dirty
+    }
+
+    /// Loads entries in bulk (start-up): one parallel index build.
+    pub fn load(&self, items: Vec<(Record, Digest128, Digest128, Vec<f32>)>) {
+        let mut inner = self.write();
+        let mut batch = Vec::with_capacity(items.len());
+        for (record, partition, exact, vector) in items {
+            let id = inner.next_id;
+            inner.next_id += 1;
+            let route = record.route.clone();
+            let entry = Arc::new(Entry {
+                id,
+                features: guard::features(&record.problem),
+                record,
+                partition,
+                exact,
+                vector,
+            });
+            if let Some(old) = inner.exact.insert(exact, id) {
+                inner.remove(old);
+            }
+            inner.entries.insert(id, entry.clone());
+            inner.partitions.entry(partition).or_default().push(id);
+            inner.order.entry(route.clone()).or_default().push_back(id);
+            *inner.counts.entry(route).or_default() += 1;
+            batch.push(entry);
+        }
+        let index = Index::new(inner.entries.len());
+        let data: Vec<(&Vec<f32>, usize)> = batch.iter().map(|e| (&e.vector, e.id)).collect();
+        index.hnsw.parallel_insert(&data);
+        self.index.store(Arc::new(index));
+        inner.tombstones = 0;
+    }
+
+    /// Whether tombstones outnumber live entries enough to rebuild the index.
+    pub fn needs_rebuild(&self) -> bool {
+        let inner = self.read();
+        inner.tombstones >= 1024 && inner.tombstones > inner.entries.len()
+    }
+
+    /// Builds a fresh index from the live entries and swaps it in (seconds for large caches:
+    /// call it off the request path).
+    pub fn rebuild(&self) {
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (snapshot, cutoff) = {
+            let inner = self.read();
+            let v: Vec<Arc<Entry>> = inner.entries.values().cloned().collect();
+            (v, inner.next_id)
+        };
+        let index = Index::new(snapshot.len());
+        let data: Vec<(&Vec<f32>, usize)> = snapshot.iter().map(|e| (&e.vector, e.id)).collect();
+        index.hnsw.parallel_insert(&data);
+        let mut inner = self.write();
+        for e in inner.entries.values().filter(|e| e.id >= cutoff) {
+            index.hnsw.insert_slice((&e.vector, e.id));
+        }
+        // Removals during the build are tombstones in the new index too.
+        let removed_since = snapshot
+            .iter()
+            .filter(|e| !inner.entries.contains_key(&e.id))
+            .count();
+        inner.tombstones = removed_since;
+        self.index.store(Arc::new(index));
+        self.rebuilding.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(route: &str, problem: &str, expires: u64) -> Record {
+        Record {
+            route: route.into(),
+            tenant: "t".into(),
+            partition: String::new(),
+            exact: String::new(),
+            problem: problem.into(),
+            reasoning: "r".into(),
+            answer: "a".into(),
+            model: "m".into(),
+            usage: None,
+            created: 0,
+            expires,
+        }
+    }
+
+    fn unit(seed: u64, dim: usize) -> Vec<f32> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut v: Vec<f32> = (0..dim)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect();
+        super::super::embed::normalise(&mut v);
+        v
+    }
+
+    #[test]
+    fn search_finds_the_nearest_live_entry_of_the_partition_only() {
+        let s = Store::new();
+        let p1 = [1u8; 16];
+        let p2 = [2u8; 16];
+        for i in 0..50u64 {
+            s.insert(record("r", "q", 100), p1, [i as u8; 16], unit(i, 32), 1000);
+        }
+        s.insert(record("r", "q", 100), p2, [200u8; 16], unit(7, 32), 1000);
+        let hits = s.search(&unit(7, 32), &p1, 10, 3);
+        assert!((hits[0].similarity - 1.0).abs() < 1e-5);
+        assert_eq!(hits[0].entry.exact, [7u8; 16]);
+        // Past expiry nothing is returned.
+        assert!(s.search(&unit(7, 32), &p1, 100, 3).is_empty());
+        assert_eq!(s.search(&unit(7, 32), &p2, 10, 3).len(), 1);
+    }
+
+    #[test]
+    fn capacity_evicts_oldest_first_and_exact_keys_replace() {
+        let s = Store::new();
+        let p = [1u8; 16];
+        for i in 0..5u8 {
+            s.insert(record("r", "q", 100), p, [i; 16], unit(i as u64, 8), 3);
+        }
+        assert_eq!(s.counts()["r"], 3);
+        assert!(s.exact(&[0u8; 16], 10).is_none());
+        assert!(s.exact(&[4u8; 16], 10).is_some());
+        let removed = s.insert(record("r", "q2", 100), p, [4u8; 16], unit(9, 8), 3);
+        assert_eq!(removed, vec![Removal::Replaced]);
+        assert_eq!(s.exact(&[4u8; 16], 10).unwrap().record.problem, "q2");
+        assert_eq!(s.sweep(100), 3);
+        assert_eq!(s.counts()["r"], 0);
+    }
+
+    #[test]
+    fn large_partitions_use_the_graph_and_survive_rebuilds() {
+        let s = Store::new();
+        let p = [1u8; 16];
+        let n = BRUTE_FORCE_MAX + 500;
+        let items: Vec<_> = (0..n)
+            .map(|i| {
+                let mut e = [0u8; 16];
+                e[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                (record("r", "q", 100), p, e, unit(i as u64, 32))
+            })
+            .collect();
+        s.load(items);
+        let found = s.search(&unit(123, 32), &p, 10, 5);
+        assert!(
+            (found[0].similarity - 1.0).abs() < 1e-5,
+            "{:?}",
+            found[0].similarity
+        );
+        // Purge most, forcing a rebuild; the survivors are still found.
+        assert_eq!(s.purge(None, Some("nobody")), 0);
+        let keep: Vec<usize> = (0..n).filter(|i| i % 4 != 0).collect();
+        {
+            let mut inner = s.write();
+            for id in &keep {
+                inner.remove(*id);
+            }
+        }
+        assert!(s.needs_rebuild());
+        s.rebuild();
+        assert!(!s.needs_rebuild());
+        let found = s.search(&unit(124, 32), &p, 10, 5);
+        assert!(
+            (found[0].similarity - 1.0).abs() < 1e-5,
+            "{:?}",
+            found[0].similarity
+        );
+        let removed = s.purge(Some("r"), None);
+        assert_eq!(removed, n - keep.len());
+        assert!(s.search(&unit(124, 32), &p, 10, 5).is_empty());
+    }
+}

@@ -1,0 +1,139 @@
+//! The cache in the request path: lookup and replay before choosing a peer, storage after a
+//! complete, verified response.
+
+use std::sync::Arc;
+
+use pingora::proxy::Session;
+use serde_json::Value;
+
+use super::context::RequestCtx;
+use super::respond;
+use crate::cache::{replay, Completed, Lookup};
+use crate::openai::Endpoint;
+use crate::reasoning::Report;
+use crate::state::Gateway;
+
+/// Looks the routed request up; `Ok(true)` when a hit was replayed.
+pub async fn lookup(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    routed: &super::intake::Routed,
+    endpoint: Endpoint,
+) -> pingora::Result<bool> {
+    let (Some(settings), Some(cache)) = (routed.route.cache.as_ref(), gw.cache.get()) else {
+        return Ok(false);
+    };
+    if endpoint != Endpoint::ChatCompletions {
+        return Ok(false);
+    }
+    let lookup = {
+        let req = session.req_header();
+        let header = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        cache
+            .lookup(
+                &gw.metrics,
+                &routed.route.name,
+                settings,
+                &routed.info.body,
+                &header,
+            )
+            .await
+    };
+    ctx.cache_header = Some(lookup.header());
+    match lookup {
+        Lookup::Hit { entry, similarity } => {
+            ctx.cache_similarity = Some(similarity);
+            ctx.route = Some(routed.route.clone());
+            ctx.variant = routed.variant.clone();
+            let include_usage = routed
+                .info
+                .body
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                == Some(&Value::Bool(true));
+            let model = if entry.record.model.is_empty() {
+                routed.info.model.as_str()
+            } else {
+                entry.record.model.as_str()
+            };
+            let id = format!("chatcmpl-{}", ctx.request_id);
+            let shape = replay::Shape {
+                stream: routed.info.stream,
+                include_usage,
+                field: routed.route.reasoning.output_field,
+                model,
+                id: &id,
+                created: crate::cache::now_unix(),
+            };
+            let body = replay::body(&entry.record, &shape);
+            let content_type = if routed.info.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            respond::local(session, ctx, 200, content_type, body).await?;
+            Ok(true)
+        }
+        Lookup::Miss {
+            pending,
+            best,
+            rejected,
+        } => {
+            ctx.cache_pending = Some(pending);
+            ctx.cache_similarity = best;
+            ctx.cache_rejected = rejected;
+            Ok(false)
+        }
+        Lookup::Bypass(pending) => {
+            ctx.cache_pending = pending;
+            Ok(false)
+        }
+        Lookup::Uncacheable => Ok(false),
+    }
+}
+
+/// Stores the response when it is complete and verified: upstream 200, no gateway error or
+/// abort, one choice that finished with `stop`, reasoning terminated, every check passed.
+pub fn store(gw: &Arc<Gateway>, ctx: &mut RequestCtx, report: Option<&Report>) {
+    let Some(pending) = ctx.cache_pending.take() else {
+        return;
+    };
+    let (Some(cache), Some(report), Some(rw)) = (gw.cache.get(), report, ctx.rewriter.as_ref())
+    else {
+        return;
+    };
+    let complete = ctx.upstream_status == Some(200)
+        && ctx.error.is_none()
+        && !ctx.aborted
+        && ctx.step_timeouts == 0
+        && report.finish_reason.as_deref() == Some("stop")
+        && !report.unterminated
+        && report.failed().next().is_none();
+    if !complete {
+        return;
+    }
+    let Some((reasoning, answer)) = rw.full_text() else {
+        return;
+    };
+    if answer.trim().is_empty() {
+        return;
+    }
+    let usage = report.prompt_tokens.map(|p| crate::cache::store::Usage {
+        prompt_tokens: p,
+        completion_tokens: report.reasoning_tokens + report.answer_tokens,
+        reasoning_tokens: report.reasoning_tokens,
+    });
+    let done = Completed {
+        reasoning,
+        answer,
+        model: rw.response_model().unwrap_or_default(),
+        usage,
+    };
+    cache.insert(gw.clone(), pending, done);
+}

@@ -1,0 +1,412 @@
+//! The reasoning cache end to end: real embeddings (MiniLM via fastembed and ONNX Runtime from
+//! `make models`), the scripted upstream, the real gateway process.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use gateway_tests::fake_upstream::{FakeUpstream, THINK_ANSWER, THINK_REASONING};
+use gateway_tests::harness::{repo_root, required_metric, run_python, GatewayProc, TempDir};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn cache_section(extra: &str) -> String {
+    format!(
+        "cache:\n  model_dir: {}\n  onnxruntime: {}\n{extra}",
+        repo_root().join("models/minilm").display(),
+        repo_root()
+            .join("models/onnxruntime/libonnxruntime.so")
+            .display()
+    )
+}
+
+fn config(up: &FakeUpstream, cache_extra: &str, route_cache: &str) -> String {
+    format!(
+        "{}upstreams: [{{name: fake, endpoints: [\"{}\"]}}]\nroutes:\n  - model: think\n    upstream: fake\n    reasoning: {{parser: deepseek_r1}}\n    cache: {{{route_cache}}}\n  - model: long\n    upstream: fake\n    reasoning: {{parser: deepseek_r1, max_reasoning_tokens: 3}}\n    cache: {{}}\n",
+        cache_section(cache_extra),
+        up.addr
+    )
+}
+
+struct Reply {
+    cache: String,
+    similarity: Option<f64>,
+    rejected: Option<String>,
+    body: String,
+}
+
+async fn ask(gw: &GatewayProc, question: &str, stream: bool, headers: &[(&str, &str)]) -> Reply {
+    ask_model(gw, "think", question, stream, headers).await
+}
+
+async fn ask_model(
+    gw: &GatewayProc,
+    model: &str,
+    question: &str,
+    stream: bool,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .json(&json!({
+            "model": model,
+            "stream": stream,
+            "messages": [{"role": "user", "content": question}],
+        }));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("request");
+    assert_eq!(resp.status(), 200);
+    let h = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let cache = h("x-reasoning-cache").unwrap_or_default();
+    let similarity = h("x-reasoning-cache-similarity").map(|s| s.parse().unwrap());
+    let rejected = h("x-reasoning-cache-rejected");
+    Reply {
+        cache,
+        similarity,
+        rejected,
+        body: resp.text().await.unwrap(),
+    }
+}
+
+/// Reasoning and answer from a JSON body or an SSE stream.
+fn texts(body: &str) -> (String, String) {
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        let m = &v["choices"][0]["message"];
+        return (
+            m["reasoning_content"].as_str().unwrap_or_default().into(),
+            m["content"].as_str().unwrap_or_default().into(),
+        );
+    }
+    let (mut r, mut a) = (String::new(), String::new());
+    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        if let Some(d) = v["choices"].get(0).map(|c| &c["delta"]) {
+            r += d["reasoning_content"].as_str().unwrap_or_default();
+            a += d["content"].as_str().unwrap_or_default();
+        }
+    }
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    (r, a)
+}
+
+async fn metrics(gw: &GatewayProc) -> String {
+    gw.admin_get("/metrics").await
+}
+
+#[tokio::test]
+async fn hits_misses_bypasses_and_near_misses() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&up, "", ""), WAIT);
+    let q = "Sam has 2 apples and buys 2 more. How many apples does Sam have now?";
+
+    let first = ask(&gw, q, true, &[]).await;
+    assert_eq!(first.cache, "miss");
+    assert_eq!(
+        texts(&first.body),
+        (THINK_REASONING.into(), THINK_ANSWER.into())
+    );
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_inserts_total{route=\"think\"}",
+        1.0,
+        WAIT,
+    )
+    .await;
+
+    // The same problem, spacing aside: the exact tier, in both shapes, without the upstream.
+    let calls = up.requests.load(Ordering::SeqCst);
+    for stream in [false, true] {
+        let again = ask(&gw, &format!("  {q} "), stream, &[]).await;
+        assert_eq!(again.cache, "hit");
+        assert_eq!(again.similarity, Some(1.0));
+        assert_eq!(
+            texts(&again.body),
+            (THINK_REASONING.into(), THINK_ANSWER.into())
+        );
+    }
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        calls,
+        "a hit reached the upstream"
+    );
+
+    // A paraphrase: the similarity tier.
+    let para = ask(
+        &gw,
+        "Sam has 2 apples and buys 2 more apples. How many apples does Sam have now?",
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(para.cache, "hit", "similarity {:?}", para.similarity);
+    let s = para.similarity.unwrap();
+    assert!((0.85..1.0).contains(&s), "{s}");
+    assert_eq!(up.requests.load(Ordering::SeqCst), calls);
+
+    // The same problem with another number embeds above the threshold but is refused.
+    let near = ask(
+        &gw,
+        "Sam has 2 apples and buys 3 more. How many apples does Sam have now?",
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(near.cache, "miss");
+    assert!(near.similarity.unwrap() >= 0.85, "{:?}", near.similarity);
+    assert_eq!(near.rejected.as_deref(), Some("number"));
+    // A negation.
+    let neg = ask(
+        &gw,
+        "Sam has 2 apples and does not buy 2 more. How many apples does Sam have now?",
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(neg.cache, "miss");
+    assert_eq!(up.requests.load(Ordering::SeqCst), calls + 2);
+
+    // Another tenant never sees this tenant's entries.
+    let other = ask(
+        &gw,
+        q,
+        false,
+        &[("authorization", "Bearer sk-other-tenant")],
+    )
+    .await;
+    assert_eq!(other.cache, "miss");
+    assert_eq!(
+        other.similarity, None,
+        "another tenant's entry was a candidate"
+    );
+
+    // Bypass: the upstream answers, and re-asking right after a hit is a suspect-hit signal.
+    for h in [
+        ("cache-control", "no-cache"),
+        ("x-reasoning-cache", "bypass"),
+    ] {
+        let b = ask(&gw, q, false, &[h]).await;
+        assert_eq!(b.cache, "bypass");
+    }
+    assert_eq!(up.requests.load(Ordering::SeqCst), calls + 5);
+    gw.wait_for_requests(9, WAIT).await;
+    let m = metrics(&gw).await;
+    assert_eq!(
+        required_metric(
+            &m,
+            "reasoning_gateway_cache_requests_total{result=\"hit\",route=\"think\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        required_metric(
+            &m,
+            "reasoning_gateway_cache_requests_total{result=\"bypass\",route=\"think\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        required_metric(
+            &m,
+            "reasoning_gateway_cache_guard_rejections_total{reason=\"number\",route=\"think\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        required_metric(
+            &m,
+            "reasoning_gateway_cache_suspect_hits_total{route=\"think\"}"
+        ),
+        1.0
+    );
+    assert!(
+        required_metric(
+            &m,
+            "reasoning_gateway_cache_similarity_count{outcome=\"hit\",route=\"think\"}"
+        ) >= 3.0
+    );
+    assert!(
+        required_metric(
+            &m,
+            "reasoning_gateway_cache_embedding_duration_seconds_count{route=\"think\"}"
+        ) >= 3.0
+    );
+}
+
+#[tokio::test]
+async fn only_complete_verified_answers_are_stored() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&up, "", ""), WAIT);
+    // The reasoning budget cuts this one: it must not be replayed.
+    let q = "Explain the halting problem.";
+    let first = ask_model(&gw, "long", q, true, &[]).await;
+    assert_eq!(first.cache, "miss");
+    gw.wait_for_requests(1, WAIT).await;
+    let second = ask_model(&gw, "long", q, true, &[]).await;
+    assert_eq!(second.cache, "miss");
+    gw.wait_for_requests(2, WAIT).await;
+    let m = metrics(&gw).await;
+    assert!(
+        !m.contains("reasoning_gateway_cache_inserts_total{route=\"long\"}"),
+        "{m}"
+    );
+    // Requests with tools cannot be replayed and are marked bypass.
+    let resp: reqwest::Response = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .json(&json!({"model": "think", "messages": [{"role": "user", "content": "hi"}],
+                      "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-reasoning-cache"], "bypass");
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_ttl() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&up, "", "ttl: 1s"), WAIT);
+    let q = "What is the boiling point of water at sea level in Celsius?";
+    assert_eq!(ask(&gw, q, false, &[]).await.cache, "miss");
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_entries{route=\"think\"}",
+        1.0,
+        WAIT,
+    )
+    .await;
+    // The sweeper removes it once the TTL has passed.
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_entries{route=\"think\"}",
+        0.0,
+        WAIT,
+    )
+    .await;
+    assert_eq!(ask(&gw, q, false, &[]).await.cache, "miss");
+    let m = metrics(&gw).await;
+    assert_eq!(
+        required_metric(
+            &m,
+            "reasoning_gateway_cache_evictions_total{reason=\"expired\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_cache_survives_a_restart_and_a_corrupt_snapshot_is_ignored() {
+    let up = FakeUpstream::start("a").await;
+    let dir = TempDir::new("cache-snap");
+    let cfg = config(&up, &format!("  snapshot_dir: {}\n", dir.0.display()), "");
+    let q = "Which planet is closest to the Sun?";
+    let mut gw = GatewayProc::start(&cfg, WAIT);
+    assert_eq!(ask(&gw, q, false, &[]).await.cache, "miss");
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_entries{route=\"think\"}",
+        1.0,
+        WAIT,
+    )
+    .await;
+    assert!(gw.terminate(WAIT).success());
+    drop(gw);
+
+    let gw = GatewayProc::start(&cfg, WAIT);
+    let calls = up.requests.load(Ordering::SeqCst);
+    let r = ask(&gw, q, true, &[]).await;
+    assert_eq!(r.cache, "hit");
+    assert_eq!(texts(&r.body).1, THINK_ANSWER);
+    assert_eq!(up.requests.load(Ordering::SeqCst), calls);
+    let stats: Value = serde_json::from_str(&gw.admin_get("/admin/cache").await).unwrap();
+    assert_eq!(stats["entries"], 1);
+    drop(gw);
+
+    let snap = dir.0.join("reasoning-cache.snapshot");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&snap, &bytes).unwrap();
+    let gw = GatewayProc::start(&cfg, WAIT);
+    gw.wait_for_log_line("snapshot ignored", WAIT).await;
+    assert_eq!(ask(&gw, q, false, &[]).await.cache, "miss");
+}
+
+#[tokio::test]
+async fn admin_purges_by_tenant_and_route() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&up, "", ""), WAIT);
+    let q = "Name the largest ocean on Earth.";
+    for key in ["Bearer sk-a", "Bearer sk-b"] {
+        assert_eq!(
+            ask(&gw, q, false, &[("authorization", key)]).await.cache,
+            "miss"
+        );
+    }
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_entries{route=\"think\"}",
+        2.0,
+        WAIT,
+    )
+    .await;
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", gw.admin_port);
+    let c = reqwest::Client::new();
+    let r: Value = c
+        .post(url("/admin/cache/purge?api_key=sk-a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["removed"], 1);
+    assert_eq!(
+        ask(&gw, q, false, &[("authorization", "Bearer sk-a")])
+            .await
+            .cache,
+        "miss"
+    );
+    assert_eq!(
+        ask(&gw, q, false, &[("authorization", "Bearer sk-b")])
+            .await
+            .cache,
+        "hit"
+    );
+    let r: Value = c
+        .post(url("/admin/cache/purge?route=think"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(r["removed"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        ask(&gw, q, false, &[("authorization", "Bearer sk-b")])
+            .await
+            .cache,
+        "miss"
+    );
+}
+
+#[tokio::test]
+async fn the_openai_sdk_reads_replays_in_both_modes() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&up, "", ""), WAIT);
+    let base = gw.base_url();
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", gw.admin_port);
+    let out = tokio::task::spawn_blocking(move || {
+        run_python(
+            "sdk_cache.py",
+            &[&base, THINK_REASONING, THINK_ANSWER, &metrics_url],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("sdk cache ok"), "{out}");
+    // One miss went upstream; the rest were replays.
+    assert_eq!(up.requests.load(Ordering::SeqCst), 1);
+}
