@@ -10,9 +10,14 @@ use gateway_tests::prometheus::{scalar, Prometheus};
 use serde_json::{json, Value};
 
 fn config(addr: std::net::SocketAddr) -> String {
+    let root = repo_root();
     format!(
-        r#"upstreams: [{{name: fake, endpoints: ["{addr}"]}}]
+        r#"cache:
+  model_dir: {}
+  onnxruntime: {}
+upstreams: [{{name: fake, endpoints: ["{addr}"]}}]
 routes:
+  - {{model: cached, upstream: fake, upstream_model: think, cache: {{}}}}
   - {{model: analysed, upstream: fake, reasoning: {{stats: true}}}}
   - {{model: stall, upstream: fake, reasoning: {{step_timeout: 100ms}}}}
   - {{model: long, upstream: fake, reasoning: {{max_reasoning_tokens: 10}}}}
@@ -26,8 +31,58 @@ routes:
         - {{name: canary, upstream: fake, weight: 10, upstream_model: error500}}
         - {{name: mirror, upstream: fake, upstream_model: think, shadow: true}}
   - {{model: "*", upstream: fake}}
-"#
+"#,
+        root.join("models/minilm").display(),
+        root.join("models/onnxruntime/libonnxruntime.so").display(),
     )
+}
+
+/// Cache traffic: a miss, an exact hit, a paraphrase hit, a guard rejection, a bypass right
+/// after a hit (a suspect hit), then a purge. Returns the number of proxied requests.
+async fn cache_workload(gw: &GatewayProc, client: &reqwest::Client, url: &str) -> usize {
+    let ask = |q: &'static str, bypass: bool| {
+        let mut req = client
+            .post(url)
+            .json(&json!({"model": "cached", "messages": [{"role": "user", "content": q}]}));
+        if bypass {
+            req = req.header("cache-control", "no-cache");
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let cache = resp.headers()["x-reasoning-cache"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            resp.bytes().await.ok();
+            cache
+        }
+    };
+    let q = "Sam has 2 apples and buys 2 more. How many apples does Sam have now?";
+    assert_eq!(ask(q, false).await, "miss");
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_inserts_total{route=\"cached\"}",
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(ask(q, false).await, "hit");
+    let paraphrase = "Sam has 2 apples and buys 2 more apples. How many apples does Sam have now?";
+    assert_eq!(ask(paraphrase, false).await, "hit");
+    let other_number = "Sam has 2 apples and buys 3 more. How many apples does Sam have now?";
+    assert_eq!(ask(other_number, false).await, "miss");
+    assert_eq!(ask(q, true).await, "bypass");
+    let purge = format!(
+        "http://127.0.0.1:{}/admin/cache/purge?route=cached",
+        gw.admin_port
+    );
+    assert!(client
+        .post(purge)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    5
 }
 
 /// Every `expr` of every panel of every dashboard, with template variables filled in.
@@ -125,7 +180,7 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
             .unwrap();
         resp.bytes().await.ok();
     }
-    let n = 2 * workload.len() + 6;
+    let n = 2 * workload.len() + 6 + cache_workload(&gw, &client, &url).await;
     gw.wait_for_requests(n, Duration::from_secs(10)).await;
     prom.wait_until(
         "sum(reasoning_gateway_requests_total)",
@@ -186,7 +241,7 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 8);
+    assert_eq!(loaded.len(), 11);
     assert!(loaded.iter().all(|r| r["health"] == "ok"), "{loaded:?}");
 
     if let Ok(png) = std::env::var("RG_DASHBOARD_PNG") {

@@ -104,7 +104,10 @@ fn cache_settings_are_checked_with_their_paths() {
         "cache.embed_threads:",
         "cache.tenant_header:",
     ] {
-        assert!(e.iter().any(|l| l.starts_with(want)), "missing {want:?} in {e:#?}");
+        assert!(
+            e.iter().any(|l| l.starts_with(want)),
+            "missing {want:?} in {e:#?}"
+        );
     }
 }
 

@@ -1,0 +1,270 @@
+//! Reasoning-cache latency: whole lookups (exact tier; embedding + search + guard) plus replay
+//! rendering on the real MiniLM embedder, and ANN search time on large indexes.
+//!
+//! Usage: cache-bench lookup PAIRS.jsonl MODEL_DIR ONNXRUNTIME_SO
+//!        cache-bench ann N QUERIES PAIRS.jsonl MODEL_DIR ONNXRUNTIME_SO
+//!
+//! `ann` builds an index of N vectors drawn around real MiniLM embeddings of the pair texts
+//! (each a real embedding plus Gaussian noise, renormalised: clustered like real traffic) and
+//! times searches for perturbed copies of indexed vectors, with recall@1 against an exact scan.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reasoning_gateway::cache::embed::{normalise, Embedder, MiniLm, TextEmbed};
+use reasoning_gateway::cache::key::hex;
+use reasoning_gateway::cache::replay::{self, Shape};
+use reasoning_gateway::cache::store::{dot, Record, Store};
+use reasoning_gateway::cache::{Cache, Lookup};
+use reasoning_gateway::config::{CacheSettings, OutputField, RouteCacheConfig};
+use reasoning_gateway::metrics::Metrics;
+use serde_json::{json, Value};
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn pairs(path: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("lookup") if args.len() == 5 => {
+            tokio::runtime::Runtime::new()?.block_on(lookup(&args[2], &args[3], &args[4]))
+        }
+        Some("ann") if args.len() == 7 => ann(
+            args[2].parse()?,
+            args[3].parse()?,
+            &args[4],
+            &args[5],
+            &args[6],
+        ),
+        _ => anyhow::bail!("usage: see the header of benches/src/bin/cache-bench.rs"),
+    }
+}
+
+async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<()> {
+    let pairs = pairs(pairs_path)?;
+    let settings = CacheSettings {
+        model_dir: model_dir.into(),
+        onnxruntime: ort.into(),
+        snapshot_dir: None,
+        snapshot_interval: Duration::from_secs(3600),
+        embed_threads: 1,
+        embed_timeout: Duration::from_secs(5),
+        tenant_header: None,
+    };
+    let (md, o) = (settings.model_dir.clone(), settings.onnxruntime.clone());
+    let embedder = Embedder::start(1, settings.embed_timeout, move || {
+        Ok(Box::new(MiniLm::load(&md, &o, 1)?) as Box<dyn TextEmbed>)
+    })?;
+    let cache = Cache::with_embedder(settings, embedder);
+    let metrics = Metrics::new();
+    let route = RouteCacheConfig {
+        threshold: 0.85,
+        ttl: Duration::from_secs(3600),
+        max_entries: 1_000_000,
+        guard: true,
+        shared_across_tenants: false,
+    };
+    let body = |q: &str| {
+        json!({"model": "m", "messages": [{"role": "user", "content": q}]})
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    let no_headers = |_: &str| None;
+    let wrapped: Vec<&Value> = pairs
+        .iter()
+        .filter(|p| p["source"] == "gsm_wrapped")
+        .collect();
+    // Fill: every original problem, with a realistic reasoning chain length (~2 KB).
+    let reasoning = "Let me work through this step by step. ".repeat(50);
+    for p in &wrapped {
+        let Lookup::Miss { pending, .. } = cache
+            .lookup(
+                &metrics,
+                "bench",
+                &route,
+                &body(p["a"].as_str().unwrap()),
+                &no_headers,
+            )
+            .await
+        else {
+            continue;
+        };
+        let v = pending.vector.clone().expect("embedded");
+        cache.store.insert(
+            Record {
+                route: "bench".into(),
+                tenant: pending.key.tenant.clone(),
+                partition: hex(&pending.key.partition),
+                exact: hex(&pending.key.exact),
+                problem: pending.key.problem.clone(),
+                reasoning: reasoning.clone(),
+                answer: "The answer is 42.".into(),
+                model: "m".into(),
+                usage: None,
+                created: 0,
+                expires: u64::MAX / 2,
+            },
+            pending.key.partition,
+            pending.key.exact,
+            v,
+            1_000_000,
+        );
+    }
+    println!("entries: {}", cache.store.sizes().0);
+    for (label, exact) in [
+        ("exact tier (same text)", true),
+        (
+            "similarity tier (wrapped text: embed + search + guard)",
+            false,
+        ),
+    ] {
+        let mut times = Vec::new();
+        let mut hits = 0;
+        for _round in 0..3 {
+            for p in &wrapped {
+                let q = if exact {
+                    p["a"].as_str().unwrap()
+                } else {
+                    p["b"].as_str().unwrap()
+                };
+                let started = Instant::now();
+                let l = cache
+                    .lookup(&metrics, "bench", &route, &body(q), &no_headers)
+                    .await;
+                if let Lookup::Hit { entry, .. } = &l {
+                    let shape = Shape {
+                        stream: true,
+                        include_usage: false,
+                        field: OutputField::ReasoningContent,
+                        model: "m",
+                        id: "chatcmpl-bench",
+                        created: 0,
+                    };
+                    std::hint::black_box(replay::body(&entry.record, &shape));
+                    hits += 1;
+                }
+                times.push(started.elapsed());
+            }
+        }
+        let n = times.len();
+        println!(
+            "{label}: {n} lookups, {hits} hits, p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+            pct(&mut times, 0.5),
+            pct(&mut times, 0.99),
+            pct(&mut times, 1.0)
+        );
+    }
+    Ok(())
+}
+
+fn ann(
+    n: usize,
+    queries: usize,
+    pairs_path: &str,
+    model_dir: &str,
+    ort: &str,
+) -> anyhow::Result<()> {
+    let pairs = pairs(pairs_path)?;
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let mut model = MiniLm::load(Path::new(model_dir), Path::new(ort), threads)?;
+    let texts: Vec<String> = pairs
+        .iter()
+        .take(400)
+        .map(|p| p["a"].as_str().unwrap().to_string())
+        .collect();
+    let mut centres = Vec::new();
+    for chunk in texts.chunks(64) {
+        centres.extend(model.embed(chunk)?);
+    }
+    let mut rng = Lcg(42);
+    let noisy = |c: &[f32], rng: &mut Lcg, sigma: f32| {
+        let mut v: Vec<f32> = c.iter().map(|x| x + sigma * rng.gauss()).collect();
+        normalise(&mut v);
+        v
+    };
+    let vectors: Vec<Vec<f32>> = (0..n)
+        .map(|i| noisy(&centres[i % centres.len()], &mut rng, 0.05))
+        .collect();
+    let partition = [7u8; 16];
+    let items: Vec<_> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut exact = [0u8; 16];
+            exact[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let r = Record {
+                route: "bench".into(),
+                tenant: "t".into(),
+                partition: hex(&partition),
+                exact: hex(&exact),
+                problem: String::new(),
+                reasoning: String::new(),
+                answer: String::new(),
+                model: String::new(),
+                usage: None,
+                created: 0,
+                expires: u64::MAX / 2,
+            };
+            (r, partition, exact, v.clone())
+        })
+        .collect();
+    let store = Store::new();
+    let started = Instant::now();
+    store.load(items);
+    let build = started.elapsed();
+    let mut times = Vec::new();
+    let mut recall_hits = 0;
+    let recall_n = queries.min(200);
+    for q in 0..queries {
+        let target = (q * 7919) % n;
+        let query = noisy(&vectors[target], &mut rng, 0.02);
+        let started = Instant::now();
+        let found = store.search(&query, &partition, 1, 1);
+        times.push(started.elapsed());
+        if q < recall_n {
+            let best = vectors
+                .iter()
+                .enumerate()
+                .max_by(|a, b| dot(&query, a.1).total_cmp(&dot(&query, b.1)))
+                .map(|(i, _)| i)
+                .unwrap();
+            if found.first().map(|c| c.entry.id) == Some(best) {
+                recall_hits += 1;
+            }
+        }
+    }
+    println!(
+        "ann: {n} entries (384-d), parallel build {:.1?} on {threads} threads; {queries} searches: p50 {:.1?}, p99 {:.1?}; recall@1 {:.1} % ({recall_n} queries vs exact scan)",
+        build,
+        pct(&mut times, 0.5),
+        pct(&mut times, 0.99),
+        100.0 * recall_hits as f64 / recall_n as f64
+    );
+    Ok(())
+}
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn uniform(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+    fn gauss(&mut self) -> f32 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+    }
+}

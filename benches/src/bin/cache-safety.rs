@@ -1,0 +1,93 @@
+//! Answer safety of the reasoning cache on labelled third-party pairs (see
+//! `benches/safety/make_pairs.py`): for each pair, would a request with problem `b` be served
+//! the answer cached for problem `a`? Plain cosine at a threshold against cosine + the guard.
+//!
+//! Usage: cache-safety PAIRS.jsonl MODEL_DIR ONNXRUNTIME_SO
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use reasoning_gateway::cache::embed::{MiniLm, TextEmbed};
+use reasoning_gateway::cache::guard;
+use reasoning_gateway::cache::store::dot;
+use serde_json::Value;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(
+        args.len() == 4,
+        "usage: cache-safety PAIRS.jsonl MODEL_DIR ONNXRUNTIME_SO"
+    );
+    let pairs: Vec<Value> = std::fs::read_to_string(&args[1])?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut model = MiniLm::load(Path::new(&args[2]), Path::new(&args[3]), threads)?;
+    let texts: Vec<String> = pairs
+        .iter()
+        .flat_map(|p| {
+            [
+                p["a"].as_str().unwrap().to_string(),
+                p["b"].as_str().unwrap().to_string(),
+            ]
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut vectors = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(64) {
+        vectors.extend(model.embed(chunk)?);
+    }
+    eprintln!(
+        "embedded {} texts in {:.1?}",
+        texts.len(),
+        started.elapsed()
+    );
+    // (source, same) -> [(similarity, guard passed)]
+    let mut by: BTreeMap<(String, bool), Vec<(f32, Option<guard::Reject>)>> = BTreeMap::new();
+    for (i, p) in pairs.iter().enumerate() {
+        let sim = dot(&vectors[2 * i], &vectors[2 * i + 1]);
+        let verdict = guard::check(
+            &guard::features(p["b"].as_str().unwrap()),
+            &guard::features(p["a"].as_str().unwrap()),
+        )
+        .err();
+        by.entry((
+            p["source"].as_str().unwrap().to_string(),
+            p["same"].as_bool().unwrap(),
+        ))
+        .or_default()
+        .push((sim, verdict));
+    }
+    println!("| pairs | n | threshold | plain cosine served | cosine + guard served |");
+    println!("|---|---:|---:|---:|---:|");
+    for ((source, same), rows) in &by {
+        for t in [0.80f32, 0.85, 0.90] {
+            let plain = rows.iter().filter(|(s, _)| *s >= t).count();
+            let ours = rows.iter().filter(|(s, v)| *s >= t && v.is_none()).count();
+            let kind = if *same {
+                "same answer (want served)"
+            } else {
+                "different answer (false hit if served)"
+            };
+            println!(
+                "| {source}: {kind} | {} | {t:.2} | {:.1} % | {:.1} % |",
+                rows.len(),
+                100.0 * plain as f64 / rows.len() as f64,
+                100.0 * ours as f64 / rows.len() as f64
+            );
+        }
+    }
+    // Why the guard refused pairs above 0.85, per group.
+    println!("\nGuard rejections above 0.85 by reason:");
+    for ((source, same), rows) in &by {
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for (s, v) in rows {
+            if let (true, Some(r)) = (*s >= 0.85, v) {
+                *reasons.entry(r.label()).or_default() += 1;
+            }
+        }
+        println!("- {source} same={same}: {reasons:?}");
+    }
+    Ok(())
+}
