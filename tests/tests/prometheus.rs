@@ -188,14 +188,22 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
         Duration::from_secs(30),
     )
     .await;
-    // rate() needs two samples of a series. Every series was born during the workload, before the
-    // last request was logged, so two samples of each requests_total series mean two of all.
-    prom.wait_until(
-        "min(count_over_time(reasoning_gateway_requests_total[1m]))",
-        |r| scalar(r).is_some_and(|c| c >= 2.0),
-        Duration::from_secs(30),
-    )
-    .await;
+    // rate() needs two samples of a series. Every series but the cache's was born before the
+    // last request was logged, so two samples of each requests_total series mean two of those;
+    // the cache's last series (bypass, suspect hit, the purge's evictions) are waited for by name.
+    for metric in [
+        "reasoning_gateway_requests_total",
+        "reasoning_gateway_cache_requests_total",
+        "reasoning_gateway_cache_suspect_hits_total",
+        "reasoning_gateway_cache_evictions_total",
+    ] {
+        prom.wait_until(
+            &format!("min(count_over_time({metric}[1m]))"),
+            |r| scalar(r).is_some_and(|c| c >= 2.0),
+            Duration::from_secs(30),
+        )
+        .await;
+    }
 
     let mut empty = Vec::new();
     for (panel, expr) in dashboard_queries() {
