@@ -5,7 +5,7 @@
 //!        cache-bench ann N QUERIES PAIRS.jsonl MODEL_DIR ONNXRUNTIME_SO
 //!
 //! `ann` builds an index of N vectors drawn around real MiniLM embeddings of the pair texts
-//! (each a real embedding plus Gaussian noise, renormalised: clustered like real traffic) and
+//! (each a real embedding plus Gaussian noise of norm ≈ 0.5, renormalised: clustered like real traffic) and
 //! times searches for perturbed copies of indexed vectors, with recall@1 against an exact scan.
 
 use std::path::Path;
@@ -62,7 +62,14 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
     };
     let (md, o) = (settings.model_dir.clone(), settings.onnxruntime.clone());
     let embedder = Embedder::start(1, settings.embed_timeout, move || {
-        Ok(Box::new(MiniLm::load(&md, &o, 1)?) as Box<dyn TextEmbed>)
+        Ok(Box::new(MiniLm::load(
+            &md,
+            &o,
+            std::env::var("INTRA")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+        )?) as Box<dyn TextEmbed>)
     })?;
     let cache = Cache::with_embedder(settings, embedder);
     let metrics = Metrics::new();
@@ -80,89 +87,97 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
             .clone()
     };
     let no_headers = |_: &str| None;
-    let wrapped: Vec<&Value> = pairs
-        .iter()
-        .filter(|p| p["source"] == "gsm_wrapped")
-        .collect();
-    // Fill: every original problem, with a realistic reasoning chain length (~2 KB).
-    let reasoning = "Let me work through this step by step. ".repeat(50);
-    for p in &wrapped {
-        let Lookup::Miss { pending, .. } = cache
-            .lookup(
-                &metrics,
-                "bench",
-                &route,
-                &body(p["a"].as_str().unwrap()),
-                &no_headers,
-            )
-            .await
-        else {
-            continue;
-        };
-        let v = pending.vector.clone().expect("embedded");
-        cache.store.insert(
-            Record {
-                route: "bench".into(),
-                tenant: pending.key.tenant.clone(),
-                partition: hex(&pending.key.partition),
-                exact: hex(&pending.key.exact),
-                problem: pending.key.problem.clone(),
-                reasoning: reasoning.clone(),
-                answer: "The answer is 42.".into(),
-                model: "m".into(),
-                usage: None,
-                created: 0,
-                expires: u64::MAX / 2,
-            },
-            pending.key.partition,
-            pending.key.exact,
-            v,
-            1_000_000,
-        );
-    }
-    println!("entries: {}", cache.store.sizes().0);
-    for (label, exact) in [
-        ("exact tier (same text)", true),
-        (
-            "similarity tier (wrapped text: embed + search + guard)",
-            false,
-        ),
-    ] {
-        let mut times = Vec::new();
-        let mut hits = 0;
-        for _round in 0..3 {
-            for p in &wrapped {
-                let q = if exact {
-                    p["a"].as_str().unwrap()
-                } else {
-                    p["b"].as_str().unwrap()
-                };
-                let started = Instant::now();
-                let l = cache
-                    .lookup(&metrics, "bench", &route, &body(q), &no_headers)
-                    .await;
-                if let Lookup::Hit { entry, .. } = &l {
-                    let shape = Shape {
-                        stream: true,
-                        include_usage: false,
-                        field: OutputField::ReasoningContent,
-                        model: "m",
-                        id: "chatcmpl-bench",
-                        created: 0,
-                    };
-                    std::hint::black_box(replay::body(&entry.record, &shape));
-                    hits += 1;
-                }
-                times.push(started.elapsed());
-            }
+    for corpus in ["gsm_wrapped", "mrpc"] {
+        let selected: Vec<&Value> = pairs.iter().filter(|p| p["source"] == corpus).collect();
+        let words: usize = selected
+            .iter()
+            .map(|p| p["b"].as_str().unwrap().split_whitespace().count())
+            .sum::<usize>()
+            / selected.len().max(1);
+        cache.store.purge(None, None);
+        // Fill with every `a` problem and a realistic reasoning chain (~2 KB).
+        let reasoning = "Let me work through this step by step. ".repeat(50);
+        for p in &selected {
+            let l = cache
+                .lookup(
+                    &metrics,
+                    "bench",
+                    &route,
+                    &body(p["a"].as_str().unwrap()),
+                    &no_headers,
+                )
+                .await;
+            let Lookup::Miss { pending, .. } = l else {
+                continue;
+            };
+            let v = pending.vector.clone().expect("embedded");
+            cache.store.insert(
+                Record {
+                    route: "bench".into(),
+                    tenant: pending.key.tenant.clone(),
+                    partition: hex(&pending.key.partition),
+                    exact: hex(&pending.key.exact),
+                    problem: pending.key.problem.clone(),
+                    reasoning: reasoning.clone(),
+                    answer: "The answer is 42.".into(),
+                    model: "m".into(),
+                    usage: None,
+                    created: 0,
+                    expires: u64::MAX / 2,
+                },
+                pending.key.partition,
+                pending.key.exact,
+                v,
+                1_000_000,
+            );
         }
-        let n = times.len();
         println!(
-            "{label}: {n} lookups, {hits} hits, p50 {:.2?}, p99 {:.2?}, max {:.2?}",
-            pct(&mut times, 0.5),
-            pct(&mut times, 0.99),
-            pct(&mut times, 1.0)
+            "{corpus}: {} entries, queries of {words} words on average",
+            cache.store.sizes().0
         );
+        for (label, exact) in [
+            ("exact tier (same text)", true),
+            (
+                "similarity tier (the pair's other text: embed + search + guard, replay on a hit)",
+                false,
+            ),
+        ] {
+            let mut times = Vec::new();
+            let mut hits = 0;
+            for _round in 0..3 {
+                for p in &selected {
+                    let q = if exact {
+                        p["a"].as_str().unwrap()
+                    } else {
+                        p["b"].as_str().unwrap()
+                    };
+                    let started = Instant::now();
+                    let l = cache
+                        .lookup(&metrics, "bench", &route, &body(q), &no_headers)
+                        .await;
+                    if let Lookup::Hit { entry, .. } = &l {
+                        let shape = Shape {
+                            stream: true,
+                            include_usage: false,
+                            field: OutputField::ReasoningContent,
+                            model: "m",
+                            id: "chatcmpl-bench",
+                            created: 0,
+                        };
+                        std::hint::black_box(replay::body(&entry.record, &shape));
+                        hits += 1;
+                    }
+                    times.push(started.elapsed());
+                }
+            }
+            let n = times.len();
+            println!(
+                "  {label}: {n} lookups, {hits} hits, p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+                pct(&mut times, 0.5),
+                pct(&mut times, 0.99),
+                pct(&mut times, 1.0)
+            );
+        }
     }
     Ok(())
 }
@@ -193,7 +208,7 @@ fn ann(
         v
     };
     let vectors: Vec<Vec<f32>> = (0..n)
-        .map(|i| noisy(&centres[i % centres.len()], &mut rng, 0.05))
+        .map(|i| noisy(&centres[i % centres.len()], &mut rng, 0.025))
         .collect();
     let partition = [7u8; 16];
     let items: Vec<_> = vectors
@@ -222,33 +237,54 @@ fn ann(
     let started = Instant::now();
     store.load(items);
     let build = started.elapsed();
-    let mut times = Vec::new();
-    let mut recall_hits = 0;
-    let recall_n = queries.min(200);
-    for q in 0..queries {
-        let target = (q * 7919) % n;
-        let query = noisy(&vectors[target], &mut rng, 0.02);
-        let started = Instant::now();
-        let found = store.search(&query, &partition, 1, 1);
-        times.push(started.elapsed());
-        if q < recall_n {
-            let best = vectors
-                .iter()
-                .enumerate()
-                .max_by(|a, b| dot(&query, a.1).total_cmp(&dot(&query, b.1)))
-                .map(|(i, _)| i)
-                .unwrap();
-            if found.first().map(|c| c.entry.id) == Some(best) {
-                recall_hits += 1;
+    println!(
+        "ann: {n} entries (384-d), parallel build {build:.1?} on {threads} threads (M 16, ef_construction 64)"
+    );
+    for ef in [16, 32, 64] {
+        store.set_ef_search(ef);
+        let mut times = Vec::new();
+        let mut recall_hits = 0;
+        let recall_n = queries.min(200);
+        let mut qrng = Lcg(7);
+        for q in 0..queries {
+            let target = (q * 7919) % n;
+            let query = noisy(&vectors[target], &mut qrng, 0.01);
+            let started = Instant::now();
+            let found = store.search(&query, &partition, 1, 1);
+            times.push(started.elapsed());
+            if q < recall_n {
+                let best = vectors
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| dot(&query, a.1).total_cmp(&dot(&query, b.1)))
+                    .map(|(i, _)| i)
+                    .unwrap();
+                if found.first().map(|c| c.entry.id) == Some(best) {
+                    recall_hits += 1;
+                }
             }
         }
+        println!(
+            "  ef_search {ef}: {queries} searches, p50 {:.1?}, p99 {:.1?}; recall@1 {:.1} % ({recall_n} queries vs exact scan)",
+            pct(&mut times, 0.5),
+            pct(&mut times, 0.99),
+            100.0 * recall_hits as f64 / recall_n as f64
+        );
+    }
+    // The exact scan used for partitions up to BRUTE_FORCE_MAX entries.
+    let scan: Vec<&Vec<f32>> = vectors.iter().take(4096).collect();
+    let mut times = Vec::new();
+    for q in 0..queries {
+        let query = noisy(&vectors[q % 4096], &mut rng, 0.01);
+        let started = Instant::now();
+        let best = scan.iter().map(|v| dot(&query, v)).fold(f32::MIN, f32::max);
+        std::hint::black_box(best);
+        times.push(started.elapsed());
     }
     println!(
-        "ann: {n} entries (384-d), parallel build {:.1?} on {threads} threads; {queries} searches: p50 {:.1?}, p99 {:.1?}; recall@1 {:.1} % ({recall_n} queries vs exact scan)",
-        build,
+        "  exact scan of 4096 entries: p50 {:.1?}, p99 {:.1?}",
         pct(&mut times, 0.5),
-        pct(&mut times, 0.99),
-        100.0 * recall_hits as f64 / recall_n as f64
+        pct(&mut times, 0.99)
     );
     Ok(())
 }

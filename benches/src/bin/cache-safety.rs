@@ -52,6 +52,16 @@ fn main() -> anyhow::Result<()> {
             &guard::features(p["a"].as_str().unwrap()),
         )
         .err();
+        if std::env::var_os("SAFETY_DUMP").is_some() && sim >= 0.85 {
+            let same = p["same"].as_bool().unwrap();
+            let wrong = (same && verdict.is_some()) || (!same && verdict.is_none());
+            if wrong {
+                println!(
+                    "{} same={same} sim={sim:.3} verdict={:?}\n  a: {}\n  b: {}",
+                    p["source"], verdict, p["a"], p["b"]
+                );
+            }
+        }
         by.entry((
             p["source"].as_str().unwrap().to_string(),
             p["same"].as_bool().unwrap(),
@@ -77,6 +87,28 @@ fn main() -> anyhow::Result<()> {
                 100.0 * ours as f64 / rows.len() as f64
             );
         }
+    }
+    // All sources pooled.
+    for same in [true, false] {
+        let rows: Vec<&(f32, Option<guard::Reject>)> = by
+            .iter()
+            .filter(|((_, s), _)| *s == same)
+            .flat_map(|(_, r)| r)
+            .collect();
+        let t = 0.85f32;
+        let plain = rows.iter().filter(|(s, _)| *s >= t).count();
+        let ours = rows.iter().filter(|(s, v)| *s >= t && v.is_none()).count();
+        let kind = if same {
+            "same answer (want served)"
+        } else {
+            "different answer (false hit if served)"
+        };
+        println!(
+            "| **all pooled**: {kind} | {} | {t:.2} | {:.1} % | {:.1} % |",
+            rows.len(),
+            100.0 * plain as f64 / rows.len() as f64,
+            100.0 * ours as f64 / rows.len() as f64
+        );
     }
     // Why the guard refused pairs above 0.85, per group.
     println!("\nGuard rejections above 0.85 by reason:");

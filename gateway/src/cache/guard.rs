@@ -260,6 +260,22 @@ const NEGATIONS: &[&str] = &[
     "unless",
     "false",
     "untrue",
+    // Contractions split the Penn Treebank way ("doesn 't") leave these halves.
+    "doesn",
+    "don",
+    "didn",
+    "isn",
+    "aren",
+    "wasn",
+    "weren",
+    "wouldn",
+    "shouldn",
+    "couldn",
+    "hasn",
+    "haven",
+    "hadn",
+    "mustn",
+    "needn",
 ];
 
 /// Words of opposing pairs: a candidate must use the same ones.
@@ -557,7 +573,8 @@ pub struct Features {
 pub fn features(text: &str) -> Features {
     let mut f = Features::default();
     let mut sentence_start = true;
-    for raw in tokens(text) {
+    let toks = percent_signs(tokens(text));
+    for raw in toks {
         match raw {
             Token::Number(n) => {
                 f.numbers.push(n);
@@ -715,6 +732,38 @@ fn tokens(text: &str) -> Vec<Token<'_>> {
             }
             i += 1;
         }
+    }
+    out
+}
+
+/// "48 percent" and "48 per cent" become the number "48%", as "48%" is.
+fn percent_signs(toks: Vec<Token<'_>>) -> Vec<Token<'_>> {
+    let mut out: Vec<Token<'_>> = Vec::with_capacity(toks.len());
+    let mut i = 0;
+    while i < toks.len() {
+        let word = |j: usize| match toks.get(j) {
+            Some(Token::Word(w)) => Some(w.to_ascii_lowercase()),
+            _ => None,
+        };
+        let after_number = matches!(out.last(), Some(Token::Number(n)) if !n.ends_with('%'));
+        let skip = match word(i).as_deref() {
+            Some("percent" | "pct") if after_number => 1,
+            Some("per") if after_number && word(i + 1).as_deref() == Some("cent") => 2,
+            _ => 0,
+        };
+        if skip > 0 {
+            if let Some(Token::Number(n)) = out.last_mut() {
+                n.push('%');
+            }
+            i += skip;
+            continue;
+        }
+        out.push(match &toks[i] {
+            Token::Word(w) => Token::Word(w),
+            Token::Number(n) => Token::Number(n.clone()),
+            Token::Break => Token::Break,
+        });
+        i += 1;
     }
     out
 }

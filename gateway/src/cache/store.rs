@@ -21,7 +21,8 @@ use super::key::Digest128;
 pub const BRUTE_FORCE_MAX: usize = 4096;
 const HNSW_M: usize = 16;
 const HNSW_EF_CONSTRUCTION: usize = 64;
-const HNSW_EF_SEARCH: usize = 64;
+/// Default candidate-list size of a graph search (measured: see BENCHMARKS.md).
+pub const HNSW_EF_SEARCH: usize = 32;
 const HNSW_MAX_LAYER: usize = 16;
 
 /// `1 - a·b` for unit vectors (cosine distance without the norms).
@@ -34,20 +35,22 @@ impl Distance<f32> for UnitCosine {
     }
 }
 
-/// Dot product (auto-vectorised).
+/// Dot product (eight independent lanes, so it vectorises).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
-    let chunks = a.len().min(b.len()) / 8;
-    for i in 0..chunks {
-        for (j, slot) in acc.iter_mut().enumerate() {
-            *slot += a[i * 8 + j] * b[i * 8 + j];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
         }
     }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len().min(b.len()) {
-        sum += a[i] * b[i];
-    }
-    sum
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Token usage of the original response.
@@ -196,6 +199,7 @@ pub struct Store {
     inner: RwLock<Inner>,
     index: ArcSwap<Index>,
     rebuilding: Arc<AtomicBool>,
+    ef_search: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Store {
@@ -211,7 +215,13 @@ impl Store {
             inner: RwLock::new(Inner::default()),
             index: ArcSwap::from_pointee(Index::new(1024)),
             rebuilding: Arc::new(AtomicBool::new(false)),
+            ef_search: std::sync::atomic::AtomicUsize::new(HNSW_EF_SEARCH),
         }
+    }
+
+    /// Sets the graph search's candidate-list size (recall against time).
+    pub fn set_ef_search(&self, ef: usize) {
+        self.ef_search.store(ef.max(1), Ordering::Relaxed);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -265,7 +275,12 @@ impl Store {
             let index = self.index.load();
             index
                 .hnsw
-                .search_filter(vector, k, HNSW_EF_SEARCH.max(k), Some(&filter))
+                .search_filter(
+                    vector,
+                    k,
+                    self.ef_search.load(Ordering::Relaxed).max(k),
+                    Some(&filter),
+                )
                 .into_iter()
                 .filter_map(|n| inner.entries.get(&n.d_id))
                 .map(|e| Candidate {

@@ -127,3 +127,21 @@ fn sentence_initial_function_words_are_not_names() {
     let f = features("What is the capital of France? Please answer briefly.");
     assert_eq!(f.entities, vec!["france".to_string()]);
 }
+
+#[test]
+fn split_contractions_count_as_negations() {
+    let a = features("Mr. Clinton 's national security adviser , Sandy Berger , said that the White House wasn 't informed of the FBI activities .");
+    let b = features("Clinton ’ s national security adviser , Sandy Berger , said in an interview that the White House was not informed of the FBI activities .");
+    assert_eq!(a.negations, b.negations, "{a:?}\n{b:?}");
+}
+
+#[test]
+fn percent_spellings_agree() {
+    assert_eq!(
+        verdict(
+            "Shipments increased 48 percent, against 31 per cent for Dell.",
+            "Shipments increased 48%, against 31% for Dell."
+        ),
+        Ok(())
+    );
+}
