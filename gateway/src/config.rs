@@ -12,6 +12,8 @@ pub use validate::{parse_duration, validate};
 
 /// Name of the upstream that stands for the bundled engine.
 pub const ENGINE_UPSTREAM: &str = "engine";
+/// Default steps between reasoning checkpoints.
+pub const DEFAULT_CHECKPOINT_EVERY: u32 = 5;
 /// Default request body limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
@@ -135,6 +137,8 @@ pub struct ReasoningConfig {
     pub step_timeout_abort: bool,
     /// Reasoning budget of streamed responses, in tokens.
     pub max_reasoning_tokens: Option<u64>,
+    /// Steps between checkpoints for clients that send `x-reasoning-checkpoints: true`.
+    pub checkpoint_every: u32,
     /// How finished responses are analysed (shared by every request of the route).
     pub analysis: std::sync::Arc<AnalysisConfig>,
 }
@@ -178,6 +182,7 @@ impl Default for ReasoningConfig {
             step_timeout: None,
             step_timeout_abort: false,
             max_reasoning_tokens: None,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             analysis: Default::default(),
         }
     }
@@ -213,8 +218,10 @@ pub struct CacheSettings {
     pub snapshot_dir: Option<PathBuf>,
     /// How often a changed cache is written.
     pub snapshot_interval: Duration,
-    /// Embedding threads.
+    /// Embedding threads (each embeds one batch at a time).
     pub embed_threads: usize,
+    /// ONNX Runtime threads per embedding (2 halves a long problem's latency on 2 cores).
+    pub embed_intra_threads: usize,
     /// Longest wait for an embedding before the request goes on as a miss.
     pub embed_timeout: Duration,
     /// Header naming the tenant; by default a digest of the API key is the tenant.

@@ -68,6 +68,15 @@ impl GatewayProxy {
             Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
         };
         ctx.stream_requested = routed.info.stream;
+        // `x-reasoning-checkpoints: true` (the route's interval) or a step count; streams only.
+        ctx.checkpoints = match header("x-reasoning-checkpoints").as_deref().map(str::trim) {
+            Some("true" | "on") => routed.route.reasoning.checkpoint_every,
+            Some(n) => n.parse().unwrap_or(0),
+            None => 0,
+        };
+        if !routed.info.stream || routed.aggregate {
+            ctx.checkpoints = 0;
+        }
         ctx.response_format = routed.info.body.get("response_format").cloned();
         ctx.strip_usage = routed.usage_injected;
         ctx.aggregate = routed.aggregate;
@@ -289,6 +298,7 @@ impl ProxyHttp for GatewayProxy {
             ctx.rewriter =
                 ResponseRewriter::for_response(&route.reasoning, endpoint, status, content_type)
                     .map(|rw| rw.with_request(ctx.response_format.take(), ctx.strip_usage))
+                    .map(|rw| rw.with_checkpoints(ctx.checkpoints))
                     .map(|rw| {
                         if ctx.thinking_off {
                             rw.thinking_off()

@@ -57,6 +57,7 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
         snapshot_dir: None,
         snapshot_interval: Duration::from_secs(3600),
         embed_threads: 1,
+        embed_intra_threads: 1,
         embed_timeout: Duration::from_secs(5),
         tenant_header: None,
     };

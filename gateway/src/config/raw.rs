@@ -169,6 +169,8 @@ pub struct RawReasoning {
     /// Reasoning budget in tokens for streamed responses; past it the stream ends with a
     /// `reasoning_budget_exceeded` error event.
     pub max_reasoning_tokens: Option<u64>,
+    /// Steps between checkpoints for clients that ask (`x-reasoning-checkpoints`).
+    pub checkpoint_every: Option<u32>,
     /// Sentence-initial phrases counted as self-corrections (default: a built-in list).
     pub correction_markers: Option<Vec<String>>,
     /// Checks run on every finished response.
@@ -204,6 +206,7 @@ pub struct RawCacheSettings {
     pub snapshot_dir: Option<String>,
     pub snapshot_interval: Option<String>,
     pub embed_threads: Option<usize>,
+    pub embed_intra_threads: Option<usize>,
     pub embed_timeout: Option<String>,
     pub tenant_header: Option<String>,
 }

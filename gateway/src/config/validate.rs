@@ -482,6 +482,9 @@ fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig
             "must be at least 1",
         );
     }
+    if r.checkpoint_every == Some(0) {
+        errs.push(&format!("{path}.checkpoint_every"), "must be at least 1");
+    }
     ReasoningConfig {
         parser,
         start_in_reasoning: r.start_in_reasoning.unwrap_or(false),
@@ -489,6 +492,10 @@ fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig
         step_timeout,
         step_timeout_abort,
         max_reasoning_tokens: r.max_reasoning_tokens,
+        checkpoint_every: r
+            .checkpoint_every
+            .unwrap_or(DEFAULT_CHECKPOINT_EVERY)
+            .max(1),
         analysis: std::sync::Arc::new(analysis(errs, path, r)),
     }
 }
@@ -641,6 +648,15 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
         Some(n) => n,
         None => 1,
     };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let embed_intra_threads = match c.and_then(|c| c.embed_intra_threads) {
+        Some(0) => {
+            errs.push("cache.embed_intra_threads", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => cpus.min(2),
+    };
     let tenant_header = c.and_then(|c| c.tenant_header.clone());
     if let Some(h) = &tenant_header {
         if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
@@ -657,6 +673,7 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
             Duration::from_secs(30),
         ),
         embed_threads,
+        embed_intra_threads,
         embed_timeout: errs.duration(
             "cache.embed_timeout",
             &c.and_then(|c| c.embed_timeout.clone()),

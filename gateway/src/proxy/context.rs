@@ -101,6 +101,8 @@ pub struct RequestCtx {
     pub cache_rejected: Option<crate::cache::guard::Reject>,
     /// Where to store the response if it qualifies.
     pub cache_pending: Option<crate::cache::Pending>,
+    /// Steps between `reasoning_checkpoint` chunks the streaming client asked for (0: none).
+    pub checkpoints: u32,
 }
 
 impl RequestCtx {
@@ -141,6 +143,7 @@ impl RequestCtx {
             cache_similarity: None,
             cache_rejected: None,
             cache_pending: None,
+            checkpoints: 0,
             overhead: std::time::Duration::ZERO,
         }
     }

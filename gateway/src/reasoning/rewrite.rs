@@ -38,6 +38,8 @@ struct ChoiceState {
     keep_text: bool,
     finish_reason: Option<String>,
     steps: StepCounter,
+    /// Offsets in `reasoning_text` where each step began (first choice, for checkpoints).
+    step_starts: Vec<usize>,
     /// Step count at which the next periodic check runs.
     next_check: u32,
 }
@@ -52,6 +54,9 @@ pub enum Alert {
     /// A periodic check failed under policy `warn`; a `reasoning_warning` chunk was sent.
     Warned(Check),
 }
+
+/// Step offsets kept per response.
+const MAX_STEP_STARTS: usize = 1 << 16;
 
 /// Text kept per response for steps, corrections and verification.
 const MAX_ANALYSED_BYTES: usize = 1 << 20;
@@ -68,7 +73,16 @@ impl ChoiceState {
             self.content_chunks += 1;
         }
         if self.keep_text {
+            let before = self.steps.steps();
             self.steps.feed(&split.reasoning);
+            let after = self.steps.steps();
+            if after > before && self.step_starts.len() < MAX_STEP_STARTS {
+                let line_start = split.reasoning.rfind('\n').map_or(0, |i| i + 1);
+                let at = self.reasoning_text.len().min(MAX_ANALYSED_BYTES) + line_start;
+                for _ in before..after {
+                    self.step_starts.push(at);
+                }
+            }
             if self.reasoning_text.len() < MAX_ANALYSED_BYTES {
                 self.reasoning_text.push_str(&split.reasoning);
             }
@@ -131,6 +145,9 @@ pub struct ResponseRewriter {
     budget_hit: bool,
     /// Checks that already failed mid-stream (counted once, not re-run at the end).
     periodic_failed: Vec<Check>,
+    /// Send a `reasoning_checkpoint` chunk every this many completed steps (0: never).
+    checkpoint_every: u32,
+    next_checkpoint: u32,
 }
 
 impl ResponseRewriter {
@@ -175,6 +192,8 @@ impl ResponseRewriter {
             alerts: Vec::new(),
             budget_hit: false,
             periodic_failed: Vec::new(),
+            checkpoint_every: 0,
+            next_checkpoint: 0,
         })
     }
 
@@ -183,6 +202,14 @@ impl ResponseRewriter {
     pub fn with_request(mut self, response_format: Option<Value>, strip_usage: bool) -> Self {
         self.response_format = response_format;
         self.strip_usage = strip_usage;
+        self
+    }
+
+    /// Streams a `reasoning_checkpoint` chunk (`choices: []`, which SDKs pass over) every
+    /// `every` completed reasoning steps; 0 turns it off.
+    pub fn with_checkpoints(mut self, every: u32) -> Self {
+        self.checkpoint_every = every;
+        self.next_checkpoint = every;
         self
     }
 
@@ -279,6 +306,7 @@ impl ResponseRewriter {
             keep_text: index == 0,
             finish_reason: None,
             steps: StepCounter::default(),
+            step_starts: Vec::new(),
             next_check: self.analysis.every_steps,
         }
     }

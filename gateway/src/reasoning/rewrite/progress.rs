@@ -25,6 +25,7 @@ impl ResponseRewriter {
 
     /// Budget and periodic checks after new text; a warning chunk goes to `out`.
     pub(super) fn check_progress(&mut self, out: &mut Vec<u8>) {
+        self.checkpoints(out);
         let every = self.analysis.every_steps;
         let Some(c) = self.choices.get_mut(&0) else {
             return;
@@ -177,6 +178,51 @@ impl ResponseRewriter {
     }
 
     /// Totals so far.
+    /// Emits a checkpoint for every multiple of `checkpoint_every` steps completed so far. A step
+    /// is complete once the next one has begun, or once the reasoning has ended.
+    fn checkpoints(&mut self, out: &mut Vec<u8>) {
+        if self.checkpoint_every == 0 || !self.is_stream() {
+            return;
+        }
+        let Some(c) = self.choices.get(&0) else {
+            return;
+        };
+        let counted = c.steps.steps();
+        let completed = if c.parser.in_reasoning() {
+            counted.saturating_sub(1)
+        } else {
+            counted
+        };
+        while completed >= self.next_checkpoint && self.next_checkpoint > 0 {
+            let k = self.next_checkpoint as usize;
+            let text = &c.reasoning_text;
+            let start = c.step_starts.get(k - 1).copied().unwrap_or(0).min(text.len());
+            let end = c
+                .step_starts
+                .get(k)
+                .copied()
+                .unwrap_or(text.len())
+                .clamp(start, text.len());
+            let summary = summarise(text.get(start..end).unwrap_or_default());
+            let mut chunk = self.template.clone();
+            chunk.insert("choices".into(), Value::Array(Vec::new()));
+            chunk.insert(
+                "reasoning_checkpoint".into(),
+                serde_json::json!({
+                    "step": k,
+                    "summary": summary,
+                    "reasoning_chars": c.reasoning_chars,
+                }),
+            );
+            Event {
+                data: Some(serde_json::to_string(&chunk).unwrap_or_default()),
+                ..Event::default()
+            }
+            .write(out);
+            self.next_checkpoint += self.checkpoint_every;
+        }
+    }
+
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
         for c in self.choices.values() {
@@ -213,4 +259,18 @@ impl ResponseRewriter {
             d.insert("reasoning_tokens".into(), Value::from(estimate));
         }
     }
+}
+
+/// Longest checkpoint summary, in characters.
+const SUMMARY_CHARS: usize = 240;
+
+/// A step's text, whitespace collapsed, cut at [`SUMMARY_CHARS`] with an ellipsis.
+fn summarise(step: &str) -> String {
+    let collapsed = step.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.chars().count() <= SUMMARY_CHARS {
+        return collapsed;
+    }
+    let mut s: String = collapsed.chars().take(SUMMARY_CHARS - 1).collect();
+    s.push('…');
+    s
 }

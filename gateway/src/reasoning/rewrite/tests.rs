@@ -312,3 +312,50 @@ fn random_token_streams_split_the_same_under_any_chunking() {
         assert_eq!((r, a), (whole.0, whole.1), "tokens {tokens:?}");
     }
 }
+
+#[test]
+fn checkpoints_come_every_n_completed_steps_with_the_step_text() {
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::ReasoningContent);
+    let mut input = sse_chunk("<think>");
+    for i in 1..=12 {
+        input.push_str(&sse_chunk(&format!("Step {i}: work")));
+        input.push_str(&sse_chunk(&format!(" on part {i}.\n\n")));
+    }
+    input.push_str(&sse_chunk("</think>Done."));
+    input.push_str(&finish_chunk());
+    input.push_str("data: [DONE]\n\n");
+    for piece in [1, 7, input.len()] {
+        let mut rw =
+            ResponseRewriter::for_response(&c, Endpoint::ChatCompletions, 200, "text/event-stream")
+                .unwrap()
+                .with_checkpoints(5);
+        let mut out = Vec::new();
+        for part in input.as_bytes().chunks(piece) {
+            out.extend(rw.feed(part));
+        }
+        out.extend(rw.finish());
+        let text = String::from_utf8(out).unwrap();
+        let checkpoints: Vec<Value> = text
+            .split("\n\n")
+            .filter_map(|b| b.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str::<Value>(d).unwrap())
+            .filter(|v| v.get("reasoning_checkpoint").is_some())
+            .collect();
+        let steps: Vec<u64> = checkpoints
+            .iter()
+            .map(|v| v["reasoning_checkpoint"]["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, vec![5, 10], "piece {piece}");
+        assert_eq!(
+            checkpoints[0]["reasoning_checkpoint"]["summary"],
+            "Step 5: work on part 5."
+        );
+        assert_eq!(checkpoints[1]["choices"], json!([]));
+        assert_eq!(checkpoints[1]["id"], "c1");
+    }
+    // Off unless asked.
+    let (_, content, events) = run_stream(&c, &input, 3);
+    assert_eq!(content, "Done.");
+    assert!(events.iter().all(|e| e.get("reasoning_checkpoint").is_none()));
+}
