@@ -32,6 +32,8 @@ pub struct Config {
     pub engine: Option<EngineConfig>,
     /// Reasoning-cache settings: present when a `cache:` section exists or a route enables it.
     pub cache: Option<CacheSettings>,
+    /// Async job settings (defaults when the section is absent).
+    pub async_jobs: AsyncJobsConfig,
     /// Upstream pools (without the engine, which is added when it has started).
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes, first match wins.
@@ -226,6 +228,27 @@ pub struct CacheSettings {
     pub embed_timeout: Duration,
     /// Header naming the tenant; by default a digest of the API key is the tenant.
     pub tenant_header: Option<String>,
+}
+
+/// Async jobs (a restart applies changes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsyncJobsConfig {
+    /// Where jobs are stored (survive restarts); `None`: in memory.
+    pub dir: Option<PathBuf>,
+    /// Stored jobs at most; submissions beyond get 429.
+    pub max_jobs: usize,
+    /// Jobs running at once; the rest wait.
+    pub max_running: usize,
+    /// How long finished jobs are kept.
+    pub ttl: Duration,
+    /// HMAC key for callback signatures.
+    pub callback_secret: Option<String>,
+    /// Callback retries after the first attempt.
+    pub callback_retries: u32,
+    /// Per-attempt callback timeout.
+    pub callback_timeout: Duration,
+    /// Steps between checkpoints (`None`: the route's `checkpoint_every`).
+    pub checkpoint_every: Option<u32>,
 }
 
 /// A route's cache settings.

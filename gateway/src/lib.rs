@@ -6,6 +6,7 @@ pub mod canary;
 pub mod config;
 #[cfg(feature = "engine")]
 pub mod engine;
+pub mod jobs;
 pub mod metrics;
 pub mod openai;
 pub mod proxy;

@@ -103,6 +103,10 @@ pub struct Metrics {
     /// Hits followed by the same request again with the cache bypassed (a client refusing the
     /// replayed answer): a false-hit signal.
     pub cache_suspect_hits_total: IntCounterVec,
+    /// Async jobs finished, by result (succeeded|failed|cancelled).
+    pub async_jobs_total: IntCounterVec,
+    /// Async job callback attempts, by result (delivered|failed).
+    pub async_job_callbacks_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -339,8 +343,20 @@ impl Metrics {
             "Cache hits the same tenant re-asked within 10 minutes with the cache bypassed (Cache-Control: no-cache or x-reasoning-cache: bypass): likely wrong or unwanted replays.",
             &["route"],
         );
+        let async_jobs_total = counter(
+            "async_jobs_total",
+            "Async jobs finished, by result: succeeded, failed, cancelled.",
+            &["result"],
+        );
+        let async_job_callbacks_total = counter(
+            "async_job_callbacks_total",
+            "Async job callback attempts, by result: delivered (2xx) or failed (retried with backoff).",
+            &["result"],
+        );
         Metrics {
             registry,
+            async_jobs_total,
+            async_job_callbacks_total,
             cache_requests_total,
             cache_similarity,
             cache_entries,

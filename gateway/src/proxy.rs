@@ -4,6 +4,7 @@ mod body;
 mod cache;
 mod context;
 pub mod intake;
+mod jobs;
 mod log;
 mod respond;
 
@@ -36,6 +37,9 @@ impl GatewayProxy {
 
     /// Everything before choosing a peer. `Ok(true)`: the response was written here.
     async fn intake(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        if session.req_header().uri.path().starts_with("/v1/async/") {
+            return jobs::handle(&self.gw, session, ctx).await.map(|_| true);
+        }
         let header = session.req_header();
         let endpoint = match Endpoint::from_request(header.method.as_str(), header.uri.path()) {
             Ok(e) => e,

@@ -55,6 +55,10 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
         restart_required.push("engine");
         new.engine = old.config.engine.clone();
     }
+    if new.async_jobs != old.config.async_jobs {
+        restart_required.push("async_jobs");
+        new.async_jobs = old.config.async_jobs.clone();
+    }
     if new.cache != old.config.cache {
         restart_required.push("cache");
         new.cache = old.config.cache.clone();

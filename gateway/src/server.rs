@@ -130,6 +130,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         ));
     }
     server.add_service(background_service(
+        "async jobs",
+        JobsService { gw: gw.clone() },
+    ));
+    server.add_service(background_service(
         "config reload",
         crate::reload::ReloadService::new(gw.clone(), config_path.to_path_buf()),
     ));
@@ -244,6 +248,27 @@ impl BackgroundService for CacheMaintenance {
                 self.snapshot(false);
                 last_snapshot = Instant::now();
             }
+        }
+    }
+}
+
+/// Resumes stored async jobs once a runtime runs, then expires finished ones.
+struct JobsService {
+    gw: Arc<Gateway>,
+}
+
+#[async_trait]
+impl BackgroundService for JobsService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.gw
+            .jobs
+            .resume(&self.gw, tokio::runtime::Handle::current());
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+            self.gw.jobs.expire();
         }
     }
 }

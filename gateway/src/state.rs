@@ -57,6 +57,8 @@ pub struct Gateway {
     pub canary: crate::canary::CanaryState,
     /// The reasoning cache, when the config enables it (started once, kept across reloads).
     pub cache: std::sync::OnceLock<Arc<crate::cache::Cache>>,
+    /// Async jobs.
+    pub jobs: Arc<crate::jobs::Jobs>,
     ready: AtomicBool,
 }
 
@@ -64,6 +66,7 @@ impl Gateway {
     /// Creates the shared state; not ready until [`Gateway::set_ready`].
     pub fn new(snapshot: Snapshot, config_path: Option<std::path::PathBuf>) -> Arc<Self> {
         Arc::new(Gateway {
+            jobs: crate::jobs::Jobs::new(snapshot.config.async_jobs.clone()),
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics: Metrics::new(),
             config_path,

@@ -9,6 +9,8 @@
 //! | `disconnect`    | a few events, then the connection is dropped mid-stream                   |
 //! | `error500`      | HTTP 500 with an OpenAI error body                                        |
 //! | `garbage`       | bytes that are not HTTP, then close                                       |
+//! | `gated`         | 12 reasoning steps streamed, then held until [`FakeUpstream::open_gate`]; |
+//! |                 | a client that leaves meanwhile is counted in `gated_cancels`              |
 //! | anything else   | echo: JSON describing what arrived (body length, checksum, model, auth)   |
 //!
 //! Every response carries `x-upstream-id` so tests can tell endpoints apart.
@@ -62,6 +64,11 @@ pub struct FakeUpstream {
     pub addr: SocketAddr,
     /// Requests handled so far.
     pub requests: Arc<AtomicUsize>,
+    /// `gated` streams whose client went away while held.
+    pub gated_cancels: Arc<AtomicUsize>,
+    /// `gated` streams currently held at the gate.
+    pub gated_waiting: Arc<AtomicUsize>,
+    gate: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -74,15 +81,23 @@ impl FakeUpstream {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let requests = Arc::new(AtomicUsize::new(0));
-        let (id, count) = (id.to_string(), requests.clone());
+        let (gate, gate_rx) = tokio::sync::watch::channel(false);
+        let shared = Shared {
+            count: requests.clone(),
+            cancels: Arc::new(AtomicUsize::new(0)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            gate: gate_rx,
+        };
+        let (gated_cancels, gated_waiting) = (shared.cancels.clone(), shared.waiting.clone());
+        let id = id.to_string();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (id, count, mut stopped) = (id.clone(), count.clone(), stopped.clone());
+                let (id, shared, mut stopped) = (id.clone(), shared.clone(), stopped.clone());
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = stopped.changed() => {}
-                        _ = serve_connection(stream, &id, &count) => {}
+                        _ = serve_connection(stream, &id, &shared) => {}
                     }
                 });
             }
@@ -90,9 +105,17 @@ impl FakeUpstream {
         FakeUpstream {
             addr,
             requests,
+            gated_cancels,
+            gated_waiting,
+            gate,
             task,
             stop,
         }
+    }
+
+    /// Lets every held and future `gated` stream finish.
+    pub fn open_gate(&self) {
+        let _ = self.gate.send(true);
     }
 
     /// Stops listening and drops every open connection, like a crashed server.
@@ -106,6 +129,14 @@ impl Drop for FakeUpstream {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+#[derive(Clone)]
+struct Shared {
+    count: Arc<AtomicUsize>,
+    cancels: Arc<AtomicUsize>,
+    waiting: Arc<AtomicUsize>,
+    gate: tokio::sync::watch::Receiver<bool>,
 }
 
 struct Request {
@@ -164,11 +195,8 @@ async fn read_request(
     }))
 }
 
-async fn serve_connection(
-    mut stream: TcpStream,
-    id: &str,
-    count: &AtomicUsize,
-) -> std::io::Result<()> {
+async fn serve_connection(mut stream: TcpStream, id: &str, shared: &Shared) -> std::io::Result<()> {
+    let count = &shared.count;
     stream.set_nodelay(true)?;
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut stream, &mut buf).await? {
@@ -184,6 +212,42 @@ async fn serve_connection(
             .as_bool()
             .unwrap_or(false);
         match model.as_str() {
+            "gated" => {
+                write_head(&mut stream, id).await?;
+                let mut tokens = vec!["<think>".to_string()];
+                for i in 1..=12 {
+                    tokens.push(format!("Step {i}: work"));
+                    tokens.push(format!(" on part {i}.\n\n"));
+                }
+                for t in &tokens {
+                    let ev = format!("data: {}\n\n", chunk(&model, json!({"content": t}), None));
+                    write_chunk(&mut stream, ev.as_bytes()).await?;
+                }
+                let mut gate = shared.gate.clone();
+                shared.waiting.fetch_add(1, Ordering::SeqCst);
+                let mut probe = [0u8; 1];
+                let opened = tokio::select! {
+                    r = gate.wait_for(|open| *open) => r.is_ok(),
+                    // The client closed the connection (a read returns 0 bytes or fails).
+                    _ = stream.read(&mut probe) => false,
+                };
+                shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                if !opened {
+                    shared.cancels.fetch_add(1, Ordering::SeqCst);
+                    return Ok(());
+                }
+                let end = format!(
+                    "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+                    chunk(
+                        &model,
+                        json!({"content": "</think>The answer is 42."}),
+                        None
+                    ),
+                    chunk(&model, json!({}), Some("stop"))
+                );
+                write_chunk(&mut stream, end.as_bytes()).await?;
+                stream.write_all(b"0\r\n\r\n").await?;
+            }
             "analysed" => {
                 let events = content_events(&model, ANALYSED_TOKENS);
                 write_stream(

@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub engine: Option<RawEngine>,
     /// Process-wide reasoning-cache settings (embedding model, snapshots, tenancy).
     pub cache: Option<RawCacheSettings>,
+    /// Async jobs (`/v1/async/...`): storage, limits, callbacks.
+    pub async_jobs: Option<RawAsyncJobs>,
     /// Named pools of OpenAI-compatible backends.
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
@@ -221,4 +223,19 @@ pub struct RawRouteCache {
     pub max_entries: Option<usize>,
     pub guard: Option<bool>,
     pub shared_across_tenants: Option<bool>,
+}
+
+/// The `async_jobs:` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAsyncJobs {
+    pub dir: Option<String>,
+    pub max_jobs: Option<usize>,
+    pub max_running: Option<usize>,
+    pub ttl: Option<String>,
+    pub callback_secret: Option<String>,
+    pub callback_secret_env: Option<String>,
+    pub callback_retries: Option<u32>,
+    pub callback_timeout: Option<String>,
+    pub checkpoint_every: Option<u32>,
 }

@@ -171,8 +171,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         (c, _) => Some(cache_settings(&mut errs, c.as_ref())),
     };
 
+    let async_jobs = async_jobs(&mut errs, raw.async_jobs.as_ref());
     if errs.0.is_empty() {
         Ok(Config {
+            async_jobs,
             listen,
             admin_listen,
             max_body_bytes,
@@ -681,4 +683,57 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
         ),
         tenant_header: tenant_header.map(|h| h.to_ascii_lowercase()),
     }
+}
+
+fn async_jobs(errs: &mut Errors, a: Option<&RawAsyncJobs>) -> AsyncJobsConfig {
+    let mut c = crate::jobs::default_settings();
+    let Some(a) = a else {
+        return c;
+    };
+    c.dir = a.dir.clone().map(PathBuf::from);
+    for (path, v, slot) in [
+        ("async_jobs.max_jobs", a.max_jobs, &mut c.max_jobs),
+        ("async_jobs.max_running", a.max_running, &mut c.max_running),
+    ] {
+        match v {
+            Some(0) => errs.push(path, "must be at least 1"),
+            Some(n) => *slot = n,
+            None => {}
+        }
+    }
+    c.ttl = errs.duration("async_jobs.ttl", &a.ttl, c.ttl);
+    c.callback_timeout = errs.duration(
+        "async_jobs.callback_timeout",
+        &a.callback_timeout,
+        c.callback_timeout,
+    );
+    if let Some(r) = a.callback_retries {
+        c.callback_retries = r;
+    }
+    if a.checkpoint_every == Some(0) {
+        errs.push("async_jobs.checkpoint_every", "must be at least 1");
+    }
+    c.checkpoint_every = a.checkpoint_every.filter(|n| *n > 0);
+    c.callback_secret = match (&a.callback_secret, &a.callback_secret_env) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                "async_jobs.callback_secret_env",
+                "give either callback_secret or callback_secret_env",
+            );
+            None
+        }
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(s) if !s.is_empty() => Some(s),
+            _ => {
+                errs.push(
+                    "async_jobs.callback_secret_env",
+                    format!("environment variable `{var}` is not set"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    c
 }

@@ -196,7 +196,12 @@ impl ResponseRewriter {
         while completed >= self.next_checkpoint && self.next_checkpoint > 0 {
             let k = self.next_checkpoint as usize;
             let text = &c.reasoning_text;
-            let start = c.step_starts.get(k - 1).copied().unwrap_or(0).min(text.len());
+            let start = c
+                .step_starts
+                .get(k - 1)
+                .copied()
+                .unwrap_or(0)
+                .min(text.len());
             let end = c
                 .step_starts
                 .get(k)

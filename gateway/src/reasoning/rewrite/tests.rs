@@ -357,5 +357,7 @@ fn checkpoints_come_every_n_completed_steps_with_the_step_text() {
     // Off unless asked.
     let (_, content, events) = run_stream(&c, &input, 3);
     assert_eq!(content, "Done.");
-    assert!(events.iter().all(|e| e.get("reasoning_checkpoint").is_none()));
+    assert!(events
+        .iter()
+        .all(|e| e.get("reasoning_checkpoint").is_none()));
 }

@@ -1,0 +1,512 @@
+//! Async jobs: `POST /v1/async/chat/completions` queues a chat request and answers 202 with a
+//! job id; the job runs through the gateway's own listener (so routing, the parser, metrics and
+//! the cache apply as to any request), records reasoning progress and checkpoints, and ends with
+//! the assembled chat completion. `GET /v1/async/jobs/{id}` reports it, `DELETE` cancels it
+//! (the upstream sees the disconnect and stops). A callback URL gets the result, signed.
+//!
+//! With `async_jobs.dir` every job is a JSON file there: after a restart, finished jobs are
+//! served again and unfinished ones run again (once; a second interruption fails them with the
+//! reason), undelivered callbacks are retried.
+
+pub mod callback;
+mod runner;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::cache::now_unix;
+use crate::config::AsyncJobsConfig;
+use crate::openai::{ApiError, ErrorKind};
+use crate::state::Gateway;
+
+/// Runs a job may get (the first, plus one after a restart interrupted it).
+const MAX_ATTEMPTS: u32 = 2;
+/// Reasoning kept in a job's progress (the tail beyond is dropped).
+const MAX_PROGRESS_BYTES: usize = 1 << 20;
+/// Checkpoints kept per job.
+const MAX_CHECKPOINTS: usize = 256;
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for a run slot.
+    Queued,
+    /// Running.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Cancelled by the client.
+    Cancelled,
+}
+
+impl Status {
+    /// Finished one way or another.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// One recorded checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Completed reasoning steps.
+    pub step: u64,
+    /// The last complete step, shortened.
+    pub summary: String,
+    /// Reasoning characters so far.
+    pub reasoning_chars: u64,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// Callback delivery state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallbackState {
+    /// Where the result is POSTed.
+    pub url: String,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// A 2xx was received.
+    pub delivered: bool,
+    /// The last attempt's HTTP status.
+    pub last_status: Option<u16>,
+    /// The last attempt's failure.
+    pub last_error: Option<String>,
+}
+
+/// A job as stored and reported (the request body and credentials are stored, not reported).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// `job_…`.
+    pub id: String,
+    /// Status.
+    pub status: Status,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds of the last change.
+    pub updated: u64,
+    /// The request's `model`.
+    pub model: String,
+    /// Runs started.
+    pub attempts: u32,
+    /// Reasoning so far.
+    pub reasoning: String,
+    /// Answer text so far.
+    pub answer: String,
+    /// Completed steps at the latest checkpoint.
+    pub steps: u64,
+    /// Checkpoints, oldest first.
+    pub checkpoints: Vec<Checkpoint>,
+    /// The chat completion, once succeeded.
+    pub result: Option<Value>,
+    /// Why it failed or was cancelled.
+    pub error: Option<Value>,
+    /// Callback delivery, when a callback URL was given.
+    pub callback: Option<CallbackState>,
+    /// The chat request (stream forced on by the runner).
+    pub request: Value,
+    /// Tenant id of the creator (only the creator may read or cancel it).
+    pub tenant: String,
+    /// The creator's `Authorization` header, forwarded when the job runs.
+    pub authorization: Option<String>,
+}
+
+impl Job {
+    /// The public view.
+    pub fn view(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": "async.job",
+            "status": self.status,
+            "created": self.created,
+            "updated": self.updated,
+            "model": self.model,
+            "attempts": self.attempts,
+            "progress": {
+                "reasoning": self.reasoning,
+                "answer": self.answer,
+                "steps": self.steps,
+                "reasoning_chars": self.reasoning.chars().count(),
+            },
+            "checkpoints": self.checkpoints,
+            "latest_checkpoint": self.checkpoints.last(),
+            "result": self.result,
+            "error": self.error,
+            "callback": self.callback,
+        })
+    }
+}
+
+struct Entry {
+    job: Job,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+/// The job store and runner.
+pub struct Jobs {
+    /// Settings.
+    pub settings: AsyncJobsConfig,
+    entries: Mutex<HashMap<String, Entry>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    runtime: OnceLock<tokio::runtime::Handle>,
+    gw: OnceLock<std::sync::Weak<Gateway>>,
+}
+
+impl Jobs {
+    /// An empty store; finished and unfinished jobs from `settings.dir` are loaded by
+    /// [`Jobs::resume`] once a runtime runs.
+    pub fn new(settings: AsyncJobsConfig) -> Arc<Self> {
+        Arc::new(Jobs {
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.max_running)),
+            settings,
+            entries: Mutex::new(HashMap::new()),
+            runtime: OnceLock::new(),
+            gw: OnceLock::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn gateway(&self) -> Option<Arc<Gateway>> {
+        self.gw.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Binds the store to a runtime and the gateway; loads stored jobs and resumes them.
+    pub fn resume(self: &Arc<Self>, gw: &Arc<Gateway>, handle: tokio::runtime::Handle) {
+        let _ = self.runtime.set(handle);
+        let _ = self.gw.set(Arc::downgrade(gw));
+        let Some(dir) = self.settings.dir.clone() else {
+            return;
+        };
+        let now = now_unix();
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut to_run = Vec::new();
+        let mut to_call = Vec::new();
+        for entry in read.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let job: Job = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "Unreadable async job file ignored.");
+                    continue;
+                }
+            };
+            if job.status.is_terminal() && job.updated + self.settings.ttl.as_secs() < now {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let mut job = job;
+            if !job.status.is_terminal() {
+                if job.attempts >= MAX_ATTEMPTS {
+                    job.status = Status::Failed;
+                    job.error = Some(json!({
+                        "code": "interrupted",
+                        "message": format!("The gateway restarted while this job ran, {} times; it was not run again.", job.attempts),
+                    }));
+                    job.updated = now;
+                    to_call.push(job.id.clone());
+                } else {
+                    job.status = Status::Queued;
+                    to_run.push(job.id.clone());
+                }
+            } else if job.callback.as_ref().is_some_and(|c| !c.delivered) {
+                to_call.push(job.id.clone());
+            }
+            self.persist(&job);
+            self.lock()
+                .insert(job.id.clone(), Entry { job, task: None });
+        }
+        tracing::info!(
+            resumed = to_run.len(),
+            callbacks = to_call.len(),
+            "Async jobs loaded."
+        );
+        for id in to_run {
+            self.start(id);
+        }
+        for id in to_call {
+            self.deliver(id);
+        }
+    }
+
+    /// Queues a chat request; returns the job's public view.
+    pub fn submit(
+        self: &Arc<Self>,
+        mut body: serde_json::Map<String, Value>,
+        tenant: String,
+        authorization: Option<String>,
+    ) -> Result<Value, ApiError> {
+        let callback = match body.remove("callback_url") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(u)) => {
+                callback::parse_url(&u).map_err(|e| ApiError {
+                    param: Some("callback_url"),
+                    ..ApiError::new(400, ErrorKind::InvalidRequest, "invalid_callback_url", e)
+                })?;
+                Some(CallbackState {
+                    url: u,
+                    ..CallbackState::default()
+                })
+            }
+            Some(_) => {
+                return Err(ApiError {
+                    param: Some("callback_url"),
+                    ..ApiError::new(
+                        400,
+                        ErrorKind::InvalidRequest,
+                        "invalid_callback_url",
+                        "`callback_url` must be a string",
+                    )
+                })
+            }
+        };
+        {
+            let mut entries = self.lock();
+            if entries.len() >= self.settings.max_jobs {
+                self.expire_locked(&mut entries);
+            }
+            if entries.len() >= self.settings.max_jobs {
+                return Err(ApiError::new(
+                    429,
+                    ErrorKind::InvalidRequest,
+                    "too_many_jobs",
+                    format!(
+                        "{} async jobs are stored (async_jobs.max_jobs); retry when some expire.",
+                        entries.len()
+                    ),
+                ));
+            }
+        }
+        let now = now_unix();
+        let id = format!("job_{:032x}", rand::random::<u128>());
+        let model = body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let job = Job {
+            id: id.clone(),
+            status: Status::Queued,
+            created: now,
+            updated: now,
+            model,
+            attempts: 0,
+            reasoning: String::new(),
+            answer: String::new(),
+            steps: 0,
+            checkpoints: Vec::new(),
+            result: None,
+            error: None,
+            callback,
+            request: Value::Object(body),
+            tenant,
+            authorization,
+        };
+        let view = job.view();
+        self.persist(&job);
+        self.lock().insert(id.clone(), Entry { job, task: None });
+        self.start(id);
+        Ok(view)
+    }
+
+    /// The job's view, if it exists and belongs to `tenant`.
+    pub fn get(&self, id: &str, tenant: &str) -> Option<Value> {
+        let entries = self.lock();
+        let e = entries.get(id).filter(|e| e.job.tenant == tenant)?;
+        Some(e.job.view())
+    }
+
+    /// Cancels a job (stopping its upstream request); returns its view.
+    pub fn cancel(&self, id: &str, tenant: &str) -> Option<Value> {
+        let job = {
+            let mut entries = self.lock();
+            let e = entries.get_mut(id).filter(|e| e.job.tenant == tenant)?;
+            if !e.job.status.is_terminal() {
+                if let Some(t) = e.task.take() {
+                    t.abort();
+                }
+                e.job.status = Status::Cancelled;
+                e.job.error =
+                    Some(json!({"code": "cancelled", "message": "Cancelled by the client."}));
+                e.job.updated = now_unix();
+            }
+            e.job.clone()
+        };
+        self.persist(&job);
+        Some(job.view())
+    }
+
+    /// Counts by status (metrics, admin).
+    pub fn counts(&self) -> HashMap<Status, usize> {
+        let mut out = HashMap::new();
+        for e in self.lock().values() {
+            *out.entry(e.job.status).or_default() += 1;
+        }
+        out
+    }
+
+    /// Drops finished jobs past their TTL.
+    pub fn expire(&self) {
+        let mut entries = self.lock();
+        self.expire_locked(&mut entries);
+    }
+
+    fn expire_locked(&self, entries: &mut HashMap<String, Entry>) {
+        let cutoff = now_unix().saturating_sub(self.settings.ttl.as_secs());
+        let old: Vec<String> = entries
+            .values()
+            .filter(|e| e.job.status.is_terminal() && e.job.updated < cutoff)
+            .map(|e| e.job.id.clone())
+            .collect();
+        for id in old {
+            entries.remove(&id);
+            if let Some(dir) = &self.settings.dir {
+                let _ = std::fs::remove_file(dir.join(format!("{id}.json")));
+            }
+        }
+    }
+
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(
+        &self,
+        fut: F,
+    ) -> Option<tokio::task::AbortHandle> {
+        match self.runtime.get() {
+            Some(h) => Some(h.spawn(fut).abort_handle()),
+            None => Some(tokio::spawn(fut).abort_handle()),
+        }
+    }
+
+    fn start(self: &Arc<Self>, id: String) {
+        let jobs = self.clone();
+        let run_id = id.clone();
+        let handle = self.spawn(async move { runner::run(jobs, run_id).await });
+        if let Some(e) = self.lock().get_mut(&id) {
+            e.task = handle;
+        }
+    }
+
+    /// Applies `f` to a running job and optionally persists it; `false` if it is gone or no
+    /// longer runnable (cancelled).
+    fn update(&self, id: &str, persist: bool, f: impl FnOnce(&mut Job)) -> bool {
+        let job = {
+            let mut entries = self.lock();
+            let Some(e) = entries.get_mut(id) else {
+                return false;
+            };
+            if e.job.status == Status::Cancelled {
+                return false;
+            }
+            f(&mut e.job);
+            e.job.updated = now_unix();
+            if !persist {
+                return true;
+            }
+            e.job.clone()
+        };
+        self.persist(&job);
+        true
+    }
+
+    fn update_callback(&self, id: &str, f: impl FnOnce(&mut CallbackState)) {
+        let job = {
+            let mut entries = self.lock();
+            let Some(e) = entries.get_mut(id) else {
+                return;
+            };
+            if let Some(c) = e.job.callback.as_mut() {
+                f(c);
+            }
+            e.job.clone()
+        };
+        self.persist(&job);
+    }
+
+    fn snapshot(&self, id: &str) -> Option<Job> {
+        self.lock().get(id).map(|e| e.job.clone())
+    }
+
+    /// Writes the job file (atomically), if a directory is configured.
+    fn persist(&self, job: &Job) {
+        let Some(dir) = &self.settings.dir else {
+            return;
+        };
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(dir)?;
+            let tmp = dir.join(format!(".{}.tmp", job.id));
+            {
+                use std::io::Write;
+                let mut opts = std::fs::OpenOptions::new();
+                opts.write(true).create(true).truncate(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    opts.mode(0o600);
+                }
+                let mut f = opts.open(&tmp)?;
+                f.write_all(&serde_json::to_vec(job).unwrap_or_default())?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, dir.join(format!("{}.json", job.id)))
+        };
+        if let Err(e) = write() {
+            tracing::error!(job = %job.id, error = %e, "Async job could not be saved.");
+        }
+    }
+
+    fn deliver(self: &Arc<Self>, id: String) {
+        let jobs = self.clone();
+        self.spawn(async move { callback::deliver(jobs, id).await });
+    }
+}
+
+/// Where the gateway's own listener is, for jobs to call.
+fn self_addr(gw: &Gateway) -> std::net::SocketAddr {
+    let mut a = gw.snapshot.load().config.listen;
+    if a.ip().is_unspecified() {
+        a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    a
+}
+
+/// Trims the front of `s` to at most `max` bytes (on a character boundary).
+fn keep_tail(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = s.len() - max;
+        while !s.is_char_boundary(cut) {
+            cut += 1;
+        }
+        s.drain(..cut);
+    }
+}
+
+/// Default job settings (in memory, no callbacks signed).
+pub fn default_settings() -> AsyncJobsConfig {
+    AsyncJobsConfig {
+        dir: None::<PathBuf>,
+        max_jobs: 1000,
+        max_running: 16,
+        ttl: Duration::from_secs(3600),
+        callback_secret: None,
+        callback_retries: 5,
+        callback_timeout: Duration::from_secs(10),
+        checkpoint_every: None,
+    }
+}

@@ -1,0 +1,213 @@
+//! Callbacks: the finished job POSTed to the client's URL, signed, retried with backoff.
+//!
+//! Signature header: `x-reasoning-gateway-signature: t=<unix seconds>,v1=<hex>` where `<hex>` is
+//! HMAC-SHA256 with `async_jobs.callback_secret` over `<t>.<body>` (the Stripe scheme; check the
+//! timestamp to refuse replays). Without a secret no signature is sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::Jobs;
+use crate::cache::now_unix;
+
+/// Header carrying the signature.
+pub const SIGNATURE_HEADER: &str = "x-reasoning-gateway-signature";
+
+/// A parsed `http://host[:port]/path` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackUrl {
+    /// `host:port`.
+    pub authority: String,
+    /// Host alone.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Path and query.
+    pub path: String,
+}
+
+/// Accepts plain `http://` URLs (TLS callbacks go through a local relay).
+pub fn parse_url(url: &str) -> Result<CallbackUrl, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("`{url}` is not an http:// URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("`{url}` has no usable host"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+            h.to_string(),
+            p.parse::<u16>()
+                .map_err(|_| format!("`{url}` has an invalid port"))?,
+        ),
+        _ => (authority.to_string(), 80),
+    };
+    Ok(CallbackUrl {
+        authority: authority.to_string(),
+        host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
+        port,
+        path: path.to_string(),
+    })
+}
+
+/// HMAC-SHA256 (RFC 2104).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(message);
+    let inner = inner.finalize();
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner);
+    outer.finalize().into()
+}
+
+/// The signature header value for a body sent at `t`.
+pub fn signature(secret: &str, t: u64, body: &[u8]) -> String {
+    let mut msg = t.to_string().into_bytes();
+    msg.push(b'.');
+    msg.extend_from_slice(body);
+    format!(
+        "t={t},v1={}",
+        crate::cache::key::hex(&hmac_sha256(secret.as_bytes(), &msg))
+    )
+}
+
+/// Delivers a finished job's callback, retrying with exponential backoff.
+pub async fn deliver(jobs: Arc<Jobs>, id: String) {
+    let Some(job) = jobs.snapshot(&id) else {
+        return;
+    };
+    let Some(cb) = job.callback.clone() else {
+        return;
+    };
+    if cb.delivered {
+        return;
+    }
+    let Ok(url) = parse_url(&cb.url) else {
+        return;
+    };
+    let payload = json!({
+        "id": job.id,
+        "object": "async.job.callback",
+        "status": job.status,
+        "model": job.model,
+        "result": job.result,
+        "error": job.error,
+        "steps": job.steps,
+        "checkpoints": job.checkpoints.len(),
+    });
+    let body = Bytes::from(serde_json::to_vec(&payload).unwrap_or_default());
+    let mut backoff = Duration::from_millis(250);
+    let max_attempts = jobs.settings.callback_retries + 1;
+    let mut attempts = cb.attempts;
+    while attempts < max_attempts {
+        attempts += 1;
+        let result = tokio::time::timeout(
+            jobs.settings.callback_timeout,
+            post(&url, &id, &body, jobs.settings.callback_secret.as_deref()),
+        )
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_string()));
+        let delivered = matches!(result, Ok(s) if (200..300).contains(&s));
+        let n = attempts;
+        jobs.update_callback(&id, |c| {
+            c.attempts = n;
+            c.delivered = delivered;
+            match &result {
+                Ok(s) => {
+                    c.last_status = Some(*s);
+                    c.last_error = None;
+                }
+                Err(e) => c.last_error = Some(e.clone()),
+            }
+        });
+        if let Some(gw) = jobs.gateway() {
+            let label = if delivered { "delivered" } else { "failed" };
+            gw.metrics
+                .async_job_callbacks_total
+                .with_label_values(&[label])
+                .inc();
+        }
+        if delivered {
+            return;
+        }
+        tracing::warn!(job = %id, attempt = n, result = ?result, "Async job callback not accepted; retrying.");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn post(
+    url: &CallbackUrl,
+    id: &str,
+    body: &Bytes,
+    secret: Option<&str>,
+) -> Result<u16, String> {
+    let stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let mut builder = hyper::Request::post(url.path.as_str())
+        .header("host", url.authority.as_str())
+        .header("content-type", "application/json")
+        .header("x-reasoning-gateway-job", id);
+    if let Some(s) = secret {
+        builder = builder.header(SIGNATURE_HEADER, signature(s, now_unix(), body));
+    }
+    let req = builder
+        .body(Full::new(body.clone()))
+        .map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    Ok(resp.status().as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            crate::cache::key::hex(&mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn urls_are_parsed_or_refused() {
+        let u = parse_url("http://127.0.0.1:9000/hook?x=1").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 9000, "/hook?x=1")
+        );
+        assert_eq!(parse_url("http://example.com").unwrap().port, 80);
+        assert!(parse_url("https://example.com/").is_err());
+        assert!(parse_url("http://user@example.com/").is_err());
+        assert!(parse_url("http://h:99999/").is_err());
+    }
+}

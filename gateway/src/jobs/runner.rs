@@ -1,0 +1,217 @@
+//! Runs one job: the chat request, streamed, through the gateway's own listener.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use super::{keep_tail, Checkpoint, Jobs, Status, MAX_CHECKPOINTS, MAX_PROGRESS_BYTES};
+use crate::cache::now_unix;
+use crate::config::OutputField;
+use crate::reasoning::aggregate::Aggregator;
+use crate::reasoning::sse::SseDecoder;
+
+/// How long a job waits for the gateway's listener at start-up.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs a queued job to its end (or until cancelled: the task is aborted and the connection
+/// dropped, which the gateway passes on to the upstream).
+pub async fn run(jobs: Arc<Jobs>, id: String) {
+    let Ok(_slot) = jobs.slots.clone().acquire_owned().await else {
+        return;
+    };
+    let Some(job) = jobs.snapshot(&id) else {
+        return;
+    };
+    if job.status.is_terminal() {
+        return;
+    }
+    let still_wanted = jobs.update(&id, true, |j| {
+        j.status = Status::Running;
+        j.attempts += 1;
+        j.reasoning.clear();
+        j.answer.clear();
+        j.steps = 0;
+        j.checkpoints.clear();
+    });
+    if !still_wanted {
+        return;
+    }
+    let outcome = execute(&jobs, &id, &job).await;
+    let finished = jobs.update(&id, true, |j| match outcome {
+        Ok(result) => {
+            j.status = Status::Succeeded;
+            j.result = Some(result);
+        }
+        Err(err) => {
+            j.status = Status::Failed;
+            j.error = Some(err);
+        }
+    });
+    if finished {
+        if let Some(gw) = jobs.gateway() {
+            let status = jobs.snapshot(&id).map(|j| j.status);
+            let label = match status {
+                Some(Status::Succeeded) => "succeeded",
+                _ => "failed",
+            };
+            gw.metrics
+                .async_jobs_total
+                .with_label_values(&[label])
+                .inc();
+        }
+        jobs.deliver(id);
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let started = Instant::now();
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) if started.elapsed() < CONNECT_PATIENCE => {
+                tracing::debug!(error = %e, "Async job waits for the gateway's listener.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn failure(code: &str, message: impl Into<String>) -> Value {
+    json!({"code": code, "message": message.into()})
+}
+
+async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<Value, Value> {
+    let gw = jobs
+        .gateway()
+        .ok_or_else(|| failure("internal", "the gateway is shutting down"))?;
+    let addr = super::self_addr(&gw);
+    let mut body = job.request.clone();
+    if let Some(o) = body.as_object_mut() {
+        o.insert("stream".into(), Value::Bool(true));
+        o.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    let stream = connect(addr)
+        .await
+        .map_err(|e| failure("gateway_unreachable", format!("cannot reach {addr}: {e}")))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| failure("gateway_unreachable", e.to_string()))?;
+    tokio::spawn(conn);
+    let every = jobs
+        .settings
+        .checkpoint_every
+        .map_or("true".to_string(), |n| n.to_string());
+    let mut builder = hyper::Request::post("/v1/chat/completions")
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .header("x-request-id", id)
+        .header("x-reasoning-checkpoints", every);
+    if let Some(a) = &job.authorization {
+        builder = builder.header("authorization", a.as_str());
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )))
+        .map_err(|e| failure("internal", e.to_string()))?;
+    let resp = sender
+        .send_request(request)
+        .await
+        .map_err(|e| failure("gateway_error", e.to_string()))?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    if status != 200 {
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let err = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error").cloned())
+            .unwrap_or_else(|| failure("upstream_error", String::from_utf8_lossy(&bytes)));
+        return Err(json!({"status": status, "error": err}));
+    }
+    let mut decoder = SseDecoder::new(64 * 1024 * 1024);
+    let mut aggregator = Aggregator::new(false, OutputField::ReasoningContent);
+    let mut done = false;
+    let mut steps = crate::reasoning::steps::StepCounter::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| failure("gateway_error", e.to_string()))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        aggregator.feed(data);
+        let mut events = Vec::new();
+        let _ = decoder.feed(data, &mut |e| events.push(e));
+        let mut reasoning = String::new();
+        let mut answer = String::new();
+        let mut checkpoints = Vec::new();
+        for e in events {
+            let Some(d) = e.data.as_deref() else {
+                continue;
+            };
+            if d.trim() == "[DONE]" {
+                done = true;
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(d) else {
+                continue;
+            };
+            if let Some(err) = v.get("error") {
+                return Err(json!({"status": 200, "error": err}));
+            }
+            if let Some(c) = v.get("reasoning_checkpoint") {
+                checkpoints.push(Checkpoint {
+                    step: c["step"].as_u64().unwrap_or(0),
+                    summary: c["summary"].as_str().unwrap_or_default().to_string(),
+                    reasoning_chars: c["reasoning_chars"].as_u64().unwrap_or(0),
+                    at: now_unix(),
+                });
+            }
+            if let Some(delta) = v["choices"].get(0).map(|c| &c["delta"]) {
+                let r = delta
+                    .get("reasoning_content")
+                    .or_else(|| delta.get("reasoning"))
+                    .and_then(Value::as_str);
+                reasoning.push_str(r.unwrap_or_default());
+                answer.push_str(delta["content"].as_str().unwrap_or_default());
+            }
+        }
+        steps.feed(&reasoning);
+        let steps_now = u64::from(steps.steps());
+        let persist = !checkpoints.is_empty();
+        let alive = jobs.update(id, persist, |j| {
+            j.reasoning.push_str(&reasoning);
+            keep_tail(&mut j.reasoning, MAX_PROGRESS_BYTES);
+            j.answer.push_str(&answer);
+            keep_tail(&mut j.answer, MAX_PROGRESS_BYTES);
+            j.steps = steps_now;
+            j.checkpoints.extend(checkpoints);
+            if j.checkpoints.len() > MAX_CHECKPOINTS {
+                let extra = j.checkpoints.len() - MAX_CHECKPOINTS;
+                j.checkpoints.drain(..extra);
+            }
+        });
+        if !alive {
+            return Err(failure("cancelled", "Cancelled by the client."));
+        }
+    }
+    if !done {
+        return Err(failure(
+            "incomplete",
+            "The response stream ended without [DONE].",
+        ));
+    }
+    let result: Value = serde_json::from_slice(&aggregator.finish(None))
+        .map_err(|e| failure("internal", e.to_string()))?;
+    if let Some(err) = result.get("error") {
+        return Err(json!({"status": 200, "error": err}));
+    }
+    Ok(result)
+}

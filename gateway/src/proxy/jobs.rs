@@ -1,0 +1,121 @@
+//! The async job API on the proxy listener: `POST /v1/async/chat/completions`,
+//! `GET|DELETE /v1/async/jobs/{id}`.
+
+use pingora::proxy::Session;
+use serde_json::{json, Value};
+
+use super::context::RequestCtx;
+use super::{intake, respond};
+use crate::openai::{parse_request, ApiError, Endpoint, ErrorKind};
+use crate::state::Gateway;
+
+/// Answers one async API request.
+pub async fn handle(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<()> {
+    let method = session.req_header().method.as_str().to_string();
+    let path = session.req_header().uri.path().to_string();
+    let authorization = session
+        .req_header()
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let tenant = crate::cache::key::tenant_id(authorization.as_deref());
+    let not_found = |id: &str| {
+        ApiError::new(
+            404,
+            ErrorKind::InvalidRequest,
+            "job_not_found",
+            format!("No async job `{id}`."),
+        )
+    };
+    match (method.as_str(), path.as_str()) {
+        ("POST", "/v1/async/chat/completions") => {
+            let snapshot = gw.snapshot.load_full();
+            let body = match intake::read_body(session, snapshot.config.max_body_bytes).await {
+                Ok(b) => b,
+                Err(e) => return respond::error(session, ctx, e).await,
+            };
+            match submit(gw, &snapshot, &body, tenant, authorization) {
+                Ok(view) => {
+                    let body = serde_json::to_vec(&view).unwrap_or_default();
+                    respond::json(session, ctx, 202, body).await
+                }
+                Err(e) => respond::error(session, ctx, e).await,
+            }
+        }
+        (m, p) if p.starts_with("/v1/async/jobs/") => {
+            let id = &p["/v1/async/jobs/".len()..];
+            let view = match m {
+                "GET" => gw.jobs.get(id, &tenant),
+                "DELETE" => {
+                    let v = gw.jobs.cancel(id, &tenant);
+                    if v.as_ref().and_then(|v| v["status"].as_str()) == Some("cancelled") {
+                        gw.metrics
+                            .async_jobs_total
+                            .with_label_values(&["cancelled"])
+                            .inc();
+                    }
+                    v
+                }
+                _ => {
+                    let e = ApiError::new(
+                        405,
+                        ErrorKind::InvalidRequest,
+                        "method_not_allowed",
+                        format!("{m} is not allowed on {p}; use GET or DELETE."),
+                    );
+                    return respond::error(session, ctx, e).await;
+                }
+            };
+            match view {
+                Some(v) => {
+                    respond::json(
+                        session,
+                        ctx,
+                        200,
+                        serde_json::to_vec(&v).unwrap_or_default(),
+                    )
+                    .await
+                }
+                None => respond::error(session, ctx, not_found(id)).await,
+            }
+        }
+        _ => respond::error(session, ctx, ApiError::unknown_url(&method, &path)).await,
+    }
+}
+
+fn submit(
+    gw: &Gateway,
+    snapshot: &crate::state::Snapshot,
+    bytes: &[u8],
+    tenant: String,
+    authorization: Option<String>,
+) -> Result<Value, ApiError> {
+    let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            400,
+            ErrorKind::InvalidRequest,
+            "invalid_json",
+            format!("The request body is not valid JSON: {e}"),
+        )
+    })?;
+    let callback = value.as_object_mut().and_then(|o| o.remove("callback_url"));
+    // The same validation and routing as a synchronous request: unknown models fail now.
+    let checked = serde_json::to_vec(&value).unwrap_or_default();
+    let info = parse_request(Endpoint::ChatCompletions, &checked)?;
+    if snapshot.routes.find(&info.model).is_none() {
+        return Err(ApiError::model_not_found(&info.model));
+    }
+    let mut body = info.body;
+    if let Some(c) = callback {
+        body.insert("callback_url".into(), c);
+    }
+    body.remove("stream");
+    body.remove("stream_options");
+    let view = gw.jobs.submit(body, tenant, authorization)?;
+    Ok(json!(view))
+}
