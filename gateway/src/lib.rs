@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod cache;
 pub mod canary;
+pub mod capacity;
 pub mod config;
 #[cfg(feature = "engine")]
 pub mod engine;

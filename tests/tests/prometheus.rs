@@ -252,6 +252,50 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
     assert_eq!(loaded.len(), 11);
     assert!(loaded.iter().all(|r| r["health"] == "ok"), "{loaded:?}");
 
+    // Capacity planning from the gateway's own histograms and from Prometheus.
+    let observed: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("reasoning_gateway_request_duration_by_reasoning_length_seconds_count")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(observed > 0.0);
+    let capacity = |source: &[&str]| {
+        let out = std::process::Command::new(gateway_tests::harness::gateway_bin())
+            .arg("capacity")
+            .args(source)
+            .args(["--target-p95", "5s", "--rate", "2", "--slots", "4"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let own = capacity(&[
+        "--metrics",
+        &format!("http://127.0.0.1:{}/metrics", gw.admin_port),
+    ]);
+    assert!(
+        own.contains(&format!("requests observed: {observed:.0}\n")),
+        "{own}"
+    );
+    assert!(own.contains("replicas for 2 req/s:"), "{own}");
+    let from_prom = capacity(&[
+        "--prometheus",
+        &format!("http://127.0.0.1:{}", prom.port),
+        "--window",
+        "all",
+    ]);
+    assert!(
+        from_prom.contains("requests observed:") && from_prom.contains("breakpoint:"),
+        "{from_prom}"
+    );
+
     if let Ok(png) = std::env::var("RG_DASHBOARD_PNG") {
         let base = format!("http://127.0.0.1:{}", prom.port);
         let out = gateway_tests::harness::run_python("render_panels.py", &[&base, &png]);
