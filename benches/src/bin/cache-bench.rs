@@ -2,11 +2,12 @@
 //! rendering on the real MiniLM embedder, and ANN search time on large indexes.
 //!
 //! Usage: cache-bench lookup PAIRS.jsonl MODEL_DIR ONNXRUNTIME_SO
-//!        cache-bench ann N QUERIES PAIRS.jsonl MODEL_DIR ONNXRUNTIME_SO
+//!        cache-bench ann N QUERIES CORPUS.jsonl MODEL_DIR ONNXRUNTIME_SO
 //!
-//! `ann` builds an index of N vectors drawn around real MiniLM embeddings of the pair texts
-//! (each a real embedding plus Gaussian noise of norm ≈ 0.5, renormalised: clustered like real traffic) and
-//! times searches for perturbed copies of indexed vectors, with recall@1 against an exact scan.
+//! `ann` indexes N vectors: the real MiniLM embeddings of the corpus texts
+//! (`benches/safety/make_corpus.py`), then variants of them (noise of norm ≈ 0.3, renormalised)
+//! up to N, and times searches for slightly perturbed copies of indexed vectors (cosine ≈ 0.995,
+//! the same problem asked again), with recall@1 against an exact scan.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -183,33 +184,40 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
     Ok(())
 }
 
-fn ann(
-    n: usize,
-    queries: usize,
-    pairs_path: &str,
-    model_dir: &str,
-    ort: &str,
-) -> anyhow::Result<()> {
-    let pairs = pairs(pairs_path)?;
+fn ann(n: usize, queries: usize, corpus: &str, model_dir: &str, ort: &str) -> anyhow::Result<()> {
+    let texts: Vec<String> = std::fs::read_to_string(corpus)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
     let mut model = MiniLm::load(Path::new(model_dir), Path::new(ort), threads)?;
-    let texts: Vec<String> = pairs
-        .iter()
-        .take(400)
-        .map(|p| p["a"].as_str().unwrap().to_string())
-        .collect();
+    let started = Instant::now();
     let mut centres = Vec::new();
     for chunk in texts.chunks(64) {
         centres.extend(model.embed(chunk)?);
     }
+    println!(
+        "embedded {} corpus texts in {:.1?}",
+        centres.len(),
+        started.elapsed()
+    );
     let mut rng = Lcg(42);
     let noisy = |c: &[f32], rng: &mut Lcg, sigma: f32| {
         let mut v: Vec<f32> = c.iter().map(|x| x + sigma * rng.gauss()).collect();
         normalise(&mut v);
         v
     };
+    // The real embeddings first; beyond them, variants of them (noise of norm ≈ 0.3, cosine
+    // ≈ 0.95 to their text, the spread of rephrasings).
     let vectors: Vec<Vec<f32>> = (0..n)
-        .map(|i| noisy(&centres[i % centres.len()], &mut rng, 0.025))
+        .map(|i| {
+            let c = &centres[i % centres.len()];
+            if i < centres.len() {
+                c.clone()
+            } else {
+                noisy(c, &mut rng, 0.015)
+            }
+        })
         .collect();
     let partition = [7u8; 16];
     let items: Vec<_> = vectors
@@ -249,7 +257,7 @@ fn ann(
         let mut qrng = Lcg(7);
         for q in 0..queries {
             let target = (q * 7919) % n;
-            let query = noisy(&vectors[target], &mut qrng, 0.01);
+            let query = noisy(&vectors[target], &mut qrng, 0.005);
             let started = Instant::now();
             let found = store.search(&query, &partition, 1, 1);
             times.push(started.elapsed());
@@ -276,7 +284,7 @@ fn ann(
     let scan: Vec<&Vec<f32>> = vectors.iter().take(4096).collect();
     let mut times = Vec::new();
     for q in 0..queries {
-        let query = noisy(&vectors[q % 4096], &mut rng, 0.01);
+        let query = noisy(&vectors[q % 4096], &mut rng, 0.005);
         let started = Instant::now();
         let best = scan.iter().map(|v| dot(&query, v)).fold(f32::MIN, f32::max);
         std::hint::black_box(best);
