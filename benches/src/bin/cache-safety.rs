@@ -12,6 +12,9 @@ use reasoning_gateway::cache::guard;
 use reasoning_gateway::cache::store::dot;
 use serde_json::Value;
 
+/// A pair's similarity and the guard's refusal, if any.
+type Verdict = (f32, Option<guard::Reject>);
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(
@@ -44,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         started.elapsed()
     );
     // (source, same) -> [(similarity, guard passed)]
-    let mut by: BTreeMap<(String, bool), Vec<(f32, Option<guard::Reject>)>> = BTreeMap::new();
+    let mut by: BTreeMap<(String, bool), Vec<Verdict>> = BTreeMap::new();
     for (i, p) in pairs.iter().enumerate() {
         let sim = dot(&vectors[2 * i], &vectors[2 * i + 1]);
         let verdict = guard::check(
@@ -90,7 +93,7 @@ fn main() -> anyhow::Result<()> {
     }
     // All sources pooled.
     for same in [true, false] {
-        let rows: Vec<&(f32, Option<guard::Reject>)> = by
+        let rows: Vec<&Verdict> = by
             .iter()
             .filter(|((_, s), _)| *s == same)
             .flat_map(|(_, r)| r)
