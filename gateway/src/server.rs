@@ -266,7 +266,7 @@ impl BackgroundService for JobsService {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             self.gw.jobs.expire();
         }

@@ -356,3 +356,26 @@ async fn the_openai_sdk_streams_past_checkpoint_chunks() {
         .unwrap();
     assert!(out.contains("sdk checkpoints ok"), "{out}");
 }
+
+#[tokio::test]
+async fn the_job_store_is_bounded_and_finished_jobs_expire() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&up, "  max_jobs: 1\n  ttl: 1s\n"), WAIT);
+    let (s, first) = submit(&gw, question("gated"), "sk-a").await;
+    assert_eq!(s, 202);
+    let first = first["id"].as_str().unwrap().to_string();
+    // Full while the first job runs.
+    let (s, e) = submit(&gw, question("think"), "sk-a").await;
+    assert_eq!(s, 429, "{e}");
+    assert_eq!(e["error"]["code"], "too_many_jobs");
+    up.open_gate();
+    job_until(&gw, &first, |j| j["status"] == "succeeded").await;
+    // Gone once its TTL has passed (the store sweeps every second).
+    let deadline = Instant::now() + WAIT;
+    while job(&gw, &first, "sk-a").await.0 != 404 {
+        assert!(Instant::now() < deadline, "the finished job never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, _) = submit(&gw, question("think"), "sk-a").await;
+    assert_eq!(s, 202);
+}
