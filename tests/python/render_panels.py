@@ -50,9 +50,16 @@ panels = [
     ("Streams ended by the gateway / step timeouts", [
         ("aborts", f"sum by (reason) (reasoning_gateway_reasoning_aborts_total)", "reason"),
     ]),
+    ("Reasoning cache lookups by result", [
+        ("lookups", f"sum by (result) (reasoning_gateway_cache_requests_total)", "result"),
+    ]),
+    ("Cache: best-candidate similarity p50 by outcome / guard rejections", [
+        ("similarity", q("reasoning_gateway_cache_similarity", 0.5, "outcome"), "outcome"),
+        ("rejections", f"sum by (reason) (reasoning_gateway_cache_guard_rejections_total)", "reason"),
+    ]),
 ]
 
-fig, axes = plt.subplots(3, 2, figsize=(13, 11))
+fig, axes = plt.subplots(4, 2, figsize=(13, 14.5))
 for ax, (title, series) in zip(axes.flat, panels):
     keys = []
     values = {}

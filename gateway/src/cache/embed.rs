@@ -167,15 +167,18 @@ impl Embedder {
         }
     }
 
-    /// Embeds without a deadline (background inserts, snapshots).
+    /// Embeds without a deadline (background inserts); refused at once when the queue is full,
+    /// so it never blocks the calling thread.
     pub async fn embed_untimed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job {
-                text: text.to_string(),
-                reply,
-            })
-            .map_err(|_| EmbedError::Failed)?;
+        match self.tx.try_send(Job {
+            text: text.to_string(),
+            reply,
+        }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(EmbedError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(EmbedError::Failed),
+        }
         rx.await.map_err(|_| EmbedError::Failed)?
     }
 }
@@ -235,4 +238,49 @@ pub fn default_onnxruntime(model_dir: &Path) -> PathBuf {
         .parent()
         .unwrap_or(Path::new("."))
         .join("onnxruntime/libonnxruntime.so")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model that takes `delay` per batch (the queue and deadline mechanics under test).
+    struct Slow(Duration);
+
+    impl TextEmbed for Slow {
+        fn embed(&mut self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+            std::thread::sleep(self.0);
+            Ok(texts.iter().map(|t| vec![t.len() as f32, 1.0]).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_embedding_times_out_instead_of_holding_the_request() {
+        let e = Embedder::start(1, Duration::from_millis(20), || {
+            Ok(Box::new(Slow(Duration::from_millis(400))) as Box<dyn TextEmbed>)
+        })
+        .unwrap();
+        let started = Instant::now();
+        assert_eq!(e.embed("question").await, Err(EmbedError::Timeout));
+        assert!(started.elapsed() < Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn embeddings_come_back_to_their_own_request() {
+        let e = Embedder::start(2, Duration::from_secs(5), || {
+            Ok(Box::new(Slow(Duration::from_millis(1))) as Box<dyn TextEmbed>)
+        })
+        .unwrap();
+        let (a, b) = tokio::join!(e.embed("ab"), e.embed("abcd"));
+        assert_eq!(a.unwrap()[0], 2.0);
+        assert_eq!(b.unwrap()[0], 4.0);
+    }
+
+    #[test]
+    fn a_missing_library_is_a_clear_error() {
+        // No unit test loads the real library, so this is the process's first (and only) try.
+        let e = init_ort(Path::new("/nonexistent/libonnxruntime.so")).unwrap_err();
+        assert!(e.to_string().contains("not found"), "{e}");
+        assert!(e.to_string().contains("make models"), "{e}");
+    }
 }
