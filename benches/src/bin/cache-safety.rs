@@ -76,42 +76,16 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|---:|");
     for ((source, same), rows) in &by {
         for t in [0.80f32, 0.85, 0.90] {
-            let plain = rows.iter().filter(|(s, _)| *s >= t).count();
-            let ours = rows.iter().filter(|(s, v)| *s >= t && v.is_none()).count();
-            let kind = if *same {
-                "same answer (want served)"
-            } else {
-                "different answer (false hit if served)"
-            };
-            println!(
-                "| {source}: {kind} | {} | {t:.2} | {:.1} % | {:.1} % |",
-                rows.len(),
-                100.0 * plain as f64 / rows.len() as f64,
-                100.0 * ours as f64 / rows.len() as f64
-            );
+            row(source, *same, rows.iter(), t);
         }
     }
     // All sources pooled.
     for same in [true, false] {
-        let rows: Vec<&Verdict> = by
+        let rows = by
             .iter()
             .filter(|((_, s), _)| *s == same)
-            .flat_map(|(_, r)| r)
-            .collect();
-        let t = 0.85f32;
-        let plain = rows.iter().filter(|(s, _)| *s >= t).count();
-        let ours = rows.iter().filter(|(s, v)| *s >= t && v.is_none()).count();
-        let kind = if same {
-            "same answer (want served)"
-        } else {
-            "different answer (false hit if served)"
-        };
-        println!(
-            "| **all pooled**: {kind} | {} | {t:.2} | {:.1} % | {:.1} % |",
-            rows.len(),
-            100.0 * plain as f64 / rows.len() as f64,
-            100.0 * ours as f64 / rows.len() as f64
-        );
+            .flat_map(|(_, r)| r);
+        row("**all pooled**", same, rows, 0.85);
     }
     // Why the guard refused pairs above 0.85, per group.
     println!("\nGuard rejections above 0.85 by reason:");
@@ -125,4 +99,23 @@ fn main() -> anyhow::Result<()> {
         println!("- {source} same={same}: {reasons:?}");
     }
     Ok(())
+}
+
+/// One table row: the share served by plain cosine and by cosine + guard at threshold `t`.
+fn row<'a>(label: &str, same: bool, rows: impl Iterator<Item = &'a Verdict>, t: f32) {
+    let rows: Vec<&Verdict> = rows.collect();
+    let plain = rows.iter().filter(|(s, _)| *s >= t).count();
+    let ours = rows.iter().filter(|(s, v)| *s >= t && v.is_none()).count();
+    let kind = if same {
+        "same answer (want served)"
+    } else {
+        "different answer (false hit if served)"
+    };
+    let n = rows.len().max(1) as f64;
+    println!(
+        "| {label}: {kind} | {} | {t:.2} | {:.1} % | {:.1} % |",
+        rows.len(),
+        100.0 * plain as f64 / n,
+        100.0 * ours as f64 / n
+    );
 }

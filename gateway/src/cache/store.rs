@@ -146,7 +146,8 @@ impl Removal {
 struct Inner {
     entries: HashMap<usize, Arc<Entry>>,
     exact: HashMap<Digest128, usize>,
-    partitions: HashMap<Digest128, Vec<usize>>,
+    /// Live entries per partition (scanned directly for small partitions).
+    partitions: HashMap<Digest128, HashMap<usize, Arc<Entry>>>,
     /// Insertion order per route (may hold removed ids, skipped lazily).
     order: HashMap<String, VecDeque<usize>>,
     counts: HashMap<String, usize>,
@@ -162,7 +163,7 @@ impl Inner {
             self.exact.remove(&e.exact);
         }
         if let Some(ids) = self.partitions.get_mut(&e.partition) {
-            ids.retain(|x| *x != id);
+            ids.remove(&id);
             if ids.is_empty() {
                 self.partitions.remove(&e.partition);
             }
@@ -257,12 +258,21 @@ impl Store {
         };
         let live = |e: &Arc<Entry>| e.record.expires > now;
         let mut out: Vec<Candidate> = if ids.len() <= BRUTE_FORCE_MAX {
-            ids.iter()
-                .filter_map(|id| inner.entries.get(id))
-                .filter(|e| live(e))
-                .map(|e| Candidate {
+            // Keep the best `k` while scanning: no allocation or sort per entry.
+            let mut top: Vec<(f32, &Arc<Entry>)> = Vec::with_capacity(k + 1);
+            for e in ids.values().filter(|e| live(e)) {
+                let s = dot(vector, &e.vector);
+                if top.len() == k && top.last().is_some_and(|(worst, _)| s <= *worst) {
+                    continue;
+                }
+                let at = top.partition_point(|(x, _)| *x >= s);
+                top.insert(at, (s, e));
+                top.truncate(k);
+            }
+            top.into_iter()
+                .map(|(similarity, e)| Candidate {
                     entry: e.clone(),
-                    similarity: dot(vector, &e.vector),
+                    similarity,
                 })
                 .collect()
         } else {
@@ -325,7 +335,11 @@ impl Store {
             });
             inner.entries.insert(id, entry.clone());
             inner.exact.insert(exact, id);
-            inner.partitions.entry(partition).or_default().push(id);
+            inner
+                .partitions
+                .entry(partition)
+                .or_default()
+                .insert(id, entry.clone());
             inner.order.entry(route.clone()).or_default().push_back(id);
             *inner.counts.entry(route.clone()).or_default() += 1;
             inner.dirty = true;
@@ -426,7 +440,11 @@ impl Store {
                 inner.remove(old);
             }
             inner.entries.insert(id, entry.clone());
-            inner.partitions.entry(partition).or_default().push(id);
+            inner
+                .partitions
+                .entry(partition)
+                .or_default()
+                .insert(id, entry.clone());
             inner.order.entry(route.clone()).or_default().push_back(id);
             *inner.counts.entry(route).or_default() += 1;
             batch.push(entry);

@@ -28,13 +28,7 @@ pub async fn lookup(
         return Ok(false);
     }
     let lookup = {
-        let req = session.req_header();
-        let header = |name: &str| {
-            req.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |name: &str| super::intake::request_header(session, name);
         cache
             .lookup(
                 &gw.metrics,

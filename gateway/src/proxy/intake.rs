@@ -13,6 +13,16 @@ const RETRY_BUFFER_BYTES: usize = 64 * 1024;
 /// Longest accepted client-supplied request id.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// A request header's value as text (`None` when absent or not visible ASCII).
+pub fn request_header(session: &Session, name: &str) -> Option<String> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// The client's `x-request-id` when it is sane, else a fresh random id.
 pub fn request_id(session: &Session) -> String {
     let given = session

@@ -17,12 +17,7 @@ pub async fn handle(
 ) -> pingora::Result<()> {
     let method = session.req_header().method.as_str().to_string();
     let path = session.req_header().uri.path().to_string();
-    let authorization = session
-        .req_header()
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let authorization = intake::request_header(session, "authorization");
     let tenant = crate::cache::key::tenant_id(authorization.as_deref());
     let not_found = |id: &str| {
         ApiError::new(

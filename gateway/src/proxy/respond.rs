@@ -128,6 +128,27 @@ pub async fn json(
     local(session, ctx, status, "application/json", body).await
 }
 
+/// The gateway's own response headers: request id, route, variant, cache outcome.
+pub fn gateway_headers(ctx: &RequestCtx, resp: &mut ResponseHeader) -> pingora::Result<()> {
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if let Some(route) = &ctx.route {
+        resp.insert_header("x-gateway-route", route.name.as_str())?;
+    }
+    if let Some(variant) = &ctx.variant {
+        resp.insert_header("x-gateway-variant", variant.as_str())?;
+    }
+    if let Some(c) = ctx.cache_header {
+        resp.insert_header("x-reasoning-cache", c)?;
+    }
+    if let Some(s) = ctx.cache_similarity {
+        resp.insert_header("x-reasoning-cache-similarity", format!("{s:.4}"))?;
+    }
+    if let Some(r) = ctx.cache_rejected {
+        resp.insert_header("x-reasoning-cache-rejected", r.label())?;
+    }
+    Ok(())
+}
+
 /// Answers a whole response the gateway produced itself (JSON, errors, cache replays).
 pub async fn local(
     session: &mut Session,
@@ -138,20 +159,8 @@ pub async fn local(
 ) -> pingora::Result<()> {
     let mut header = ResponseHeader::build(status, Some(8))?;
     header.insert_header("content-type", content_type)?;
-    if let Some(v) = &ctx.variant {
-        header.insert_header("x-gateway-variant", v.as_str())?;
-    }
-    if let Some(c) = ctx.cache_header {
-        header.insert_header("x-reasoning-cache", c)?;
-    }
-    if let Some(s) = ctx.cache_similarity {
-        header.insert_header("x-reasoning-cache-similarity", format!("{s:.4}"))?;
-    }
     header.insert_header("content-length", body.len().to_string())?;
-    header.insert_header("x-request-id", ctx.request_id.as_str())?;
-    if let Some(route) = &ctx.route {
-        header.insert_header("x-gateway-route", route.name.as_str())?;
-    }
+    gateway_headers(ctx, &mut header)?;
     ctx.local_status = Some(status);
     ctx.response_bytes += body.len();
     session
