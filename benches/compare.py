@@ -1,6 +1,8 @@
 """Proxy overhead side by side, in one run, on loopback: the scripted upstream directly, nginx as a
 plain reverse proxy, the gateway with observability only (parser `passthrough`), the gateway with
-the reasoning parser and metrics (`deepseek_r1`), and LiteLLM proxy when installed.
+the reasoning parser and metrics (`deepseek_r1`), the same with the reasoning cache on (every
+request asks another question, so every lookup is a miss: embedding, search, guard, insert), and
+LiteLLM proxy when installed.
 
 Usage: compare.py TARGET_DIR OUT.md [SECONDS] [RATES] [--ceiling]   (run by `make bench-proxy`)
 
@@ -122,12 +124,18 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{up_port}; keepalive 512
         procs.append(start(["nginx", "-c", conf, "-g", "daemon off;"], port))
         targets.append(("nginx", f"http://127.0.0.1:{port}/v1/chat/completions", procs[-1]))
 
-    for name, parser in [("gateway (observability only)", "passthrough"), ("gateway (parser + metrics)", "deepseek_r1")]:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cache_cfg = (f"cache: {{model_dir: {repo}/models/minilm, onnxruntime: {repo}/models/onnxruntime/libonnxruntime.so}}\n")
+    for name, parser, cache in [("gateway (observability only)", "passthrough", False),
+                                ("gateway (parser + metrics)", "deepseek_r1", False),
+                                ("gateway (parser + metrics + cache miss)", "deepseek_r1", True)]:
         port, admin = free_port(), free_port()
-        cfg = os.path.join(TMP, f"gw-{parser}.yaml")
+        cfg = os.path.join(TMP, f"gw-{parser}-{cache}.yaml")
+        route_cache = ", cache: {}" if cache else ""
         open(cfg, "w").write(f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\nthreads: 2\n"
-                             f"upstreams: [{{name: up, endpoints: ['127.0.0.1:{up_port}']}}]\n"
-                             f"routes: [{{model: bench, upstream: up, reasoning: {{parser: {parser}}}}}]\n")
+                             + (cache_cfg if cache else "")
+                             + f"upstreams: [{{name: up, endpoints: ['127.0.0.1:{up_port}']}}]\n"
+                             f"routes: [{{model: bench, upstream: up, reasoning: {{parser: {parser}}}{route_cache}}}]\n")
         env = dict(os.environ, RUST_LOG="warn")
         procs.append(start([BIN("reasoning-gateway"), "serve", "--config", cfg], port, env=env))
         targets.append((name, f"http://127.0.0.1:{port}/v1/chat/completions", procs[-1]))

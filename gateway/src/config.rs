@@ -224,6 +224,8 @@ pub struct CacheSettings {
     pub embed_threads: usize,
     /// ONNX Runtime threads per embedding (2 halves a long problem's latency on 2 cores).
     pub embed_intra_threads: usize,
+    /// Let ONNX Runtime threads spin between work items (lower latency, more CPU; default on).
+    pub embed_spin: bool,
     /// Longest wait for an embedding before the request goes on as a miss.
     pub embed_timeout: Duration,
     /// Header naming the tenant; by default a digest of the API key is the tenant.

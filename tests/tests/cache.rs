@@ -12,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn cache_section(extra: &str) -> String {
     format!(
-        "cache:\n  model_dir: {}\n  onnxruntime: {}\n{extra}",
+        "cache:\n  model_dir: {}\n  onnxruntime: {}\n  embed_timeout: 5s\n{extra}",
         repo_root().join("models/minilm").display(),
         repo_root()
             .join("models/onnxruntime/libonnxruntime.so")

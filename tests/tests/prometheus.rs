@@ -15,6 +15,7 @@ fn config(addr: std::net::SocketAddr) -> String {
         r#"cache:
   model_dir: {}
   onnxruntime: {}
+  embed_timeout: 5s
 upstreams: [{{name: fake, endpoints: ["{addr}"]}}]
 routes:
   - {{model: cached, upstream: fake, upstream_model: think, cache: {{}}}}

@@ -62,6 +62,7 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
         snapshot_interval: Duration::from_secs(3600),
         embed_threads: 1,
         embed_intra_threads: 1,
+        embed_spin: true,
         embed_timeout: Duration::from_secs(5),
         tenant_header: None,
     };
@@ -75,9 +76,11 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
                 .map_or(1, |n| n.get())
                 .min(2)
         });
-    println!("one embedding thread, {intra} ONNX Runtime thread(s) per embedding");
+    // As the gateway's default (`cache.embed_spin: true`); SPIN=0 turns it off.
+    let spin = std::env::var("SPIN").map_or(true, |v| v != "0");
+    println!("one embedding thread, {intra} ONNX Runtime thread(s) per embedding, spinning {spin}");
     let embedder = Embedder::start(1, settings.embed_timeout, move || {
-        Ok(Box::new(MiniLm::load(&md, &o, intra)?) as Box<dyn TextEmbed>)
+        Ok(Box::new(MiniLm::load(&md, &o, intra, spin)?) as Box<dyn TextEmbed>)
     })?;
     let cache = Cache::with_embedder(settings, embedder);
     let metrics = Metrics::new();
@@ -202,7 +205,7 @@ fn ann(
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    let mut model = MiniLm::load(Path::new(model_dir), Path::new(ort), threads)?;
+    let mut model = MiniLm::load(Path::new(model_dir), Path::new(ort), threads, true)?;
     let started = Instant::now();
     let mut centres = Vec::new();
     for chunk in texts.chunks(64) {

@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut model = MiniLm::load(Path::new(&args[2]), Path::new(&args[3]), threads)?;
+    let mut model = MiniLm::load(Path::new(&args[2]), Path::new(&args[3]), threads, true)?;
     let texts: Vec<String> = pairs
         .iter()
         .flat_map(|p| {

@@ -33,16 +33,26 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(
         args.len() >= 5,
-        "usage: loadgen URL RATE SECONDS stream|json [MODEL]"
+        "usage: loadgen URL RATE SECONDS stream|json [MODEL]  (every request asks another question)"
     );
     let url: hyper::Uri = args[1].parse()?;
     let rate: f64 = args[2].parse()?;
     let secs: f64 = args[3].parse()?;
     let stream = args[4] == "stream";
     let model = args.get(5).cloned().unwrap_or_else(|| "bench".into());
-    let body = Bytes::from(serde_json::to_vec(&serde_json::json!({
-        "model": model, "stream": stream, "max_tokens": 64,
-        "messages": [{"role": "user", "content": "What is 17 times 23?"}]}))?);
+    // A different question per request (another number), so a cache in front can only miss:
+    // what is measured is its miss path, near-misses included.
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000_000) as usize;
+    let body_for = |i: usize| {
+        Bytes::from(
+            serde_json::to_vec(&serde_json::json!({
+                "model": model, "stream": stream, "max_tokens": 64,
+                "messages": [{"role": "user", "content": format!("What is 17 times {}?", base + i)}]}))
+            .unwrap_or_default(),
+        )
+    };
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(4096)
         .build_http();
@@ -54,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..total {
         let scheduled = start + period.mul_f64(i as f64);
         tokio::time::sleep_until(scheduled.into()).await;
-        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        let (client, url, body) = (client.clone(), url.clone(), body_for(i));
         tasks.push(tokio::spawn(async move {
             let run = async {
                 let req = hyper::Request::post(url)

@@ -22,8 +22,10 @@ pub const MODEL_FILES: &[&str] = &[
 
 /// Longest input, in tokens (all-MiniLM-L6-v2 was trained on 256).
 const MAX_TOKENS: usize = 256;
-/// Requests waiting for an embedding thread; more are refused at once (served as misses).
-const QUEUE: usize = 256;
+/// Requests waiting for an embedding thread; more are refused at once (served as misses). Kept
+/// short: a request that would wait longer than the embedding timeout in line should not wait at
+/// all (measured: with 256 places every request waited the full 250 ms timeout at 500 req/s).
+const QUEUE: usize = 16;
 /// Requests one thread embeds in one batch.
 const BATCH: usize = 16;
 
@@ -42,6 +44,7 @@ impl MiniLm {
         model_dir: &Path,
         onnxruntime: &Path,
         intra_threads: usize,
+        spin: bool,
     ) -> anyhow::Result<Self> {
         init_ort(onnxruntime)?;
         let read = |name: &str| -> anyhow::Result<Vec<u8>> {
@@ -56,9 +59,15 @@ impl MiniLm {
         };
         let model = fastembed::UserDefinedEmbeddingModel::new(read("model.onnx")?, tokenizer)
             .with_pooling(fastembed::Pooling::Mean);
+        // Spin-waiting ONNX Runtime threads answer sooner but cost CPU (BENCHMARKS.md: about 15
+        // against 9 CPU ms per request at 100 req/s; latency was lower with spinning throughout).
         let options = fastembed::InitOptionsUserDefined::new()
             .with_max_length(MAX_TOKENS)
-            .with_intra_threads(intra_threads.max(1));
+            .with_intra_threads(intra_threads.max(1))
+            .with_session_config(
+                "session.intra_op.allow_spinning",
+                if spin { "1" } else { "0" },
+            );
         let te = fastembed::TextEmbedding::try_new_from_user_defined(model, options)
             .map_err(|e| anyhow::anyhow!("cannot load the embedding model: {e}"))?;
         Ok(MiniLm(te))

@@ -209,6 +209,7 @@ pub struct RawCacheSettings {
     pub snapshot_interval: Option<String>,
     pub embed_threads: Option<usize>,
     pub embed_intra_threads: Option<usize>,
+    pub embed_spin: Option<bool>,
     pub embed_timeout: Option<String>,
     pub tenant_header: Option<String>,
 }

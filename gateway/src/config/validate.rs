@@ -676,10 +676,11 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
         ),
         embed_threads,
         embed_intra_threads,
+        embed_spin: c.and_then(|c| c.embed_spin).unwrap_or(true),
         embed_timeout: errs.duration(
             "cache.embed_timeout",
             &c.and_then(|c| c.embed_timeout.clone()),
-            Duration::from_millis(250),
+            Duration::from_millis(50),
         ),
         tenant_header: tenant_header.map(|h| h.to_ascii_lowercase()),
     }
