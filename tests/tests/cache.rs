@@ -352,16 +352,17 @@ async fn admin_purges_by_tenant_and_route() {
         WAIT,
     )
     .await;
-    let url = |p: &str| format!("http://127.0.0.1:{}{p}", gw.admin_port);
-    let c = reqwest::Client::new();
-    let r: Value = c
-        .post(url("/admin/cache/purge?api_key=sk-a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let purge = |query: &str| {
+        let url = format!(
+            "http://127.0.0.1:{}/admin/cache/purge?{query}",
+            gw.admin_port
+        );
+        async move {
+            let r = reqwest::Client::new().post(url).send().await.unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let r = purge("api_key=sk-a").await;
     assert_eq!(r["removed"], 1);
     assert_eq!(
         ask(&gw, q, false, &[("authorization", "Bearer sk-a")])
@@ -375,14 +376,7 @@ async fn admin_purges_by_tenant_and_route() {
             .cache,
         "hit"
     );
-    let r: Value = c
-        .post(url("/admin/cache/purge?route=think"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = purge("route=think").await;
     assert!(r["removed"].as_u64().unwrap() >= 1);
     assert_eq!(
         ask(&gw, q, false, &[("authorization", "Bearer sk-b")])

@@ -157,6 +157,22 @@ struct Inner {
 }
 
 impl Inner {
+    /// Files a new entry under every map (the caller has taken `id` from `next_id`).
+    fn add(&mut self, entry: Arc<Entry>) {
+        let (id, route) = (entry.id, entry.record.route.clone());
+        if let Some(old) = self.exact.insert(entry.exact, id) {
+            self.remove(old);
+        }
+        self.partitions
+            .entry(entry.partition)
+            .or_default()
+            .insert(id, entry.clone());
+        self.entries.insert(id, entry);
+        self.order.entry(route.clone()).or_default().push_back(id);
+        *self.counts.entry(route).or_default() += 1;
+        self.dirty = true;
+    }
+
     fn remove(&mut self, id: usize) -> Option<Arc<Entry>> {
         let e = self.entries.remove(&id)?;
         if self.exact.get(&e.exact) == Some(&id) {
@@ -333,16 +349,7 @@ impl Store {
                 features,
                 vector,
             });
-            inner.entries.insert(id, entry.clone());
-            inner.exact.insert(exact, id);
-            inner
-                .partitions
-                .entry(partition)
-                .or_default()
-                .insert(id, entry.clone());
-            inner.order.entry(route.clone()).or_default().push_back(id);
-            *inner.counts.entry(route.clone()).or_default() += 1;
-            inner.dirty = true;
+            inner.add(entry.clone());
             while inner.counts.get(&route).copied().unwrap_or(0) > max_entries.max(1) {
                 let Some(oldest) = inner.order.get_mut(&route).and_then(VecDeque::pop_front) else {
                     break;
@@ -427,7 +434,6 @@ impl Store {
         for (record, partition, exact, vector) in items {
             let id = inner.next_id;
             inner.next_id += 1;
-            let route = record.route.clone();
             let entry = Arc::new(Entry {
                 id,
                 features: guard::features(&record.problem),
@@ -436,17 +442,7 @@ impl Store {
                 exact,
                 vector,
             });
-            if let Some(old) = inner.exact.insert(exact, id) {
-                inner.remove(old);
-            }
-            inner.entries.insert(id, entry.clone());
-            inner
-                .partitions
-                .entry(partition)
-                .or_default()
-                .insert(id, entry.clone());
-            inner.order.entry(route.clone()).or_default().push_back(id);
-            *inner.counts.entry(route).or_default() += 1;
+            inner.add(entry.clone());
             batch.push(entry);
         }
         let index = Index::new(inner.entries.len());
