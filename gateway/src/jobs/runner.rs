@@ -41,6 +41,25 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
         return;
     }
     let outcome = execute(&jobs, &id, &job).await;
+    // The connection to the gateway's own listener broke (the gateway is stopping, most likely):
+    // the job goes back in the queue, is run again after a pause, and if the process ends first
+    // it is found queued at the next start.
+    if let Err(e) = &outcome {
+        let transport = matches!(
+            e["code"].as_str(),
+            Some("gateway_error" | "gateway_unreachable" | "incomplete")
+        );
+        let attempts = jobs.snapshot(&id).map_or(u32::MAX, |j| j.attempts);
+        if transport && attempts < super::MAX_ATTEMPTS {
+            tracing::warn!(job = %id, error = %e, "Async job lost its connection to the gateway; queued again.");
+            if jobs.update(&id, true, |j| j.status = Status::Queued) {
+                drop(_slot);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                jobs.start(id);
+            }
+            return;
+        }
+    }
     let finished = jobs.update(&id, true, |j| match outcome {
         Ok(result) => {
             j.status = Status::Succeeded;
