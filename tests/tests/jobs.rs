@@ -343,6 +343,14 @@ async fn bad_submissions_get_openai_errors() {
     let (s, e) = job(&gw, "job_nope", "sk-a").await;
     assert_eq!(s, 404);
     assert_eq!(e["error"]["code"], "job_not_found");
+    let r = reqwest::get(format!("{}/async/chat/completions", gw.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let r = reqwest::get(format!("{}/async/elsewhere", gw.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }
 
 #[tokio::test]

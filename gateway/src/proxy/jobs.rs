@@ -79,6 +79,15 @@ pub async fn handle(
                 None => respond::error(session, ctx, not_found(id)).await,
             }
         }
+        (m, "/v1/async/chat/completions") => {
+            let e = ApiError::new(
+                405,
+                ErrorKind::InvalidRequest,
+                "method_not_allowed",
+                format!("{m} is not allowed on /v1/async/chat/completions; use POST."),
+            );
+            respond::error(session, ctx, e).await
+        }
         _ => respond::error(session, ctx, ApiError::unknown_url(&method, &path)).await,
     }
 }
