@@ -263,7 +263,7 @@ fn ann(
         store.load(items);
         let build = started.elapsed();
         println!(
-            "ann: {n} entries (384-d), parallel build {build:.1?} on {threads} threads (M 16, ef_construction 64)"
+            "ann: {n} entries (384-d; graph on 64-d projections, re-ranked), parallel build {build:.1?} on {threads} threads (M 16, ef_construction 64)"
         );
         for ef in [16, 32, 64] {
             store.set_ef_search(ef);
