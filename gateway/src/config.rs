@@ -226,6 +226,8 @@ pub struct CacheSettings {
     pub embed_intra_threads: usize,
     /// Let ONNX Runtime threads spin between work items (lower latency, more CPU; default on).
     pub embed_spin: bool,
+    /// Candidate list of the graph search (recall against time; partitions over 4 096 entries).
+    pub ann_ef_search: usize,
     /// Longest wait for an embedding before the request goes on as a miss.
     pub embed_timeout: Duration,
     /// Header naming the tenant; by default a digest of the API key is the tenant.

@@ -63,6 +63,7 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
         embed_threads: 1,
         embed_intra_threads: 1,
         embed_spin: true,
+        ann_ef_search: 32,
         embed_timeout: Duration::from_secs(5),
         tenant_header: None,
     };

@@ -129,9 +129,11 @@ impl Cache {
 
     /// A cache over any embedder (tests, benchmarks); loads the snapshot if configured.
     pub fn with_embedder(settings: CacheSettings, embedder: Arc<Embedder>) -> Arc<Self> {
+        let store = Store::new();
+        store.set_ef_search(settings.ann_ef_search);
         let cache = Cache {
             embedder,
-            store: Store::new(),
+            store,
             recent_hits: Mutex::new((HashMap::new(), VecDeque::new())),
             settings,
         };

@@ -353,7 +353,7 @@ impl Store {
             let wanted = k.max(GRAPH_CANDIDATES);
             let ef = self.ef_search.load(Ordering::Relaxed).max(wanted);
             let query = self.graph_vector(vector);
-            let keep = |id: usize| inner.entries.get(&id).filter(|e| filter(&id)).cloned();
+            let keep = |id: usize| inner.entries.get(&id).filter(|_| filter(&id)).cloned();
             // Unfiltered first: the filter touches every visited entry (most of the search time
             // when measured); fall back to a filtered search when other partitions or dead
             // entries crowd the candidates out.
@@ -649,7 +649,13 @@ mod tests {
             .collect();
         s.load(items);
         // The same vector in another partition is never a candidate of this one.
-        s.insert(record("r", "q", 100), [9u8; 16], [9u8; 16], unit(123, 128), usize::MAX);
+        s.insert(
+            record("r", "q", 100),
+            [9u8; 16],
+            [9u8; 16],
+            unit(123, 128),
+            usize::MAX,
+        );
         let found = s.search(&unit(123, 128), &p, 10, 5);
         assert!(found.iter().all(|c| c.entry.partition == p));
         assert!(

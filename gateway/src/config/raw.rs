@@ -210,6 +210,7 @@ pub struct RawCacheSettings {
     pub embed_threads: Option<usize>,
     pub embed_intra_threads: Option<usize>,
     pub embed_spin: Option<bool>,
+    pub ann_ef_search: Option<usize>,
     pub embed_timeout: Option<String>,
     pub tenant_header: Option<String>,
 }

@@ -677,6 +677,14 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
         embed_threads,
         embed_intra_threads,
         embed_spin: c.and_then(|c| c.embed_spin).unwrap_or(true),
+        ann_ef_search: match c.and_then(|c| c.ann_ef_search) {
+            Some(0) => {
+                errs.push("cache.ann_ef_search", "must be at least 1");
+                crate::cache::store::HNSW_EF_SEARCH
+            }
+            Some(n) => n,
+            None => crate::cache::store::HNSW_EF_SEARCH,
+        },
         embed_timeout: errs.duration(
             "cache.embed_timeout",
             &c.and_then(|c| c.embed_timeout.clone()),
