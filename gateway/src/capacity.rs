@@ -50,6 +50,18 @@ impl Histogram {
         }
     }
 
+    /// Adds one sample of the `_bucket`, `_sum` or `_count` series (a bucket without `le` is
+    /// skipped).
+    fn record(&mut self, suffix: &str, le: Option<&str>, v: f64) {
+        match (suffix, le) {
+            ("_bucket", Some("+Inf")) => self.add(f64::INFINITY, v),
+            ("_bucket", Some(x)) => self.add(x.parse().unwrap_or(f64::INFINITY), v),
+            ("_bucket", None) => {}
+            ("_sum", _) => self.sum += v,
+            _ => self.count += v,
+        }
+    }
+
     fn total(&self) -> f64 {
         self.buckets
             .last()
@@ -133,13 +145,10 @@ pub fn from_exposition(text: &str, route: Option<&str>) -> ByClass {
         let Some(rest) = line.strip_prefix(METRIC) else {
             continue;
         };
-        let (kind, rest) = if let Some(r) = rest.strip_prefix("_bucket") {
-            ("bucket", r)
-        } else if let Some(r) = rest.strip_prefix("_sum") {
-            ("sum", r)
-        } else if let Some(r) = rest.strip_prefix("_count") {
-            ("count", r)
-        } else {
+        let Some((suffix, rest)) = ["_bucket", "_sum", "_count"]
+            .into_iter()
+            .find_map(|sfx| rest.strip_prefix(sfx).map(|r| (sfx, r)))
+        else {
             continue;
         };
         let (lbl, value) = match (rest.find('{'), rest.rfind('}')) {
@@ -153,19 +162,9 @@ pub fn from_exposition(text: &str, route: Option<&str>) -> ByClass {
             continue;
         }
         let class = lbl.get("reasoning_length").cloned().unwrap_or_default();
-        let h = out.entry(class).or_default();
-        match kind {
-            "bucket" => {
-                let le = match lbl.get("le").map(String::as_str) {
-                    Some("+Inf") => f64::INFINITY,
-                    Some(x) => x.parse().unwrap_or(f64::INFINITY),
-                    None => continue,
-                };
-                h.add(le, v);
-            }
-            "sum" => h.sum += v,
-            _ => h.count += v,
-        }
+        out.entry(class)
+            .or_default()
+            .record(suffix, lbl.get("le").map(String::as_str), v);
     }
     out
 }
@@ -206,19 +205,9 @@ pub async fn from_prometheus(
                 .as_str()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0.0);
-            let h = out.entry(class).or_default();
-            match suffix {
-                "_bucket" => {
-                    let le = match r["metric"]["le"].as_str() {
-                        Some("+Inf") => f64::INFINITY,
-                        Some(x) => x.parse().unwrap_or(f64::INFINITY),
-                        None => continue,
-                    };
-                    h.add(le, value);
-                }
-                "_sum" => h.sum += value,
-                _ => h.count += value,
-            }
+            out.entry(class)
+                .or_default()
+                .record(suffix, r["metric"]["le"].as_str(), value);
         }
     }
     Ok(out)

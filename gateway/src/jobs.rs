@@ -450,21 +450,9 @@ impl Jobs {
         };
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(".{}.tmp", job.id));
-            {
-                use std::io::Write;
-                let mut opts = std::fs::OpenOptions::new();
-                opts.write(true).create(true).truncate(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    opts.mode(0o600);
-                }
-                let mut f = opts.open(&tmp)?;
-                f.write_all(&serde_json::to_vec(job).unwrap_or_default())?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, dir.join(format!("{}.json", job.id)))
+            let bytes = serde_json::to_vec(job).unwrap_or_default();
+            // Job files hold request bodies and Authorization headers.
+            crate::fsutil::write_atomic(&dir.join(format!("{}.json", job.id)), &bytes, Some(0o600))
         };
         if let Err(e) = write() {
             tracing::error!(job = %job.id, error = %e, "Async job could not be saved.");

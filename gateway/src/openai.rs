@@ -24,12 +24,7 @@ impl Endpoint {
             _ => return Err(ApiError::unknown_url(method, path)),
         };
         if method != wanted {
-            return Err(ApiError::new(
-                405,
-                ErrorKind::InvalidRequest,
-                "method_not_allowed",
-                format!("{method} is not allowed on {path}; use {wanted}"),
-            ));
+            return Err(ApiError::method_not_allowed(method, path, wanted));
         }
         Ok(endpoint)
     }
@@ -110,6 +105,16 @@ impl ApiError {
             ErrorKind::InvalidRequest,
             "unknown_url",
             format!("Invalid URL ({method} {path})"),
+        )
+    }
+
+    /// 405 for a known path asked with another method; `allowed` names the right one(s).
+    pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {
+        ApiError::new(
+            405,
+            ErrorKind::InvalidRequest,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}; use {allowed}"),
         )
     }
 

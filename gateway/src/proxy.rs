@@ -66,13 +66,12 @@ impl GatewayProxy {
         };
         ctx.stream_requested = routed.info.stream;
         // `x-reasoning-checkpoints: true` (the route's interval) or a step count; streams only.
-        ctx.checkpoints = match header("x-reasoning-checkpoints").as_deref().map(str::trim) {
-            Some("true" | "on") => routed.route.reasoning.checkpoint_every,
-            Some(n) => n.parse().unwrap_or(0),
-            None => 0,
-        };
-        if !routed.info.stream || routed.aggregate {
-            ctx.checkpoints = 0;
+        if routed.info.stream && !routed.aggregate {
+            ctx.checkpoints = match header("x-reasoning-checkpoints").as_deref().map(str::trim) {
+                Some("true" | "on") => routed.route.reasoning.checkpoint_every,
+                Some(n) => n.parse().unwrap_or(0),
+                None => 0,
+            };
         }
         ctx.response_format = routed.info.body.get("response_format").cloned();
         ctx.strip_usage = routed.usage_injected;

@@ -5,7 +5,6 @@
 //! Written to a temporary file and renamed, so a crash mid-write leaves the previous snapshot.
 //! Any damage (bad magic, bad digest, truncation, bad JSON) rejects the whole file.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -42,13 +41,7 @@ pub fn write(dir: &Path, entries: &[std::sync::Arc<Entry>]) -> std::io::Result<(
     }
     let digest = Sha256::digest(&buf);
     buf.extend_from_slice(&digest);
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&buf)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path(dir))
+    crate::fsutil::write_atomic(&path(dir), &buf, None)
 }
 
 /// Why a snapshot was not used.

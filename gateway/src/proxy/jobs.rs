@@ -57,12 +57,7 @@ pub async fn handle(
                     v
                 }
                 _ => {
-                    let e = ApiError::new(
-                        405,
-                        ErrorKind::InvalidRequest,
-                        "method_not_allowed",
-                        format!("{m} is not allowed on {p}; use GET or DELETE."),
-                    );
+                    let e = ApiError::method_not_allowed(m, p, "GET or DELETE");
                     return respond::error(session, ctx, e).await;
                 }
             };
@@ -79,13 +74,8 @@ pub async fn handle(
                 None => respond::error(session, ctx, not_found(id)).await,
             }
         }
-        (m, "/v1/async/chat/completions") => {
-            let e = ApiError::new(
-                405,
-                ErrorKind::InvalidRequest,
-                "method_not_allowed",
-                format!("{m} is not allowed on /v1/async/chat/completions; use POST."),
-            );
+        (m, p @ "/v1/async/chat/completions") => {
+            let e = ApiError::method_not_allowed(m, p, "POST");
             respond::error(session, ctx, e).await
         }
         _ => respond::error(session, ctx, ApiError::unknown_url(&method, &path)).await,
