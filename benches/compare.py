@@ -133,6 +133,7 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{up_port}; keepalive 512
         cfg = os.path.join(TMP, f"gw-{parser}-{cache}.yaml")
         route_cache = ", cache: {}" if cache else ""
         open(cfg, "w").write(f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\nthreads: 2\n"
+                             + os.environ.get("RG_BENCH_GATEWAY_EXTRA", "")
                              + (cache_cfg if cache else "")
                              + f"upstreams: [{{name: up, endpoints: ['127.0.0.1:{up_port}']}}]\n"
                              f"routes: [{{model: bench, upstream: up, reasoning: {{parser: {parser}}}{route_cache}}}]\n")

@@ -23,6 +23,7 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 DEQUANTIZE = os.environ.get("BENCH_DEQUANTIZE", "none")
+REQUANTIZE = os.environ.get("BENCH_REQUANTIZE", "auto")
 MAX_TOKENS = 128
 PARAGRAPH = (
     "The committee reviewed the quarterly figures for each of the four regional offices, "
@@ -52,7 +53,7 @@ def measure_engine(binary):
     port, admin = free_port(), free_port()
     cfg = (
         f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\n"
-        f"engine: {{model_dir: {MODEL_DIR}, gguf: {GGUF}, served_model_name: smollm2, threads: {THREADS}, max_seqs: 1, dequantize: {DEQUANTIZE}}}\n"
+        f"engine: {{model_dir: {MODEL_DIR}, gguf: {GGUF}, served_model_name: smollm2, threads: {THREADS}, max_seqs: 1, dequantize: {DEQUANTIZE}, requantize: {REQUANTIZE}}}\n"
         "routes: [{model: smollm2, upstream: engine, reasoning: {parser: passthrough}}]\n"
     )
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
@@ -140,7 +141,7 @@ def main():
     l = rates(measure_llamacpp())
     print(f"| engine | prompt tokens | completion tokens (median) | prefill tok/s | decode tok/s |")
     print(f"|---|---|---|---|---|")
-    print(f"| bundled engine (mistral.rs 0.8.1, via gateway, dequantize: {DEQUANTIZE}) | {e[2]} | {e[3]:.0f} | {e[0]:.0f} | {e[1]:.1f} |")
+    print(f"| bundled engine (mistral.rs 0.8.1, via gateway, dequantize: {DEQUANTIZE}, requantize: {REQUANTIZE}) | {e[2]} | {e[3]:.0f} | {e[0]:.0f} | {e[1]:.1f} |")
     print(f"| llama.cpp (llama-cpp-python 0.3.36, GGML_NATIVE) | {l[2]} | {l[3]:.0f} | {l[0]:.0f} | {l[1]:.1f} |")
     print(f"| **ratio engine / llama.cpp** | | | **{e[0] / l[0]:.2f}×** | **{e[1] / l[1]:.2f}×** |")
     print(f"\n{THREADS} threads, {RUNS} runs after one warm-up, medians; SmolLM2-135M-Instruct Q4_1; greedy; max_tokens {MAX_TOKENS}.")

@@ -22,6 +22,9 @@ pub enum EngineError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Converting the weights to SIMD-friendly types failed.
+    #[error("cannot requantize the model: {0}")]
+    Requantize(String),
     /// mistral.rs refused to load the model.
     #[error("mistral.rs could not load the model: {0}")]
     Load(String),

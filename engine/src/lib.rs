@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod load;
+pub mod requant;
 pub mod request;
 pub mod server;
 pub mod stop;

@@ -27,6 +27,10 @@ pub struct EngineOptions {
     pub max_context_tokens: usize,
     /// Dequantize the weights at load (`"f16"` or `"f32"`): faster prefill, slower decode.
     pub dequantize: Option<&'static str>,
+    /// Convert weights candle has only scalar kernels for (see [`crate::requant`]).
+    pub requantize: crate::requant::Requantize,
+    /// Where converted copies of the model are kept.
+    pub cache_dir: PathBuf,
 }
 
 /// A loaded model ready to serve.
@@ -93,13 +97,18 @@ pub async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         _ => {}
     }
     let started = Instant::now();
+    let (mode, cache_dir) = (opts.requantize, opts.cache_dir.clone());
+    let file = tokio::task::spawn_blocking(move || crate::requant::prepare(&file, &cache_dir, mode))
+        .await
+        .map_err(|e| EngineError::Requantize(e.to_string()))??;
+    let (dir, name) = match (file.parent(), file.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(name)) => (dir.to_path_buf(), name.to_string()),
+        _ => (opts.model_dir.clone(), opts.gguf.clone()),
+    };
     tracing::info!(file = %file.display(), threads = opts.threads, max_seqs = opts.max_seqs, "Loading the bundled engine's model.");
     // An existing local directory as the model id and no token source: mistral.rs reads the
     // GGUF (weights, tokenizer, chat template) from disk and never contacts a hub.
-    let mut builder = GgufModelBuilder::new(
-        opts.model_dir.display().to_string(),
-        vec![opts.gguf.clone()],
-    )
+    let mut builder = GgufModelBuilder::new(dir.display().to_string(), vec![name])
     .with_token_source(TokenSource::None)
     .with_max_num_seqs(opts.max_seqs);
     if !cfg!(feature = "cuda") {
@@ -134,6 +143,8 @@ mod tests {
             chat_template: None,
             max_context_tokens: 512,
             dequantize: None,
+            requantize: crate::requant::Requantize::None,
+            cache_dir: dir.join("cache"),
         }
     }
 

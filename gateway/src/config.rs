@@ -28,6 +28,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Proxy worker threads.
     pub threads: usize,
+    /// Pingora work stealing between proxy threads.
+    pub work_stealing: bool,
     /// Bundled engine, when configured.
     pub engine: Option<EngineConfig>,
     /// Reasoning-cache settings: present when a `cache:` section exists or a route enables it.
@@ -61,6 +63,10 @@ pub struct EngineConfig {
     pub max_context_tokens: usize,
     /// Dequantize weights at load: `None`, `Some("f16")` or `Some("f32")`.
     pub dequantize: Option<&'static str>,
+    /// Weight conversion at load: `"auto"`, `"none"` or `"q4_0"`.
+    pub requantize: &'static str,
+    /// Where converted copies of the model are kept.
+    pub cache_dir: PathBuf,
 }
 
 /// How a pool chooses an endpoint.

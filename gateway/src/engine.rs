@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use reasoning_engine::requant::Requantize;
 use reasoning_engine::EngineOptions;
 
 use crate::config::EngineConfig;
@@ -22,6 +23,12 @@ pub fn options(c: &EngineConfig) -> EngineOptions {
         chat_template: c.chat_template.clone(),
         max_context_tokens: c.max_context_tokens,
         dequantize: c.dequantize,
+        requantize: match c.requantize {
+            "none" => Requantize::None,
+            "q4_0" => Requantize::Q4_0,
+            _ => Requantize::Auto,
+        },
+        cache_dir: c.cache_dir.clone(),
     }
 }
 

@@ -15,6 +15,10 @@ pub struct RawConfig {
     pub max_body_bytes: Option<u64>,
     /// Worker threads of the proxy (default: the number of CPUs).
     pub threads: Option<usize>,
+    /// Let idle proxy threads take connections from busy ones (Pingora's work stealing; default
+    /// `false`: each connection stays on the thread that accepted it, with no cross-thread
+    /// wake-ups per chunk).
+    pub work_stealing: Option<bool>,
     /// The bundled mistral.rs engine, served as upstream `engine`.
     pub engine: Option<RawEngine>,
     /// Process-wide reasoning-cache settings (embedding model, snapshots, tenancy).
@@ -52,6 +56,12 @@ pub struct RawEngine {
     /// `none` (default: quantized kernels), `f16` or `f32`: dequantize the weights at load for
     /// faster prompt processing (prefill) at some cost in decode speed and memory.
     pub dequantize: Option<String>,
+    /// `auto` (default): convert weights that candle has only scalar kernels for (Q4_1, Q5_0,
+    /// Q5_1, Q8_1) to Q8_0 once, at first load; `q4_0`: every quantized weight to Q4_0 (smaller,
+    /// lossy); `none`: load the file as it is.
+    pub requantize: Option<String>,
+    /// Where requantized copies are kept (default `$HOME/.cache/reasoning-gateway/models`).
+    pub cache_dir: Option<String>,
 }
 
 /// One named upstream pool.

@@ -179,6 +179,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             admin_listen,
             max_body_bytes,
             threads,
+            work_stealing: raw.work_stealing.unwrap_or(false),
             engine,
             cache,
             upstreams,
@@ -357,6 +358,24 @@ fn engine(errs: &mut Errors, e: &RawEngine, cpus: usize) -> EngineConfig {
                 None
             }
         },
+        requantize: match e.requantize.as_deref() {
+            None | Some("auto") => "auto",
+            Some("none") => "none",
+            Some("q4_0") => "q4_0",
+            Some(other) => {
+                errs.push(
+                    "engine.requantize",
+                    format!("`{other}` is not one of auto, none, q4_0"),
+                );
+                "none"
+            }
+        },
+        cache_dir: e.cache_dir.as_ref().map(PathBuf::from).unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache/reasoning-gateway/models")
+        }),
     }
 }
 

@@ -1,0 +1,250 @@
+//! Requantizing a GGUF's weights, once, to a type candle has SIMD kernels for.
+//!
+//! candle (mistral.rs's tensor library) picks its quantized dot products at compile time and has
+//! AVX2 kernels for `Q4_0`, `Q8_0` and the K-quants, but computes `Q4_1`, `Q5_0`, `Q5_1` and
+//! `Q8_1` with scalar code. Those tensors are converted to `Q8_0` (the default model,
+//! SmolLM2-135M Q4_1, is all `Q4_1`): every value of a 4- or 5-bit block is re-expressed on an
+//! 8-bit grid, so the model's outputs barely move while matrix products run vectorised. The
+//! converted file is written next to nothing the user owns — into `cache_dir`, named after the
+//! source's size and modification time — and reused on later starts.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Device;
+
+use crate::error::EngineError;
+
+/// What to do with weights candle only has scalar kernels for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requantize {
+    /// Load the file as it is.
+    None,
+    /// Convert tensors without SIMD kernels (`Q4_1`, `Q5_0`, `Q5_1`, `Q8_1`) to `Q8_0`.
+    Auto,
+    /// Convert every quantized tensor that is not already `Q4_0` to `Q4_0` (smaller, lossy).
+    Q4_0,
+}
+
+fn scalar_only(t: GgmlDType) -> bool {
+    matches!(
+        t,
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1
+    )
+}
+
+fn quantized(t: GgmlDType) -> bool {
+    !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
+/// The type `tensor` (of `dtype` and last dimension `cols`) becomes, if it changes.
+fn target(mode: Requantize, dtype: GgmlDType, cols: usize) -> Option<GgmlDType> {
+    let to = match mode {
+        Requantize::None => return None,
+        Requantize::Auto if scalar_only(dtype) => GgmlDType::Q8_0,
+        Requantize::Q4_0 if quantized(dtype) && dtype != GgmlDType::Q4_0 => GgmlDType::Q4_0,
+        _ => return None,
+    };
+    (cols % to.block_size() == 0).then_some(to)
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Requantize(format!("{}: {e}", path.display()))
+}
+
+/// The file to load: `src` itself when nothing needs converting, otherwise the converted copy in
+/// `cache_dir` (written now unless an up-to-date one is there).
+pub fn prepare(src: &Path, cache_dir: &Path, mode: Requantize) -> Result<PathBuf, EngineError> {
+    if mode == Requantize::None {
+        return Ok(src.to_path_buf());
+    }
+    let mut reader = BufReader::new(File::open(src).map_err(|e| err(src, e))?);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| err(src, e))?;
+    let mut names: Vec<(&String, &gguf_file::TensorInfo)> = content.tensor_infos.iter().collect();
+    names.sort_by_key(|(_, info)| info.offset);
+    let plan: Vec<Option<GgmlDType>> = names
+        .iter()
+        .map(|(_, info)| {
+            let cols = info.shape.dims().last().copied().unwrap_or(0);
+            target(mode, info.ggml_dtype, cols)
+        })
+        .collect();
+    let converted = plan.iter().filter(|t| t.is_some()).count();
+    if converted == 0 {
+        return Ok(src.to_path_buf());
+    }
+    let meta = std::fs::metadata(src).map_err(|e| err(src, e))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let stem = src.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let suffix = match mode {
+        Requantize::Q4_0 => "q4_0",
+        _ => "simd",
+    };
+    let dst = cache_dir.join(format!("{stem}.{}-{mtime}.{suffix}.gguf", meta.len()));
+    if dst.is_file() {
+        tracing::info!(file = %dst.display(), "Using the requantized copy of the model.");
+        return Ok(dst);
+    }
+    let started = Instant::now();
+    tracing::info!(from = %src.display(), to = %dst.display(), tensors = converted, "Requantizing weights that candle has no SIMD kernels for (once; the copy is reused).");
+    let mut tensors = Vec::with_capacity(names.len());
+    for ((name, _), to) in names.iter().zip(&plan) {
+        let t = content
+            .tensor(&mut reader, name, &Device::Cpu)
+            .map_err(|e| err(src, format!("tensor {name}: {e}")))?;
+        let t = match to {
+            Some(to) => {
+                let dense = t
+                    .dequantize(&Device::Cpu)
+                    .map_err(|e| err(src, format!("tensor {name}: {e}")))?;
+                QTensor::quantize(&dense, *to)
+                    .map_err(|e| err(src, format!("tensor {name}: {e}")))?
+            }
+            None => t,
+        };
+        tensors.push((name.as_str(), t));
+    }
+    let mut metadata: Vec<(&str, &Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    metadata.sort_by_key(|(k, _)| *k);
+    std::fs::create_dir_all(cache_dir).map_err(|e| err(cache_dir, e))?;
+    let tmp = dst.with_extension(format!("tmp{}", std::process::id()));
+    let written = (|| {
+        let mut w = BufWriter::new(File::create(&tmp).map_err(|e| err(&tmp, e))?);
+        let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+        gguf_file::write(&mut w, &metadata, &refs).map_err(|e| err(&tmp, e))?;
+        let f = w.into_inner().map_err(|e| err(&tmp, e.error()))?;
+        f.sync_all().map_err(|e| err(&tmp, e))?;
+        std::fs::rename(&tmp, &dst).map_err(|e| err(&dst, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    tracing::info!(file = %dst.display(), seconds = started.elapsed().as_secs_f64(), "Requantized.");
+    Ok(dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_scalar_kernel_types_change_in_auto_mode() {
+        assert_eq!(
+            target(Requantize::Auto, GgmlDType::Q4_1, 576),
+            Some(GgmlDType::Q8_0)
+        );
+        assert_eq!(target(Requantize::Auto, GgmlDType::Q8_0, 576), None);
+        assert_eq!(target(Requantize::Auto, GgmlDType::Q4K, 576), None);
+        assert_eq!(target(Requantize::Auto, GgmlDType::F32, 576), None);
+        // A row length that Q8_0 blocks cannot tile stays as it is.
+        assert_eq!(target(Requantize::Auto, GgmlDType::Q4_1, 40), None);
+        assert_eq!(target(Requantize::None, GgmlDType::Q4_1, 576), None);
+        assert_eq!(
+            target(Requantize::Q4_0, GgmlDType::Q8_0, 576),
+            Some(GgmlDType::Q4_0)
+        );
+    }
+
+    fn write_gguf(path: &Path, tensors: &[(&str, &QTensor)]) {
+        let arch = Value::String("llama".into());
+        let mut f = File::create(path).unwrap();
+        gguf_file::write(&mut f, &[("general.architecture", &arch)], tensors).unwrap();
+    }
+
+    fn read_gguf(path: &Path) -> (gguf_file::Content, Vec<(String, QTensor)>) {
+        let mut r = BufReader::new(File::open(path).unwrap());
+        let c = gguf_file::Content::read(&mut r).unwrap();
+        let mut names: Vec<String> = c.tensor_infos.keys().cloned().collect();
+        names.sort();
+        let ts = names
+            .into_iter()
+            .map(|n| {
+                let t = c.tensor(&mut r, &n, &Device::Cpu).unwrap();
+                (n, t)
+            })
+            .collect();
+        (c, ts)
+    }
+
+    fn values(t: &QTensor) -> Vec<f32> {
+        t.dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_q4_1_model_is_converted_once_to_q8_0_with_the_same_values() {
+        let dir = std::env::temp_dir().join(format!("rg-requant-{}", std::process::id()));
+        let cache = dir.join("cache");
+        std::fs::create_dir_all(&dir).unwrap();
+        let dense =
+            candle_core::Tensor::randn(0f32, 1.0, (64, 128), &Device::Cpu).unwrap();
+        let weight = QTensor::quantize(&dense, GgmlDType::Q4_1).unwrap();
+        let norm = QTensor::quantize(
+            &candle_core::Tensor::ones(128, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap();
+        let src = dir.join("m.gguf");
+        write_gguf(&src, &[("blk.0.w", &weight), ("blk.0.norm", &norm)]);
+
+        assert_eq!(prepare(&src, &cache, Requantize::None).unwrap(), src);
+        let out = prepare(&src, &cache, Requantize::Auto).unwrap();
+        assert_ne!(out, src);
+        assert!(out.starts_with(&cache));
+        let (content, tensors) = read_gguf(&out);
+        assert_eq!(
+            content.metadata["general.architecture"].to_string().unwrap(),
+            "llama"
+        );
+        let by_name: std::collections::HashMap<_, _> = tensors.into_iter().collect();
+        assert_eq!(by_name["blk.0.w"].dtype(), GgmlDType::Q8_0);
+        assert_eq!(by_name["blk.0.norm"].dtype(), GgmlDType::F32);
+        assert_eq!(by_name["blk.0.w"].shape().dims(), &[64, 128]);
+        // Every 4-bit value lands on the 8-bit grid within half a step of it.
+        let (before, after) = (values(&weight), values(&by_name["blk.0.w"]));
+        let amax = before.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = before
+            .iter()
+            .zip(&after)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= amax / 127.0, "max difference {worst}, amax {amax}");
+
+        // The second start reuses the copy instead of converting again.
+        let written = std::fs::metadata(&out).unwrap().modified().unwrap();
+        assert_eq!(prepare(&src, &cache, Requantize::Auto).unwrap(), out);
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().modified().unwrap(),
+            written
+        );
+
+        // A model with nothing to convert is loaded as it is.
+        let q8 = QTensor::quantize(&dense, GgmlDType::Q8_0).unwrap();
+        let plain = dir.join("plain.gguf");
+        write_gguf(&plain, &[("blk.0.w", &q8)]);
+        assert_eq!(prepare(&plain, &cache, Requantize::Auto).unwrap(), plain);
+
+        // A damaged file is a clear error, not a panic.
+        let broken = dir.join("broken.gguf");
+        std::fs::write(&broken, b"GGUF\x03\x00\x00\x00\xff").unwrap();
+        let e = prepare(&broken, &cache, Requantize::Auto).unwrap_err();
+        assert!(e.to_string().contains("broken.gguf"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
