@@ -24,6 +24,8 @@ THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 DEQUANTIZE = os.environ.get("BENCH_DEQUANTIZE", "none")
 REQUANTIZE = os.environ.get("BENCH_REQUANTIZE", "auto")
+# llama.cpp reads the original file unless told otherwise (e.g. the engine's requantized copy).
+LLAMA_GGUF = os.environ.get("BENCH_LLAMA_GGUF", os.path.join(MODEL_DIR, GGUF))
 MAX_TOKENS = 128
 PARAGRAPH = (
     "The committee reviewed the quarterly figures for each of the four regional offices, "
@@ -49,24 +51,70 @@ def free_port():
     return port
 
 
-def measure_engine(binary):
+def start_engine(binary, max_seqs=1):
     port, admin = free_port(), free_port()
     cfg = (
         f"listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\n"
-        f"engine: {{model_dir: {MODEL_DIR}, gguf: {GGUF}, served_model_name: smollm2, threads: {THREADS}, max_seqs: 1, dequantize: {DEQUANTIZE}, requantize: {REQUANTIZE}}}\n"
+        f"engine: {{model_dir: {MODEL_DIR}, gguf: {GGUF}, served_model_name: smollm2, threads: {THREADS}, max_seqs: {max_seqs}, dequantize: {DEQUANTIZE}, requantize: {REQUANTIZE}}}\n"
         "routes: [{model: smollm2, upstream: engine, reasoning: {parser: passthrough}}]\n"
     )
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(cfg)
     env = dict(os.environ, RAYON_NUM_THREADS=str(THREADS))
     proc = subprocess.Popen([binary, "serve", "--config", f.name], env=env, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1).status == 200:
+                break
+        except Exception:
+            time.sleep(0.1)
+    return proc, port
+
+
+def chat(port, msgs):
+    body = json.dumps({"model": "smollm2", "messages": msgs, "max_tokens": MAX_TOKENS, "temperature": 0}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body, {"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        return json.load(resp)["usage"]["completion_tokens"]
+
+
+def aggregate_engine(binary, n):
+    """Output tokens per second for n concurrent requests (prefill included), max_seqs n."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc, port = start_engine(binary, max_seqs=n)
     try:
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1).status == 200:
-                    break
-            except Exception:
-                time.sleep(0.1)
+        chat(port, messages(1000))  # warm-up
+        rates = []
+        for run in range(RUNS):
+            start = time.perf_counter()
+            with ThreadPoolExecutor(n) as pool:
+                tokens = sum(pool.map(lambda i: chat(port, messages(2000 + run * n + i)), range(n)))
+            rates.append(tokens / (time.perf_counter() - start))
+        return statistics.median(rates)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def aggregate_llamacpp(n):
+    """llama-cpp-python serves one sequence at a time: the same n requests one after another."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=LLAMA_GGUF, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=2048, verbose=False)
+    llm.create_chat_completion(messages=messages(1000), max_tokens=MAX_TOKENS, temperature=0)
+    rates = []
+    for run in range(RUNS):
+        start = time.perf_counter()
+        tokens = sum(llm.create_chat_completion(messages=messages(2000 + run * n + i), max_tokens=MAX_TOKENS,
+                                                temperature=0)["usage"]["completion_tokens"] for i in range(n))
+        rates.append(tokens / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def measure_engine(binary):
+    proc, port = start_engine(binary)
+    try:
         results = []
         for run in range(RUNS + 1):
             body = json.dumps({"model": "smollm2", "messages": messages(run), "max_tokens": MAX_TOKENS,
@@ -100,7 +148,7 @@ def measure_engine(binary):
 def measure_llamacpp():
     from llama_cpp import Llama
 
-    llm = Llama(model_path=os.path.join(MODEL_DIR, GGUF), n_threads=THREADS, n_threads_batch=THREADS,
+    llm = Llama(model_path=LLAMA_GGUF, n_threads=THREADS, n_threads_batch=THREADS,
                 n_ctx=2048, verbose=False)
     results = []
     for run in range(RUNS + 1):
@@ -142,9 +190,14 @@ def main():
     print(f"| engine | prompt tokens | completion tokens (median) | prefill tok/s | decode tok/s |")
     print(f"|---|---|---|---|---|")
     print(f"| bundled engine (mistral.rs 0.8.1, via gateway, dequantize: {DEQUANTIZE}, requantize: {REQUANTIZE}) | {e[2]} | {e[3]:.0f} | {e[0]:.0f} | {e[1]:.1f} |")
-    print(f"| llama.cpp (llama-cpp-python 0.3.36, GGML_NATIVE) | {l[2]} | {l[3]:.0f} | {l[0]:.0f} | {l[1]:.1f} |")
+    print(f"| llama.cpp (llama-cpp-python 0.3.36, GGML_NATIVE, {os.path.basename(LLAMA_GGUF)}) | {l[2]} | {l[3]:.0f} | {l[0]:.0f} | {l[1]:.1f} |")
     print(f"| **ratio engine / llama.cpp** | | | **{e[0] / l[0]:.2f}×** | **{e[1] / l[1]:.2f}×** |")
     print(f"\n{THREADS} threads, {RUNS} runs after one warm-up, medians; SmolLM2-135M-Instruct Q4_1; greedy; max_tokens {MAX_TOKENS}.")
+    n = int(os.environ.get("BENCH_CONCURRENCY", "0"))
+    if n > 1:
+        e, l = aggregate_engine(binary, n), aggregate_llamacpp(n)
+        print(f"\n{n} requests at once (engine max_seqs {n}; llama-cpp-python one after another), output tokens/s "
+              f"including prefill: engine {e:.1f}, llama.cpp {l:.1f}, ratio **{e / l:.2f}×**")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,6 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Proxy worker threads.
     pub threads: usize,
-    /// Pingora work stealing between proxy threads.
-    pub work_stealing: bool,
     /// Bundled engine, when configured.
     pub engine: Option<EngineConfig>,
     /// Reasoning-cache settings: present when a `cache:` section exists or a route enables it.

@@ -51,10 +51,6 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
         restart_required.push("threads");
         new.threads = old.config.threads;
     }
-    if new.work_stealing != old.config.work_stealing {
-        restart_required.push("work_stealing");
-        new.work_stealing = old.config.work_stealing;
-    }
     if format!("{:?}", new.engine) != format!("{:?}", old.config.engine) {
         restart_required.push("engine");
         new.engine = old.config.engine.clone();

@@ -104,7 +104,6 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
 
     let conf = ServerConf {
         threads: config.threads,
-        work_stealing: config.work_stealing,
         // A cache with snapshots writes its last one when shutdown begins: give that task a
         // second before the runtimes stop (they drop tasks that have not run yet).
         grace_period_seconds: Some(u64::from(

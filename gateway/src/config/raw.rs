@@ -15,10 +15,6 @@ pub struct RawConfig {
     pub max_body_bytes: Option<u64>,
     /// Worker threads of the proxy (default: the number of CPUs).
     pub threads: Option<usize>,
-    /// Let idle proxy threads take connections from busy ones (Pingora's work stealing; default
-    /// `false`: each connection stays on the thread that accepted it, with no cross-thread
-    /// wake-ups per chunk).
-    pub work_stealing: Option<bool>,
     /// The bundled mistral.rs engine, served as upstream `engine`.
     pub engine: Option<RawEngine>,
     /// Process-wide reasoning-cache settings (embedding model, snapshots, tenancy).

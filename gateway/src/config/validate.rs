@@ -179,7 +179,6 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             admin_listen,
             max_body_bytes,
             threads,
-            work_stealing: raw.work_stealing.unwrap_or(false),
             engine,
             cache,
             upstreams,
