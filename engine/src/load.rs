@@ -98,9 +98,18 @@ pub async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     }
     let started = Instant::now();
     let (mode, cache_dir) = (opts.requantize, opts.cache_dir.clone());
-    let file = tokio::task::spawn_blocking(move || crate::requant::prepare(&file, &cache_dir, mode))
-        .await
-        .map_err(|e| EngineError::Requantize(e.to_string()))??;
+    let original = file.clone();
+    let prepared =
+        tokio::task::spawn_blocking(move || crate::requant::prepare(&file, &cache_dir, mode))
+            .await
+            .map_err(|e| EngineError::Requantize(e.to_string()))
+            .and_then(|r| r);
+    // A read-only cache directory (or a file candle cannot parse) costs speed, not service:
+    // mistral.rs loads the original file and reports its own errors about it.
+    let file = prepared.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "Loading the model file as it is (slower on CPU).");
+        original
+    });
     let (dir, name) = match (file.parent(), file.file_name().and_then(|n| n.to_str())) {
         (Some(dir), Some(name)) => (dir.to_path_buf(), name.to_string()),
         _ => (opts.model_dir.clone(), opts.gguf.clone()),
@@ -109,8 +118,8 @@ pub async fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
     // An existing local directory as the model id and no token source: mistral.rs reads the
     // GGUF (weights, tokenizer, chat template) from disk and never contacts a hub.
     let mut builder = GgufModelBuilder::new(dir.display().to_string(), vec![name])
-    .with_token_source(TokenSource::None)
-    .with_max_num_seqs(opts.max_seqs);
+        .with_token_source(TokenSource::None)
+        .with_max_num_seqs(opts.max_seqs);
     if !cfg!(feature = "cuda") {
         builder = builder.with_force_cpu();
     }

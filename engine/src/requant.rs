@@ -49,7 +49,7 @@ fn target(mode: Requantize, dtype: GgmlDType, cols: usize) -> Option<GgmlDType> 
         Requantize::Q4_0 if quantized(dtype) && dtype != GgmlDType::Q4_0 => GgmlDType::Q4_0,
         _ => return None,
     };
-    (cols % to.block_size() == 0).then_some(to)
+    cols.is_multiple_of(to.block_size()).then_some(to)
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> EngineError {
@@ -193,8 +193,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rg-requant-{}", std::process::id()));
         let cache = dir.join("cache");
         std::fs::create_dir_all(&dir).unwrap();
-        let dense =
-            candle_core::Tensor::randn(0f32, 1.0, (64, 128), &Device::Cpu).unwrap();
+        let dense = candle_core::Tensor::randn(0f32, 1.0, (64, 128), &Device::Cpu).unwrap();
         let weight = QTensor::quantize(&dense, GgmlDType::Q4_1).unwrap();
         let norm = QTensor::quantize(
             &candle_core::Tensor::ones(128, candle_core::DType::F32, &Device::Cpu).unwrap(),
@@ -210,7 +209,9 @@ mod tests {
         assert!(out.starts_with(&cache));
         let (content, tensors) = read_gguf(&out);
         assert_eq!(
-            content.metadata["general.architecture"].to_string().unwrap(),
+            content.metadata["general.architecture"]
+                .to_string()
+                .unwrap(),
             "llama"
         );
         let by_name: std::collections::HashMap<_, _> = tensors.into_iter().collect();

@@ -14,6 +14,11 @@ struct Engine {
 }
 
 fn start(max_seqs: usize) -> Engine {
+    start_with(max_seqs, "")
+}
+
+/// `extra`: more `engine:` keys, each on its own line indented by two spaces.
+fn start_with(max_seqs: usize, extra: &str) -> Engine {
     let dir = repo_root().join("models/smollm2");
     assert!(
         dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file(),
@@ -21,7 +26,7 @@ fn start(max_seqs: usize) -> Engine {
     );
     let engine_port = free_port();
     let config = format!(
-        "engine:\n  model_dir: {}\n  gguf: SmolLM2-135M-Instruct.Q4_1.gguf\n  served_model_name: smollm2\n  listen: 127.0.0.1:{engine_port}\n  max_seqs: {max_seqs}\n  max_context_tokens: 2048\nroutes:\n  - model: smollm2\n    upstream: engine\n",
+        "engine:\n  model_dir: {}\n  gguf: SmolLM2-135M-Instruct.Q4_1.gguf\n  served_model_name: smollm2\n  listen: 127.0.0.1:{engine_port}\n  max_seqs: {max_seqs}\n  max_context_tokens: 2048\n{extra}routes:\n  - model: smollm2\n    upstream: engine\n",
         dir.display()
     );
     Engine {
@@ -258,4 +263,52 @@ fn a_missing_model_file_stops_start_up_with_its_path() {
         err.contains("absent.gguf") && err.contains("does not exist"),
         "{err}"
     );
+}
+
+async fn says_something(gw: &GatewayProc) {
+    let (status, v) = chat(gw, json!({"model": "smollm2", "messages": user("Name three colors."), "max_tokens": 16, "temperature": 0})).await;
+    assert_eq!(status, 200, "{v}");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!content.trim().is_empty(), "{v}");
+}
+
+#[tokio::test]
+async fn q4_1_weights_are_requantized_once_and_a_read_only_cache_only_costs_speed() {
+    let dir = gateway_tests::harness::TempDir::new("requant");
+    let copies = dir.0.join("copies");
+    let extra = format!("  cache_dir: {}\n", copies.display());
+    {
+        let e = start_with(1, &extra);
+        let log = e.gw.log_text();
+        assert!(log.contains("Requantized."), "{log}");
+        says_something(&e.gw).await;
+    }
+    let written: Vec<_> = std::fs::read_dir(&copies).unwrap().flatten().collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let name = written[0].file_name().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("SmolLM2-135M-Instruct.Q4_1.") && name.ends_with(".gguf"),
+        "{name}"
+    );
+    let modified = written[0].metadata().unwrap().modified().unwrap();
+    {
+        // The second start finds the copy instead of converting again.
+        let e = start_with(1, &extra);
+        let log = e.gw.log_text();
+        assert!(log.contains("Using the requantized copy"), "{log}");
+        assert!(!log.contains("Requantized."), "{log}");
+        says_something(&e.gw).await;
+    }
+    assert_eq!(written[0].metadata().unwrap().modified().unwrap(), modified);
+
+    // A cache directory that cannot be created: the original file is served, with a warning.
+    let blocker = dir.0.join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let e = start_with(
+        1,
+        &format!("  cache_dir: {}\n", blocker.join("copies").display()),
+    );
+    let log = e.gw.log_text();
+    assert!(log.contains("Loading the model file as it is"), "{log}");
+    says_something(&e.gw).await;
 }

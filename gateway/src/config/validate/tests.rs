@@ -129,14 +129,19 @@ fn engine_settings_validate() {
     let engine = ok.engine.unwrap();
     assert_eq!(engine.dequantize, Some("f16"));
     assert_eq!(engine.requantize, "auto");
-    assert!(engine.cache_dir.ends_with(".cache/reasoning-gateway/models"));
+    assert!(engine
+        .cache_dir
+        .ends_with(".cache/reasoning-gateway/models"));
     let q = parse(
         "engine: {model_dir: m, gguf: x.gguf, served_model_name: s, requantize: q4_0, cache_dir: /tmp/q}\nroutes: [{model: s, upstream: engine}]\n",
     )
     .unwrap()
     .engine
     .unwrap();
-    assert_eq!((q.requantize, q.cache_dir.as_path()), ("q4_0", std::path::Path::new("/tmp/q")));
+    assert_eq!(
+        (q.requantize, q.cache_dir.as_path()),
+        ("q4_0", std::path::Path::new("/tmp/q"))
+    );
     let e = errors(
         "engine: {model_dir: m, gguf: x.bin, served_model_name: s, dequantize: int3, requantize: q2, listen: '10.0.0.1:1'}\nroutes: [{model: s, upstream: engine}]\n",
     );
