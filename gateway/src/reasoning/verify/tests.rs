@@ -118,3 +118,46 @@ fn numbers_are_read_like_people_write_them() {
     );
     assert_eq!(numbers("no digits"), Vec::<f64>::new());
 }
+
+/// The obvious definition the fast one must agree with.
+fn repeated_ngram_ratio_reference(text: &str, n: usize) -> f64 {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if n == 0 || words.len() < n + 19 {
+        return 0.0;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let total = words.len() - n + 1;
+    let repeats = words.windows(n).filter(|w| !seen.insert(*w)).count();
+    repeats as f64 / total as f64
+}
+
+#[test]
+fn repeated_ngram_ratio_counts_exactly_the_repeated_windows() {
+    let vocab = [
+        "so", "x", "=", "3", "wait", "then", "x=3", "check", "again.",
+    ];
+    let mut state: u64 = 12345;
+    let mut next = |m: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize % m
+    };
+    for _ in 0..500 {
+        // Small vocabularies make repeats common; the size decides how common.
+        let v = 2 + next(vocab.len() - 1);
+        let len = next(200);
+        let text: Vec<&str> = (0..len).map(|_| vocab[next(v)]).collect();
+        let text = text.join(if next(2) == 0 { " " } else { "\n " });
+        for n in [1, 3, 4, 8] {
+            assert_eq!(
+                repeated_ngram_ratio(&text, n),
+                repeated_ngram_ratio_reference(&text, n),
+                "n={n} text={text:?}"
+            );
+        }
+    }
+    // A loop: the same 11 words five times over; 52 windows of 4, only the first 11 new.
+    let looping = "we add the two numbers and get seven then check it ".repeat(5);
+    assert!((repeated_ngram_ratio(&looping, 4) - 41.0 / 52.0).abs() < 1e-9);
+}
