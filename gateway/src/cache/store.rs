@@ -147,12 +147,84 @@ impl Removal {
     }
 }
 
+/// A partition's live entries with their vectors side by side in one matrix, so the exact scan
+/// reads memory in order instead of chasing one allocation per entry.
+#[derive(Default)]
+struct Partition {
+    entries: Vec<Arc<Entry>>,
+    /// `entries[i].vector` at `matrix[i * dim..(i + 1) * dim]`.
+    matrix: Vec<f32>,
+    dim: usize,
+    /// Entry id → position.
+    position: HashMap<usize, usize>,
+}
+
+impl Partition {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn push(&mut self, entry: Arc<Entry>) {
+        if self.entries.is_empty() {
+            self.dim = entry.vector.len();
+        }
+        if entry.vector.len() != self.dim {
+            // Vectors of another length (another embedding model) are never compared; keep
+            // them out of the matrix rather than misalign it.
+            return;
+        }
+        self.position.insert(entry.id, self.entries.len());
+        self.matrix.extend_from_slice(&entry.vector);
+        self.entries.push(entry);
+    }
+
+    fn remove(&mut self, id: usize) {
+        let Some(at) = self.position.remove(&id) else {
+            return;
+        };
+        let last = self.entries.len() - 1;
+        self.entries.swap_remove(at);
+        if at != last {
+            let (head, tail) = self.matrix.split_at_mut(last * self.dim);
+            head[at * self.dim..(at + 1) * self.dim].copy_from_slice(&tail[..self.dim]);
+            self.position.insert(self.entries[at].id, at);
+        }
+        self.matrix.truncate(last * self.dim);
+    }
+
+    /// The best `k` live entries by dot product with `vector`, best first.
+    fn scan(&self, vector: &[f32], now: u64, k: usize) -> Vec<(f32, &Arc<Entry>)> {
+        let mut top: Vec<(f32, &Arc<Entry>)> = Vec::with_capacity(k + 1);
+        if vector.len() != self.dim || self.dim == 0 {
+            return top;
+        }
+        for (row, e) in self.matrix.chunks_exact(self.dim).zip(&self.entries) {
+            let s = dot(vector, row);
+            if top.len() == k && top.last().is_some_and(|(worst, _)| s <= *worst) {
+                continue;
+            }
+            // Expiry is read only for entries that would make the list.
+            if e.record.expires <= now {
+                continue;
+            }
+            let at = top.partition_point(|(x, _)| *x >= s);
+            top.insert(at, (s, e));
+            top.truncate(k);
+        }
+        top
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     entries: HashMap<usize, Arc<Entry>>,
     exact: HashMap<Digest128, usize>,
     /// Live entries per partition (scanned directly for small partitions).
-    partitions: HashMap<Digest128, HashMap<usize, Arc<Entry>>>,
+    partitions: HashMap<Digest128, Partition>,
     /// Insertion order per route (may hold removed ids, skipped lazily).
     order: HashMap<String, VecDeque<usize>>,
     counts: HashMap<String, usize>,
@@ -171,7 +243,7 @@ impl Inner {
         self.partitions
             .entry(entry.partition)
             .or_default()
-            .insert(id, entry.clone());
+            .push(entry.clone());
         self.entries.insert(id, entry);
         self.order.entry(route.clone()).or_default().push_back(id);
         *self.counts.entry(route).or_default() += 1;
@@ -184,7 +256,7 @@ impl Inner {
             self.exact.remove(&e.exact);
         }
         if let Some(ids) = self.partitions.get_mut(&e.partition) {
-            ids.remove(&id);
+            ids.remove(id);
             if ids.is_empty() {
                 self.partitions.remove(&e.partition);
             }
@@ -325,18 +397,8 @@ impl Store {
         };
         let live = |e: &Arc<Entry>| e.record.expires > now;
         let mut out: Vec<Candidate> = if ids.len() <= BRUTE_FORCE_MAX {
-            // Keep the best `k` while scanning: no allocation or sort per entry.
-            let mut top: Vec<(f32, &Arc<Entry>)> = Vec::with_capacity(k + 1);
-            for e in ids.values().filter(|e| live(e)) {
-                let s = dot(vector, &e.vector);
-                if top.len() == k && top.last().is_some_and(|(worst, _)| s <= *worst) {
-                    continue;
-                }
-                let at = top.partition_point(|(x, _)| *x >= s);
-                top.insert(at, (s, e));
-                top.truncate(k);
-            }
-            top.into_iter()
+            ids.scan(vector, now, k)
+                .into_iter()
                 .map(|(similarity, e)| Candidate {
                     entry: e.clone(),
                     similarity,
@@ -615,6 +677,56 @@ mod tests {
         // Past expiry nothing is returned.
         assert!(s.search(&unit(7, 32), &p1, 100, 3).is_empty());
         assert_eq!(s.search(&unit(7, 32), &p2, 10, 3).len(), 1);
+    }
+
+    #[test]
+    fn the_scan_stays_exact_as_entries_leave_from_anywhere() {
+        let s = Store::new();
+        let p = [1u8; 16];
+        let key = |i: u64| {
+            let mut k = [0u8; 16];
+            k[..8].copy_from_slice(&i.to_le_bytes());
+            k
+        };
+        // Short-lived entries interleaved with long-lived ones; then some exact keys replaced.
+        for i in 0..200u64 {
+            let expires = if i % 3 == 0 { 50 } else { 100 };
+            s.insert(record("r", "q", expires), p, key(i), unit(i, 24), 10_000);
+        }
+        assert_eq!(s.sweep(50), 67);
+        for i in (1..200u64).step_by(7) {
+            s.insert(
+                record("r", "again", 100),
+                p,
+                key(i),
+                unit(1000 + i, 24),
+                10_000,
+            );
+        }
+        for i in 0..200u64 {
+            let (v, alive) = if i % 7 == 1 {
+                (unit(1000 + i, 24), true)
+            } else if i % 3 == 0 {
+                (unit(i, 24), false)
+            } else {
+                (unit(i, 24), true)
+            };
+            let hits = s.search(&v, &p, 60, 1);
+            if alive {
+                assert_eq!(hits[0].entry.exact, key(i), "entry {i}");
+                assert!((hits[0].similarity - 1.0).abs() < 1e-5, "entry {i}");
+            } else {
+                assert!(
+                    hits.is_empty() || hits[0].similarity < 0.99,
+                    "entry {i} is gone"
+                );
+            }
+        }
+        // Every replaced vector is gone with its entry.
+        for i in (1..200u64).step_by(7) {
+            let hits = s.search(&unit(i, 24), &p, 60, 1);
+            assert!(hits[0].similarity < 0.99, "old vector of {i} still found");
+        }
     }
 
     #[test]
