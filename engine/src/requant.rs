@@ -24,7 +24,8 @@ use crate::error::EngineError;
 pub enum Requantize {
     /// Load the file as it is.
     None,
-    /// Convert tensors without SIMD kernels (`Q4_1`, `Q5_0`, `Q5_1`, `Q8_1`) to `Q8_0`.
+    /// Convert tensors without SIMD kernels (`Q4_1`, `Q5_0`, `Q5_1`, `Q8_1`) to `Q8_0` (CPU
+    /// builds; a no-op with the `cuda` feature).
     Auto,
     /// Convert every quantized tensor that is not already `Q4_0` to `Q4_0` (smaller, lossy).
     Q4_0,
@@ -59,7 +60,8 @@ fn err(path: &Path, e: impl std::fmt::Display) -> EngineError {
 /// The file to load: `src` itself when nothing needs converting, otherwise the converted copy in
 /// `cache_dir` (written now unless an up-to-date one is there).
 pub fn prepare(src: &Path, cache_dir: &Path, mode: Requantize) -> Result<PathBuf, EngineError> {
-    if mode == Requantize::None {
+    // CUDA builds run on the GPU, where candle has kernels for every type: nothing to gain.
+    if mode == Requantize::None || mode == Requantize::Auto && cfg!(feature = "cuda") {
         return Ok(src.to_path_buf());
     }
     let mut reader = BufReader::new(File::open(src).map_err(|e| err(src, e))?);
@@ -189,6 +191,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "cuda"))]
     fn a_q4_1_model_is_converted_once_to_q8_0_with_the_same_values() {
         let dir = std::env::temp_dir().join(format!("rg-requant-{}", std::process::id()));
         let cache = dir.join("cache");
