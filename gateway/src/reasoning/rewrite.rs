@@ -229,7 +229,8 @@ impl ResponseRewriter {
 
     /// Feeds upstream bytes; returns the bytes to send downstream now.
     pub fn feed(&mut self, input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
+        // Rewritten chunks grow a little (`content` → `reasoning_content`): size once.
+        let mut out = Vec::with_capacity(input.len() + input.len() / 4 + 64);
         match &mut self.mode {
             Mode::Passthrough => out.extend_from_slice(input),
             Mode::Body { buf } => {
