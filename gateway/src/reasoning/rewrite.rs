@@ -229,8 +229,7 @@ impl ResponseRewriter {
 
     /// Feeds upstream bytes; returns the bytes to send downstream now.
     pub fn feed(&mut self, input: &[u8]) -> Vec<u8> {
-        // Rewritten chunks grow a little (`content` → `reasoning_content`): size once.
-        let mut out = Vec::with_capacity(input.len() + input.len() / 4 + 64);
+        let mut out = Vec::new();
         match &mut self.mode {
             Mode::Passthrough => out.extend_from_slice(input),
             Mode::Body { buf } => {
@@ -241,6 +240,8 @@ impl ResponseRewriter {
                 }
             }
             Mode::Stream { decoder, .. } => {
+                // Rewritten chunks grow a little (`content` → `reasoning_content`): size once.
+                out.reserve(input.len() + input.len() / 4 + 64);
                 let mut events = Vec::new();
                 let res = decoder.feed(input, &mut |e| events.push(e));
                 for e in events {
