@@ -77,7 +77,9 @@ dashboard-png: deps build
 	RG_PYTHON=$(BENCH_VENV)/bin/python RG_DASHBOARD_PNG=$(CURDIR)/docs/dashboard.png \
 	  cargo nextest run --release -p gateway-tests --test prometheus
 
-# Proxy overhead side by side (direct, nginx, the gateway twice, LiteLLM) into benches/proxy-results.md.
+# Proxy overhead side by side (direct, nginx, the gateway, LiteLLM) at fixed rates and a ceiling
+# search, then the criterion micro-benchmarks (parser, router, cache); writes benches/proxy-*.md
+# and the generated section of BENCHMARKS.md (machine, versions, method, every table).
 BENCH_SECONDS ?= 10
 BENCH_RATES ?= 500,1000,2000
 bench-proxy: deps build
@@ -86,6 +88,8 @@ bench-proxy: deps build
 	@test -x $(BENCH_VENV)/bin/litellm || $(BENCH_VENV)/bin/pip install --quiet 'litellm[proxy]'
 	$(BENCH_VENV)/bin/python benches/compare.py $(CARGO_TARGET_DIR) benches/proxy-results.md $(BENCH_SECONDS) $(BENCH_RATES)
 	$(BENCH_VENV)/bin/python benches/compare.py $(CARGO_TARGET_DIR) benches/proxy-ceiling.md 4 $(BENCH_RATES) --ceiling
+	cargo bench -p gateway-benches
+	$(BENCH_VENV)/bin/python benches/report.py $(CARGO_TARGET_DIR) BENCHMARKS.md
 
 # Coverage-guided fuzzing of the response rewriter and parser (cargo-fuzz on stable, no sanitizer).
 FUZZ_SECONDS ?= 120

@@ -7,7 +7,9 @@ LiteLLM proxy when installed.
 Usage: compare.py TARGET_DIR OUT.md [SECONDS] [RATES] [--ceiling]   (run by `make bench-proxy`)
 
 With --ceiling, each target instead climbs a rate ladder (4 s per step) and the table reports the
-highest rate at which every request succeeded with p99 under 10 ms.
+highest rate at which every request succeeded with p99 under 10 ms. LiteLLM runs last in both
+modes, at its own rates (RG_BENCH_LITELLM_RATES, default 25,50,100,200; ladder 10…400), and is
+left to work off its backlog between runs, so it cannot skew the other targets' figures.
 
 For every target and rate an open-loop fixed-rate run (benches/src/bin/loadgen.rs) measures
 latency and time to first byte; the proxy's CPU seconds and peak RSS come from /proc. Results
@@ -29,6 +31,8 @@ SECONDS = float(sys.argv[3]) if len(sys.argv) > 3 else 10
 RATES = [int(r) for r in (sys.argv[4] if len(sys.argv) > 4 else "500,1000,2000").split(",")]
 CEILING = "--ceiling" in sys.argv
 LADDER = [250, 500, 1000, 1500, 2000, 3000, 4000, 6000]
+LITELLM_RATES = [int(r) for r in os.environ.get("RG_BENCH_LITELLM_RATES", "25,50,100,200").split(",")]
+LITELLM_LADDER = [10, 25, 50, 100, 200, 400]
 BIN = lambda name: os.path.join(TARGET, "release", name)  # noqa: E731
 TMP = tempfile.mkdtemp(prefix="rg-bench-")
 
@@ -159,11 +163,27 @@ general_settings: {{dangerously_permit_weak_or_unset_master_key: true}}
     only = os.environ.get("RG_BENCH_ONLY")
     if only:
         targets = [t for t in targets if t[0] == "direct" or any(o in t[0] for o in only.split(","))]
+    # LiteLLM tops out two orders of magnitude lower, and its backlog keeps burning CPU after a
+    # run it cannot keep up with, which would skew every later run on the shared cores: it runs
+    # last, at its own rates, with direct beside it for reference.
+    slow = [t for t in targets if t[0] == "LiteLLM proxy"]
+    targets = [t for t in targets if t[0] != "LiteLLM proxy"]
     if CEILING:
-        return ceiling(targets)
+        return ceiling(targets, slow)
+    rows = measure(targets, RATES)
+    text = table(rows, RATES)
+    if slow:
+        slow_rows = measure(targets[:1] + slow, LITELLM_RATES, drain=True)
+        text += ("\nLiteLLM, last and at its own rates (same upstream, same load generator):\n\n"
+                 + table(slow_rows, LITELLM_RATES))
+    open(OUT, "w").write(text)
+    print(f"wrote {OUT}")
+
+
+def measure(targets, rates, drain=False):
     rows = []
     for stream in (False, True):
-        for rate in RATES:
+        for rate in rates:
             for name, url, proc in targets:
                 pids = [] if proc is None else [proc.pid] + children(proc.pid)
                 before = cpu_seconds(pids)
@@ -173,11 +193,16 @@ general_settings: {{dangerously_permit_weak_or_unset_master_key: true}}
                 r.update(target=name, rate=rate, stream=stream)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
+                if drain:
+                    settle(proc)
+    return rows
 
+
+def table(rows, rates):
     lines = ["| mode | rate (req/s) | target | ok / sent | p50 ms | p99 ms | TTFB p99 ms | added p50 ms | added p99 ms | p99 vs nginx | CPU s / 1k req | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for stream in (False, True):
-        for rate in RATES:
+        for rate in rates:
             group = [r for r in rows if r["stream"] == stream and r["rate"] == rate]
             direct = next(r for r in group if r["target"] == "direct")
             nginx = next((r for r in group if r["target"] == "nginx"), None)
@@ -190,26 +215,46 @@ general_settings: {{dangerously_permit_weak_or_unset_master_key: true}}
                 lines.append(f"| {'stream' if stream else 'json'} | {rate} | {r['target']} | {r['ok']} / {r['sent']} | "
                              f"{r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {r['ttfb_p99_us'] / 1000:.2f} | "
                              f"{added50:.2f} | {added99:.2f} | {vs_nginx} | {cpu} | {rss} |")
-    open(OUT, "w").write("\n".join(lines) + "\n")
-    print(f"wrote {OUT}")
+    return "\n".join(lines) + "\n"
 
 
-def ceiling(targets):
+def settle(proc, limit=60.0):
+    """Waits (bounded) until a target has worked off its backlog: its CPU use per half second
+    falls under 5 %."""
+    if proc is None:
+        return
+    pids = [proc.pid] + children(proc.pid)
+    deadline = time.monotonic() + limit
+    last = cpu_seconds(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(pids)
+        if now - last < 0.025:
+            return
+        last = now
+
+
+def ceiling(targets, slow):
     global SECONDS
     SECONDS = 4
+    best = {}
+    for group, ladder in ((targets, LADDER), (slow, LITELLM_LADDER)):
+        for stream in (False, True):
+            for name, url, proc in group:
+                best[(stream, name)] = (0, None)
+                for rate in ladder:
+                    r = loadgen(url, rate, stream)
+                    print(json.dumps(dict(r, target=name, rate=rate, stream=stream)), flush=True)
+                    if r["errors"] or r["p99_us"] >= 10_000:
+                        break
+                    best[(stream, name)] = (rate, r["p99_us"] / 1000)
+                settle(proc)
     lines = ["| mode | target | max req/s with p99 < 10 ms and no errors | p99 ms there | vs nginx |", "|---|---|---|---|---|"]
     for stream in (False, True):
-        best = {}
-        for name, url, _ in targets:
-            best[name] = (0, None)
-            for rate in LADDER:
-                r = loadgen(url, rate, stream)
-                print(json.dumps(dict(r, target=name, rate=rate, stream=stream)), flush=True)
-                if r["errors"] or r["p99_us"] >= 10_000:
-                    break
-                best[name] = (rate, r["p99_us"] / 1000)
-        nginx = best.get("nginx", (0, None))[0]
-        for name, (rate, p99) in best.items():
+        nginx = best.get((stream, "nginx"), (0, None))[0]
+        for (s, name), (rate, p99) in best.items():
+            if s != stream:
+                continue
             ratio = f"{rate / nginx:.2f}×" if nginx else "-"
             p99s = f"{p99:.2f}" if p99 is not None else "-"
             lines.append(f"| {'stream' if stream else 'json'} | {name} | {rate} | {p99s} | {ratio} |")
