@@ -141,18 +141,39 @@ pub struct Embedder {
 
 impl Embedder {
     /// Starts `threads` threads, each with its own model from `make`.
+    ///
+    /// Each thread lowers its own scheduling priority to nice [`EMBED_NICE`] and only then builds
+    /// its model, so ONNX Runtime's intra-op threads (created with the session) inherit it. When
+    /// the CPUs are idle embeddings run as fast as before; when they are contended — more
+    /// lookups than the embedder can take — the proxy's threads come first and the cache's work
+    /// waits (and times out into a plain miss), instead of the embedder starving the traffic.
     pub fn start<F>(threads: usize, timeout: Duration, make: F) -> anyhow::Result<Arc<Self>>
     where
-        F: Fn() -> anyhow::Result<Box<dyn TextEmbed>>,
+        F: Fn() -> anyhow::Result<Box<dyn TextEmbed>> + Send + Sync + 'static,
     {
         let (tx, rx) = sync_channel::<Job>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
+        let make = Arc::new(make);
         for i in 0..threads.max(1) {
-            let model = make()?;
-            let rx = rx.clone();
+            let (rx, make) = (rx.clone(), make.clone());
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             std::thread::Builder::new()
                 .name(format!("rg-embed-{i}"))
-                .spawn(move || worker(model, rx))?;
+                .spawn(move || {
+                    lower_priority();
+                    match make() {
+                        Ok(model) => {
+                            let _ = ready_tx.send(Ok(()));
+                            worker(model, rx);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                })?;
+            ready_rx
+                .recv()
+                .map_err(|_| anyhow::anyhow!("the embedding thread stopped while loading"))??;
         }
         Ok(Arc::new(Embedder { tx, timeout }))
     }
@@ -189,6 +210,23 @@ impl Embedder {
             Err(TrySendError::Disconnected(_)) => return Err(EmbedError::Failed),
         }
         rx.await.map_err(|_| EmbedError::Failed)?
+    }
+}
+
+/// Scheduling priority of the embedding threads (and the ONNX Runtime threads they create).
+pub const EMBED_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority to [`EMBED_NICE`] (Linux priorities are per thread).
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
+    let ok = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, EMBED_NICE) == 0
+    };
+    if !ok {
+        tracing::warn!(
+            "Could not lower the embedding threads' priority; they compete with the proxy."
+        );
     }
 }
 
@@ -283,6 +321,38 @@ mod tests {
         let (a, b) = tokio::join!(e.embed("ab"), e.embed("abcd"));
         assert_eq!(a.unwrap()[0], 2.0);
         assert_eq!(b.unwrap()[0], 4.0);
+    }
+
+    #[test]
+    fn the_model_is_built_on_a_low_priority_thread_whose_threads_inherit_it() {
+        fn nice() -> i32 {
+            // SAFETY: reads the calling thread's own priority.
+            unsafe {
+                libc::getpriority(
+                    libc::PRIO_PROCESS,
+                    libc::syscall(libc::SYS_gettid) as libc::id_t,
+                )
+            }
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let caller = nice();
+        Embedder::start(1, Duration::from_secs(1), move || {
+            // ONNX Runtime creates its intra-op threads here, from the embedding thread.
+            let child = std::thread::spawn(nice).join().unwrap();
+            let name = std::thread::current().name().map(str::to_owned);
+            record.lock().unwrap().push((nice(), child, name));
+            Ok(Box::new(Slow(Duration::ZERO)) as Box<dyn TextEmbed>)
+        })
+        .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1);
+        let (own, child, name) = seen[0].clone();
+        assert_eq!(name.as_deref(), Some("rg-embed-0"));
+        assert!(own >= EMBED_NICE, "embedding thread at nice {own}");
+        assert_eq!(child, own, "threads it creates inherit its priority");
+        // The caller (a proxy thread in the gateway) keeps its own priority.
+        assert_eq!(nice(), caller);
     }
 
     #[test]

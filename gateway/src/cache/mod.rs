@@ -118,10 +118,11 @@ impl Cache {
         let started = Instant::now();
         let (dir, ort) = (settings.model_dir.clone(), settings.onnxruntime.clone());
         let (intra, spin) = (settings.embed_intra_threads, settings.embed_spin);
-        let embedder = Embedder::start(settings.embed_threads, settings.embed_timeout, || {
-            Ok(Box::new(embed::MiniLm::load(&dir, &ort, intra, spin)?)
-                as Box<dyn embed::TextEmbed>)
-        })?;
+        let embedder =
+            Embedder::start(settings.embed_threads, settings.embed_timeout, move || {
+                Ok(Box::new(embed::MiniLm::load(&dir, &ort, intra, spin)?)
+                    as Box<dyn embed::TextEmbed>)
+            })?;
         let cache = Self::with_embedder(settings, embedder);
         tracing::info!(elapsed = ?started.elapsed(), entries = cache.store.sizes().0, "Reasoning cache ready.");
         Ok(cache)
