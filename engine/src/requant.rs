@@ -79,6 +79,26 @@ pub fn prepare(src: &Path, cache_dir: &Path, mode: Requantize) -> Result<PathBuf
     if converted == 0 {
         return Ok(src.to_path_buf());
     }
+    // candle's GGUF writer takes every tensor at once: the whole converted model is in memory
+    // while it is written. Refuse (and load the file as it is) when that would not fit.
+    let needed: u64 = names
+        .iter()
+        .zip(&plan)
+        .map(|((_, info), to)| {
+            let t = to.unwrap_or(info.ggml_dtype);
+            (info.shape.elem_count() / t.block_size() * t.type_size()) as u64
+        })
+        .sum();
+    if let Some(available) = mem_available() {
+        if !fits_in_memory(needed, available) {
+            tracing::warn!(
+                needed_mib = needed >> 20,
+                available_mib = available >> 20,
+                "Not requantizing: converting needs the whole model in memory; loading the file as it is."
+            );
+            return Ok(src.to_path_buf());
+        }
+    }
     let meta = std::fs::metadata(src).map_err(|e| err(src, e))?;
     let mtime = meta
         .modified()
@@ -138,6 +158,19 @@ pub fn prepare(src: &Path, cache_dir: &Path, mode: Requantize) -> Result<PathBuf
     Ok(dst)
 }
 
+/// Converting may use at most half of the memory available now.
+fn fits_in_memory(needed: u64, available: u64) -> bool {
+    needed <= available / 2
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +191,17 @@ mod tests {
             target(Requantize::Q4_0, GgmlDType::Q8_0, 576),
             Some(GgmlDType::Q4_0)
         );
+    }
+
+    #[test]
+    fn conversion_is_refused_when_the_converted_model_would_not_fit_in_half_the_memory() {
+        const GIB: u64 = 1 << 30;
+        // The default model: 145 MB converted.
+        assert!(fits_in_memory(145 << 20, 8 * GIB));
+        // A 7B Q4_1 model becomes about 7.5 GB of Q8_0: not on a 12 GiB machine.
+        assert!(!fits_in_memory(7_500_000_000, 12 * GIB));
+        assert!(fits_in_memory(7_500_000_000, 16 * GIB));
+        assert!(mem_available().is_some_and(|m| m > 0));
     }
 
     fn write_gguf(path: &Path, tensors: &[(&str, &QTensor)]) {
