@@ -5,8 +5,8 @@
 //! `Q8_1` with scalar code. Those tensors are converted to `Q8_0` (the default model,
 //! SmolLM2-135M Q4_1, is all `Q4_1`): every value of a 4- or 5-bit block is re-expressed on an
 //! 8-bit grid, so the model's outputs barely move while matrix products run vectorised. The
-//! converted file is written next to nothing the user owns — into `cache_dir`, named after the
-//! source's size and modification time — and reused on later starts.
+//! converted file is written into `cache_dir`, named after the source's SHA-256 (so a fresh copy
+//! of the same file finds it), and reused on later starts.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -104,13 +104,16 @@ pub fn prepare(src: &Path, cache_dir: &Path, mode: Requantize) -> Result<PathBuf
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
+        .map_or(0, |d| d.as_nanos());
     let stem = src.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let suffix = match mode {
         Requantize::Q4_0 => "q4_0",
         _ => "simd",
     };
-    let dst = cache_dir.join(format!("{stem}.{}-{mtime}.{suffix}.gguf", meta.len()));
+    // Named by content, so a fresh copy of the same file (a new clone, a re-download) finds the
+    // conversion already made instead of adding another.
+    let digest = source_digest(src, cache_dir, &format!("{stem}.{}-{mtime}", meta.len()))?;
+    let dst = cache_dir.join(format!("{stem}.{}.{suffix}.gguf", &digest[..16]));
     if dst.is_file() {
         tracing::info!(file = %dst.display(), "Using the requantized copy of the model.");
         return Ok(dst);
@@ -156,6 +159,41 @@ pub fn prepare(src: &Path, cache_dir: &Path, mode: Requantize) -> Result<PathBuf
     written?;
     tracing::info!(file = %dst.display(), seconds = started.elapsed().as_secs_f64(), "Requantized.");
     Ok(dst)
+}
+
+/// The source's SHA-256 (hex). Hashing reads the whole file (0.4 s for the default model), so
+/// the digest is remembered beside the copies under the file's size and mtime.
+fn source_digest(src: &Path, cache_dir: &Path, identity: &str) -> Result<String, EngineError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+
+    let memo = cache_dir.join(format!("{identity}.sha256"));
+    if let Ok(text) = std::fs::read_to_string(&memo) {
+        let text = text.trim();
+        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(text.to_string());
+        }
+    }
+    let mut file = File::open(src).map_err(|e| err(src, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| err(src, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // Best effort: without the memo the next start hashes again.
+    if std::fs::create_dir_all(cache_dir).is_ok() {
+        let _ = std::fs::write(&memo, &digest);
+    }
+    Ok(digest)
 }
 
 /// Converting may use at most half of the memory available now.
@@ -274,13 +312,38 @@ mod tests {
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(worst <= amax / 127.0, "max difference {worst}, amax {amax}");
 
-        // The second start reuses the copy instead of converting again.
+        // The second start reuses the copy instead of converting again; so does a fresh copy of
+        // the same file (another mtime), while other content gets its own conversion.
         let written = std::fs::metadata(&out).unwrap().modified().unwrap();
+        assert_eq!(prepare(&src, &cache, Requantize::Auto).unwrap(), out);
+        File::options()
+            .write(true)
+            .open(&src)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(100))
+            .unwrap();
         assert_eq!(prepare(&src, &cache, Requantize::Auto).unwrap(), out);
         assert_eq!(
             std::fs::metadata(&out).unwrap().modified().unwrap(),
             written
         );
+        let copies = |dir: &Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "gguf"))
+                .count()
+        };
+        assert_eq!(copies(&cache), 1);
+        let other = QTensor::quantize(
+            &candle_core::Tensor::randn(0f32, 1.0, (64, 128), &Device::Cpu).unwrap(),
+            GgmlDType::Q4_1,
+        )
+        .unwrap();
+        write_gguf(&src, &[("blk.0.w", &other), ("blk.0.norm", &norm)]);
+        let out2 = prepare(&src, &cache, Requantize::Auto).unwrap();
+        assert_ne!(out2, out);
+        assert_eq!(copies(&cache), 2);
 
         // A model with nothing to convert is loaded as it is.
         let q8 = QTensor::quantize(&dense, GgmlDType::Q8_0).unwrap();
