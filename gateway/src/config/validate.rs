@@ -36,6 +36,14 @@ impl Errors {
         self.0.push(format!("{path}: {msg}"));
     }
 
+    /// A count that must be at least 1; `default` when absent (or refused).
+    fn positive(&mut self, path: &str, v: Option<usize>, default: usize) -> usize {
+        if v == Some(0) {
+            self.push(path, "must be at least 1");
+        }
+        v.filter(|n| *n > 0).unwrap_or(default)
+    }
+
     fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
         match v {
             None => default,
@@ -81,14 +89,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         None => DEFAULT_MAX_BODY_BYTES,
     };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let threads = match raw.threads {
-        Some(0) => {
-            errs.push("threads", "must be at least 1");
-            cpus
-        }
-        Some(n) => n,
-        None => cpus,
-    };
+    let threads = errs.positive("threads", raw.threads, cpus);
 
     let engine = raw.engine.as_ref().map(|e| engine(&mut errs, e, cpus));
 
@@ -323,28 +324,15 @@ fn engine(errs: &mut Errors, e: &RawEngine, cpus: usize) -> EngineConfig {
     if !listen.ip().is_loopback() {
         errs.push("engine.listen", "the engine listens on loopback only");
     }
-    let positive = |errs: &mut Errors, path: &str, v: Option<usize>, default: usize| match v {
-        Some(0) => {
-            errs.push(path, "must be at least 1");
-            default
-        }
-        Some(n) => n,
-        None => default,
-    };
     EngineConfig {
         model_dir,
         gguf: e.gguf.clone(),
         served_model_name: e.served_model_name.clone(),
         listen,
-        max_seqs: positive(errs, "engine.max_seqs", e.max_seqs, 8),
-        threads: positive(errs, "engine.threads", e.threads, cpus),
+        max_seqs: errs.positive("engine.max_seqs", e.max_seqs, 8),
+        threads: errs.positive("engine.threads", e.threads, cpus),
         chat_template: e.chat_template.as_ref().map(PathBuf::from),
-        max_context_tokens: positive(
-            errs,
-            "engine.max_context_tokens",
-            e.max_context_tokens,
-            4096,
-        ),
+        max_context_tokens: errs.positive("engine.max_context_tokens", e.max_context_tokens, 4096),
         dequantize: match e.dequantize.as_deref() {
             None | Some("none") => None,
             Some("f16") => Some("f16"),
@@ -604,14 +592,7 @@ fn route_cache(errs: &mut Errors, path: &str, c: &RawRouteCache) -> Option<Route
         &c.ttl,
         Duration::from_secs(24 * 3600),
     );
-    let max_entries = match c.max_entries {
-        Some(0) => {
-            errs.push(&format!("{path}.max_entries"), "must be at least 1");
-            1
-        }
-        Some(n) => n,
-        None => 100_000,
-    };
+    let max_entries = errs.positive(&format!("{path}.max_entries"), c.max_entries, 100_000);
     if c.enabled == Some(false) {
         return None;
     }
@@ -660,23 +641,13 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
             ),
         );
     }
-    let embed_threads = match c.and_then(|c| c.embed_threads) {
-        Some(0) => {
-            errs.push("cache.embed_threads", "must be at least 1");
-            1
-        }
-        Some(n) => n,
-        None => 1,
-    };
+    let embed_threads = errs.positive("cache.embed_threads", c.and_then(|c| c.embed_threads), 1);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let embed_intra_threads = match c.and_then(|c| c.embed_intra_threads) {
-        Some(0) => {
-            errs.push("cache.embed_intra_threads", "must be at least 1");
-            1
-        }
-        Some(n) => n,
-        None => cpus.min(2),
-    };
+    let embed_intra_threads = errs.positive(
+        "cache.embed_intra_threads",
+        c.and_then(|c| c.embed_intra_threads),
+        cpus.min(2),
+    );
     let tenant_header = c.and_then(|c| c.tenant_header.clone());
     if let Some(h) = &tenant_header {
         if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
@@ -695,14 +666,11 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
         embed_threads,
         embed_intra_threads,
         embed_spin: c.and_then(|c| c.embed_spin).unwrap_or(true),
-        ann_ef_search: match c.and_then(|c| c.ann_ef_search) {
-            Some(0) => {
-                errs.push("cache.ann_ef_search", "must be at least 1");
-                crate::cache::store::HNSW_EF_SEARCH
-            }
-            Some(n) => n,
-            None => crate::cache::store::HNSW_EF_SEARCH,
-        },
+        ann_ef_search: errs.positive(
+            "cache.ann_ef_search",
+            c.and_then(|c| c.ann_ef_search),
+            crate::cache::store::HNSW_EF_SEARCH,
+        ),
         embed_timeout: errs.duration(
             "cache.embed_timeout",
             &c.and_then(|c| c.embed_timeout.clone()),
@@ -722,11 +690,7 @@ fn async_jobs(errs: &mut Errors, a: Option<&RawAsyncJobs>) -> AsyncJobsConfig {
         ("async_jobs.max_jobs", a.max_jobs, &mut c.max_jobs),
         ("async_jobs.max_running", a.max_running, &mut c.max_running),
     ] {
-        match v {
-            Some(0) => errs.push(path, "must be at least 1"),
-            Some(n) => *slot = n,
-            None => {}
-        }
+        *slot = errs.positive(path, v, *slot);
     }
     c.ttl = errs.duration("async_jobs.ttl", &a.ttl, c.ttl);
     c.callback_timeout = errs.duration(

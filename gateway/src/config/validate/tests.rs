@@ -168,3 +168,25 @@ fn durations_parse_with_units() {
     assert!(parse_duration("10 parsecs").is_none());
     assert!(parse_duration("-1s").is_none());
 }
+
+#[test]
+fn every_count_refuses_zero_by_its_path() {
+    let e = errors(
+        "threads: 0\nengine: {model_dir: m, gguf: x.gguf, served_model_name: s, max_seqs: 0, threads: 0, max_context_tokens: 0}\ncache: {model_dir: /nonexistent/minilm, embed_threads: 0, embed_intra_threads: 0, ann_ef_search: 0}\nasync_jobs: {max_jobs: 0, max_running: 0}\nroutes: [{model: s, upstream: engine, cache: {max_entries: 0}}]\n",
+    );
+    for path in [
+        "threads",
+        "engine.max_seqs",
+        "engine.threads",
+        "engine.max_context_tokens",
+        "cache.embed_threads",
+        "cache.embed_intra_threads",
+        "cache.ann_ef_search",
+        "async_jobs.max_jobs",
+        "async_jobs.max_running",
+        "routes[0].cache.max_entries",
+    ] {
+        let want = format!("{path}: must be at least 1");
+        assert!(e.contains(&want), "missing {want:?} in {e:#?}");
+    }
+}
