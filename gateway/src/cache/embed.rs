@@ -178,18 +178,27 @@ impl Embedder {
         Ok(Arc::new(Embedder { tx, timeout }))
     }
 
-    /// Embeds one text, waiting at most the configured timeout.
-    pub async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+    /// Queues `text` for an embedding thread; refused at once when the queue is full, so the
+    /// caller never blocks.
+    fn enqueue(
+        &self,
+        text: &str,
+    ) -> Result<oneshot::Receiver<Result<Vec<f32>, EmbedError>>, EmbedError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             text: text.to_string(),
             reply,
         };
         match self.tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(EmbedError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(EmbedError::Failed),
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(EmbedError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(EmbedError::Failed),
         }
+    }
+
+    /// Embeds one text, waiting at most the configured timeout.
+    pub async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let rx = self.enqueue(text)?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(EmbedError::Failed),
@@ -200,15 +209,7 @@ impl Embedder {
     /// Embeds without a deadline (background inserts); refused at once when the queue is full,
     /// so it never blocks the calling thread.
     pub async fn embed_untimed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
-        let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job {
-            text: text.to_string(),
-            reply,
-        }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(EmbedError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(EmbedError::Failed),
-        }
+        let rx = self.enqueue(text)?;
         rx.await.map_err(|_| EmbedError::Failed)?
     }
 }
