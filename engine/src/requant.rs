@@ -165,7 +165,6 @@ pub fn prepare(src: &Path, cache_dir: &Path, mode: Requantize) -> Result<PathBuf
 /// the digest is remembered beside the copies under the file's size and mtime.
 fn source_digest(src: &Path, cache_dir: &Path, identity: &str) -> Result<String, EngineError> {
     use sha2::{Digest, Sha256};
-    use std::io::Read;
 
     let memo = cache_dir.join(format!("{identity}.sha256"));
     if let Ok(text) = std::fs::read_to_string(&memo) {
@@ -174,16 +173,10 @@ fn source_digest(src: &Path, cache_dir: &Path, identity: &str) -> Result<String,
             return Ok(text.to_string());
         }
     }
-    let mut file = File::open(src).map_err(|e| err(src, e))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| err(src, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    File::open(src)
+        .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
+        .map_err(|e| err(src, e))?;
     let digest: String = hasher
         .finalize()
         .iter()
