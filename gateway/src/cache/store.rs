@@ -554,6 +554,19 @@ impl Store {
         self.read().dirty
     }
 
+    /// A new graph over `entries`' projected vectors, built in parallel.
+    fn build_index(&self, entries: &[Arc<Entry>], capacity: usize) -> Index {
+        let index = Index::new(capacity);
+        let graph: Vec<Vec<f32>> = entries
+            .iter()
+            .map(|e| self.graph_vector(&e.vector))
+            .collect();
+        let data: Vec<(&Vec<f32>, usize)> =
+            graph.iter().zip(entries).map(|(g, e)| (g, e.id)).collect();
+        index.hnsw.parallel_insert(&data);
+        index
+    }
+
     /// Loads entries in bulk (start-up): one parallel index build.
     pub fn load(&self, items: Vec<(Record, Digest128, Digest128, Vec<f32>)>) {
         let mut inner = self.write();
@@ -572,11 +585,7 @@ impl Store {
             inner.add(entry.clone());
             batch.push(entry);
         }
-        let index = Index::new(inner.entries.len());
-        let graph: Vec<Vec<f32>> = batch.iter().map(|e| self.graph_vector(&e.vector)).collect();
-        let data: Vec<(&Vec<f32>, usize)> =
-            graph.iter().zip(&batch).map(|(g, e)| (g, e.id)).collect();
-        index.hnsw.parallel_insert(&data);
+        let index = self.build_index(&batch, inner.entries.len());
         self.index.store(Arc::new(index));
         inner.tombstones = 0;
     }
@@ -598,17 +607,7 @@ impl Store {
             let v: Vec<Arc<Entry>> = inner.entries.values().cloned().collect();
             (v, inner.next_id)
         };
-        let index = Index::new(snapshot.len());
-        let graph: Vec<Vec<f32>> = snapshot
-            .iter()
-            .map(|e| self.graph_vector(&e.vector))
-            .collect();
-        let data: Vec<(&Vec<f32>, usize)> = graph
-            .iter()
-            .zip(&snapshot)
-            .map(|(g, e)| (g, e.id))
-            .collect();
-        index.hnsw.parallel_insert(&data);
+        let index = self.build_index(&snapshot, snapshot.len());
         let mut inner = self.write();
         for e in inner.entries.values().filter(|e| e.id >= cutoff) {
             index
