@@ -258,11 +258,7 @@ pub fn repeated_ngram_ratio(text: &str, n: usize) -> f64 {
     // over every word of every window, and rehashing as it grows) at the end of every stream.
     let word_hashes: Vec<u64> = words
         .iter()
-        .map(|w| {
-            w.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            })
-        })
+        .map(|w| crate::routing::variant::fnv1a(w.as_bytes()))
         .collect();
     let mut grams: Vec<u64> = word_hashes
         .windows(n)

@@ -78,7 +78,7 @@ pub fn pick(
 
 /// FNV-1a: stable across processes and versions (unlike `DefaultHasher`), so stickiness
 /// survives restarts.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
