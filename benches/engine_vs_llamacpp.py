@@ -97,11 +97,16 @@ def aggregate_engine(binary, n):
         proc.wait()
 
 
-def aggregate_llamacpp(n):
-    """llama-cpp-python serves one sequence at a time: the same n requests one after another."""
+def load_llama():
+    """llama.cpp on the benchmark's file with the engine's thread count."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=LLAMA_GGUF, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=2048, verbose=False)
+    return Llama(model_path=LLAMA_GGUF, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=2048, verbose=False)
+
+
+def aggregate_llamacpp(n):
+    """llama-cpp-python serves one sequence at a time: the same n requests one after another."""
+    llm = load_llama()
     llm.create_chat_completion(messages=messages(1000), max_tokens=MAX_TOKENS, temperature=0)
     rates = []
     for run in range(RUNS):
@@ -146,10 +151,7 @@ def measure_engine(binary):
 
 
 def measure_llamacpp():
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=LLAMA_GGUF, n_threads=THREADS, n_threads_batch=THREADS,
-                n_ctx=2048, verbose=False)
+    llm = load_llama()
     results = []
     for run in range(RUNS + 1):
         start = time.perf_counter()
