@@ -24,9 +24,14 @@ pub fn gateway_bin() -> PathBuf {
     bin
 }
 
-/// The repository root.
+/// The repository root: from `CARGO_MANIFEST_DIR` as cargo and nextest set it when they run a
+/// test, else as it was at compile time. (The compile-time value alone goes stale when two
+/// clones share one `CARGO_TARGET_DIR`: this crate is not rebuilt for a new path, and tests
+/// would read the other clone's `models/`.)
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("workspace root")
         .to_path_buf()
