@@ -216,8 +216,11 @@ pub struct RouteConfig {
 /// Process-wide reasoning-cache settings (a restart applies changes).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheSettings {
-    /// Directory with the embedding model (`model.onnx` + tokenizer files).
+    /// Directory with the embedding model and its tokenizer files.
     pub model_dir: PathBuf,
+    /// The ONNX file inside `model_dir` (default: the int8-MatMul copy `make models` derives,
+    /// else `model.onnx`).
+    pub model_file: String,
     /// ONNX Runtime shared library.
     pub onnxruntime: PathBuf,
     /// Where snapshots go; `None`: the cache lives in memory only.

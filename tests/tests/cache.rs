@@ -404,3 +404,135 @@ async fn the_openai_sdk_reads_replays_in_both_modes() {
     // One miss went upstream; the rest were replays.
     assert_eq!(up.requests.load(Ordering::SeqCst), 1);
 }
+
+/// Loads one of the cache's embedding models from `models/minilm` (one ONNX Runtime thread).
+fn embedder(file: &str) -> reasoning_gateway::cache::embed::MiniLm {
+    let root = repo_root();
+    reasoning_gateway::cache::embed::MiniLm::load(
+        &root.join("models/minilm"),
+        file,
+        &root.join("models/onnxruntime/libonnxruntime.so"),
+        1,
+        false,
+    )
+    .expect("the embedding models (run `make models`)")
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The derived model (int8 MatMuls, the default) must make the cache's decisions the fetched
+/// model would: each text lands within cosine 0.98 of where the fetched model puts it, and a
+/// pair's similarity moves by less than 0.03.
+#[test]
+fn the_derived_int8_model_embeds_like_the_fetched_one() {
+    use reasoning_gateway::cache::embed::{TextEmbed, DERIVED_MODEL, SOURCE_MODEL};
+    let pairs = [
+        ("Is the clinic open on Sundays?", "Is the clinic closed on Sundays?"),
+        ("What is the capital of France?", "Name the capital city of France."),
+        (
+            "A train travels 60 miles per hour for 3 hours. How far does it go?",
+            "A train travels 70 miles per hour for 3 hours. How far does it go?",
+        ),
+        (
+            "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did she sell altogether?",
+            "Solve this: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did she sell altogether? Show your work.",
+        ),
+        ("Which planet is closest to the Sun?", "Explain how a refrigerator keeps food cold."),
+        ("Write a haiku about autumn leaves.", "Translate 'good morning' into Spanish."),
+    ];
+    let texts: Vec<String> = pairs
+        .iter()
+        .flat_map(|(a, b)| [a.to_string(), b.to_string()])
+        .collect();
+    let source = embedder(SOURCE_MODEL).embed(&texts).unwrap();
+    let derived = embedder(DERIVED_MODEL).embed(&texts).unwrap();
+    for (i, t) in texts.iter().enumerate() {
+        let c = cosine(&source[i], &derived[i]);
+        assert!(c >= 0.98, "{t:?}: cosine {c} between the two models");
+    }
+    for i in (0..texts.len()).step_by(2) {
+        let (s, d) = (
+            cosine(&source[i], &source[i + 1]),
+            cosine(&derived[i], &derived[i + 1]),
+        );
+        assert!(
+            (s - d).abs() < 0.03,
+            "{:?} / {:?}: similarity {s} with the fetched model, {d} with the derived one",
+            texts[i],
+            texts[i + 1]
+        );
+    }
+}
+
+/// Changing `cache.model_file` keeps the cache: the snapshot's problems are embedded again with
+/// the new model (vectors of two models are not comparable), near-duplicates still hit with the
+/// new model's similarity, and the next snapshot records the new model.
+#[tokio::test]
+async fn a_snapshot_from_another_embedding_model_is_embedded_again() {
+    use reasoning_gateway::cache::embed::{TextEmbed, DERIVED_MODEL, SOURCE_MODEL};
+    let up = FakeUpstream::start("a").await;
+    let dir = TempDir::new("cache-model-switch");
+    let with_model = |file: &str| {
+        config(
+            &up,
+            &format!(
+                "  snapshot_dir: {}\n  model_file: {file}\n",
+                dir.0.display()
+            ),
+            "",
+        )
+    };
+    let snapshot_model = || {
+        let bytes = std::fs::read(dir.0.join("reasoning-cache.snapshot")).unwrap();
+        assert_eq!(&bytes[..8], b"RGCACHE2");
+        let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        String::from_utf8(bytes[12..12 + len].to_vec()).unwrap()
+    };
+    let (q, q2) = (
+        "Which planet is closest to the Sun?",
+        "Tell me: which planet is closest to the Sun?",
+    );
+
+    let mut gw = GatewayProc::start(&with_model(SOURCE_MODEL), WAIT);
+    assert_eq!(ask(&gw, q, false, &[]).await.cache, "miss");
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_entries{route=\"think\"}",
+        1.0,
+        WAIT,
+    )
+    .await;
+    assert!(gw.terminate(WAIT).success());
+    drop(gw);
+    assert!(snapshot_model().starts_with("model.onnx sha256:"));
+
+    let mut gw = GatewayProc::start(&with_model(DERIVED_MODEL), WAIT);
+    gw.wait_for_log_line("another embedding model", WAIT).await;
+    let calls = up.requests.load(Ordering::SeqCst);
+    let r = ask(&gw, q2, false, &[]).await;
+    assert_eq!(r.cache, "hit", "{:?}", r.rejected);
+    assert_eq!(up.requests.load(Ordering::SeqCst), calls);
+    // The stored vector is the new model's: the reported similarity is the new model's own.
+    // (One text per call, as the gateway embeds them: no padding from a batch.)
+    let mut new = embedder(DERIVED_MODEL);
+    let mut one = |t: &str| new.embed(&[t.to_string()]).unwrap().remove(0);
+    let (vq, vq2) = (one(q), one(q2));
+    let stale = embedder(SOURCE_MODEL)
+        .embed(&[q.to_string()])
+        .unwrap()
+        .remove(0);
+    let expected = cosine(&vq, &vq2) as f64;
+    let got = r.similarity.unwrap();
+    eprintln!(
+        "similarity {got}; new model {expected}; with the old vector {}",
+        cosine(&stale, &vq2)
+    );
+    assert!(
+        (got - expected).abs() < 0.0005,
+        "similarity {got}, the new model's {expected}"
+    );
+    assert!(gw.terminate(WAIT).success());
+    drop(gw);
+    assert!(snapshot_model().starts_with("model.dynamic-int8.onnx sha256:"));
+}

@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use gateway_benches::model_file;
 use reasoning_gateway::cache::embed::{normalise, Embedder, MiniLm, TextEmbed};
 use reasoning_gateway::cache::key::hex;
 use reasoning_gateway::cache::replay::{self, Shape};
@@ -57,6 +58,7 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
     let pairs = pairs(pairs_path)?;
     let settings = CacheSettings {
         model_dir: model_dir.into(),
+        model_file: model_file(Path::new(model_dir)),
         onnxruntime: ort.into(),
         snapshot_dir: None,
         snapshot_interval: Duration::from_secs(3600),
@@ -68,6 +70,7 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
         tenant_header: None,
     };
     let (md, o) = (settings.model_dir.clone(), settings.onnxruntime.clone());
+    let file = settings.model_file.clone();
     // As the gateway's default (`cache.embed_intra_threads`): min(2, CPUs); INTRA overrides.
     let intra = std::env::var("INTRA")
         .ok()
@@ -81,7 +84,7 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
     let spin = std::env::var("SPIN").map_or(true, |v| v != "0");
     println!("one embedding thread, {intra} ONNX Runtime thread(s) per embedding, spinning {spin}");
     let embedder = Embedder::start(1, settings.embed_timeout, move || {
-        Ok(Box::new(MiniLm::load(&md, &o, intra, spin)?) as Box<dyn TextEmbed>)
+        Ok(Box::new(MiniLm::load(&md, &file, &o, intra, spin)?) as Box<dyn TextEmbed>)
     })?;
     let cache = Cache::with_embedder(settings, embedder);
     let metrics = Metrics::new();
@@ -206,7 +209,13 @@ fn ann(
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    let mut model = MiniLm::load(Path::new(model_dir), Path::new(ort), threads, true)?;
+    let mut model = MiniLm::load(
+        Path::new(model_dir),
+        &model_file(Path::new(model_dir)),
+        Path::new(ort),
+        threads,
+        true,
+    )?;
     let started = Instant::now();
     let mut centres = Vec::new();
     for chunk in texts.chunks(64) {

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use gateway_benches::model_file;
 use reasoning_gateway::cache::embed::{MiniLm, TextEmbed};
 use reasoning_gateway::cache::guard;
 use reasoning_gateway::cache::store::dot;
@@ -26,7 +27,13 @@ fn main() -> anyhow::Result<()> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut model = MiniLm::load(Path::new(&args[2]), Path::new(&args[3]), threads, true)?;
+    let mut model = MiniLm::load(
+        Path::new(&args[2]),
+        &model_file(Path::new(&args[2])),
+        Path::new(&args[3]),
+        threads,
+        true,
+    )?;
     let texts: Vec<String> = pairs
         .iter()
         .flat_map(|p| {

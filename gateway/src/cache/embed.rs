@@ -11,9 +11,42 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-/// Files the model directory must hold.
-pub const MODEL_FILES: &[&str] = &[
-    "model.onnx",
+/// The model as fetched: int8 weights, float compute.
+pub const SOURCE_MODEL: &str = "model.onnx";
+/// The copy `make models` derives from it with int8 MatMuls (`scripts/quantize-embedder.py`):
+/// 1.6× faster on this CPU, embeddings within cosine 0.988 of the source's (BENCHMARKS.md).
+pub const DERIVED_MODEL: &str = "model.dynamic-int8.onnx";
+
+/// The model file used when `cache.model_file` is not set: the derived copy when the directory
+/// has it, else the source.
+pub fn default_model_file(model_dir: &Path) -> &'static str {
+    if model_dir.join(DERIVED_MODEL).is_file() {
+        DERIVED_MODEL
+    } else {
+        SOURCE_MODEL
+    }
+}
+
+/// What identifies the vectors a model makes: its file name and the start of its SHA-256.
+/// Snapshots record it, so vectors from another model are never compared with this one's.
+pub fn model_id(model_dir: &Path, model_file: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = std::fs::File::open(model_dir.join(model_file)).and_then(|mut f| {
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h)?;
+        Ok(h.finalize())
+    });
+    match digest {
+        Ok(d) => {
+            let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{model_file} sha256:{hex}")
+        }
+        Err(_) => model_file.to_string(),
+    }
+}
+
+/// Tokenizer files the model directory must hold beside the model file.
+pub const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -39,9 +72,11 @@ pub trait TextEmbed: Send {
 pub struct MiniLm(fastembed::TextEmbedding);
 
 impl MiniLm {
-    /// Loads the model from `model_dir` with ONNX Runtime from `onnxruntime` (a `.so` path).
+    /// Loads `model_file` and the tokenizer files from `model_dir` with ONNX Runtime from
+    /// `onnxruntime` (a `.so` path).
     pub fn load(
         model_dir: &Path,
+        model_file: &str,
         onnxruntime: &Path,
         intra_threads: usize,
         spin: bool,
@@ -57,7 +92,7 @@ impl MiniLm {
             special_tokens_map_file: read("special_tokens_map.json")?,
             tokenizer_config_file: read("tokenizer_config.json")?,
         };
-        let model = fastembed::UserDefinedEmbeddingModel::new(read("model.onnx")?, tokenizer)
+        let model = fastembed::UserDefinedEmbeddingModel::new(read(model_file)?, tokenizer)
             .with_pooling(fastembed::Pooling::Mean);
         // Spin-waiting ONNX Runtime threads answer sooner but cost CPU (BENCHMARKS.md: about 15
         // against 9 CPU ms per request at 100 req/s; latency was lower with spinning throughout).
@@ -204,6 +239,22 @@ impl Embedder {
             Ok(Err(_)) => Err(EmbedError::Failed),
             Err(_) => Err(EmbedError::Timeout),
         }
+    }
+
+    /// Embeds many texts without a deadline, blocking the calling thread (start-up work, never
+    /// a request path, never inside an async runtime): sent in windows the queue can hold.
+    pub fn embed_all_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut out = Vec::with_capacity(texts.len());
+        for window in texts.chunks(QUEUE) {
+            let pending = window
+                .iter()
+                .map(|t| self.enqueue(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            for rx in pending {
+                out.push(rx.blocking_recv().map_err(|_| EmbedError::Failed)??);
+            }
+        }
+        Ok(out)
     }
 
     /// Embeds without a deadline (background inserts); refused at once when the queue is full,

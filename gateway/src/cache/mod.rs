@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{CacheSettings, RouteCacheConfig};
 use crate::metrics::Metrics;
-use embed::Embedder;
+use embed::{EmbedError, Embedder};
 use guard::Reject;
 use key::RequestKey;
 use store::{Candidate, Record, Removal, Store, Usage};
@@ -107,6 +107,8 @@ pub struct Cache {
     /// Settings it was started with.
     pub settings: CacheSettings,
     embedder: Arc<Embedder>,
+    /// Which model makes the vectors ([`embed::model_id`]); snapshots record it.
+    model_id: String,
     /// Entries and index.
     pub store: Store,
     recent_hits: Mutex<(HashMap<key::Digest128, Instant>, VecDeque<key::Digest128>)>,
@@ -117,11 +119,14 @@ impl Cache {
     pub fn start(settings: CacheSettings) -> anyhow::Result<Arc<Self>> {
         let started = Instant::now();
         let (dir, ort) = (settings.model_dir.clone(), settings.onnxruntime.clone());
+        let file = settings.model_file.clone();
         let (intra, spin) = (settings.embed_intra_threads, settings.embed_spin);
         let embedder =
             Embedder::start(settings.embed_threads, settings.embed_timeout, move || {
-                Ok(Box::new(embed::MiniLm::load(&dir, &ort, intra, spin)?)
-                    as Box<dyn embed::TextEmbed>)
+                Ok(
+                    Box::new(embed::MiniLm::load(&dir, &file, &ort, intra, spin)?)
+                        as Box<dyn embed::TextEmbed>,
+                )
             })?;
         let cache = Self::with_embedder(settings, embedder);
         tracing::info!(elapsed = ?started.elapsed(), entries = cache.store.sizes().0, "Reasoning cache ready.");
@@ -129,29 +134,75 @@ impl Cache {
     }
 
     /// A cache over any embedder (tests, benchmarks); loads the snapshot if configured.
+    ///
+    /// Vectors in a snapshot made by another embedding model (or by a version that did not
+    /// record it) are not comparable with this model's: their problems are embedded again
+    /// before they are loaded, and if that fails the cache starts empty.
     pub fn with_embedder(settings: CacheSettings, embedder: Arc<Embedder>) -> Arc<Self> {
         let store = Store::new();
         store.set_ef_search(settings.ann_ef_search);
+        let model_id = embed::model_id(&settings.model_dir, &settings.model_file);
         let cache = Cache {
             embedder,
+            model_id,
             store,
             recent_hits: Mutex::new((HashMap::new(), VecDeque::new())),
             settings,
         };
         if let Some(dir) = &cache.settings.snapshot_dir {
+            let path = snapshot::path(dir);
             match snapshot::read(dir, now_unix()) {
-                Ok(items) => {
-                    let n = items.len();
-                    cache.store.load(items);
-                    tracing::info!(entries = n, path = %snapshot::path(dir).display(), "Reasoning cache snapshot loaded.");
+                Ok(snap) if snap.model.as_deref() == Some(cache.model_id.as_str()) => {
+                    let n = snap.entries.len();
+                    cache.store.load(snap.entries);
+                    tracing::info!(entries = n, path = %path.display(), "Reasoning cache snapshot loaded.");
+                }
+                Ok(snap) => {
+                    let n = snap.entries.len();
+                    tracing::warn!(
+                        entries = n,
+                        snapshot_model = snap.model.as_deref().unwrap_or("unknown"),
+                        model = %cache.model_id,
+                        "The cache snapshot was made with another embedding model; embedding its problems again."
+                    );
+                    match cache.reembed(snap.entries) {
+                        Ok(entries) => {
+                            // Loading marks the store changed: the next snapshot records
+                            // this model.
+                            cache.store.load(entries);
+                            tracing::info!(entries = n, path = %path.display(), "Reasoning cache snapshot loaded.");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, path = %path.display(), "Reasoning cache snapshot ignored; starting empty.");
+                        }
+                    }
                 }
                 Err(snapshot::ReadError::Missing) => {}
                 Err(e) => {
-                    tracing::error!(error = %e, path = %snapshot::path(dir).display(), "Reasoning cache snapshot ignored; starting empty.");
+                    tracing::error!(error = %e, path = %path.display(), "Reasoning cache snapshot ignored; starting empty.");
                 }
             }
         }
         Arc::new(cache)
+    }
+
+    /// Replaces each loaded entry's vector with this model's embedding of its problem.
+    fn reembed(
+        &self,
+        mut entries: Vec<snapshot::Loaded>,
+    ) -> Result<Vec<snapshot::Loaded>, EmbedError> {
+        let texts: Vec<String> = entries.iter().map(|e| e.0.problem.clone()).collect();
+        // A thread of its own: the embedder is waited on by blocking, which must not happen
+        // inside an async runtime (the gateway starts the cache from one).
+        let vectors = std::thread::scope(|s| {
+            s.spawn(|| self.embedder.embed_all_blocking(&texts))
+                .join()
+                .unwrap_or(Err(EmbedError::Failed))
+        })?;
+        for (e, v) in entries.iter_mut().zip(vectors) {
+            e.3 = v;
+        }
+        Ok(entries)
     }
 
     /// The embedder (benchmarks).
@@ -419,7 +470,7 @@ impl Cache {
             return Ok(false);
         }
         let entries = self.store.export();
-        snapshot::write(dir, &entries)?;
+        snapshot::write(dir, &self.model_id, &entries)?;
         Ok(true)
     }
 

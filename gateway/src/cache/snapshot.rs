@@ -1,7 +1,9 @@
 //! Snapshots: the cache written to one file, read back at start-up.
 //!
-//! Layout: `RGCACHE1`, entry count (u64 LE), then per entry a JSON record (u32 length + bytes)
-//! and its vector (u32 dimension + f32 LE values), then the SHA-256 of everything before it.
+//! Layout: `RGCACHE2`, the embedding model's id (u32 length + UTF-8: which model made the
+//! vectors), entry count (u64 LE), then per entry a JSON record (u32 length + bytes) and its
+//! vector (u32 dimension + f32 LE values), then the SHA-256 of everything before it. Version 1
+//! files (`RGCACHE1`, no model id) are still read; their model is unknown.
 //! Written to a temporary file and renamed, so a crash mid-write leaves the previous snapshot.
 //! Any damage (bad magic, bad digest, truncation, bad JSON) rejects the whole file.
 
@@ -12,23 +14,35 @@ use sha2::{Digest, Sha256};
 use super::key::Digest128;
 use super::store::{Entry, Record};
 
-const MAGIC: &[u8; 8] = b"RGCACHE1";
+const MAGIC: &[u8; 8] = b"RGCACHE2";
+/// Version 1: no model id.
+const MAGIC_V1: &[u8; 8] = b"RGCACHE1";
 /// File name inside the configured directory.
 pub const FILE: &str = "reasoning-cache.snapshot";
 
 /// One loaded entry.
 pub type Loaded = (Record, Digest128, Digest128, Vec<f32>);
 
+/// A snapshot read back.
+pub struct Snapshot {
+    /// The embedding model that made the vectors (`None`: a version 1 file, unknown).
+    pub model: Option<String>,
+    /// Entries not yet expired.
+    pub entries: Vec<Loaded>,
+}
+
 /// The snapshot path in a directory.
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
-/// Writes every entry atomically.
-pub fn write(dir: &Path, entries: &[std::sync::Arc<Entry>]) -> std::io::Result<()> {
+/// Writes every entry atomically, with the id of the model that made their vectors.
+pub fn write(dir: &Path, model: &str, entries: &[std::sync::Arc<Entry>]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut buf = Vec::with_capacity(entries.len() * 2048 + 64);
+    let mut buf = Vec::with_capacity(entries.len() * 2048 + 64 + model.len());
     buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&(model.len() as u32).to_le_bytes());
+    buf.extend_from_slice(model.as_bytes());
     buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     for e in entries {
         let json = serde_json::to_vec(&e.record).map_err(std::io::Error::other)?;
@@ -59,7 +73,7 @@ pub enum ReadError {
 }
 
 /// Reads a snapshot; entries expired at `now` are dropped.
-pub fn read(dir: &Path, now: u64) -> Result<Vec<Loaded>, ReadError> {
+pub fn read(dir: &Path, now: u64) -> Result<Snapshot, ReadError> {
     let p = path(dir);
     let data = match std::fs::read(&p) {
         Ok(d) => d,
@@ -67,7 +81,7 @@ pub fn read(dir: &Path, now: u64) -> Result<Vec<Loaded>, ReadError> {
         Err(e) => return Err(e.into()),
     };
     let corrupt = |m: &str| ReadError::Corrupt(m.to_string());
-    if data.len() < MAGIC.len() + 8 + 32 || &data[..8] != MAGIC {
+    if data.len() < MAGIC.len() + 8 + 32 || (&data[..8] != MAGIC && &data[..8] != MAGIC_V1) {
         return Err(corrupt("not a reasoning-gateway cache snapshot"));
     }
     let (body, digest) = data.split_at(data.len() - 32);
@@ -75,6 +89,13 @@ pub fn read(dir: &Path, now: u64) -> Result<Vec<Loaded>, ReadError> {
         return Err(corrupt("checksum mismatch"));
     }
     let mut r = Reader { data: body, pos: 8 };
+    let model = if &data[..8] == MAGIC {
+        let len = r.u32().ok_or_else(|| corrupt("truncated header"))? as usize;
+        let id = r.bytes(len).ok_or_else(|| corrupt("truncated header"))?;
+        Some(String::from_utf8(id.to_vec()).map_err(|_| corrupt("bad model id"))?)
+    } else {
+        None
+    };
     let count = r.u64().ok_or_else(|| corrupt("truncated header"))?;
     let mut out = Vec::new();
     for i in 0..count {
@@ -97,7 +118,10 @@ pub fn read(dir: &Path, now: u64) -> Result<Vec<Loaded>, ReadError> {
     if r.pos != body.len() {
         return Err(corrupt("trailing bytes"));
     }
-    Ok(out)
+    Ok(Snapshot {
+        model,
+        entries: out,
+    })
 }
 
 struct Reader<'a> {
@@ -161,7 +185,7 @@ mod tests {
         let s = Store::new();
         s.insert(record("q1", 100), [1; 16], [2; 16], vec![0.6, 0.8], 10);
         s.insert(record("q2", 5), [1; 16], [3; 16], vec![1.0, 0.0], 10);
-        write(dir, &s.export()).unwrap();
+        write(dir, "model-a", &s.export()).unwrap();
         std::fs::read(path(dir)).unwrap()
     }
 
@@ -169,7 +193,9 @@ mod tests {
     fn round_trip_drops_expired_entries() {
         let dir = tempdir("rt");
         written(&dir);
-        let loaded = read(&dir, 10).unwrap();
+        let snap = read(&dir, 10).unwrap();
+        assert_eq!(snap.model.as_deref(), Some("model-a"));
+        let loaded = snap.entries;
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].0.problem, "q1");
         assert_eq!(loaded[0].3, vec![0.6, 0.8]);
@@ -193,6 +219,23 @@ mod tests {
         assert!(matches!(read(&dir, 0), Err(ReadError::Corrupt(_))));
         std::fs::remove_file(path(&dir)).unwrap();
         assert!(matches!(read(&dir, 0), Err(ReadError::Missing)));
+    }
+
+    #[test]
+    fn version_1_files_still_load_with_an_unknown_model() {
+        let dir = tempdir("v1");
+        let v2 = written(&dir);
+        // The same entries as version 1 wrote them: no model id, its own magic and digest.
+        let id_end = 8 + 4 + "model-a".len();
+        let mut v1 = MAGIC_V1.to_vec();
+        v1.extend_from_slice(&v2[id_end..v2.len() - 32]);
+        let digest = Sha256::digest(&v1);
+        v1.extend_from_slice(&digest);
+        std::fs::write(path(&dir), &v1).unwrap();
+        let snap = read(&dir, 10).unwrap();
+        assert_eq!(snap.model, None);
+        assert_eq!(snap.entries.len(), 1);
+        assert_eq!(snap.entries[0].0.problem, "q1");
     }
 
     fn tempdir(tag: &str) -> PathBuf {

@@ -210,6 +210,7 @@ pub struct RawVerify {
 #[serde(deny_unknown_fields)]
 pub struct RawCacheSettings {
     pub model_dir: Option<String>,
+    pub model_file: Option<String>,
     pub onnxruntime: Option<String>,
     pub snapshot_dir: Option<String>,
     pub snapshot_interval: Option<String>,

@@ -610,8 +610,26 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
         c.and_then(|c| c.model_dir.clone())
             .unwrap_or_else(|| "models/minilm".to_string()),
     );
+    let explicit_file = c.and_then(|c| c.model_file.clone());
+    let model_file = explicit_file
+        .clone()
+        .unwrap_or_else(|| crate::cache::embed::default_model_file(&model_dir).to_string());
     if model_dir.is_dir() {
-        for f in crate::cache::embed::MODEL_FILES {
+        if !model_dir.join(&model_file).is_file() {
+            let path = if explicit_file.is_some() {
+                "cache.model_file"
+            } else {
+                "cache.model_dir"
+            };
+            errs.push(
+                path,
+                format!(
+                    "{} has no {model_file} (run `make models`)",
+                    model_dir.display()
+                ),
+            );
+        }
+        for f in crate::cache::embed::TOKENIZER_FILES {
             if !model_dir.join(f).is_file() {
                 errs.push(
                     "cache.model_dir",
@@ -656,6 +674,7 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
     }
     CacheSettings {
         model_dir,
+        model_file,
         onnxruntime,
         snapshot_dir: c.and_then(|c| c.snapshot_dir.clone()).map(PathBuf::from),
         snapshot_interval: errs.duration(

@@ -190,3 +190,38 @@ fn every_count_refuses_zero_by_its_path() {
         assert!(e.contains(&want), "missing {want:?} in {e:#?}");
     }
 }
+
+#[test]
+fn the_embedding_model_file_defaults_to_the_derived_copy_when_there_is_one() {
+    use crate::cache::embed::{DERIVED_MODEL, SOURCE_MODEL, TOKENIZER_FILES};
+    let dir = std::env::temp_dir().join(format!("rg-model-file-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in TOKENIZER_FILES.iter().chain([&SOURCE_MODEL]) {
+        std::fs::write(dir.join(f), b"x").unwrap();
+    }
+    let ort = dir.join("libonnxruntime.so");
+    std::fs::write(&ort, b"x").unwrap();
+    let yaml = |extra: &str| {
+        format!(
+            "cache: {{model_dir: {}, onnxruntime: {}{extra}}}\nupstreams: [{{name: u, endpoints: ['127.0.0.1:1']}}]\nroutes: [{{model: m, upstream: u, cache: {{}}}}]\n",
+            dir.display(),
+            ort.display()
+        )
+    };
+    let file = |extra: &str| parse(&yaml(extra)).unwrap().cache.unwrap().model_file;
+    // Only the fetched model: that one.
+    assert_eq!(file(""), SOURCE_MODEL);
+    // `make models` has derived the int8-MatMul copy: the default moves to it.
+    std::fs::write(dir.join(DERIVED_MODEL), b"x").unwrap();
+    assert_eq!(file(""), DERIVED_MODEL);
+    // Named explicitly: used as named, and a missing one is an error with its own path.
+    assert_eq!(file(", model_file: model.onnx"), SOURCE_MODEL);
+    let e = errors(&yaml(", model_file: other.onnx"));
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("cache.model_file:") && l.contains("other.onnx")),
+        "{e:#?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
