@@ -295,6 +295,35 @@ fn ann(
         println!(
             "ann: {n} entries (384-d; graph on {GRAPH_DIMS}-d projections, {GRAPH_CANDIDATES} candidates re-ranked), parallel build {build:.1?} on {threads} threads (M {HNSW_M}, ef_construction {HNSW_EF_CONSTRUCTION})"
         );
+        // One insert at a time after the build, as responses are stored (graph insert included).
+        let mut times = Vec::new();
+        let mut irng = Lcg(11);
+        for i in 0..1000usize {
+            let mut exact = [0u8; 16];
+            exact[..8].copy_from_slice(&((n + i) as u64).to_le_bytes());
+            let r = Record {
+                route: "bench".into(),
+                tenant: "t".into(),
+                partition: hex(&partition),
+                exact: hex(&exact),
+                problem: String::new(),
+                reasoning: String::new(),
+                answer: String::new(),
+                model: String::new(),
+                usage: None,
+                created: 0,
+                expires: u64::MAX / 2,
+            };
+            let v = noisy(&vectors[(i * 104_729) % n], &mut irng, 0.015);
+            let started = Instant::now();
+            store.insert(r, partition, exact, v, usize::MAX);
+            times.push(started.elapsed());
+        }
+        println!(
+            "  insert one entry: p50 {:.1?}, p99 {:.1?}",
+            pct(&mut times, 0.5),
+            pct(&mut times, 0.99)
+        );
         // `ANN_EF=8,16` measures other search widths.
         let efs: Vec<usize> = std::env::var("ANN_EF")
             .ok()
