@@ -149,12 +149,13 @@ impl Cache {
             recent_hits: Mutex::new((HashMap::new(), VecDeque::new())),
             settings,
         };
+        let mut build_graph = false;
         if let Some(dir) = &cache.settings.snapshot_dir {
             let path = snapshot::path(dir);
             match snapshot::read(dir, now_unix()) {
                 Ok(snap) if snap.model.as_deref() == Some(cache.model_id.as_str()) => {
                     let n = snap.entries.len();
-                    cache.store.load(snap.entries);
+                    build_graph = cache.store.load_unindexed(snap.entries);
                     tracing::info!(entries = n, path = %path.display(), "Reasoning cache snapshot loaded.");
                 }
                 Ok(snap) => {
@@ -169,7 +170,7 @@ impl Cache {
                         Ok(entries) => {
                             // Loading marks the store changed: the next snapshot records
                             // this model.
-                            cache.store.load(entries);
+                            build_graph = cache.store.load_unindexed(entries);
                             tracing::info!(entries = n, path = %path.display(), "Reasoning cache snapshot loaded.");
                         }
                         Err(e) => {
@@ -183,7 +184,24 @@ impl Cache {
                 }
             }
         }
-        Arc::new(cache)
+        let cache = Arc::new(cache);
+        if build_graph {
+            // The gateway serves meanwhile: exact matches and small partitions at once, lookups
+            // in larger partitions miss until the graph is there.
+            let c = cache.clone();
+            let spawned = std::thread::Builder::new()
+                .name("rg-cache-graph".into())
+                .spawn(move || {
+                    let started = Instant::now();
+                    c.store.rebuild();
+                    tracing::info!(elapsed = ?started.elapsed(), entries = c.store.sizes().0, "Reasoning cache graph built.");
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "Could not start the graph build; building it now.");
+                cache.store.rebuild();
+            }
+        }
+        cache
     }
 
     /// Replaces each loaded entry's vector with this model's embedding of its problem.
