@@ -298,13 +298,10 @@ async fn entries_expire_after_their_ttl() {
     );
 }
 
-#[tokio::test]
-async fn the_cache_survives_a_restart_and_a_corrupt_snapshot_is_ignored() {
-    let up = FakeUpstream::start("a").await;
-    let dir = TempDir::new("cache-snap");
-    let cfg = config(&up, &format!("  snapshot_dir: {}\n", dir.0.display()), "");
-    let q = "Which planet is closest to the Sun?";
-    let mut gw = GatewayProc::start(&cfg, WAIT);
+/// Starts a gateway on `cfg`, stores the answer to `q` (a miss), and stops it (SIGTERM: the
+/// final snapshot is written).
+async fn store_one_and_stop(cfg: &str, q: &str) {
+    let mut gw = GatewayProc::start(cfg, WAIT);
     assert_eq!(ask(&gw, q, false, &[]).await.cache, "miss");
     gw.wait_for_metric(
         "reasoning_gateway_cache_entries{route=\"think\"}",
@@ -313,7 +310,15 @@ async fn the_cache_survives_a_restart_and_a_corrupt_snapshot_is_ignored() {
     )
     .await;
     assert!(gw.terminate(WAIT).success());
-    drop(gw);
+}
+
+#[tokio::test]
+async fn the_cache_survives_a_restart_and_a_corrupt_snapshot_is_ignored() {
+    let up = FakeUpstream::start("a").await;
+    let dir = TempDir::new("cache-snap");
+    let cfg = config(&up, &format!("  snapshot_dir: {}\n", dir.0.display()), "");
+    let q = "Which planet is closest to the Sun?";
+    store_one_and_stop(&cfg, q).await;
 
     let gw = GatewayProc::start(&cfg, WAIT);
     let calls = up.requests.load(Ordering::SeqCst);
@@ -495,16 +500,7 @@ async fn a_snapshot_from_another_embedding_model_is_embedded_again() {
         "Tell me: which planet is closest to the Sun?",
     );
 
-    let mut gw = GatewayProc::start(&with_model(SOURCE_MODEL), WAIT);
-    assert_eq!(ask(&gw, q, false, &[]).await.cache, "miss");
-    gw.wait_for_metric(
-        "reasoning_gateway_cache_entries{route=\"think\"}",
-        1.0,
-        WAIT,
-    )
-    .await;
-    assert!(gw.terminate(WAIT).success());
-    drop(gw);
+    store_one_and_stop(&with_model(SOURCE_MODEL), q).await;
     assert!(snapshot_model().starts_with("model.onnx sha256:"));
 
     let mut gw = GatewayProc::start(&with_model(DERIVED_MODEL), WAIT);

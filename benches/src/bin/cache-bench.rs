@@ -266,25 +266,30 @@ fn ann(
             })
             .collect();
         let partition = [7u8; 16];
+        // Entry number `i`: an empty record (only the vector matters here) and its exact key.
+        let blank = |i: usize| {
+            let mut exact = [0u8; 16];
+            exact[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let r = Record {
+                route: "bench".into(),
+                tenant: "t".into(),
+                partition: hex(&partition),
+                exact: hex(&exact),
+                problem: String::new(),
+                reasoning: String::new(),
+                answer: String::new(),
+                model: String::new(),
+                usage: None,
+                created: 0,
+                expires: u64::MAX / 2,
+            };
+            (r, exact)
+        };
         let items: Vec<_> = vectors
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                let mut exact = [0u8; 16];
-                exact[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                let r = Record {
-                    route: "bench".into(),
-                    tenant: "t".into(),
-                    partition: hex(&partition),
-                    exact: hex(&exact),
-                    problem: String::new(),
-                    reasoning: String::new(),
-                    answer: String::new(),
-                    model: String::new(),
-                    usage: None,
-                    created: 0,
-                    expires: u64::MAX / 2,
-                };
+                let (r, exact) = blank(i);
                 (r, partition, exact, v.clone())
             })
             .collect();
@@ -299,21 +304,7 @@ fn ann(
         let mut times = Vec::new();
         let mut irng = Lcg(11);
         for i in 0..1000usize {
-            let mut exact = [0u8; 16];
-            exact[..8].copy_from_slice(&((n + i) as u64).to_le_bytes());
-            let r = Record {
-                route: "bench".into(),
-                tenant: "t".into(),
-                partition: hex(&partition),
-                exact: hex(&exact),
-                problem: String::new(),
-                reasoning: String::new(),
-                answer: String::new(),
-                model: String::new(),
-                usage: None,
-                created: 0,
-                expires: u64::MAX / 2,
-            };
+            let (r, exact) = blank(n + i);
             let v = noisy(&vectors[(i * 104_729) % n], &mut irng, 0.015);
             let started = Instant::now();
             store.insert(r, partition, exact, v, usize::MAX);
