@@ -155,6 +155,8 @@ pub struct Jobs {
     /// Settings.
     pub settings: AsyncJobsConfig,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Held while a job file is written, so files are written one at a time.
+    persisting: Mutex<()>,
     slots: Arc<tokio::sync::Semaphore>,
     runtime: OnceLock<tokio::runtime::Handle>,
     gw: OnceLock<std::sync::Weak<Gateway>>,
@@ -168,6 +170,7 @@ impl Jobs {
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_running)),
             settings,
             entries: Mutex::new(HashMap::new()),
+            persisting: Mutex::new(()),
             runtime: OnceLock::new(),
             gw: OnceLock::new(),
         })
@@ -444,10 +447,17 @@ impl Jobs {
     }
 
     /// Writes the job file (atomically), if a directory is configured.
+    ///
+    /// Two updates of one job (the runner and a cancel, a callback) each take their copy under
+    /// the entries lock and write it after releasing it, so they can arrive here in either
+    /// order: writes are serialised and each writes the job's latest state, never an older one.
     fn persist(&self, job: &Job) {
         let Some(dir) = &self.settings.dir else {
             return;
         };
+        let _one_at_a_time = self.persisting.lock().unwrap_or_else(|p| p.into_inner());
+        let latest = self.snapshot(&job.id);
+        let job = latest.as_ref().unwrap_or(job);
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
             let bytes = serde_json::to_vec(job).unwrap_or_default();

@@ -129,7 +129,7 @@ impl Cache {
                 )
             })?;
         let cache = Self::with_embedder(settings, embedder);
-        tracing::info!(elapsed = ?started.elapsed(), entries = cache.store.sizes().0, "Reasoning cache ready.");
+        tracing::info!(elapsed = ?started.elapsed(), entries = cache.store.sizes().0, model = %cache.model_id, "Reasoning cache ready.");
         Ok(cache)
     }
 
