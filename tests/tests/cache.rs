@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use gateway_tests::fake_upstream::{FakeUpstream, THINK_ANSWER, THINK_REASONING};
 use gateway_tests::harness::{repo_root, required_metric, run_python, GatewayProc, TempDir};
+use reasoning_gateway::cache::store::dot;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -423,10 +424,6 @@ fn embedder(file: &str) -> reasoning_gateway::cache::embed::MiniLm {
     .expect("the embedding models (run `make models`)")
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// The derived model (int8 MatMuls, the default) must make the cache's decisions the fetched
 /// model would: each text lands within cosine 0.98 of where the fetched model puts it, and a
 /// pair's similarity moves by less than 0.03.
@@ -454,13 +451,13 @@ fn the_derived_int8_model_embeds_like_the_fetched_one() {
     let source = embedder(SOURCE_MODEL).embed(&texts).unwrap();
     let derived = embedder(DERIVED_MODEL).embed(&texts).unwrap();
     for (i, t) in texts.iter().enumerate() {
-        let c = cosine(&source[i], &derived[i]);
+        let c = dot(&source[i], &derived[i]);
         assert!(c >= 0.98, "{t:?}: cosine {c} between the two models");
     }
     for i in (0..texts.len()).step_by(2) {
         let (s, d) = (
-            cosine(&source[i], &source[i + 1]),
-            cosine(&derived[i], &derived[i + 1]),
+            dot(&source[i], &source[i + 1]),
+            dot(&derived[i], &derived[i + 1]),
         );
         assert!(
             (s - d).abs() < 0.03,
@@ -518,11 +515,11 @@ async fn a_snapshot_from_another_embedding_model_is_embedded_again() {
         .embed(&[q.to_string()])
         .unwrap()
         .remove(0);
-    let expected = cosine(&vq, &vq2) as f64;
+    let expected = dot(&vq, &vq2) as f64;
     let got = r.similarity.unwrap();
     eprintln!(
         "similarity {got}; new model {expected}; with the old vector {}",
-        cosine(&stale, &vq2)
+        dot(&stale, &vq2)
     );
     assert!(
         (got - expected).abs() < 0.0005,

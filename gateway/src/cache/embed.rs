@@ -37,10 +37,7 @@ pub fn model_id(model_dir: &Path, model_file: &str) -> String {
         Ok(h.finalize())
     });
     match digest {
-        Ok(d) => {
-            let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
-            format!("{model_file} sha256:{hex}")
-        }
+        Ok(d) => format!("{model_file} sha256:{}", super::key::hex(&d[..8])),
         Err(_) => model_file.to_string(),
     }
 }
