@@ -152,33 +152,14 @@ impl Cache {
         let mut build_graph = false;
         if let Some(dir) = &cache.settings.snapshot_dir {
             let path = snapshot::path(dir);
-            match snapshot::read(dir, now_unix()) {
-                Ok(snap) if snap.model.as_deref() == Some(cache.model_id.as_str()) => {
-                    let n = snap.entries.len();
-                    build_graph = cache.store.load_unindexed(snap.entries);
+            match cache.snapshot_entries(dir) {
+                Ok(Some(entries)) => {
+                    let n = entries.len();
+                    // Loading marks the store changed: the next snapshot records this model.
+                    build_graph = cache.store.load_unindexed(entries);
                     tracing::info!(entries = n, path = %path.display(), "Reasoning cache snapshot loaded.");
                 }
-                Ok(snap) => {
-                    let n = snap.entries.len();
-                    tracing::warn!(
-                        entries = n,
-                        snapshot_model = snap.model.as_deref().unwrap_or("unknown"),
-                        model = %cache.model_id,
-                        "The cache snapshot was made with another embedding model; embedding its problems again."
-                    );
-                    match cache.reembed(snap.entries) {
-                        Ok(entries) => {
-                            // Loading marks the store changed: the next snapshot records
-                            // this model.
-                            build_graph = cache.store.load_unindexed(entries);
-                            tracing::info!(entries = n, path = %path.display(), "Reasoning cache snapshot loaded.");
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, path = %path.display(), "Reasoning cache snapshot ignored; starting empty.");
-                        }
-                    }
-                }
-                Err(snapshot::ReadError::Missing) => {}
+                Ok(None) => {}
                 Err(e) => {
                     tracing::error!(error = %e, path = %path.display(), "Reasoning cache snapshot ignored; starting empty.");
                 }
@@ -202,6 +183,30 @@ impl Cache {
             }
         }
         cache
+    }
+
+    /// The snapshot's entries, with vectors of this cache's model (`None`: no snapshot yet).
+    fn snapshot_entries(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<Option<Vec<snapshot::Loaded>>, String> {
+        let snap = match snapshot::read(dir, now_unix()) {
+            Ok(snap) => snap,
+            Err(snapshot::ReadError::Missing) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        if snap.model.as_deref() == Some(self.model_id.as_str()) {
+            return Ok(Some(snap.entries));
+        }
+        tracing::warn!(
+            entries = snap.entries.len(),
+            snapshot_model = snap.model.as_deref().unwrap_or("unknown"),
+            model = %self.model_id,
+            "The cache snapshot was made with another embedding model; embedding its problems again."
+        );
+        self.reembed(snap.entries)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
     /// Replaces each loaded entry's vector with this model's embedding of its problem.
@@ -419,24 +424,20 @@ impl Cache {
         pending: Pending,
         done: Completed,
     ) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            if let Some(v) = pending.vector.clone() {
-                self.insert_now(&gw.metrics, pending, done, v);
-            }
-            return;
-        };
+        let mut pending = pending;
         let cache = self.clone();
-        match pending.vector.clone() {
+        match pending.vector.take() {
             Some(v) => {
-                runtime.spawn_blocking(move || cache.insert_now(&gw.metrics, pending, done, v));
+                tokio::task::spawn_blocking(move || {
+                    cache.insert_now(&gw.metrics, pending, done, v)
+                });
             }
             None => {
-                runtime.spawn(async move {
+                tokio::spawn(async move {
                     if let Ok(v) = cache.embedder.embed_untimed(&pending.key.problem).await {
-                        let _ = tokio::task::spawn_blocking(move || {
+                        tokio::task::spawn_blocking(move || {
                             cache.insert_now(&gw.metrics, pending, done, v)
-                        })
-                        .await;
+                        });
                     }
                 });
             }
