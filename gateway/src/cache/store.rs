@@ -673,6 +673,13 @@ mod tests {
         v
     }
 
+    /// Exact key number `i`.
+    fn key(i: u64) -> Digest128 {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&i.to_le_bytes());
+        k
+    }
+
     #[test]
     fn search_finds_the_nearest_live_entry_of_the_partition_only() {
         let s = Store::new();
@@ -694,11 +701,6 @@ mod tests {
     fn the_scan_stays_exact_as_entries_leave_from_anywhere() {
         let s = Store::new();
         let p = [1u8; 16];
-        let key = |i: u64| {
-            let mut k = [0u8; 16];
-            k[..8].copy_from_slice(&i.to_le_bytes());
-            k
-        };
         // Short-lived entries interleaved with long-lived ones; then some exact keys replaced.
         for i in 0..200u64 {
             let expires = if i % 3 == 0 { 50 } else { 100 };
@@ -768,8 +770,8 @@ mod tests {
     #[test]
     /// A problem asked again must find its entry in a large partition of clustered entries
     /// (rephrasings of the same problems sit close together, which is what makes a graph search
-    /// miss): 2 000 problems in 100 families × 6 variants at cosine ≈ 0.96 to their problem, each query at cosine
-    /// ≈ 0.995 to one entry, at the default search width.
+    /// miss): 2 000 problems in 100 families × 6 variants at cosine ≈ 0.96 to their problem,
+    /// each query at cosine ≈ 0.995 to one entry, at the default search width.
     fn the_graph_finds_a_repeated_problem_among_its_close_variants() {
         let s = Store::new();
         let p = [3u8; 16];
@@ -785,11 +787,7 @@ mod tests {
         let items: Vec<_> = vectors
             .iter()
             .enumerate()
-            .map(|(i, v)| {
-                let mut e = [0u8; 16];
-                e[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                (record("r", "q", 100), p, e, v.clone())
-            })
+            .map(|(i, v)| (record("r", "q", 100), p, key(i as u64), v.clone()))
             .collect();
         s.load(items);
         let queries = 300;
@@ -814,12 +812,8 @@ mod tests {
     fn entries_loaded_without_the_graph_serve_small_partitions_at_once() {
         let s = Store::new();
         let (small, large) = ([1u8; 16], [2u8; 16]);
-        let entry = |i: usize, p: Digest128| {
-            let mut e = [0u8; 16];
-            e[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            e[8] = p[0];
-            (record("r", "q", 100), p, e, unit(i as u64, 128))
-        };
+        let entry =
+            |i: usize, p: Digest128| (record("r", "q", 100), p, key(i as u64), unit(i as u64, 128));
         let mut items: Vec<_> = (0..10).map(|i| entry(i, small)).collect();
         assert!(
             !s.load_unindexed(items.clone()),
@@ -845,11 +839,7 @@ mod tests {
         let p = [1u8; 16];
         let n = BRUTE_FORCE_MAX + 500;
         let items: Vec<_> = (0..n)
-            .map(|i| {
-                let mut e = [0u8; 16];
-                e[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                (record("r", "q", 100), p, e, unit(i as u64, 128))
-            })
+            .map(|i| (record("r", "q", 100), p, key(i as u64), unit(i as u64, 128)))
             .collect();
         s.load(items);
         // The same vector in another partition is never a candidate of this one.
