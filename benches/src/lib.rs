@@ -12,3 +12,22 @@ pub fn model_file(model_dir: &Path) -> String {
     eprintln!("embedding model: {}", model_dir.join(&file).display());
     file
 }
+
+/// Embeds `texts` in batches of 64 and says how long it took (stderr).
+pub fn embed_all(
+    model: &mut reasoning_gateway::cache::embed::MiniLm,
+    texts: &[String],
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    use reasoning_gateway::cache::embed::TextEmbed;
+    let started = std::time::Instant::now();
+    let mut vectors = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(64) {
+        vectors.extend(model.embed(chunk)?);
+    }
+    eprintln!(
+        "embedded {} texts in {:.1?}",
+        vectors.len(),
+        started.elapsed()
+    );
+    Ok(vectors)
+}

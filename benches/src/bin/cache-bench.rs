@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gateway_benches::model_file;
+use gateway_benches::{embed_all, model_file};
 use reasoning_gateway::cache::embed::{normalise, Embedder, MiniLm, TextEmbed};
 use reasoning_gateway::cache::key::hex;
 use reasoning_gateway::cache::replay::{self, Shape};
@@ -228,15 +228,7 @@ fn ann(
     };
     if centres.is_empty() {
         let mut model = MiniLm::load(Path::new(model_dir), &file, Path::new(ort), threads, true)?;
-        let started = Instant::now();
-        for chunk in texts.chunks(64) {
-            centres.extend(model.embed(chunk)?);
-        }
-        println!(
-            "embedded {} corpus texts in {:.1?}",
-            centres.len(),
-            started.elapsed()
-        );
+        centres = embed_all(&mut model, &texts)?;
         let bytes: Vec<u8> = centres
             .iter()
             .flatten()

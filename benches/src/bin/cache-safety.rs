@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use gateway_benches::model_file;
-use reasoning_gateway::cache::embed::{MiniLm, TextEmbed};
+use gateway_benches::{embed_all, model_file};
+use reasoning_gateway::cache::embed::MiniLm;
 use reasoning_gateway::cache::guard;
 use reasoning_gateway::cache::store::dot;
 use serde_json::Value;
@@ -43,16 +43,7 @@ fn main() -> anyhow::Result<()> {
             ]
         })
         .collect();
-    let started = std::time::Instant::now();
-    let mut vectors = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(64) {
-        vectors.extend(model.embed(chunk)?);
-    }
-    eprintln!(
-        "embedded {} texts in {:.1?}",
-        texts.len(),
-        started.elapsed()
-    );
+    let vectors = embed_all(&mut model, &texts)?;
     // (source, same) -> [(similarity, guard passed)]
     let mut by: BTreeMap<(String, bool), Vec<Verdict>> = BTreeMap::new();
     for (i, p) in pairs.iter().enumerate() {
