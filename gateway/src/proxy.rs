@@ -132,7 +132,7 @@ impl ProxyHttp for GatewayProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        if ctx.tried.is_empty() {
+        if ctx.attempts() == 0 {
             ctx.overhead += ctx.start.elapsed();
         }
         let pool = ctx
@@ -212,11 +212,21 @@ impl ProxyHttp for GatewayProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer {}", peer.address()));
-        // The whole body is held in `ctx`, so even a POST can be resent; Pingora decides
-        // whether the error allows it (a stale pooled connection does), but never once the
-        // client has seen response bytes.
-        if session.response_written().is_some() || ctx.first_byte_at.is_some() {
+        // The whole body is held in `ctx`, so even a POST can be resent, but never once the
+        // upstream has started answering.
+        if session.response_written().is_some()
+            || ctx.first_byte_at.is_some()
+            || ctx.upstream_status.is_some()
+        {
             e.set_retry(false);
+        } else if client_reused && stale_connection_error(&e) {
+            // A pooled connection the upstream had already closed. Pingora marks only a failed
+            // header read retryable; when writing the request failed first, it reports that
+            // error instead. Either way the endpoint may be fine: it can be picked again, on a
+            // new connection once the pool's stale ones are spent (retries are bounded).
+            e.set_retry(true);
+            ctx.stale_retries += 1;
+            ctx.tried.pop();
         } else {
             e.retry.decide_reuse(client_reused);
         }
@@ -347,4 +357,13 @@ impl ProxyHttp for GatewayProxy {
         let report = log::record(&self.gw, session, e, ctx);
         cache::store(&self.gw, ctx, report.as_ref());
     }
+}
+
+/// Errors a pooled connection closed by the upstream gives before any response arrives.
+fn stale_connection_error(e: &Error) -> bool {
+    e.esource() == &pingora::ErrorSource::Upstream
+        && matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+        )
 }

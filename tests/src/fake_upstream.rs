@@ -68,6 +68,8 @@ pub struct FakeUpstream {
     pub gated_cancels: Arc<AtomicUsize>,
     /// `gated` streams currently held at the gate.
     pub gated_waiting: Arc<AtomicUsize>,
+    /// `drop-reused` requests that arrived on a reused connection, which was closed unanswered.
+    pub dropped_reused: Arc<AtomicUsize>,
     gate: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -86,9 +88,11 @@ impl FakeUpstream {
             count: requests.clone(),
             cancels: Arc::new(AtomicUsize::new(0)),
             waiting: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicUsize::new(0)),
             gate: gate_rx,
         };
         let (gated_cancels, gated_waiting) = (shared.cancels.clone(), shared.waiting.clone());
+        let dropped_reused = shared.dropped.clone();
         let id = id.to_string();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
@@ -107,6 +111,7 @@ impl FakeUpstream {
             requests,
             gated_cancels,
             gated_waiting,
+            dropped_reused,
             gate,
             task,
             stop,
@@ -136,6 +141,7 @@ struct Shared {
     count: Arc<AtomicUsize>,
     cancels: Arc<AtomicUsize>,
     waiting: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
     gate: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -199,6 +205,7 @@ async fn serve_connection(mut stream: TcpStream, id: &str, shared: &Shared) -> s
     let count = &shared.count;
     stream.set_nodelay(true)?;
     let mut buf = Vec::new();
+    let mut answered_here = 0;
     while let Some(req) = read_request(&mut stream, &mut buf).await? {
         count.fetch_add(1, Ordering::Relaxed);
         if req.path == "/health" {
@@ -207,6 +214,12 @@ async fn serve_connection(mut stream: TcpStream, id: &str, shared: &Shared) -> s
         }
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let model = body["model"].as_str().unwrap_or("").to_string();
+        // Like a server whose keep-alive timeout fired as the request arrived.
+        if model == "drop-reused" && answered_here > 0 {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        answered_here += 1;
         let stream_wanted = body["stream"].as_bool().unwrap_or(false);
         let include_usage = body["stream_options"]["include_usage"]
             .as_bool()

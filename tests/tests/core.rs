@@ -1,5 +1,6 @@
 //! Gateway core, end to end through the real binary: routing, bodies, errors, pools, metrics.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use gateway_tests::fake_upstream::{FakeUpstream, THINK_ANSWER, THINK_REASONING};
@@ -319,6 +320,29 @@ async fn a_dead_endpoint_fails_over_and_no_healthy_endpoint_gives_503() {
         assert!(std::time::Instant::now() < deadline, "never reported 503");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Upstreams close idle keep-alive connections on their own schedule; a request the gateway
+/// sends on one that was just closed must go out again on a new connection, not fail, even
+/// when the pool has a single endpoint.
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_retried_on_a_new_one() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&[up.addr], ""), READY);
+    let body =
+        json!({"model": "drop-reused", "messages": [{"role": "user", "content": "x"}]}).to_string();
+    // Each request after the first on a connection finds it closed; how many requests reuse
+    // one depends on when the pool takes it back, so send until a few have.
+    for sent in 1..=50 {
+        let resp = post(&gw, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(resp.status(), 200, "request {sent}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["echo"]["model"], "drop-reused", "{v}");
+        if up.dropped_reused.load(Ordering::Relaxed) >= 3 {
+            return;
+        }
+    }
+    panic!("the gateway never reused a pooled connection");
 }
 
 #[tokio::test]

@@ -54,6 +54,8 @@ pub struct RequestCtx {
     pub stream_requested: bool,
     /// Endpoint indices already tried (connect failures).
     pub tried: Vec<usize>,
+    /// Retries after a stale pooled connection (the endpoint stays eligible).
+    pub stale_retries: usize,
     /// The endpoint in use.
     pub endpoint_guard: Option<InflightGuard>,
     /// Upstream response status.
@@ -121,6 +123,7 @@ impl RequestCtx {
             request_bytes: 0,
             stream_requested: false,
             tried: Vec::new(),
+            stale_retries: 0,
             endpoint_guard: None,
             upstream_status: None,
             local_status: None,
@@ -146,6 +149,12 @@ impl RequestCtx {
             checkpoints: 0,
             overhead: std::time::Duration::ZERO,
         }
+    }
+
+    /// Upstream attempts so far (each endpoint picked, including one picked again after a
+    /// stale pooled connection).
+    pub fn attempts(&self) -> usize {
+        self.tried.len() + self.stale_retries
     }
 
     /// Route label for metrics and logs.

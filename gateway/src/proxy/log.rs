@@ -40,7 +40,7 @@ pub fn record(
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
     let ttft = ctx.first_byte_at.map(|t| t.duration_since(ctx.start));
-    if !ctx.tried.is_empty() {
+    if ctx.attempts() > 0 {
         m.gateway_overhead_seconds
             .with_label_values(&[route])
             .observe(ctx.overhead.as_secs_f64());
@@ -165,7 +165,7 @@ pub fn record(
         ttft_ms = ttft.map(|t| t.as_secs_f64() * 1000.0),
         request_bytes = ctx.request_bytes,
         response_bytes = ctx.response_bytes,
-        attempts = ctx.tried.len(),
+        attempts = ctx.attempts(),
         error_code,
         proxy_error,
         ttfat_ms = ttfat.map(|t| t.as_secs_f64() * 1000.0),
