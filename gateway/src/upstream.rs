@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `Host` header value (what the user configured).
     pub host: String,
-    healthy: AtomicBool,
+    /// Health in the lowest bit, above it a count of the verdicts recorded: a check compares it
+    /// before and after its probe, so a verdict given while it ran is not overwritten by an older
+    /// probe's.
+    health: AtomicU64,
     inflight: AtomicUsize,
 }
 
@@ -27,25 +30,49 @@ impl Endpoint {
         Endpoint {
             addr,
             host,
-            healthy: AtomicBool::new(true),
+            health: AtomicU64::new(1),
             inflight: AtomicUsize::new(0),
         }
     }
 
     /// Whether the last health verdict was good.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.load(Ordering::Acquire) & 1 == 1
     }
 
     /// Records a health verdict; returns whether it changed.
     pub fn set_healthy(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+        let old = self
+            .health
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                Some(next_health(h, healthy))
+            })
+            .unwrap_or_else(|h| h);
+        (old & 1 == 1) != healthy
+    }
+
+    /// Records a check's verdict unless another verdict was recorded since `seen` (the state
+    /// read when the probe started): the newer fact wins. Returns whether health changed.
+    fn set_healthy_since(&self, seen: u64, healthy: bool) -> bool {
+        self.health
+            .compare_exchange(
+                seen,
+                next_health(seen, healthy),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok_and(|old| (old & 1 == 1) != healthy)
     }
 
     /// Requests currently using this endpoint.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
     }
+}
+
+/// The health state after recording `healthy` on `h`.
+fn next_health(h: u64, healthy: bool) -> u64 {
+    ((h >> 1).wrapping_add(1) << 1) | u64::from(healthy)
 }
 
 /// Counts a request against an endpoint for as long as it lives.
@@ -152,8 +179,9 @@ pub async fn check_endpoint(addr: SocketAddr, host: &str, hc: &HealthCheckConfig
 /// Checks run one after another, each bounded by its timeout; pools are small.
 pub async fn check_pool(pool: &Pool) {
     for ep in &pool.endpoints {
+        let seen = ep.health.load(Ordering::Acquire);
         let ok = check_endpoint(ep.addr, &ep.host, &pool.config.health_check).await;
-        if ep.set_healthy(ok) {
+        if ep.set_healthy_since(seen, ok) {
             if ok {
                 tracing::info!(upstream = %pool.config.name, endpoint = %ep.addr, "Upstream endpoint is healthy again.");
             } else {

@@ -94,3 +94,29 @@ async fn health_checks_see_listening_and_closed_ports() {
     assert!(!check_endpoint(open, "x", &hc_http).await);
     server.await.unwrap();
 }
+
+/// The bundled engine marks its endpoint healthy the moment its model has loaded; a check that
+/// was already waiting on the not-yet-answering engine must not undo that when it times out.
+#[tokio::test]
+async fn a_check_that_started_earlier_does_not_overwrite_a_newer_verdict() {
+    // Accepts connections but never answers: the probe waits for its timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut p = pool(1, Balance::RoundRobin);
+    p.config.health_check.path = Some("/health".into());
+    p.endpoints[0] = Arc::new(Endpoint::new(silent.local_addr().unwrap(), "x".into()));
+    p.endpoints[0].set_healthy(false);
+    let ep = p.endpoints[0].clone();
+    let newer_verdict = async {
+        // The probe has connected: now the engine reports itself ready.
+        let (_conn, _) = silent.accept().await.unwrap();
+        ep.set_healthy(true);
+        _conn
+    };
+    let (_, _conn) = tokio::join!(check_pool(&p), newer_verdict);
+    assert!(p.endpoints[0].is_healthy(), "the older probe's failure won");
+    // A check that starts after the verdict still counts.
+    drop(_conn);
+    drop(silent);
+    check_pool(&p).await;
+    assert!(!p.endpoints[0].is_healthy());
+}
