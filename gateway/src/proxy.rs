@@ -270,6 +270,8 @@ impl ProxyHttp for GatewayProxy {
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
         // The reasoning parser reads the response, so it must arrive uncompressed.
         req.remove_header("accept-encoding");
+        // The gateway answered it when it read the body, which it sends in one go.
+        req.remove_header("expect");
         if let Some(guard) = &ctx.endpoint_guard {
             req.insert_header("host", guard.endpoint.host.as_str())?;
         }

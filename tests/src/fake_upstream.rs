@@ -409,8 +409,13 @@ async fn serve_connection(mut stream: TcpStream, id: &str, shared: &Shared) -> s
                     .iter()
                     .find(|(k, _)| k == "x-request-id")
                     .map(|(_, v)| v.clone());
+                let expect = req
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "expect")
+                    .map(|(_, v)| v.clone());
                 let echo = json!({"echo": {"body_len": req.body.len(), "checksum": checksum, "model": model,
-                    "authorization": auth, "request_id": rid, "path": req.path}});
+                    "authorization": auth, "request_id": rid, "path": req.path, "expect": expect}});
                 write_json(&mut stream, id, 200, &echo).await?;
             }
         }

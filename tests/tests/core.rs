@@ -345,6 +345,52 @@ async fn a_pooled_connection_the_upstream_closed_is_retried_on_a_new_one() {
     panic!("the gateway never reused a pooled connection");
 }
 
+/// Clients that send `Expect: 100-continue` (curl for large bodies, .NET, Java) hold the body
+/// back until the server says to go on; the gateway says so itself, since it reads the body
+/// before choosing an upstream, and does not pass the expectation on.
+#[tokio::test]
+async fn a_client_expecting_100_continue_is_told_to_send_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(&[up.addr], ""), READY);
+    let body = json!({"model": "echo", "messages": [{"role": "user", "content": "x"}]}).to_string();
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut interim))
+        .await
+        .expect("no 100 Continue while the client held its body back")
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut resp))
+        .await
+        .expect("no response after the body")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let json_at = resp.find("{\"echo\"").expect("the upstream's answer");
+    let v: Value = serde_json::Deserializer::from_str(&resp[json_at..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(v["echo"]["body_len"], body.len());
+    assert_eq!(
+        v["echo"]["expect"],
+        Value::Null,
+        "the expectation was passed upstream"
+    );
+}
+
 #[tokio::test]
 async fn json_logs_carry_one_structured_line_per_request() {
     let up = FakeUpstream::start("a").await;

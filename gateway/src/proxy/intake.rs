@@ -70,6 +70,22 @@ pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Api
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::body_too_large(limit));
     }
+    // The body is read here, before any upstream is chosen, so no upstream will send the
+    // `100 Continue` such a client waits for (curl waits a second, then sends anyway).
+    if expects_continue(session.req_header()) {
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    400,
+                    ErrorKind::InvalidRequest,
+                    "invalid_request",
+                    format!("100 Continue could not be sent: {}", e.etype().as_str()),
+                )
+            })?;
+    }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024));
     let mut buffering = false;
     loop {
@@ -105,6 +121,15 @@ pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Api
         ));
     }
     Ok(buf.freeze())
+}
+
+/// `Expect: 100-continue` on an HTTP/1.1 request (RFC 9110 §10.1.1).
+pub fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// A validated request with its route.
