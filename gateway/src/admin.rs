@@ -194,7 +194,9 @@ pub fn handle(
 
 #[async_trait]
 impl BackgroundService for AdminService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    /// Serves until the process exits: while a shutdown drains requests in flight, `/readyz`
+    /// answers 503 and `/metrics` stays scrapeable.
+    async fn start(&self, _shutdown: ShutdownWatch) {
         let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
@@ -210,7 +212,6 @@ impl BackgroundService for AdminService {
         };
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let gw = self.gw.clone();

@@ -16,6 +16,8 @@ pub const ENGINE_UPSTREAM: &str = "engine";
 pub const DEFAULT_CHECKPOINT_EVERY: u32 = 5;
 /// Default request body limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default wait for requests in flight at SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Validated runtime configuration.
 #[derive(Debug, Clone)]
@@ -28,6 +30,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Proxy worker threads.
     pub threads: usize,
+    /// How long a SIGTERM waits for requests in flight.
+    pub drain_timeout: Duration,
     /// Bundled engine, when configured.
     pub engine: Option<EngineConfig>,
     /// Reasoning-cache settings: present when a `cache:` section exists or a route enables it.

@@ -51,6 +51,10 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
         restart_required.push("threads");
         new.threads = old.config.threads;
     }
+    if new.drain_timeout != old.config.drain_timeout {
+        restart_required.push("drain_timeout");
+        new.drain_timeout = old.config.drain_timeout;
+    }
     if format!("{:?}", new.engine) != format!("{:?}", old.config.engine) {
         restart_required.push("engine");
         new.engine = old.config.engine.clone();

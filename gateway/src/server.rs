@@ -104,14 +104,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
 
     let conf = ServerConf {
         threads: config.threads,
-        // A cache with snapshots writes its last one when shutdown begins: give that task a
-        // second before the runtimes stop (they drop tasks that have not run yet).
-        grace_period_seconds: Some(u64::from(
-            config
-                .cache
-                .as_ref()
-                .is_some_and(|c| c.snapshot_dir.is_some()),
-        )),
+        // On SIGTERM Pingora stops accepting and then sleeps this long before it stops its
+        // runtimes (and with them every request still running). The `Drain` service below
+        // exits the process as soon as the requests in flight are done; this is the backstop.
+        grace_period_seconds: Some(config.drain_timeout.as_secs() + DRAIN_BACKSTOP_SECONDS),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     };
@@ -136,6 +132,13 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
             CacheMaintenance { gw: gw.clone() },
         ));
     }
+    server.add_service(background_service(
+        "drain",
+        Drain {
+            gw: gw.clone(),
+            timeout: config.drain_timeout,
+        },
+    ));
     server.add_service(background_service(
         "async jobs",
         JobsService { gw: gw.clone() },
@@ -216,22 +219,68 @@ impl BackgroundService for HealthChecker {
     }
 }
 
-/// Expires entries, rebuilds the index when due, writes snapshots (and a last one at shutdown).
-struct CacheMaintenance {
-    gw: Arc<Gateway>,
+/// Seconds Pingora waits beyond `drain_timeout` before it stops the runtimes itself.
+const DRAIN_BACKSTOP_SECONDS: u64 = 5;
+
+/// Writes the cache's snapshot if it changed (logging, never failing).
+fn write_cache_snapshot(gw: &Gateway) {
+    let Some(cache) = gw.cache.get() else {
+        return;
+    };
+    match cache.write_snapshot(false) {
+        Ok(true) => tracing::debug!("Reasoning cache snapshot written."),
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "Reasoning cache snapshot failed."),
+    }
 }
 
-impl CacheMaintenance {
-    fn snapshot(&self, force: bool) {
-        let Some(cache) = self.gw.cache.get() else {
+/// On SIGTERM (Pingora has stopped accepting connections): marks the gateway unready, waits
+/// up to `timeout` for the clients' requests in flight (reasoning streams run for minutes;
+/// cutting them at every deploy loses the work), writes the cache's last snapshot and exits.
+struct Drain {
+    gw: Arc<Gateway>,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if shutdown.changed().await.is_err() {
             return;
-        };
-        match cache.write_snapshot(force) {
-            Ok(true) => tracing::debug!("Reasoning cache snapshot written."),
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "Reasoning cache snapshot failed."),
         }
+        self.gw.set_ready(false);
+        // Async jobs' own requests are not waited for: a job cut here is run again at the
+        // next start (each running job holds at most one request).
+        let inflight = || {
+            let jobs = self
+                .gw
+                .jobs
+                .counts()
+                .get(&crate::jobs::Status::Running)
+                .copied()
+                .unwrap_or(0);
+            (self.gw.metrics.inflight_requests.get() - jobs as i64).max(0)
+        };
+        let deadline = Instant::now() + self.timeout;
+        if inflight() > 0 {
+            tracing::info!(in_flight = inflight(), drain_timeout = ?self.timeout, "Shutting down: no new connections; waiting for the requests in flight.");
+        }
+        while inflight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if inflight() > 0 {
+            tracing::warn!(in_flight = inflight(), drain_timeout = ?self.timeout, "Requests still in flight after drain_timeout are cut.");
+        }
+        let gw = self.gw.clone();
+        let _ = tokio::task::spawn_blocking(move || write_cache_snapshot(&gw)).await;
+        tracing::info!("Gateway stopped.");
+        std::process::exit(0);
     }
+}
+
+/// Expires entries, rebuilds the index when due, writes snapshots (the last one is `Drain`'s).
+struct CacheMaintenance {
+    gw: Arc<Gateway>,
 }
 
 #[async_trait]
@@ -243,16 +292,14 @@ impl BackgroundService for CacheMaintenance {
         let mut last_snapshot = Instant::now();
         loop {
             tokio::select! {
-                _ = shutdown.changed() => {
-                    self.snapshot(false);
-                    return;
-                }
+                // `Drain` writes the last snapshot, once the requests in flight are stored.
+                _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             let (c, gw) = (cache.clone(), self.gw.clone());
             let _ = tokio::task::spawn_blocking(move || c.maintain(&gw.metrics)).await;
             if last_snapshot.elapsed() >= cache.settings.snapshot_interval {
-                self.snapshot(false);
+                write_cache_snapshot(&self.gw);
                 last_snapshot = Instant::now();
             }
         }

@@ -219,9 +219,24 @@ impl GatewayProc {
 
     /// `SIGTERM` (graceful shutdown); waits (bounded) for the process to exit.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(within)
+    }
+
+    /// Sends `SIGTERM` and returns at once.
+    pub fn send_sigterm(&self) {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("poll child").is_none()
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll child") {
@@ -229,7 +244,7 @@ impl GatewayProc {
             }
             assert!(
                 Instant::now() < deadline,
-                "gateway did not exit within {within:?} of SIGTERM"
+                "gateway did not exit within {within:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use gateway_tests::fake_upstream::{FakeUpstream, THINK_ANSWER, THINK_REASONING};
-use gateway_tests::harness::{metric_value, GatewayProc};
+use gateway_tests::harness::{http_status, metric_value, GatewayProc};
 use serde_json::{json, Value};
 
 const READY: Duration = Duration::from_secs(20);
@@ -389,6 +389,79 @@ async fn a_client_expecting_100_continue_is_told_to_send_its_body() {
         Value::Null,
         "the expectation was passed upstream"
     );
+}
+
+/// A stream through the gateway held by the upstream (model `gated`) until it opens its gate;
+/// returns the body the client read once the stream ends.
+async fn held_stream(gw: &GatewayProc, up: &FakeUpstream) -> tokio::task::JoinHandle<String> {
+    let body =
+        json!({"model": "gated", "stream": true, "messages": [{"role": "user", "content": "x"}]});
+    let resp = post(gw, "/v1/chat/completions", body.to_string()).await;
+    assert_eq!(resp.status(), 200);
+    let read = tokio::spawn(async move {
+        let mut text = String::new();
+        let mut resp = resp;
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while up.gated_waiting.load(Ordering::SeqCst) != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream never held the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    read
+}
+
+/// Deploys and restarts send SIGTERM while reasoning streams are running (for minutes): they
+/// finish, while the gateway takes no new connections and reports itself unready, and then it
+/// exits at once.
+#[tokio::test]
+async fn sigterm_lets_the_streams_in_flight_finish_then_exits() {
+    let up = FakeUpstream::start("a").await;
+    let mut gw = GatewayProc::start(&config(&[up.addr], ""), READY);
+    let read = held_stream(&gw, &up).await;
+    gw.send_sigterm();
+    gw.wait_for_log_line(
+        "waiting for the requests in flight",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(http_status(gw.admin_port, "/readyz"), Some(503));
+    assert!(gw.is_running(), "exited with a stream in flight");
+    assert!(!read.is_finished(), "the stream was cut");
+
+    up.open_gate();
+    let text = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the stream did not finish")
+        .unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(gw.wait_exit(Duration::from_secs(10)).success());
+    assert!(gw.log_text().contains("Gateway stopped."));
+}
+
+/// `drain_timeout` bounds the wait: a stream still running then is cut and the gateway exits.
+#[tokio::test]
+async fn a_stream_outlasting_drain_timeout_is_cut_and_the_gateway_exits() {
+    let up = FakeUpstream::start("a").await;
+    let cfg = format!("drain_timeout: 300ms\n{}", config(&[up.addr], ""));
+    let mut gw = GatewayProc::start(&cfg, READY);
+    let read = held_stream(&gw, &up).await;
+    gw.send_sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(10)).success());
+    let text = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the client was left hanging")
+        .unwrap();
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(gw
+        .log_text()
+        .contains("still in flight after drain_timeout"));
 }
 
 #[tokio::test]

@@ -15,6 +15,9 @@ pub struct RawConfig {
     pub max_body_bytes: Option<u64>,
     /// Worker threads of the proxy (default: the number of CPUs).
     pub threads: Option<usize>,
+    /// On SIGTERM, how long requests in flight may take to finish before the gateway exits
+    /// anyway (default 30s; `0s`: exit at once).
+    pub drain_timeout: Option<String>,
     /// The bundled mistral.rs engine, served as upstream `engine`.
     pub engine: Option<RawEngine>,
     /// Process-wide reasoning-cache settings (embedding model, snapshots, tenancy).

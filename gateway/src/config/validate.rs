@@ -90,6 +90,17 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = errs.positive("threads", raw.threads, cpus);
+    let drain_timeout = match raw.drain_timeout.as_deref().map(|s| (s, parse_duration(s))) {
+        None => DEFAULT_DRAIN_TIMEOUT,
+        Some((_, Some(d))) => d,
+        Some((s, None)) => {
+            errs.push(
+                "drain_timeout",
+                format!("`{s}` is not a duration (e.g. 30s, 2m, 0s)"),
+            );
+            DEFAULT_DRAIN_TIMEOUT
+        }
+    };
 
     let engine = raw.engine.as_ref().map(|e| engine(&mut errs, e, cpus));
 
@@ -180,6 +191,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             admin_listen,
             max_body_bytes,
             threads,
+            drain_timeout,
             engine,
             cache,
             upstreams,

@@ -225,3 +225,16 @@ fn the_embedding_model_file_defaults_to_the_derived_copy_when_there_is_one() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn drain_timeout_defaults_to_30s_accepts_zero_and_reports_garbage() {
+    let routes =
+        "routes: [{model: m, upstream: u}]\nupstreams: [{name: u, endpoints: [\"127.0.0.1:1\"]}]\n";
+    assert_eq!(parse(routes).unwrap().drain_timeout.as_secs(), 30);
+    let zero = parse(&format!("drain_timeout: 0s\n{routes}")).unwrap();
+    assert!(zero.drain_timeout.is_zero());
+    let two_min = parse(&format!("drain_timeout: 2m\n{routes}")).unwrap();
+    assert_eq!(two_min.drain_timeout.as_secs(), 120);
+    let e = errors(&format!("drain_timeout: soon\n{routes}"));
+    assert!(e.iter().any(|e| e.starts_with("drain_timeout")), "{e:?}");
+}
