@@ -11,6 +11,10 @@ pub enum Endpoint {
     Completions,
     /// `GET /v1/models`
     Models,
+    /// `GET /v1/models/{model}` (the id may contain `/`)
+    Model,
+    /// `POST /v1/embeddings`: routed by `model` and forwarded untouched (no reasoning, no cache)
+    Embeddings,
 }
 
 impl Endpoint {
@@ -20,7 +24,9 @@ impl Endpoint {
         let (endpoint, wanted) = match path {
             "/v1/chat/completions" => (Endpoint::ChatCompletions, "POST"),
             "/v1/completions" => (Endpoint::Completions, "POST"),
+            "/v1/embeddings" => (Endpoint::Embeddings, "POST"),
             "/v1/models" => (Endpoint::Models, "GET"),
+            p if p.starts_with("/v1/models/") => (Endpoint::Model, "GET"),
             _ => return Err(ApiError::unknown_url(method, path)),
         };
         if method != wanted {
@@ -34,9 +40,41 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Completions => "completions",
-            Endpoint::Models => "models",
+            Endpoint::Models | Endpoint::Model => "models",
+            Endpoint::Embeddings => "embeddings",
         }
     }
+
+    /// Whether the response is generated text (parsed for reasoning, measured, cacheable).
+    pub fn generates(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+}
+
+/// The model id of a `GET /v1/models/{model}` path, percent-decoded.
+pub fn model_id_of_path(path: &str) -> Option<String> {
+    let raw = path.trim_end_matches('/').strip_prefix("/v1/models/")?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).and_then(|b| hex(*b)),
+            bytes.get(i + 2).and_then(|b| hex(*b)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().filter(|id| !id.is_empty())
 }
 
 /// OpenAI error `type` values.
@@ -214,7 +252,8 @@ pub fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<RequestInfo, Ap
     match endpoint {
         Endpoint::ChatCompletions => check_messages(body.get("messages"))?,
         Endpoint::Completions => check_prompt(body.get("prompt"))?,
-        Endpoint::Models => {}
+        Endpoint::Embeddings => check_input(body.get("input"))?,
+        Endpoint::Models | Endpoint::Model => {}
     }
     check_types(&body)?;
     Ok(RequestInfo {
@@ -222,6 +261,17 @@ pub fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<RequestInfo, Ap
         model,
         stream,
     })
+}
+
+fn check_input(v: Option<&Value>) -> Result<(), ApiError> {
+    match v {
+        Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(a)) if !a.is_empty() => Ok(()),
+        _ => Err(ApiError::invalid_param(
+            "input",
+            "`input` must be a string or a non-empty array (of strings or token ids)",
+        )),
+    }
 }
 
 fn check_messages(v: Option<&Value>) -> Result<(), ApiError> {
@@ -318,10 +368,13 @@ fn check_types(body: &Map<String, Value>) -> Result<(), ApiError> {
 
 /// The body of `GET /v1/models`.
 pub fn models_body<'a>(names: impl Iterator<Item = &'a str>) -> Vec<u8> {
-    let data: Vec<Value> = names
-        .map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "reasoning-gateway"}))
-        .collect();
+    let data: Vec<Value> = names.map(model_object).collect();
     serde_json::to_vec(&json!({"object": "list", "data": data})).unwrap_or_default()
+}
+
+/// One model as `GET /v1/models/{model}` and the list show it.
+pub fn model_object(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "reasoning-gateway"})
 }
 
 #[cfg(test)]

@@ -52,6 +52,22 @@ impl GatewayProxy {
             let body = models_body(snapshot.routes.model_names());
             return respond::json(session, ctx, 200, body).await.map(|_| true);
         }
+        if endpoint == Endpoint::Model {
+            // Any model a route serves, globs included (what a request with it would reach).
+            let id = crate::openai::model_id_of_path(session.req_header().uri.path());
+            return match id.filter(|id| snapshot.routes.find(id).is_some()) {
+                Some(id) => {
+                    let body =
+                        serde_json::to_vec(&crate::openai::model_object(&id)).unwrap_or_default();
+                    respond::json(session, ctx, 200, body).await.map(|_| true)
+                }
+                None => {
+                    let id = crate::openai::model_id_of_path(session.req_header().uri.path());
+                    let err = ApiError::model_not_found(id.as_deref().unwrap_or(""));
+                    respond::error(session, ctx, err).await.map(|_| true)
+                }
+            };
+        }
         let body = match intake::read_body(session, snapshot.config.max_body_bytes).await {
             Ok(b) => b,
             Err(err) => return respond::error(session, ctx, err).await.map(|_| true),

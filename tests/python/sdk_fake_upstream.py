@@ -64,6 +64,17 @@ try:
 except openai.APIError as e:
     assert "closed the connection" in str(e), e
 
-# Models list: the configured exact model names.
+# Models list: the configured exact model names; one model, also by a glob route; 404 otherwise.
 assert "echo-rewritten" in [m.id for m in client.models.list()]
+assert client.models.retrieve("echo-rewritten").id == "echo-rewritten"
+assert client.models.retrieve("think-harder").id == "think-harder"
+try:
+    client.models.retrieve("gpt-nope")
+    raise AssertionError("expected NotFoundError")
+except openai.NotFoundError as e:
+    assert e.code == "model_not_found", e
+
+# Embeddings are routed by model and forwarded as they are.
+e = client.embeddings.create(model="echo-rewritten", input=["hi", "hello"])
+assert [d.embedding[0] for d in e.data] == [2.0, 5.0], e
 print("sdk ok")

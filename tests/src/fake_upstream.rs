@@ -214,6 +214,26 @@ async fn serve_connection(mut stream: TcpStream, id: &str, shared: &Shared) -> s
         }
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let model = body["model"].as_str().unwrap_or("").to_string();
+        if req.path == "/v1/embeddings" {
+            // One 4-d vector per input, from the input's length (enough to check the shape).
+            let inputs = match &body["input"] {
+                Value::Array(a) => a.clone(),
+                other => vec![other.clone()],
+            };
+            let data: Vec<Value> = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let n = t.as_str().map_or(0, str::len) as f64;
+                    json!({"object": "embedding", "index": i, "embedding": [n, 1.0, 0.0, -1.0]})
+                })
+                .collect();
+            let resp = json!({"object": "list", "model": model, "data": data,
+                "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()},
+                "received_body_len": req.body.len()});
+            write_json(&mut stream, id, 200, &resp).await?;
+            continue;
+        }
         // Like a server whose keep-alive timeout fired as the request arrived.
         if model == "drop-reused" && answered_here > 0 {
             shared.dropped.fetch_add(1, Ordering::Relaxed);

@@ -156,7 +156,8 @@ async fn bad_input_gets_openai_errors() {
             400,
             "invalid_value",
         ),
-        ("/v1/embeddings", "{}", 404, "unknown_url"),
+        ("/v1/audio/speech", "{}", 404, "unknown_url"),
+        ("/v1/embeddings", "{}", 400, "missing_required_parameter"),
     ];
     for (path, body, status, code) in cases {
         let (got, err) = error_of(post(&gw, path, body.to_string()).await).await;
@@ -462,6 +463,66 @@ async fn a_stream_outlasting_drain_timeout_is_cut_and_the_gateway_exits() {
     assert!(gw
         .log_text()
         .contains("still in flight after drain_timeout"));
+}
+
+/// Clients look models up one by one (ids may contain `/`), and send embeddings requests to the
+/// same base URL: those are routed by `model` and forwarded byte for byte.
+#[tokio::test]
+async fn single_models_and_embeddings_are_served() {
+    let up = FakeUpstream::start("a").await;
+    let cfg = format!(
+        "upstreams: [{{name: fake, endpoints: [\"{}\"]}}]\nroutes:\n  - {{model: deepseek-ai/DeepSeek-R1, upstream: fake, reasoning: {{step_timeout: 5s}}}}\n  - {{model: \"qwq-*\", upstream: fake}}\n",
+        up.addr
+    );
+    let gw = GatewayProc::start(&cfg, READY);
+    let get = |path: &str| reqwest::get(format!("http://127.0.0.1:{}{path}", gw.port));
+    for (path, id) in [
+        (
+            "/v1/models/deepseek-ai/DeepSeek-R1",
+            "deepseek-ai/DeepSeek-R1",
+        ),
+        (
+            "/v1/models/deepseek-ai%2FDeepSeek-R1",
+            "deepseek-ai/DeepSeek-R1",
+        ),
+        ("/v1/models/qwq-32b", "qwq-32b"),
+    ] {
+        let resp = get(path).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["id"], id);
+        assert_eq!(v["object"], "model");
+    }
+    let (status, err) = error_of(get("/v1/models/gpt-4").await.unwrap()).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+
+    // The body reaches the upstream untouched: no model rewrite, no `stream` forced by the
+    // route's step timeout, no usage options.
+    let body = r#"{"model":"qwq-32b","input":"the same bytes","encoding_format":"float"}"#;
+    let resp = post(&gw, "/v1/embeddings", body).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["data"][0]["embedding"][0], 14.0, "{v}");
+    assert_eq!(v["received_body_len"], body.len());
+    let body = r#"{"model":"deepseek-ai/DeepSeek-R1","input":["a","bc"]}"#;
+    let v: Value = post(&gw, "/v1/embeddings", body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["received_body_len"], body.len(), "the body was rewritten");
+    let (status, err) = error_of(post(&gw, "/v1/embeddings", r#"{"model":"qwq-32b"}"#).await).await;
+    assert_eq!((status, err["param"].as_str()), (400, Some("input")));
+    let (status, err) =
+        error_of(post(&gw, "/v1/embeddings", r#"{"model":"gpt-4","input":"x"}"#).await).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
 }
 
 #[tokio::test]

@@ -89,3 +89,28 @@ fn endpoints_are_recognised_by_method_and_path() {
         404
     );
 }
+
+#[test]
+fn single_model_paths_and_embeddings_are_recognised() {
+    use crate::openai::model_id_of_path;
+    assert_eq!(
+        Endpoint::from_request("GET", "/v1/models/org/name").unwrap(),
+        Endpoint::Model
+    );
+    assert_eq!(
+        Endpoint::from_request("POST", "/v1/embeddings").unwrap(),
+        Endpoint::Embeddings
+    );
+    assert!(!Endpoint::Embeddings.generates());
+    assert!(Endpoint::from_request("GET", "/v1/embeddings").is_err());
+    assert_eq!(
+        model_id_of_path("/v1/models/org/name").as_deref(),
+        Some("org/name")
+    );
+    assert_eq!(
+        model_id_of_path("/v1/models/org%2Fna%20me/").as_deref(),
+        Some("org/na me")
+    );
+    assert_eq!(model_id_of_path("/v1/models/100%").as_deref(), Some("100%"));
+    assert_eq!(model_id_of_path("/v1/models/%ff"), None);
+}

@@ -249,13 +249,14 @@ pub fn route(
     // upstream and assembled again for the client.
     let aggregate = !info.stream
         && parsing
-        && endpoint != Endpoint::Models
+        && endpoint.generates()
         && (route.reasoning.max_reasoning_tokens.is_some()
             || route.reasoning.step_timeout.is_some());
     if aggregate {
         info.body.insert("stream".into(), Value::Bool(true));
     }
-    let usage_injected = info.stream && wants_usage != Some(true) && parsing;
+    let usage_injected =
+        info.stream && wants_usage != Some(true) && parsing && endpoint.generates();
     if usage_injected || aggregate {
         let opts = info
             .body

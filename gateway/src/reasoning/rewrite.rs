@@ -160,7 +160,7 @@ impl ResponseRewriter {
     ) -> Option<Self> {
         if cfg.parser == ParserKind::Passthrough
             || !(200..300).contains(&status)
-            || endpoint == Endpoint::Models
+            || !endpoint.generates()
         {
             return None;
         }
