@@ -83,7 +83,7 @@ fn endpoints_are_recognised_by_method_and_path() {
         405
     );
     assert_eq!(
-        Endpoint::from_request("POST", "/v1/embeddings")
+        Endpoint::from_request("POST", "/v1/audio/speech")
             .unwrap_err()
             .status,
         404
