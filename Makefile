@@ -19,6 +19,7 @@ test: deps models venv build
 	cargo nextest run --release --workspace --all-targets --no-fail-fast
 	$(BIN) check --config configs/engine.yaml
 	$(BIN) check --config configs/vllm.yaml
+	$(BIN) check --config configs/canary.yaml
 
 # System packages: cmake builds libz-ng for Pingora; Prometheus (with promtool) for the alert-rule
 # tests and the dashboard end-to-end test; curl for the examples.

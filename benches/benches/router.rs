@@ -44,11 +44,20 @@ fn router(c: &mut Criterion) {
     c.bench_function("router: find the last route past 10 globs", |b| {
         b.iter(|| snapshot.routes.find(black_box("deepseek-r1")).is_some())
     });
+    // The live weights come from the rollback/promotion state, as in the proxy.
+    let state = reasoning_gateway::canary::CanaryState::default();
+    let weights = |route: &str, c: &_| state.weights(route, c);
     let mut r = 0.0f64;
     c.bench_function("router: canary pick by weight", |b| {
         b.iter(|| {
             r = (r + 0.618_033_988_75) % 1.0;
-            variant::pick(&canary, &no_header, &|_| false, black_box(r)).0
+            variant::pick(
+                &canary,
+                &no_header,
+                &state.weights("bench", &canary),
+                black_box(r),
+            )
+            .0
         })
     });
 
@@ -69,7 +78,7 @@ fn router(c: &mut Criterion) {
         Endpoint::ChatCompletions,
         body.clone(),
         &no_header,
-        &|_, _| false,
+        &weights,
     )
     .unwrap_or_else(|e| panic!("the benchmark request must route: {}", e.message));
     assert!(
@@ -83,7 +92,7 @@ fn router(c: &mut Criterion) {
                 Endpoint::ChatCompletions,
                 black_box(body.clone()),
                 &no_header,
-                &|_, _| false,
+                &weights,
             )
             .is_ok()
         })

@@ -101,11 +101,54 @@ pub fn handle(
                 Err(e) => json_response(500, json!({"error": format!("snapshot failed: {e}")})),
             }
         }
-        ("GET", "/admin/canary") => response(
-            200,
-            "application/json",
-            serde_json::to_vec(&gw.canary.report()).unwrap_or_default(),
-        ),
+        ("GET", "/admin/canary") => {
+            let snap = gw.snapshot.load();
+            let mut report = gw.canary.report();
+            // The weights in force now, and the promotion step's percentage, from the live config.
+            for e in report.as_array_mut().into_iter().flatten() {
+                let Some(c) = snap
+                    .config
+                    .routes
+                    .iter()
+                    .find(|r| e["route"] == r.name.as_str())
+                    .and_then(|r| r.canary.as_ref().map(|c| (r, c)))
+                else {
+                    continue;
+                };
+                let (route, canary) = c;
+                let weights = gw.canary.weights(&route.name, canary);
+                let total: u32 = weights.iter().sum();
+                if let Some(i) = canary
+                    .variants
+                    .iter()
+                    .position(|v| e["variant"] == v.name.as_str())
+                {
+                    e["weight"] = json!(weights[i]);
+                    e["traffic_share"] = json!(if total == 0 {
+                        0.0
+                    } else {
+                        f64::from(weights[i]) / f64::from(total)
+                    });
+                }
+                if let Some(p) = &canary.promotion {
+                    if canary
+                        .variants
+                        .get(1)
+                        .is_some_and(|v| e["variant"] == v.name.as_str())
+                    {
+                        let step = e["promotion_step"].as_u64().unwrap_or(0) as usize;
+                        let step = step.min(p.steps.len().saturating_sub(1));
+                        e["promotion"] = json!({"steps": p.steps, "step": step, "percent": p.steps.get(step),
+                            "complete": step + 1 == p.steps.len()});
+                    }
+                }
+            }
+            response(
+                200,
+                "application/json",
+                serde_json::to_vec(&report).unwrap_or_default(),
+            )
+        }
         ("POST", "/admin/canary/enable") => match (param("route"), param("variant")) {
             (Some(r), Some(v)) => {
                 let was = gw.canary.enable(&r, &v);
@@ -181,7 +224,20 @@ pub fn handle(
                 .iter()
                 .map(|r| json!({"name": r.name, "model": r.model, "upstream": r.upstream, "upstream_model": r.upstream_model}))
                 .collect();
-            let body = json!({"generation": snap.generation, "routes": routes, "upstreams": pools});
+            let admission: serde_json::Map<_, _> = snap
+                .pools
+                .iter()
+                .filter_map(|(name, p)| {
+                    let a = p.admission.as_ref()?;
+                    Some((
+                        name.clone(),
+                        json!({"max_inflight": a.config.max_inflight, "in_flight": a.in_flight(),
+                        "max_queue": a.config.max_queue, "waiting": a.waiting(),
+                        "queue_timeout_seconds": a.config.queue_timeout.as_secs_f64()}),
+                    ))
+                })
+                .collect();
+            let body = json!({"generation": snap.generation, "routes": routes, "upstreams": pools, "admission": admission});
             response(
                 200,
                 "application/json",

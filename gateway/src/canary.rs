@@ -9,6 +9,15 @@ use serde_json::{json, Value};
 
 use crate::config::{CanaryConfig, RollbackConfig};
 
+/// What a recorded outcome changed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The variant was rolled back, for this reason.
+    RolledBack(String),
+    /// The canary moved to the next promotion step: its share of traffic in percent.
+    Promoted(u32),
+}
+
 /// Most outcomes kept per variant, whatever the window.
 const MAX_EVENTS: usize = 100_000;
 
@@ -31,6 +40,12 @@ pub struct Outcome {
 struct Window {
     events: VecDeque<Outcome>,
     rolled_back: Option<String>,
+    /// Promotion step reached (index into `steps`; clamped when a reload shortens the list).
+    step: usize,
+    /// When the current step's first outcome was recorded.
+    step_since: Option<Instant>,
+    /// Outcomes recorded on the current step.
+    step_requests: usize,
 }
 
 impl Window {
@@ -137,21 +152,14 @@ pub struct CanaryState {
 }
 
 impl CanaryState {
-    /// Whether the variant was rolled back (and not re-enabled).
-    pub fn is_rolled_back(&self, route: &str, variant: &str) -> bool {
-        let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        w.get(&(route.to_string(), variant.to_string()))
-            .is_some_and(|w| w.rolled_back.is_some())
-    }
-
-    /// Records an outcome; returns the reason when this outcome rolls the variant back.
+    /// Records an outcome; returns the change it caused: a rollback, or a promotion step.
     pub fn record(
         &self,
         route: &str,
         canary: &CanaryConfig,
         variant: &str,
         o: Outcome,
-    ) -> Option<String> {
+    ) -> Option<Change> {
         let mut all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let window = canary.rollback.window;
         let key = (route.to_string(), variant.to_string());
@@ -165,13 +173,65 @@ impl CanaryState {
         {
             return None;
         }
+        entry.step_requests += 1;
+        let since = *entry.step_since.get_or_insert(o.at);
         let canary_rates = rates(entry.events.iter());
         let stable_window = all.get_mut(&(route.to_string(), stable.name.clone()))?;
         stable_window.prune(o.at, window);
         let stable_rates = rates(stable_window.events.iter());
-        let reason = compare(&stable_rates, &canary_rates, &canary.rollback)?;
-        all.get_mut(&key)?.rolled_back = Some(reason.clone());
-        Some(reason)
+        let entry = all.get_mut(&key)?;
+        if let Some(reason) = compare(&stable_rates, &canary_rates, &canary.rollback) {
+            entry.rolled_back = Some(reason.clone());
+            return Some(Change::RolledBack(reason));
+        }
+        // Promotion: only the second served variant, only after a real comparison passed.
+        let promo = canary.promotion.as_ref()?;
+        if canary.variants.get(1).map(|v| v.name.as_str()) != Some(variant) {
+            return None;
+        }
+        entry.step = entry.step.min(promo.steps.len().saturating_sub(1));
+        let compared = stable_rates.requests >= canary.rollback.min_requests
+            && canary_rates.requests >= canary.rollback.min_requests;
+        if entry.step + 1 < promo.steps.len()
+            && compared
+            && entry.step_requests >= promo.min_requests
+            && o.at.saturating_duration_since(since) >= promo.interval
+        {
+            entry.step += 1;
+            entry.step_since = Some(o.at);
+            entry.step_requests = 0;
+            return Some(Change::Promoted(promo.steps[entry.step]));
+        }
+        None
+    }
+
+    /// The served variants' weights now: configured, or the promotion step's; rolled-back
+    /// variants get 0.
+    pub fn weights(&self, route: &str, canary: &CanaryConfig) -> Vec<u32> {
+        let all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let state = |v: &str| all.get(&(route.to_string(), v.to_string()));
+        let percent = canary.promotion.as_ref().and_then(|p| {
+            let canary_name = &canary.variants.get(1)?.name;
+            let step = state(canary_name).map_or(0, |w| w.step);
+            p.steps
+                .get(step.min(p.steps.len().checked_sub(1)?))
+                .copied()
+        });
+        canary
+            .variants
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if state(&v.name).is_some_and(|w| w.rolled_back.is_some()) {
+                    return 0;
+                }
+                match (percent, i) {
+                    (Some(p), 0) => 100 - p,
+                    (Some(p), _) => p,
+                    (None, _) => v.weight,
+                }
+            })
+            .collect()
     }
 
     /// Clears a rollback; returns whether there was one.
@@ -179,8 +239,8 @@ impl CanaryState {
         let mut all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         match all.get_mut(&(route.to_string(), variant.to_string())) {
             Some(w) if w.rolled_back.is_some() => {
-                w.rolled_back = None;
-                w.events.clear();
+                // Re-enabled: a fresh window, and promotion starts again from its first step.
+                *w = Window::default();
                 true
             }
             _ => false,
@@ -195,6 +255,8 @@ impl CanaryState {
             .map(|((route, variant), w)| {
                 let r = rates(w.events.iter());
                 json!({"route": route, "variant": variant, "rolled_back": w.rolled_back.is_some(), "reason": w.rolled_back,
+                    "promotion_step": w.step, "step_requests": w.step_requests,
+                    "step_seconds": w.step_since.map(|t| t.elapsed().as_secs_f64()),
                     "window": {"requests": r.requests, "error_rate": r.error_rate, "p95_seconds": r.p95,
                         "verification_failure_rate": r.verification_failure_rate, "step_timeout_rate": r.step_timeout_rate}})
             })
@@ -270,5 +332,137 @@ mod tests {
             None,
             "not enough canary requests yet"
         );
+    }
+
+    fn promoted_route(steps: &[u32]) -> CanaryConfig {
+        use crate::config::{PromotionConfig, VariantConfig};
+        let v = |name: &str| VariantConfig {
+            name: name.into(),
+            upstream: "u".into(),
+            weight: 0,
+            upstream_model: None,
+        };
+        CanaryConfig {
+            header: None,
+            sticky_header: None,
+            variants: vec![v("stable"), v("canary")],
+            shadow: None,
+            rollback: cfg(),
+            promotion: Some(PromotionConfig {
+                steps: steps.to_vec(),
+                interval: Duration::from_secs(60),
+                min_requests: 10,
+            }),
+        }
+    }
+
+    fn at(base: Instant, secs: u64, ok: bool) -> Outcome {
+        Outcome {
+            at: base + Duration::from_secs(secs),
+            ..outcome(ok, 100)
+        }
+    }
+
+    #[test]
+    fn a_healthy_canary_climbs_the_steps_only_after_the_interval_and_enough_requests() {
+        let c = promoted_route(&[10, 50, 100]);
+        let state = CanaryState::default();
+        assert_eq!(state.weights("r", &c), vec![90, 10]);
+        let base = Instant::now();
+        // Both sides well past min_requests at t = 0..30 s: too early for the 60 s interval.
+        for s in 0..30 {
+            assert_eq!(state.record("r", &c, "stable", at(base, s, true)), None);
+            assert_eq!(state.record("r", &c, "canary", at(base, s, true)), None);
+        }
+        assert_eq!(state.weights("r", &c), vec![90, 10]);
+        // At 60 s after the step's first canary request, the next canary outcome promotes it.
+        assert_eq!(
+            state.record("r", &c, "canary", at(base, 60, true)),
+            Some(Change::Promoted(50))
+        );
+        assert_eq!(state.weights("r", &c), vec![50, 50]);
+        // The new step needs its own interval and its own 10 requests.
+        for s in 61..125 {
+            state.record("r", &c, "stable", at(base, s, true));
+        }
+        for s in 0..9 {
+            assert_eq!(
+                state.record("r", &c, "canary", at(base, 121 + s, true)),
+                None
+            );
+        }
+        assert_eq!(
+            state.record("r", &c, "canary", at(base, 130, true)),
+            Some(Change::Promoted(100))
+        );
+        assert_eq!(state.weights("r", &c), vec![0, 100]);
+        // The last step is the end: nothing further happens.
+        for s in 131..300 {
+            assert_eq!(state.record("r", &c, "canary", at(base, s, true)), None);
+        }
+        assert_eq!(state.weights("r", &c), vec![0, 100]);
+    }
+
+    #[test]
+    fn a_failing_canary_is_rolled_back_mid_promotion_and_restarts_from_the_first_step() {
+        let c = promoted_route(&[10, 50, 100]);
+        let state = CanaryState::default();
+        let base = Instant::now();
+        for s in 0..=60 {
+            state.record("r", &c, "stable", at(base, s, true));
+            state.record("r", &c, "canary", at(base, s, true));
+        }
+        assert_eq!(state.weights("r", &c), vec![50, 50]);
+        let mut change = None;
+        for s in 61..80 {
+            change = change.or(state.record("r", &c, "canary", at(base, s, false)));
+        }
+        assert!(matches!(change, Some(Change::RolledBack(ref r)) if r.starts_with("error rate")));
+        assert_eq!(
+            state.weights("r", &c),
+            vec![50, 0],
+            "stable serves everything"
+        );
+        assert!(state.enable("r", "canary"));
+        assert_eq!(
+            state.weights("r", &c),
+            vec![90, 10],
+            "back to the first step"
+        );
+    }
+
+    #[test]
+    fn without_enough_stable_traffic_to_compare_there_is_no_promotion() {
+        let c = promoted_route(&[10, 100]);
+        let state = CanaryState::default();
+        let base = Instant::now();
+        for s in 0..200 {
+            assert_eq!(state.record("r", &c, "canary", at(base, s, true)), None);
+        }
+        assert_eq!(state.weights("r", &c), vec![90, 10]);
+    }
+
+    #[test]
+    fn a_reload_with_fewer_steps_keeps_the_canary_within_the_new_list() {
+        let long = promoted_route(&[10, 20, 30, 40]);
+        let state = CanaryState::default();
+        let base = Instant::now();
+        let mut t = 0;
+        for _ in 0..3 {
+            for _ in 0..61 {
+                state.record("r", &long, "stable", at(base, t, true));
+                state.record("r", &long, "canary", at(base, t, true));
+                t += 1;
+            }
+        }
+        assert_eq!(state.weights("r", &long), vec![60, 40]);
+        let short = promoted_route(&[5, 25]);
+        assert_eq!(state.weights("r", &short), vec![75, 25]);
+        // Without promotion the configured weights apply again.
+        let mut plain = promoted_route(&[5]);
+        plain.promotion = None;
+        plain.variants[0].weight = 3;
+        plain.variants[1].weight = 1;
+        assert_eq!(state.weights("r", &plain), vec![3, 1]);
     }
 }

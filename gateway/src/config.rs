@@ -106,6 +106,19 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// Health checks.
     pub health_check: HealthCheckConfig,
+    /// Admission limits, when `max_inflight` is set.
+    pub admission: Option<AdmissionConfig>,
+}
+
+/// How many requests a pool takes at once and how the rest wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// Requests in flight to the pool at most.
+    pub max_inflight: usize,
+    /// Requests waiting for a slot at most (0: refuse at once).
+    pub max_queue: usize,
+    /// Longest wait for a slot.
+    pub queue_timeout: Duration,
 }
 
 /// Where reasoning is found in the upstream's output.
@@ -294,6 +307,21 @@ pub struct CanaryConfig {
     pub shadow: Option<VariantConfig>,
     /// Rollback limits.
     pub rollback: RollbackConfig,
+    /// Gradual promotion of the second variant, when configured.
+    pub promotion: Option<PromotionConfig>,
+}
+
+/// Gradual promotion: the canary (second served variant) gets `steps[i]` percent of the weighted
+/// traffic and stable the rest; it moves to the next step after `interval` at the current one,
+/// once it has served `min_requests` there and its rollback comparison with stable passes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotionConfig {
+    /// Canary percentages, strictly increasing, each 1..=100.
+    pub steps: Vec<u32>,
+    /// Least time on a step.
+    pub interval: Duration,
+    /// Canary requests finished on a step before it can advance.
+    pub min_requests: usize,
 }
 
 /// One variant.

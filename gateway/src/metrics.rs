@@ -2,8 +2,8 @@
 //! Label values come from config names and fixed enums, never from request text.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 const PREFIX: &str = "reasoning_gateway";
@@ -78,6 +78,16 @@ pub struct Metrics {
     pub gateway_overhead_seconds: HistogramVec,
     /// Canary variants rolled back automatically.
     pub canary_rollbacks_total: IntCounterVec,
+    /// Requests waiting for a slot in a pool with `max_inflight` (see [`Metrics::bounded_pool`]).
+    pub upstream_queued_requests: IntGaugeVec,
+    /// Time requests waited for a pool slot (only those that had to wait).
+    pub upstream_queue_wait_seconds: HistogramVec,
+    /// Requests refused a pool slot, by reason (queue_full, queue_timeout).
+    pub upstream_rejections_total: IntCounterVec,
+    /// Promotion steps taken by canary variants.
+    pub canary_promotions_total: IntCounterVec,
+    /// Each served variant's share of the route's weighted traffic now.
+    pub canary_traffic_share: GaugeVec,
     /// Shadow requests by result (ok|error|skipped).
     pub shadow_requests_total: IntCounterVec,
     /// Shadow request duration.
@@ -110,6 +120,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Exports a bounded pool's admission series at 0 before anything waits or is refused, so
+    /// `rate()` and alert rules see them from the start.
+    pub fn bounded_pool(&self, upstream: &str) {
+        self.upstream_queued_requests.with_label_values(&[upstream]);
+        self.upstream_queue_wait_seconds
+            .with_label_values(&[upstream]);
+        for reason in ["queue_full", "queue_timeout"] {
+            self.upstream_rejections_total
+                .with_label_values(&[upstream, reason]);
+        }
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
@@ -267,6 +289,48 @@ impl Metrics {
             "Canary variants rolled back automatically (weight 0 until re-enabled on the admin API).",
             &["route", "variant"],
         );
+        let upstream_queued_requests = IntGaugeVec::new(
+            Opts::new(
+                "upstream_queued_requests",
+                "Requests waiting for a slot in a pool with max_inflight (its queue).",
+            )
+            .namespace(PREFIX),
+            &["upstream"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(upstream_queued_requests.clone()))
+            .expect("metric is registered once");
+        let upstream_queue_wait_seconds = histogram(
+            "upstream_queue_wait_seconds",
+            "Time admitted requests waited for a pool slot (max_inflight), counting only those that had to wait.",
+            &["upstream"],
+            &[
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ],
+        );
+        let upstream_rejections_total = counter(
+            "upstream_rejections_total",
+            "Requests refused with 429 because a pool with max_inflight was full: queue_full (max_queue already waiting) or queue_timeout.",
+            &["upstream", "reason"],
+        );
+        let canary_promotions_total = counter(
+            "canary_promotions_total",
+            "Promotion steps canary variants took (their rollback comparison with stable passed for the step's interval).",
+            &["route", "variant"],
+        );
+        let canary_traffic_share = GaugeVec::new(
+            Opts::new(
+                "canary_traffic_share",
+                "Share of the route's weighted traffic each served variant gets now (configured weights or the promotion step; 0 when rolled back). Requests forcing a variant by header are not weighted.",
+            )
+            .namespace(PREFIX),
+            &["route", "variant"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(canary_traffic_share.clone()))
+            .expect("metric is registered once");
         let shadow_requests_total = counter(
             "shadow_requests_total",
             "Copies sent to shadow variants by result: ok, error, skipped (concurrency bound).",
@@ -369,6 +433,11 @@ impl Metrics {
             gateway_overhead_seconds,
             config_reloads_total,
             canary_rollbacks_total,
+            canary_promotions_total,
+            canary_traffic_share,
+            upstream_queued_requests,
+            upstream_queue_wait_seconds,
+            upstream_rejections_total,
             shadow_requests_total,
             shadow_request_duration_seconds,
             shadow_verification_failures_total,

@@ -84,6 +84,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// Something failed on the server or upstream side.
     Server,
+    /// Too many requests for the capacity configured: retry later.
+    RateLimit,
 }
 
 impl ErrorKind {
@@ -91,6 +93,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => "invalid_request_error",
             ErrorKind::Server => "server_error",
+            ErrorKind::RateLimit => "rate_limit_error",
         }
     }
 }

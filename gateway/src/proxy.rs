@@ -74,9 +74,8 @@ impl GatewayProxy {
         };
         ctx.request_bytes = body.len();
         let header = |name: &str| intake::request_header(session, name);
-        let rolled_back =
-            |route: &str, variant: &str| self.gw.canary.is_rolled_back(route, variant);
-        let routed = match intake::route(&snapshot, endpoint, body, &header, &rolled_back) {
+        let weights = |route: &str, c: &_| self.gw.canary.weights(route, c);
+        let routed = match intake::route(&snapshot, endpoint, body, &header, &weights) {
             Ok(r) => r,
             Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
         };
@@ -100,6 +99,53 @@ impl GatewayProxy {
             == Some(&serde_json::Value::Bool(false));
         if cache::lookup(&self.gw, session, ctx, &routed, endpoint).await? {
             return Ok(true);
+        }
+        if let Some(admission) = routed.pool.admission.clone() {
+            let name = routed.pool.config.name.as_str();
+            let slot = match admission.try_admit() {
+                Some(slot) => Ok(slot),
+                None => {
+                    let m = &self.gw.metrics;
+                    let queued = m.upstream_queued_requests.with_label_values(&[name]);
+                    queued.inc();
+                    let since = Instant::now();
+                    let slot = admission.wait().await;
+                    queued.dec();
+                    ctx.queue_wait = since.elapsed();
+                    if slot.is_ok() {
+                        m.upstream_queue_wait_seconds
+                            .with_label_values(&[name])
+                            .observe(ctx.queue_wait.as_secs_f64());
+                    }
+                    slot
+                }
+            };
+            match slot {
+                Ok(slot) => ctx.slot = Some(slot),
+                Err(why) => {
+                    self.gw
+                        .metrics
+                        .upstream_rejections_total
+                        .with_label_values(&[name, why.label()])
+                        .inc();
+                    let a = admission.config;
+                    let (code, message) = match why {
+                        crate::upstream::Refused::QueueFull => ("upstream_queue_full", format!(
+                            "Upstream `{name}` is at its limit of {} requests in flight and {} more are waiting; retry later.",
+                            a.max_inflight, a.max_queue
+                        )),
+                        crate::upstream::Refused::Timeout => ("upstream_queue_timeout", format!(
+                            "Upstream `{name}` had no free slot (max_inflight {}) within {:?}; retry later.",
+                            a.max_inflight, a.queue_timeout
+                        )),
+                    };
+                    ctx.route = Some(routed.route);
+                    ctx.pool = Some(routed.pool);
+                    ctx.retry_after = Some(1);
+                    let err = ApiError::new(429, ErrorKind::RateLimit, code, message);
+                    return respond::error(session, ctx, err).await.map(|_| true);
+                }
+            }
         }
         if let Some((variant, pool, body)) = routed.shadow {
             let authorization = intake::request_header(session, "authorization");
@@ -149,7 +195,8 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
         if ctx.attempts() == 0 {
-            ctx.overhead += ctx.start.elapsed();
+            // Waiting for a pool slot is the upstream's capacity, not gateway work.
+            ctx.overhead += ctx.start.elapsed().saturating_sub(ctx.queue_wait);
         }
         let pool = ctx
             .pool

@@ -75,8 +75,20 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
         .into_iter()
         .collect();
     let generation = old.generation + 1;
-    let snapshot = Snapshot::new(new, extra, generation);
+    let mut snapshot = Snapshot::new(new, extra, generation);
     // Health is a fact about an address, not about a config generation: keep what is known.
+    // An unchanged admission bound carries over too, so the slots requests in flight hold (and
+    // the line of waiting ones) stay counted.
+    for (name, pool) in snapshot.pools.iter_mut() {
+        if let Some(old_pool) = old.pools.get(name) {
+            if pool.config.admission.is_some() && old_pool.config.admission == pool.config.admission
+            {
+                if let Some(p) = Arc::get_mut(pool) {
+                    p.admission = old_pool.admission.clone();
+                }
+            }
+        }
+    }
     for (name, pool) in &snapshot.pools {
         if let Some(old_pool) = old.pools.get(name) {
             for ep in &pool.endpoints {
@@ -84,6 +96,11 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
                     ep.set_healthy(prev.is_healthy());
                 }
             }
+        }
+    }
+    for (name, pool) in &snapshot.pools {
+        if pool.admission.is_some() {
+            gw.metrics.bounded_pool(name);
         }
     }
     let routes = snapshot.config.routes.len();

@@ -53,6 +53,7 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, S
 /// The pool standing for the bundled engine listening on `addr`.
 fn engine_pool(addr: SocketAddr) -> UpstreamConfig {
     UpstreamConfig {
+        admission: None,
         name: ENGINE_UPSTREAM.to_string(),
         endpoints: vec![(addr, addr.to_string())],
         balance: Balance::RoundRobin,
@@ -95,6 +96,11 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         }
     }
     let gw = Gateway::new(snapshot, Some(config_path.to_path_buf()));
+    for (name, pool) in &gw.snapshot.load().pools {
+        if pool.admission.is_some() {
+            gw.metrics.bounded_pool(name);
+        }
+    }
     if let Some(settings) = &config.cache {
         let cache = crate::cache::Cache::start(settings.clone())
             .map_err(|e| StartError::Cache(format!("{e:#}")))?;

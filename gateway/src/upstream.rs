@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::{Balance, HealthCheckConfig, UpstreamConfig};
+use crate::config::{AdmissionConfig, Balance, HealthCheckConfig, UpstreamConfig};
 
 /// One backend address with its live state.
 #[derive(Debug)]
@@ -102,7 +102,91 @@ pub struct Pool {
     pub config: UpstreamConfig,
     /// Endpoints in config order.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// The in-flight bound and its queue, when `max_inflight` is set.
+    pub admission: Option<Arc<Admission>>,
     next: AtomicUsize,
+}
+
+/// Why a request was not admitted to a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_queue` requests were already waiting.
+    QueueFull,
+    /// No slot came free within `queue_timeout`.
+    Timeout,
+}
+
+impl Refused {
+    /// Metric label and OpenAI error code suffix.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::QueueFull => "queue_full",
+            Refused::Timeout => "queue_timeout",
+        }
+    }
+}
+
+/// A pool's bound on requests in flight (`max_inflight`), with a bounded FIFO queue in front.
+#[derive(Debug)]
+pub struct Admission {
+    /// The limits it was built with.
+    pub config: AdmissionConfig,
+    slots: Arc<tokio::sync::Semaphore>,
+    waiting: AtomicUsize,
+}
+
+/// A slot in a pool, held until the request ends.
+pub type Slot = tokio::sync::OwnedSemaphorePermit;
+
+impl Admission {
+    /// A bound with every slot free.
+    pub fn new(config: AdmissionConfig) -> Self {
+        Admission {
+            config,
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_inflight)),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// A free slot now, if there is one.
+    pub fn try_admit(&self) -> Option<Slot> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits in line for a slot: refused at once when `max_queue` already wait, or after
+    /// `queue_timeout`. First come, first served (tokio's semaphore is fair).
+    pub async fn wait(&self) -> Result<Slot, Refused> {
+        struct InLine<'a>(&'a AtomicUsize);
+        impl Drop for InLine<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::QueueFull);
+        }
+        let _in_line = InLine(&self.waiting);
+        match tokio::time::timeout(
+            self.config.queue_timeout,
+            self.slots.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(slot)) => Ok(slot),
+            _ => Err(Refused::Timeout),
+        }
+    }
+
+    /// Requests waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Requests holding a slot now.
+    pub fn in_flight(&self) -> usize {
+        self.config.max_inflight - self.slots.available_permits()
+    }
 }
 
 impl Pool {
@@ -114,6 +198,7 @@ impl Pool {
             .map(|(addr, host)| Arc::new(Endpoint::new(*addr, host.clone())))
             .collect();
         Pool {
+            admission: config.admission.map(|a| Arc::new(Admission::new(a))),
             config,
             endpoints,
             next: AtomicUsize::new(0),

@@ -247,3 +247,94 @@ async fn failing_and_slow_canaries_are_rolled_back_until_re_enabled() {
     }
     assert!(seen_canary, "the re-enabled canary gets traffic again");
 }
+
+#[tokio::test]
+async fn a_healthy_canary_is_promoted_step_by_step_to_all_traffic() {
+    let (a, b) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+    );
+    let config = format!(
+        r#"upstreams:
+  - {{name: a, endpoints: ["{}"]}}
+  - {{name: b, endpoints: ["{}"]}}
+routes:
+  - model: p
+    upstream: a
+    canary:
+      rollback: {{window: 1m, min_requests: 5}}
+      promotion: {{steps: [20, 60, 100], interval: 1ms, min_requests: 5}}
+      variants:
+        - {{name: stable, upstream: a}}
+        - {{name: canary, upstream: b}}
+"#,
+        a.addr, b.addr
+    );
+    let gw = GatewayProc::start(&config, Duration::from_secs(20));
+    let promotion = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["variant"] == "canary")
+            .map(|e| e["promotion"].clone())
+    };
+
+    // Weighted traffic only; the canary climbs as its outcomes are recorded. Bounded: with a
+    // 20 % first step, 5 canary outcomes take ~25 requests; 2 000 is far beyond any healthy run.
+    let mut served = HashMap::<String, usize>::new();
+    let mut complete = false;
+    for _ in 0..2000 {
+        let (status, variant, _) = send(&gw, "p", &[], false).await;
+        assert_eq!(status, 200);
+        *served.entry(variant).or_default() += 1;
+        let state: Value = serde_json::from_str(&gw.admin_get("/admin/canary").await).unwrap();
+        if promotion(&state).is_some_and(|p| p["complete"] == true) {
+            complete = true;
+            break;
+        }
+    }
+    assert!(
+        complete,
+        "never promoted: {}",
+        gw.admin_get("/admin/canary").await
+    );
+    assert!(served["stable"] > 0 && served["canary"] > 0, "{served:?}");
+
+    // Fully promoted: every weighted request goes to the canary; the header still reaches stable.
+    for _ in 0..30 {
+        assert_eq!(send(&gw, "p", &[], true).await.1, "canary");
+    }
+    assert_eq!(
+        send(&gw, "p", &[("x-gateway-variant", "stable")], false)
+            .await
+            .1,
+        "stable"
+    );
+    let state: Value = serde_json::from_str(&gw.admin_get("/admin/canary").await).unwrap();
+    let p = promotion(&state).unwrap();
+    assert_eq!(p["percent"], 100, "{state}");
+    assert_eq!(p["steps"], json!([20, 60, 100]));
+    let m = gw.admin_get("/metrics").await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "reasoning_gateway_canary_promotions_total{route=\"p\",variant=\"canary\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "reasoning_gateway_canary_traffic_share{route=\"p\",variant=\"canary\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "reasoning_gateway_canary_traffic_share{route=\"p\",variant=\"stable\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(gw.log_text().matches("Canary variant promoted").count(), 2);
+}

@@ -395,8 +395,19 @@ async fn a_client_expecting_100_continue_is_told_to_send_its_body() {
 /// A stream through the gateway held by the upstream (model `gated`) until it opens its gate;
 /// returns the body the client read once the stream ends.
 async fn held_stream(gw: &GatewayProc, up: &FakeUpstream) -> tokio::task::JoinHandle<String> {
+    held_stream_of(gw, up, "gated", 1).await
+}
+
+/// `held_stream` with the request's model (routed to a `gated` upstream model) and the number
+/// of streams the upstream holds once this one is held.
+async fn held_stream_of(
+    gw: &GatewayProc,
+    up: &FakeUpstream,
+    model: &str,
+    held: usize,
+) -> tokio::task::JoinHandle<String> {
     let body =
-        json!({"model": "gated", "stream": true, "messages": [{"role": "user", "content": "x"}]});
+        json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "x"}]});
     let resp = post(gw, "/v1/chat/completions", body.to_string()).await;
     assert_eq!(resp.status(), 200);
     let read = tokio::spawn(async move {
@@ -408,7 +419,7 @@ async fn held_stream(gw: &GatewayProc, up: &FakeUpstream) -> tokio::task::JoinHa
         text
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while up.gated_waiting.load(Ordering::SeqCst) != 1 {
+    while up.gated_waiting.load(Ordering::SeqCst) != held {
         assert!(
             std::time::Instant::now() < deadline,
             "the upstream never held the stream"
@@ -540,4 +551,111 @@ async fn json_logs_carry_one_structured_line_per_request() {
     assert_eq!(v["status"], 200);
     assert_eq!(v["route"], "*");
     assert!(v["duration_ms"].as_f64().is_some());
+}
+
+/// A pool with `max_inflight` lets that many requests through, queues the next ones up to
+/// `max_queue` (first come, first served), answers 429 with `retry-after` past the queue or after
+/// `queue_timeout`, and a queued request goes through as soon as a slot frees.
+#[tokio::test]
+async fn a_busy_pool_queues_then_refuses_with_429_and_retry_after() {
+    let (up, tight) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+    );
+    let gw = GatewayProc::start(
+        &format!(
+            r#"upstreams:
+  - {{name: fake, endpoints: ["{}"], max_inflight: 2, max_queue: 1}}
+  - {{name: tight, endpoints: ["{}"], max_inflight: 1, queue_timeout: 200ms}}
+routes:
+  - {{model: tight-gated, upstream: tight, upstream_model: gated}}
+  - {{model: "*", upstream: fake}}
+"#,
+            up.addr, tight.addr
+        ),
+        READY,
+    );
+    let admission = |gw_config: &str, pool: &str| -> Value {
+        serde_json::from_str::<Value>(gw_config).unwrap()["admission"][pool].clone()
+    };
+    let first = held_stream_of(&gw, &up, "gated", 1).await;
+    let second = held_stream_of(&gw, &up, "gated", 2).await;
+    let queued = {
+        let body = json!({"model": "echo", "messages": [{"role": "user", "content": "queued"}]});
+        let gw_port = gw.port;
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("http://127.0.0.1:{gw_port}/v1/chat/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = admission(&gw.admin_get("/admin/config").await, "fake");
+        if state["waiting"] == 1 {
+            assert_eq!(state["in_flight"], 2, "{state}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never queued: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The line is full: refused at once, in OpenAI shape, with a hint when to retry.
+    let body = json!({"model": "echo", "messages": [{"role": "user", "content": "x"}]});
+    let resp = post(&gw, "/v1/chat/completions", body.to_string()).await;
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let (status, err) = error_of(resp).await;
+    assert_eq!(status, 429);
+    assert_eq!(err["code"], "upstream_queue_full");
+    assert_eq!(err["type"], "rate_limit_error");
+    assert!(
+        !queued.is_finished(),
+        "the queued request went through while both slots were held"
+    );
+
+    // Slots free up: the queued request is served, the held streams end normally.
+    up.open_gate();
+    let (status, text) = queued.await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("body_len"),
+        "the upstream answered it: {text}"
+    );
+    for s in [first, second] {
+        assert!(s.await.unwrap().contains("[DONE]"));
+    }
+    assert_eq!(
+        admission(&gw.admin_get("/admin/config").await, "fake")["in_flight"],
+        0
+    );
+
+    // A full pool whose slot does not free in time: 429 after queue_timeout.
+    let held = held_stream_of(&gw, &tight, "tight-gated", 1).await;
+    let started = std::time::Instant::now();
+    let body = json!({"model": "tight-gated", "messages": [{"role": "user", "content": "x"}]});
+    let (status, err) = error_of(post(&gw, "/v1/chat/completions", body.to_string()).await).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (429, Some("upstream_queue_timeout"))
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    tight.open_gate();
+    assert!(held.await.unwrap().contains("[DONE]"));
+
+    let m = gw.admin_get("/metrics").await;
+    for (series, want) in [
+        ("reasoning_gateway_upstream_rejections_total{reason=\"queue_full\",upstream=\"fake\"}", 1.0),
+        ("reasoning_gateway_upstream_rejections_total{reason=\"queue_timeout\",upstream=\"tight\"}", 1.0),
+        ("reasoning_gateway_upstream_queue_wait_seconds_count{upstream=\"fake\"}", 1.0),
+        ("reasoning_gateway_upstream_queued_requests{upstream=\"fake\"}", 0.0),
+    ] {
+        assert_eq!(metric_value(&m, series), Some(want), "{series}");
+    }
 }

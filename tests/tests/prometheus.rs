@@ -16,7 +16,7 @@ fn config(addr: std::net::SocketAddr) -> String {
   model_dir: {}
   onnxruntime: {}
   embed_timeout: 5s
-upstreams: [{{name: fake, endpoints: ["{addr}"]}}]
+upstreams: [{{name: fake, endpoints: ["{addr}"], max_inflight: 1000}}]
 routes:
   - {{model: cached, upstream: fake, upstream_model: think, cache: {{}}}}
   - {{model: analysed, upstream: fake, reasoning: {{stats: true}}}}
@@ -250,7 +250,7 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 11);
+    assert_eq!(loaded.len(), 12);
     assert!(loaded.iter().all(|r| r["health"] == "ok"), "{loaded:?}");
 
     // Capacity planning from the gateway's own histograms and from Prometheus.

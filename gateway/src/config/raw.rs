@@ -79,6 +79,12 @@ pub struct RawUpstream {
     pub read_timeout: Option<String>,
     /// Active health checks.
     pub health_check: Option<RawHealthCheck>,
+    /// Requests in flight to the pool at most (default: no limit).
+    pub max_inflight: Option<usize>,
+    /// Requests waiting for a slot at most, beyond `max_inflight` (default 100; 0 = none wait).
+    pub max_queue: Option<usize>,
+    /// Longest wait for a slot (default `30s`).
+    pub queue_timeout: Option<String>,
 }
 
 /// Active health-check settings of a pool.
@@ -125,6 +131,20 @@ pub struct RawCanary {
     pub variants: Vec<RawVariant>,
     /// Automatic rollback of non-stable variants.
     pub rollback: Option<RawRollback>,
+    /// Gradual promotion of the second variant through traffic percentages.
+    pub promotion: Option<RawPromotion>,
+}
+
+/// Gradual promotion steps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPromotion {
+    /// Canary percentages in order, e.g. `[5, 25, 50, 100]`.
+    pub steps: Vec<u32>,
+    /// Least time on each step (default `10m`).
+    pub interval: Option<String>,
+    /// Canary requests finished on a step before it advances (default: `rollback.min_requests`).
+    pub min_requests: Option<usize>,
 }
 
 /// One variant.

@@ -253,7 +253,7 @@ fn canary(
             &format!("{path}.variants"),
             "at least one served (non-shadow) variant is needed",
         );
-    } else if variants.iter().all(|v| v.weight == 0) {
+    } else if c.promotion.is_none() && variants.iter().all(|v| v.weight == 0) {
         errs.push(
             &format!("{path}.variants"),
             "the served variants' weights must not all be 0",
@@ -312,12 +312,61 @@ fn canary(
             1.0,
         ),
     };
+    let promotion = c
+        .promotion
+        .as_ref()
+        .map(|p| promotion(errs, path, p, c, variants.len(), rollback.min_requests));
     CanaryConfig {
         header: c.header.clone(),
         sticky_header: c.sticky_header.clone(),
         variants,
         shadow,
         rollback,
+        promotion,
+    }
+}
+
+fn promotion(
+    errs: &mut Errors,
+    path: &str,
+    p: &RawPromotion,
+    c: &RawCanary,
+    served: usize,
+    rollback_min_requests: usize,
+) -> PromotionConfig {
+    let pp = format!("{path}.promotion");
+    if served != 2 {
+        errs.push(
+            &pp,
+            format!("promotion needs exactly two served variants (stable, then the canary); this route has {served}"),
+        );
+    }
+    for (i, v) in c.variants.iter().enumerate() {
+        if v.weight.is_some() && !v.shadow.unwrap_or(false) {
+            errs.push(
+                &format!("{path}.variants[{i}].weight"),
+                "promotion.steps sets the weights: remove `weight`",
+            );
+        }
+    }
+    if p.steps.is_empty() {
+        errs.push(&format!("{pp}.steps"), "list at least one percentage");
+    }
+    for (i, s) in p.steps.iter().enumerate() {
+        if !(1..=100).contains(s) {
+            errs.push(&format!("{pp}.steps[{i}]"), "must be between 1 and 100");
+        } else if i > 0 && *s <= p.steps[i - 1] {
+            errs.push(&format!("{pp}.steps[{i}]"), "steps must increase strictly");
+        }
+    }
+    PromotionConfig {
+        steps: p.steps.clone(),
+        interval: errs.duration(
+            &format!("{pp}.interval"),
+            &p.interval,
+            Duration::from_secs(600),
+        ),
+        min_requests: p.min_requests.unwrap_or(rollback_min_requests).max(1),
     }
 }
 
@@ -428,7 +477,30 @@ fn upstream(errs: &mut Errors, path: &str, u: &RawUpstream) -> UpstreamConfig {
             );
         }
     }
+    let admission = u.max_inflight.map(|n| AdmissionConfig {
+        max_inflight: errs.positive(&format!("{path}.max_inflight"), Some(n), 1),
+        max_queue: u.max_queue.unwrap_or(100),
+        queue_timeout: errs.duration(
+            &format!("{path}.queue_timeout"),
+            &u.queue_timeout,
+            Duration::from_secs(30),
+        ),
+    });
+    if admission.is_none() {
+        for (key, set) in [
+            ("max_queue", u.max_queue.is_some()),
+            ("queue_timeout", u.queue_timeout.is_some()),
+        ] {
+            if set {
+                errs.push(
+                    &format!("{path}.{key}"),
+                    "only applies with max_inflight: set it too",
+                );
+            }
+        }
+    }
     UpstreamConfig {
+        admission,
         name: u.name.clone(),
         endpoints,
         balance,

@@ -62,6 +62,12 @@ pub struct RequestCtx {
     pub upstream_status: Option<u16>,
     /// Status of a response the gateway answered itself.
     pub local_status: Option<u16>,
+    /// The pool slot this request holds (pools with `max_inflight`), released when it ends.
+    pub slot: Option<crate::upstream::Slot>,
+    /// Time spent waiting for that slot.
+    pub queue_wait: std::time::Duration,
+    /// `retry-after` seconds on a local error (refused admission).
+    pub retry_after: Option<u32>,
     /// First upstream body byte.
     pub first_byte_at: Option<Instant>,
     /// Response body bytes sent downstream.
@@ -127,6 +133,9 @@ impl RequestCtx {
             endpoint_guard: None,
             upstream_status: None,
             local_status: None,
+            slot: None,
+            queue_wait: std::time::Duration::ZERO,
+            retry_after: None,
             first_byte_at: None,
             response_bytes: 0,
             error: None,

@@ -4,6 +4,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use serde_json::Value;
 
+use crate::config::CanaryConfig;
 use crate::openai::{parse_request, ApiError, Endpoint, ErrorKind, RequestInfo};
 use crate::state::Snapshot;
 
@@ -178,13 +179,14 @@ fn encode(body: &serde_json::Map<String, Value>) -> Result<Bytes, ApiError> {
 }
 
 /// Validates the body and finds its route, variant and pool. `header` reads a request header
-/// (for canary overrides and stickiness); `rolled_back` tells rolled-back variants.
+/// (for canary overrides and stickiness); `weights` gives a canary route's variant weights now
+/// (rollbacks and promotion applied).
 pub fn route(
     snapshot: &Snapshot,
     endpoint: Endpoint,
     body: Bytes,
     header: &dyn Fn(&str) -> Option<String>,
-    rolled_back: &dyn Fn(&str, &str) -> bool,
+    weights: &dyn Fn(&str, &CanaryConfig) -> Vec<u32>,
 ) -> Result<Routed, ApiError> {
     let mut info = parse_request(endpoint, &body)?;
     let route = snapshot
@@ -196,7 +198,7 @@ pub fn route(
             let (i, _) = crate::routing::variant::pick(
                 c,
                 header,
-                &|v| rolled_back(&route.name, v),
+                &weights(&route.name, c),
                 rand::random::<f64>(),
             );
             let v = &c.variants[i];

@@ -128,11 +128,32 @@ pub fn record(
                     .is_some_and(|rep| rep.failed().next().is_some()),
                 step_timeout: ctx.step_timeouts > 0,
             };
-            if let Some(reason) = gw.canary.record(&r.name, canary, v, outcome) {
-                m.canary_rollbacks_total
-                    .with_label_values(&[route, v])
-                    .inc();
-                tracing::warn!(route, variant = %v, reason = %reason, "Canary variant rolled back: it gets no traffic until re-enabled with POST /admin/canary/enable.");
+            match gw.canary.record(&r.name, canary, v, outcome) {
+                Some(crate::canary::Change::RolledBack(reason)) => {
+                    m.canary_rollbacks_total
+                        .with_label_values(&[route, v])
+                        .inc();
+                    tracing::warn!(route, variant = %v, reason = %reason, "Canary variant rolled back: it gets no traffic until re-enabled with POST /admin/canary/enable.");
+                }
+                Some(crate::canary::Change::Promoted(percent)) => {
+                    m.canary_promotions_total
+                        .with_label_values(&[route, v])
+                        .inc();
+                    tracing::info!(route, variant = %v, percent, "Canary variant promoted to the next step: it now gets this percentage of the route's weighted traffic.");
+                }
+                None => {}
+            }
+            let weights = gw.canary.weights(&r.name, canary);
+            let total: u32 = weights.iter().sum();
+            for (variant, w) in canary.variants.iter().zip(&weights) {
+                let share = if total == 0 {
+                    0.0
+                } else {
+                    f64::from(*w) / f64::from(total)
+                };
+                m.canary_traffic_share
+                    .with_label_values(&[route, &variant.name])
+                    .set(share);
             }
         }
     }

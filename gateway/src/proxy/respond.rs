@@ -161,6 +161,10 @@ pub async fn local(
     header.insert_header("content-type", content_type)?;
     header.insert_header("content-length", body.len().to_string())?;
     gateway_headers(ctx, &mut header)?;
+    if let Some(secs) = ctx.retry_after {
+        // The openai SDKs wait this long before their automatic retry.
+        header.insert_header("retry-after", secs.to_string())?;
+    }
     ctx.local_status = Some(status);
     ctx.response_bytes += body.len();
     session

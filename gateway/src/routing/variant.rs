@@ -20,12 +20,13 @@ pub enum Reason {
 ///
 /// Order: `x-gateway-variant: NAME` (any served variant, even a rolled-back one: operators test
 /// with it), then the canary header (`false` → the first variant, `true` → the second), then
-/// weights, either from the sticky key (the same user always lands on the same variant while the
-/// weights stay the same) or from `random` (a number in `[0, 1)`). Rolled-back variants get weight 0.
+/// `weights` (one per served variant: configured or the promotion step's, 0 for rolled-back
+/// ones; see `CanaryState::weights`), either from the sticky key (the same user always lands on
+/// the same variant while the weights stay the same) or from `random` (a number in `[0, 1)`).
 pub fn pick(
     canary: &CanaryConfig,
     header: &dyn Fn(&str) -> Option<String>,
-    rolled_back: &dyn Fn(&str) -> bool,
+    weights: &[u32],
     random: f64,
 ) -> (usize, Reason) {
     if let Some(name) = header("x-gateway-variant") {
@@ -40,17 +41,7 @@ pub fn pick(
             _ => {}
         }
     }
-    let weights: Vec<u64> = canary
-        .variants
-        .iter()
-        .map(|v| {
-            if rolled_back(&v.name) {
-                0
-            } else {
-                u64::from(v.weight)
-            }
-        })
-        .collect();
+    let weights: Vec<u64> = weights.iter().map(|w| u64::from(*w)).collect();
     let total: u64 = weights.iter().sum();
     if total == 0 {
         return (0, Reason::Weighted);
@@ -118,7 +109,13 @@ mod tests {
                 max_verification_failure_delta: 0.1,
                 max_step_timeout_delta: 0.1,
             },
+            promotion: None,
         }
+    }
+
+    /// The configured weights (nothing rolled back, no promotion).
+    fn w(c: &CanaryConfig) -> Vec<u32> {
+        c.variants.iter().map(|v| v.weight).collect()
     }
 
     fn headers(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -135,7 +132,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let n = 20_000;
         let canaries = (0..n)
-            .filter(|_| pick(&c, &headers(&[]), &|_| false, rng.gen::<f64>()).0 == 1)
+            .filter(|_| pick(&c, &headers(&[]), &w(&c), rng.gen::<f64>()).0 == 1)
             .count();
         // 5 % of 20 000 = 1 000, σ ≈ 31: ±4σ.
         assert!((876..=1124).contains(&canaries), "{canaries}");
@@ -144,7 +141,7 @@ mod tests {
     #[test]
     fn headers_force_variants_and_rollback_zeroes_weight() {
         let c = canary(&[50, 50], None);
-        let none = |_: &str| false;
+        let none = w(&c);
         assert_eq!(
             pick(&c, &headers(&[("x-canary", "true")]), &none, 0.0),
             (1, Reason::Header)
@@ -157,7 +154,7 @@ mod tests {
             pick(&c, &headers(&[("x-gateway-variant", "canary")]), &none, 0.0),
             (1, Reason::Named)
         );
-        let canary_out = |n: &str| n == "canary";
+        let canary_out = [50, 0];
         for r in [0.0, 0.5, 0.99] {
             assert_eq!(pick(&c, &headers(&[]), &canary_out, r).0, 0);
         }
@@ -181,10 +178,10 @@ mod tests {
         for u in 0..1000 {
             let user = format!("user-{u}");
             let h = headers(&[("x-user", user.as_str())]);
-            let (first, reason) = pick(&c, &h, &|_| false, 0.0);
+            let (first, reason) = pick(&c, &h, &w(&c), 0.0);
             assert_eq!(reason, Reason::Sticky);
             for r in [0.3, 0.9] {
-                assert_eq!(pick(&c, &h, &|_| false, r).0, first, "{user} moved");
+                assert_eq!(pick(&c, &h, &w(&c), r).0, first, "{user} moved");
             }
             per_variant[first] += 1;
         }
@@ -195,9 +192,6 @@ mod tests {
         // Without a sticky header configured, the API key is the key.
         let c = canary(&[50, 50], None);
         let key = headers(&[("authorization", "Bearer sk-1")]);
-        assert_eq!(
-            pick(&c, &key, &|_| false, 0.1),
-            pick(&c, &key, &|_| false, 0.9)
-        );
+        assert_eq!(pick(&c, &key, &w(&c), 0.1), pick(&c, &key, &w(&c), 0.9));
     }
 }

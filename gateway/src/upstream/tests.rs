@@ -4,6 +4,7 @@ use super::*;
 
 fn pool(n: usize, balance: Balance) -> Pool {
     Pool::new(UpstreamConfig {
+        admission: None,
         name: "p".into(),
         endpoints: (0..n)
             .map(|i| {
@@ -119,4 +120,62 @@ async fn a_check_that_started_earlier_does_not_overwrite_a_newer_verdict() {
     drop(silent);
     check_pool(&p).await;
     assert!(!p.endpoints[0].is_healthy());
+}
+
+#[tokio::test]
+async fn admission_bounds_in_flight_queues_in_order_and_refuses_past_the_queue() {
+    let a = Arc::new(Admission::new(AdmissionConfig {
+        max_inflight: 2,
+        max_queue: 1,
+        queue_timeout: Duration::from_secs(30),
+    }));
+    let first = a.try_admit().expect("a free slot");
+    let _second = a.try_admit().expect("a free slot");
+    assert!(a.try_admit().is_none(), "both slots taken");
+    assert_eq!(a.in_flight(), 2);
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let waiter = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let slot = a.wait().await;
+            let _ = tx.send(());
+            slot
+        })
+    };
+    // Bounded: the spawned task gets in line within a few scheduler turns.
+    for _ in 0..10_000 {
+        if a.waiting() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(a.waiting(), 1);
+    assert_eq!(a.wait().await.unwrap_err(), Refused::QueueFull);
+    assert_eq!(a.waiting(), 1, "the refused request left the line at once");
+
+    drop(first);
+    rx.await.unwrap();
+    let slot = waiter
+        .await
+        .unwrap()
+        .expect("the waiting request got the freed slot");
+    assert_eq!(a.waiting(), 0);
+    assert_eq!(a.in_flight(), 2);
+    drop(slot);
+    assert_eq!(a.in_flight(), 1);
+}
+
+#[tokio::test]
+async fn admission_gives_up_after_the_queue_timeout() {
+    let a = Admission::new(AdmissionConfig {
+        max_inflight: 1,
+        max_queue: 4,
+        queue_timeout: Duration::from_millis(50),
+    });
+    let _held = a.try_admit().unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(a.wait().await.unwrap_err(), Refused::Timeout);
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert_eq!(a.waiting(), 0);
 }

@@ -238,3 +238,81 @@ fn drain_timeout_defaults_to_30s_accepts_zero_and_reports_garbage() {
     let e = errors(&format!("drain_timeout: soon\n{routes}"));
     assert!(e.iter().any(|e| e.starts_with("drain_timeout")), "{e:?}");
 }
+
+#[test]
+fn promotion_steps_validate_and_replace_the_weights() {
+    let base = |canary: &str| {
+        format!(
+            "upstreams:\n  - {{name: a, endpoints: [\"127.0.0.1:1\"]}}\n  - {{name: b, endpoints: [\"127.0.0.1:2\"]}}\nroutes:\n  - model: m\n    upstream: a\n    canary:\n{canary}"
+        )
+    };
+    let ok = parse(&base(
+        "      promotion: {steps: [5, 25, 100], interval: 30s}\n      rollback: {min_requests: 7}\n      variants:\n        - {name: stable, upstream: a}\n        - {name: next, upstream: b}\n",
+    ))
+    .unwrap();
+    let p = ok.routes[0]
+        .canary
+        .as_ref()
+        .unwrap()
+        .promotion
+        .clone()
+        .unwrap();
+    assert_eq!(p.steps, vec![5, 25, 100]);
+    assert_eq!(p.interval.as_secs(), 30);
+    assert_eq!(p.min_requests, 7, "defaults to rollback.min_requests");
+
+    let errs = errors(&base(
+        "      promotion: {steps: [50, 50, 101], interval: 0s}\n      variants:\n        - {name: stable, upstream: a, weight: 90}\n        - {name: next, upstream: b}\n        - {name: third, upstream: b}\n",
+    ));
+    let has = |needle: &str| errs.iter().any(|e| e.contains(needle));
+    assert!(
+        has("routes[0].canary.promotion: promotion needs exactly two served variants"),
+        "{errs:?}"
+    );
+    assert!(
+        has("routes[0].canary.variants[0].weight: promotion.steps sets the weights"),
+        "{errs:?}"
+    );
+    assert!(
+        has("routes[0].canary.promotion.steps[1]: steps must increase strictly"),
+        "{errs:?}"
+    );
+    assert!(
+        has("routes[0].canary.promotion.steps[2]: must be between 1 and 100"),
+        "{errs:?}"
+    );
+    assert!(has("routes[0].canary.promotion.interval"), "{errs:?}");
+    assert_eq!(errs.len(), 5, "{errs:?}");
+}
+
+#[test]
+fn admission_limits_default_and_are_checked() {
+    let cfg = |up: &str| {
+        format!("upstreams:\n  - {{name: a, endpoints: [\"127.0.0.1:1\"]{up}}}\nroutes:\n  - {{model: m, upstream: a}}\n")
+    };
+    let c = parse(&cfg(", max_inflight: 8")).unwrap();
+    let a = c.upstreams[0].admission.unwrap();
+    assert_eq!(
+        (a.max_inflight, a.max_queue, a.queue_timeout.as_secs()),
+        (8, 100, 30)
+    );
+    let c = parse(&cfg(
+        ", max_inflight: 2, max_queue: 0, queue_timeout: 250ms",
+    ))
+    .unwrap();
+    let a = c.upstreams[0].admission.unwrap();
+    assert_eq!((a.max_queue, a.queue_timeout.as_millis()), (0, 250));
+    assert!(parse(&cfg("")).unwrap().upstreams[0].admission.is_none());
+
+    assert_eq!(
+        errors(&cfg(", max_inflight: 0")),
+        vec!["upstreams[0].max_inflight: must be at least 1"]
+    );
+    assert_eq!(
+        errors(&cfg(", max_queue: 5, queue_timeout: 1s")),
+        vec![
+            "upstreams[0].max_queue: only applies with max_inflight: set it too",
+            "upstreams[0].queue_timeout: only applies with max_inflight: set it too"
+        ]
+    );
+}
