@@ -387,3 +387,51 @@ async fn the_job_store_is_bounded_and_finished_jobs_expire() {
     let (s, _) = submit(&gw, question("think"), "sk-a").await;
     assert_eq!(s, 202);
 }
+
+/// A job whose upstream pool is full (`max_inflight`, no line) is not failed: it waits and asks
+/// again, and runs once a slot frees; the refusals do not count as attempts.
+#[tokio::test]
+async fn a_job_refused_by_a_full_pool_waits_for_a_slot() {
+    let up = FakeUpstream::start("a").await;
+    let cfg = format!(
+        "async_jobs:\n  callback_secret: {SECRET}\nupstreams: [{{name: fake, endpoints: [\"{}\"], max_inflight: 1, max_queue: 0}}]\nroutes:\n  - {{model: \"*\", upstream: fake}}\n",
+        up.addr
+    );
+    let gw = GatewayProc::start(&cfg, WAIT);
+    let (_, held) = submit(&gw, question("gated"), "sk-a").await;
+    let held = held["id"].as_str().unwrap().to_string();
+    until("the first job to hold the pool's only slot", || {
+        up.gated_waiting.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let (_, waiting) = submit(&gw, question("think"), "sk-a").await;
+    let waiting = waiting["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = gw.admin_get("/metrics").await;
+        let refused = required_metric(
+            &m,
+            "reasoning_gateway_upstream_rejections_total{reason=\"queue_full\",upstream=\"fake\"}",
+        );
+        if refused >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second job was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, j) = job(&gw, &waiting, "sk-a").await;
+    assert_ne!(j["status"], "failed", "{j:#}");
+    assert_ne!(
+        j["status"], "succeeded",
+        "ran while the slot was held: {j:#}"
+    );
+
+    up.open_gate();
+    job_until(&gw, &held, |j| j["status"] == "succeeded").await;
+    let done = job_until(&gw, &waiting, |j| j["status"] == "succeeded").await;
+    assert_eq!(done["attempts"], 1, "{done:#}");
+    assert!(done["result"]["choices"][0]["message"]["content"].is_string());
+}

@@ -17,6 +17,10 @@ use crate::reasoning::sse::SseDecoder;
 /// How long a job waits for the gateway's listener at start-up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long after its submission a job refused by a full upstream pool (`max_inflight`) keeps
+/// asking again, a second after each refusal; past that the refusal is its failure.
+const ADMISSION_PATIENCE: Duration = Duration::from_secs(3600);
+
 /// Runs a queued job to its end (or until cancelled: the task is aborted and the connection
 /// dropped, which the gateway passes on to the upstream).
 pub async fn run(jobs: Arc<Jobs>, id: String) {
@@ -45,6 +49,25 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
     // the job goes back in the queue, is run again after a pause, and if the process ends first
     // it is found queued at the next start.
     if let Err(e) = &outcome {
+        // The pool was full: the job never reached the upstream. It goes back in line (not
+        // counted as an attempt) and asks again after the `retry-after` second.
+        let refused = e["status"] == 429
+            && e["error"]["code"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("upstream_queue_"));
+        if refused && now_unix() < job.created.saturating_add(ADMISSION_PATIENCE.as_secs()) {
+            tracing::info!(job = %id, "Async job's upstream is at its max_inflight; it asks again shortly.");
+            let requeued = jobs.update(&id, true, |j| {
+                j.status = Status::Queued;
+                j.attempts = j.attempts.saturating_sub(1);
+            });
+            if requeued {
+                drop(_slot);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                jobs.start(id);
+            }
+            return;
+        }
         let transport = matches!(
             e["code"].as_str(),
             Some("gateway_error" | "gateway_unreachable" | "incomplete")

@@ -194,4 +194,37 @@ mod tests {
         let key = headers(&[("authorization", "Bearer sk-1")]);
         assert_eq!(pick(&c, &key, &w(&c), 0.1), pick(&c, &key, &w(&c), 0.9));
     }
+
+    #[test]
+    fn sticky_users_on_the_canary_stay_on_it_as_promotion_grows_its_share() {
+        let c = canary(&[0, 0], Some("x-user"));
+        let on_canary = |percent: u32| -> Vec<bool> {
+            (0..2000)
+                .map(|u| {
+                    let user = format!("user-{u}");
+                    let h = headers(&[("x-user", user.as_str())]);
+                    pick(&c, &h, &[100 - percent, percent], 0.5).0 == 1
+                })
+                .collect()
+        };
+        let steps = [5, 25, 50, 100].map(on_canary);
+        for pair in steps.windows(2) {
+            let moved_back = pair[0]
+                .iter()
+                .zip(&pair[1])
+                .filter(|(a, b)| **a && !**b)
+                .count();
+            assert_eq!(
+                moved_back, 0,
+                "a canary user went back to stable at a larger step"
+            );
+        }
+        let share = |v: &Vec<bool>| v.iter().filter(|x| **x).count();
+        assert!(
+            (40..=160).contains(&share(&steps[0])),
+            "{}",
+            share(&steps[0])
+        );
+        assert_eq!(share(&steps[3]), 2000);
+    }
 }
