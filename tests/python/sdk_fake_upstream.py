@@ -77,4 +77,15 @@ except openai.NotFoundError as e:
 # Embeddings are routed by model and forwarded as they are.
 e = client.embeddings.create(model="echo-rewritten", input=["hi", "hello"])
 assert [d.embedding[0] for d in e.data] == [2.0, 5.0], e
+# A pool at its max_inflight with no line: the SDK gets its typed RateLimitError, with the
+# gateway's code and the retry-after it honours when it retries (max_retries=0 here).
+held = client.chat.completions.create(model="busy", messages=messages, stream=True)
+next(iter(held))  # the only slot is taken while this stream is open
+try:
+    client.chat.completions.create(model="busy", messages=messages)
+    raise AssertionError("expected RateLimitError")
+except openai.RateLimitError as e:
+    assert e.code == "upstream_queue_full", e
+    assert e.response.headers.get("retry-after") == "1", e.response.headers
+held.close()
 print("sdk ok")

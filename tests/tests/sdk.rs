@@ -9,7 +9,7 @@ use gateway_tests::harness::{run_python, GatewayProc};
 async fn the_openai_sdk_sees_clean_reasoning_and_answers_and_typed_errors() {
     let up = FakeUpstream::start("a").await;
     let config = format!(
-        "upstreams: [{{name: fake, endpoints: [\"{}\"]}}]\nroutes:\n  - {{model: echo-rewritten, upstream: fake}}\n  - {{model: \"think*\", upstream: fake}}\n  - {{model: slow, upstream: fake}}\n  - {{model: split-fields, upstream: fake}}\n  - {{model: disconnect, upstream: fake}}\n",
+        "upstreams: [{{name: fake, endpoints: [\"{}\"]}}, {{name: busy, endpoints: [\"{0}\"], max_inflight: 1, max_queue: 0}}]\nroutes:\n  - {{model: busy, upstream: busy, upstream_model: gated}}\n  - {{model: echo-rewritten, upstream: fake}}\n  - {{model: \"think*\", upstream: fake}}\n  - {{model: slow, upstream: fake}}\n  - {{model: split-fields, upstream: fake}}\n  - {{model: disconnect, upstream: fake}}\n",
         up.addr
     );
     let gw = GatewayProc::start(&config, Duration::from_secs(20));
