@@ -245,13 +245,21 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let local = respond::local_connect_failure(&e);
         self.gw
             .metrics
             .upstream_errors_total
-            .with_label_values(&[ctx.upstream_label(), "connect"])
+            .with_label_values(&[
+                ctx.upstream_label(),
+                if local { "local_resources" } else { "connect" },
+            ])
             .inc();
         if let Some(guard) = ctx.endpoint_guard.take() {
-            if guard.endpoint.set_healthy(false) {
+            if local {
+                // Not the endpoint's fault: taking it out of rotation would turn a moment of fd
+                // exhaustion under overload into 503s for everyone until its next check.
+                tracing::warn!(request_id = %ctx.request_id, endpoint = %guard.endpoint.addr, error = %e, "The gateway could not open a socket to the upstream (file-descriptor limit or memory); the endpoint stays in rotation.");
+            } else if guard.endpoint.set_healthy(false) {
                 tracing::warn!(request_id = %ctx.request_id, endpoint = %guard.endpoint.addr, "Connecting to an upstream endpoint failed; it is out of rotation until its health check passes.");
             }
         }

@@ -191,6 +191,13 @@ pub async fn error(
     json(session, ctx, status, body).await
 }
 
+/// Whether a failure to connect was the gateway's own: Pingora reports a socket it could not
+/// create (out of file descriptors, buffers or memory) or bind as `InternalError`; every other
+/// connect error is about the endpoint.
+pub fn local_connect_failure(e: &Error) -> bool {
+    e.etype() == &ErrorType::InternalError
+}
+
 /// What went wrong talking to the upstream, as an OpenAI error and an `upstream_errors_total` kind.
 pub fn classify(e: &Error) -> Option<(ApiError, &'static str)> {
     use ErrorType::*;
@@ -210,6 +217,12 @@ pub fn classify(e: &Error) -> Option<(ApiError, &'static str)> {
             ),
             "status",
         )),
+        InternalError if e.esource() == &ErrorSource::Upstream => upstream(
+            503,
+            "gateway_out_of_resources",
+            "local_resources",
+            "The gateway could not open a connection to the upstream (out of sockets or memory); retry later.",
+        ),
         ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError
         | BindError => upstream(
             502,
@@ -250,5 +263,41 @@ pub fn classify(e: &Error) -> Option<(ApiError, &'static str)> {
             ),
             "internal",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What Pingora 0.9 builds when `socket()` fails (here: EMFILE, too many open files).
+    fn socket_exhausted() -> Box<Error> {
+        let io = std::io::Error::from_raw_os_error(24);
+        let socket = Error::because(ErrorType::SocketError, "failed to create socket", io);
+        Error::because(
+            ErrorType::InternalError,
+            "Fail to connect to 127.0.0.1:8000",
+            socket,
+        )
+        .into_up()
+    }
+
+    #[test]
+    fn running_out_of_sockets_is_the_gateways_503_not_a_dead_upstream() {
+        let e = socket_exhausted();
+        assert!(local_connect_failure(&e));
+        let (err, kind) = classify(&e).unwrap();
+        assert_eq!(
+            (err.status, err.code, kind),
+            (503, "gateway_out_of_resources", "local_resources")
+        );
+
+        let refused = Error::explain(ErrorType::ConnectRefused, "Fail to connect").into_up();
+        assert!(!local_connect_failure(&refused));
+        let (err, kind) = classify(&refused).unwrap();
+        assert_eq!(
+            (err.status, err.code, kind),
+            (502, "upstream_unreachable", "connect")
+        );
     }
 }
