@@ -143,6 +143,22 @@ impl Metrics {
                 .expect("metric is registered once");
             c
         };
+        let int_gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help).namespace(PREFIX), labels)
+                .expect("metric definition is valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric is registered once");
+            g
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help).namespace(PREFIX), labels)
+                .expect("metric definition is valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric is registered once");
+            g
+        };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
             let h = HistogramVec::new(
                 HistogramOpts::new(name, help)
@@ -289,18 +305,11 @@ impl Metrics {
             "Canary variants rolled back automatically (weight 0 until re-enabled on the admin API).",
             &["route", "variant"],
         );
-        let upstream_queued_requests = IntGaugeVec::new(
-            Opts::new(
-                "upstream_queued_requests",
-                "Requests waiting for a slot in a pool with max_inflight (its queue).",
-            )
-            .namespace(PREFIX),
+        let upstream_queued_requests = int_gauge(
+            "upstream_queued_requests",
+            "Requests waiting for a slot in a pool with max_inflight (its queue).",
             &["upstream"],
-        )
-        .expect("metric definition is valid");
-        registry
-            .register(Box::new(upstream_queued_requests.clone()))
-            .expect("metric is registered once");
+        );
         let upstream_queue_wait_seconds = histogram(
             "upstream_queue_wait_seconds",
             "Time admitted requests waited for a pool slot (max_inflight), counting only those that had to wait.",
@@ -319,18 +328,11 @@ impl Metrics {
             "Promotion steps canary variants took (their rollback comparison with stable passed for the step's interval).",
             &["route", "variant"],
         );
-        let canary_traffic_share = GaugeVec::new(
-            Opts::new(
-                "canary_traffic_share",
-                "Share of the route's weighted traffic each served variant gets now (configured weights or the promotion step; 0 when rolled back). Requests forcing a variant by header are not weighted.",
-            )
-            .namespace(PREFIX),
+        let canary_traffic_share = gauge(
+            "canary_traffic_share",
+            "Share of the route's weighted traffic each served variant gets now (configured weights or the promotion step; 0 when rolled back). Requests forcing a variant by header are not weighted.",
             &["route", "variant"],
-        )
-        .expect("metric definition is valid");
-        registry
-            .register(Box::new(canary_traffic_share.clone()))
-            .expect("metric is registered once");
+        );
         let shadow_requests_total = counter(
             "shadow_requests_total",
             "Copies sent to shadow variants by result: ok, error, skipped (concurrency bound).",
@@ -364,14 +366,11 @@ impl Metrics {
             &["route", "outcome"],
             &[0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.875, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0],
         );
-        let cache_entries = IntGaugeVec::new(
-            Opts::new("cache_entries", "Live reasoning-cache entries per route.").namespace(PREFIX),
+        let cache_entries = int_gauge(
+            "cache_entries",
+            "Live reasoning-cache entries per route.",
             &["route"],
-        )
-        .expect("metric definition is valid");
-        registry
-            .register(Box::new(cache_entries.clone()))
-            .expect("metric is registered once");
+        );
         let fast_buckets = &[
             0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.012, 0.02, 0.05, 0.1, 0.25, 1.0,
         ];
