@@ -75,9 +75,19 @@ impl GatewayProxy {
         ctx.request_bytes = body.len();
         let header = |name: &str| intake::request_header(session, name);
         let weights = |route: &str, c: &_| self.gw.canary.weights(route, c);
-        let routed = match intake::route(&snapshot, endpoint, body, &header, &weights) {
+        let routed = match intake::route(&snapshot, endpoint, body.clone(), &header, &weights) {
             Ok(r) => r,
-            Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
+            Err(err) => {
+                // The route was found but its upstream cannot take the request: count the error
+                // under that route, so its error ratio (and the alert on it) shows an outage.
+                if matches!(err.code, "no_healthy_upstream" | "upstream_unavailable") {
+                    let model = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("model")?.as_str().map(str::to_owned));
+                    ctx.route = model.and_then(|m| snapshot.routes.find(&m).cloned());
+                }
+                return respond::error(session, ctx, err).await.map(|_| true);
+            }
         };
         ctx.stream_requested = routed.info.stream;
         // `x-reasoning-checkpoints: true` (the route's interval) or a step count; streams only.

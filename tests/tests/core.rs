@@ -313,9 +313,21 @@ async fn a_dead_endpoint_fails_over_and_no_healthy_endpoint_gives_503() {
     // Once the checks have marked both down, the answer is a plain 503.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let (status, err) = error_of(post(&gw, "/v1/chat/completions", body.clone()).await).await;
+        let resp = post(&gw, "/v1/chat/completions", body.clone()).await;
+        let route = resp.headers().get("x-gateway-route").cloned();
+        let (status, err) = error_of(resp).await;
         if status == 503 {
             assert_eq!(err["code"], "no_healthy_upstream");
+            // Counted under its route (not "none"), so the route's error ratio shows the outage.
+            assert_eq!(route.unwrap(), "*");
+            let m = gw.admin_get("/metrics").await;
+            assert!(
+                m.lines()
+                    .any(|l| l.starts_with("reasoning_gateway_requests_total{")
+                        && l.contains("route=\"*\"")
+                        && l.contains("status=\"503\"")),
+                "{m}"
+            );
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never reported 503");
