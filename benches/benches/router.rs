@@ -80,7 +80,7 @@ fn router(c: &mut Criterion) {
         &no_header,
         &weights,
     )
-    .unwrap_or_else(|e| panic!("the benchmark request must route: {}", e.message));
+    .unwrap_or_else(|e| panic!("the benchmark request must route: {}", e.error.message));
     assert!(
         routed.variant.is_some(),
         "the canary route was not the one chosen"

@@ -102,47 +102,7 @@ pub fn handle(
             }
         }
         ("GET", "/admin/canary") => {
-            let snap = gw.snapshot.load();
-            let mut report = gw.canary.report();
-            // The weights in force now, and the promotion step's percentage, from the live config.
-            for e in report.as_array_mut().into_iter().flatten() {
-                let Some(c) = snap
-                    .config
-                    .routes
-                    .iter()
-                    .find(|r| e["route"] == r.name.as_str())
-                    .and_then(|r| r.canary.as_ref().map(|c| (r, c)))
-                else {
-                    continue;
-                };
-                let (route, canary) = c;
-                let weights = gw.canary.weights(&route.name, canary);
-                let total: u32 = weights.iter().sum();
-                if let Some(i) = canary
-                    .variants
-                    .iter()
-                    .position(|v| e["variant"] == v.name.as_str())
-                {
-                    e["weight"] = json!(weights[i]);
-                    e["traffic_share"] = json!(if total == 0 {
-                        0.0
-                    } else {
-                        f64::from(weights[i]) / f64::from(total)
-                    });
-                }
-                if let Some(p) = &canary.promotion {
-                    if canary
-                        .variants
-                        .get(1)
-                        .is_some_and(|v| e["variant"] == v.name.as_str())
-                    {
-                        let step = e["promotion_step"].as_u64().unwrap_or(0) as usize;
-                        let step = step.min(p.steps.len().saturating_sub(1));
-                        e["promotion"] = json!({"steps": p.steps, "step": step, "percent": p.steps.get(step),
-                            "complete": step + 1 == p.steps.len()});
-                    }
-                }
-            }
+            let report = gw.canary.report(&gw.snapshot.load().config.routes);
             response(
                 200,
                 "application/json",
@@ -154,6 +114,11 @@ pub fn handle(
                 let was = gw.canary.enable(&r, &v);
                 if was {
                     tracing::info!(route = %r, variant = %v, "Canary variant re-enabled by an operator.");
+                    let snap = gw.snapshot.load();
+                    let live = snap.config.routes.iter().find(|c| c.name == r);
+                    if let Some(canary) = live.and_then(|c| c.canary.as_ref()) {
+                        gw.canary.publish(&gw.metrics, &r, canary);
+                    }
                 }
                 let body = json!({"route": r, "variant": v, "re_enabled": was});
                 response(

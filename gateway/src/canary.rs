@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::config::{CanaryConfig, RollbackConfig};
+use crate::config::{CanaryConfig, RollbackConfig, RouteConfig};
+use crate::metrics::Metrics;
 
 /// What a recorded outcome changed.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,7 +149,7 @@ pub fn compare(stable: &Rates, canary: &Rates, cfg: &RollbackConfig) -> Option<S
 /// Windows and rollback flags of every (route, variant).
 #[derive(Debug, Default)]
 pub struct CanaryState {
-    windows: Mutex<HashMap<(String, String), Window>>,
+    windows: Mutex<Windows>,
 }
 
 impl CanaryState {
@@ -189,7 +190,7 @@ impl CanaryState {
         if canary.variants.get(1).map(|v| v.name.as_str()) != Some(variant) {
             return None;
         }
-        entry.step = entry.step.min(promo.steps.len().saturating_sub(1));
+        entry.step = promo.step(entry.step);
         let compared = stable_rates.requests >= canary.rollback.min_requests
             && canary_rates.requests >= canary.rollback.min_requests;
         if entry.step + 1 < promo.steps.len()
@@ -209,29 +210,20 @@ impl CanaryState {
     /// variants get 0.
     pub fn weights(&self, route: &str, canary: &CanaryConfig) -> Vec<u32> {
         let all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let state = |v: &str| all.get(&(route.to_string(), v.to_string()));
-        let percent = canary.promotion.as_ref().and_then(|p| {
-            let canary_name = &canary.variants.get(1)?.name;
-            let step = state(canary_name).map_or(0, |w| w.step);
-            p.steps
-                .get(step.min(p.steps.len().checked_sub(1)?))
-                .copied()
-        });
-        canary
-            .variants
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                if state(&v.name).is_some_and(|w| w.rolled_back.is_some()) {
-                    return 0;
-                }
-                match (percent, i) {
-                    (Some(p), 0) => 100 - p,
-                    (Some(p), _) => p,
-                    (None, _) => v.weight,
-                }
-            })
-            .collect()
+        weights_in(&all, route, canary)
+    }
+
+    /// Sets `canary_traffic_share` for a route's served variants. Weights change only when an
+    /// outcome rolls back or promotes, an operator re-enables, or the config changes: callers
+    /// publish then, not per request.
+    pub fn publish(&self, metrics: &Metrics, route: &str, canary: &CanaryConfig) {
+        let shares = shares(&self.weights(route, canary));
+        for (v, share) in canary.variants.iter().zip(shares) {
+            metrics
+                .canary_traffic_share
+                .with_label_values(&[route, &v.name])
+                .set(share);
+        }
     }
 
     /// Clears a rollback; returns whether there was one.
@@ -247,23 +239,80 @@ impl CanaryState {
         }
     }
 
-    /// State for `GET /admin/canary`.
-    pub fn report(&self) -> Value {
+    /// State for `GET /admin/canary`: each variant's window and rollback, and, for routes of the
+    /// live config `routes`, the weight and traffic share in force and the promotion step.
+    pub fn report(&self, routes: &[RouteConfig]) -> Value {
         let all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<Value> = all
             .iter()
             .map(|((route, variant), w)| {
                 let r = rates(w.events.iter());
-                json!({"route": route, "variant": variant, "rolled_back": w.rolled_back.is_some(), "reason": w.rolled_back,
+                let mut e = json!({"route": route, "variant": variant, "rolled_back": w.rolled_back.is_some(), "reason": w.rolled_back,
                     "promotion_step": w.step, "step_requests": w.step_requests,
                     "step_seconds": w.step_since.map(|t| t.elapsed().as_secs_f64()),
                     "window": {"requests": r.requests, "error_rate": r.error_rate, "p95_seconds": r.p95,
-                        "verification_failure_rate": r.verification_failure_rate, "step_timeout_rate": r.step_timeout_rate}})
+                        "verification_failure_rate": r.verification_failure_rate, "step_timeout_rate": r.step_timeout_rate}});
+                let live = routes.iter().find(|c| &c.name == route).and_then(|c| c.canary.as_ref());
+                let Some(canary) = live else { return e };
+                let weights = weights_in(&all, route, canary);
+                if let Some(i) = canary.variants.iter().position(|v| &v.name == variant) {
+                    e["weight"] = json!(weights[i]);
+                    e["traffic_share"] = json!(shares(&weights)[i]);
+                }
+                if let Some(p) = &canary.promotion {
+                    if canary.variants.get(1).is_some_and(|v| &v.name == variant) {
+                        let step = p.step(w.step);
+                        e["promotion"] = json!({"steps": p.steps, "step": step, "percent": p.steps.get(step),
+                            "complete": step + 1 == p.steps.len()});
+                    }
+                }
+                e
             })
             .collect();
         out.sort_by_key(|v| (v["route"].to_string(), v["variant"].to_string()));
         Value::Array(out)
     }
+}
+
+type Windows = HashMap<(String, String), Window>;
+
+/// [`CanaryState::weights`] with the lock held.
+fn weights_in(all: &Windows, route: &str, canary: &CanaryConfig) -> Vec<u32> {
+    let state = |v: &str| all.get(&(route.to_string(), v.to_string()));
+    let percent = canary.promotion.as_ref().and_then(|p| {
+        let reached = state(&canary.variants.get(1)?.name).map_or(0, |w| w.step);
+        p.steps.get(p.step(reached)).copied()
+    });
+    canary
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if state(&v.name).is_some_and(|w| w.rolled_back.is_some()) {
+                return 0;
+            }
+            match (percent, i) {
+                (Some(p), 0) => 100 - p,
+                (Some(p), _) => p,
+                (None, _) => v.weight,
+            }
+        })
+        .collect()
+}
+
+/// Each weight's share of their sum (all 0 when the sum is).
+pub fn shares(weights: &[u32]) -> Vec<f64> {
+    let total: u32 = weights.iter().sum();
+    weights
+        .iter()
+        .map(|w| {
+            if total == 0 {
+                0.0
+            } else {
+                f64::from(*w) / f64::from(total)
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

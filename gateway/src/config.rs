@@ -324,6 +324,13 @@ pub struct PromotionConfig {
     pub min_requests: usize,
 }
 
+impl PromotionConfig {
+    /// The step index in force for a reached step (a reload may have shortened the list).
+    pub fn step(&self, reached: usize) -> usize {
+        reached.min(self.steps.len().saturating_sub(1))
+    }
+}
+
 /// One variant.
 #[derive(Debug, Clone)]
 pub struct VariantConfig {

@@ -30,6 +30,43 @@ pub struct GatewayProxy {
 }
 
 impl GatewayProxy {
+    /// Takes a slot in a pool with `max_inflight` (waiting in its line if need be) and keeps
+    /// it in `ctx` until the request ends; the 429 to answer when refused.
+    async fn admit(
+        &self,
+        ctx: &mut RequestCtx,
+        pool: &crate::upstream::Pool,
+    ) -> Result<(), ApiError> {
+        let Some(admission) = &pool.admission else {
+            return Ok(());
+        };
+        let name = pool.config.name.as_str();
+        let m = &self.gw.metrics;
+        let slot = match admission.try_admit() {
+            Some(slot) => slot,
+            None => {
+                let queued = m.upstream_queued_requests.with_label_values(&[name]);
+                queued.inc();
+                let since = Instant::now();
+                let slot = admission.wait().await;
+                queued.dec();
+                ctx.queue_wait = since.elapsed();
+                let slot = slot.map_err(|why| {
+                    m.upstream_rejections_total
+                        .with_label_values(&[name, why.label()])
+                        .inc();
+                    why.error(name, &admission.config)
+                })?;
+                m.upstream_queue_wait_seconds
+                    .with_label_values(&[name])
+                    .observe(ctx.queue_wait.as_secs_f64());
+                slot
+            }
+        };
+        ctx.slot = Some(slot);
+        Ok(())
+    }
+
     /// A proxy over the shared gateway state.
     pub fn new(gw: Arc<Gateway>) -> Self {
         GatewayProxy { gw }
@@ -75,18 +112,12 @@ impl GatewayProxy {
         ctx.request_bytes = body.len();
         let header = |name: &str| intake::request_header(session, name);
         let weights = |route: &str, c: &_| self.gw.canary.weights(route, c);
-        let routed = match intake::route(&snapshot, endpoint, body.clone(), &header, &weights) {
+        let routed = match intake::route(&snapshot, endpoint, body, &header, &weights) {
             Ok(r) => r,
-            Err(err) => {
-                // The route was found but its upstream cannot take the request: count the error
-                // under that route, so its error ratio (and the alert on it) shows an outage.
-                if matches!(err.code, "no_healthy_upstream" | "upstream_unavailable") {
-                    let model = serde_json::from_slice::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v.get("model")?.as_str().map(str::to_owned));
-                    ctx.route = model.and_then(|m| snapshot.routes.find(&m).cloned());
-                }
-                return respond::error(session, ctx, err).await.map(|_| true);
+            Err(not) => {
+                // Counted under the route it matched (an upstream that is down shows there).
+                ctx.route = not.route;
+                return respond::error(session, ctx, not.error).await.map(|_| true);
             }
         };
         ctx.stream_requested = routed.info.stream;
@@ -110,52 +141,11 @@ impl GatewayProxy {
         if cache::lookup(&self.gw, session, ctx, &routed, endpoint).await? {
             return Ok(true);
         }
-        if let Some(admission) = routed.pool.admission.clone() {
-            let name = routed.pool.config.name.as_str();
-            let slot = match admission.try_admit() {
-                Some(slot) => Ok(slot),
-                None => {
-                    let m = &self.gw.metrics;
-                    let queued = m.upstream_queued_requests.with_label_values(&[name]);
-                    queued.inc();
-                    let since = Instant::now();
-                    let slot = admission.wait().await;
-                    queued.dec();
-                    ctx.queue_wait = since.elapsed();
-                    if slot.is_ok() {
-                        m.upstream_queue_wait_seconds
-                            .with_label_values(&[name])
-                            .observe(ctx.queue_wait.as_secs_f64());
-                    }
-                    slot
-                }
-            };
-            match slot {
-                Ok(slot) => ctx.slot = Some(slot),
-                Err(why) => {
-                    self.gw
-                        .metrics
-                        .upstream_rejections_total
-                        .with_label_values(&[name, why.label()])
-                        .inc();
-                    let a = admission.config;
-                    let (code, message) = match why {
-                        crate::upstream::Refused::QueueFull => ("upstream_queue_full", format!(
-                            "Upstream `{name}` is at its limit of {} requests in flight and {} more are waiting; retry later.",
-                            a.max_inflight, a.max_queue
-                        )),
-                        crate::upstream::Refused::Timeout => ("upstream_queue_timeout", format!(
-                            "Upstream `{name}` had no free slot (max_inflight {}) within {:?}; retry later.",
-                            a.max_inflight, a.queue_timeout
-                        )),
-                    };
-                    ctx.route = Some(routed.route);
-                    ctx.pool = Some(routed.pool);
-                    ctx.retry_after = Some(1);
-                    let err = ApiError::new(429, ErrorKind::RateLimit, code, message);
-                    return respond::error(session, ctx, err).await.map(|_| true);
-                }
-            }
+        if let Err(err) = self.admit(ctx, &routed.pool).await {
+            ctx.route = Some(routed.route);
+            ctx.pool = Some(routed.pool);
+            ctx.retry_after = Some(1);
+            return respond::error(session, ctx, err).await.map(|_| true);
         }
         if let Some((variant, pool, body)) = routed.shadow {
             let authorization = intake::request_header(session, "authorization");

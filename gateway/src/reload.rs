@@ -98,11 +98,7 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
             }
         }
     }
-    for (name, pool) in &snapshot.pools {
-        if pool.admission.is_some() {
-            gw.metrics.bounded_pool(name);
-        }
-    }
+    gw.export_config_series(&snapshot);
     let routes = snapshot.config.routes.len();
     gw.snapshot.store(Arc::new(snapshot));
     gw.metrics

@@ -96,11 +96,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         }
     }
     let gw = Gateway::new(snapshot, Some(config_path.to_path_buf()));
-    for (name, pool) in &gw.snapshot.load().pools {
-        if pool.admission.is_some() {
-            gw.metrics.bounded_pool(name);
-        }
-    }
+    gw.export_config_series(&gw.snapshot.load());
     if let Some(settings) = &config.cache {
         let cache = crate::cache::Cache::start(settings.clone())
             .map_err(|e| StartError::Cache(format!("{e:#}")))?;

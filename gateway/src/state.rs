@@ -86,4 +86,19 @@ impl Gateway {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
+
+    /// Exports the series a config generation defines before any traffic: the admission series
+    /// of bounded pools (at 0) and each canary route's traffic shares. At start-up and reload.
+    pub fn export_config_series(&self, snapshot: &Snapshot) {
+        for (name, pool) in &snapshot.pools {
+            if pool.admission.is_some() {
+                self.metrics.bounded_pool(name);
+            }
+        }
+        for route in &snapshot.config.routes {
+            if let Some(canary) = &route.canary {
+                self.canary.publish(&self.metrics, &route.name, canary);
+            }
+        }
+    }
 }

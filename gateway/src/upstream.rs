@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{AdmissionConfig, Balance, HealthCheckConfig, UpstreamConfig};
+use crate::openai::{ApiError, ErrorKind};
 
 /// One backend address with its live state.
 #[derive(Debug)]
@@ -117,12 +118,27 @@ pub enum Refused {
 }
 
 impl Refused {
-    /// Metric label and OpenAI error code suffix.
+    /// Metric label.
     pub fn label(self) -> &'static str {
         match self {
             Refused::QueueFull => "queue_full",
             Refused::Timeout => "queue_timeout",
         }
+    }
+
+    /// The 429 a refused request gets from pool `name` with limits `a`.
+    pub fn error(self, name: &str, a: &AdmissionConfig) -> ApiError {
+        let (code, message) = match self {
+            Refused::QueueFull => ("upstream_queue_full", format!(
+                "Upstream `{name}` is at its limit of {} requests in flight and {} more are waiting; retry later.",
+                a.max_inflight, a.max_queue
+            )),
+            Refused::Timeout => ("upstream_queue_timeout", format!(
+                "Upstream `{name}` had no free slot (max_inflight {}) within {:?}; retry later.",
+                a.max_inflight, a.queue_timeout
+            )),
+        };
+        ApiError::new(429, ErrorKind::RateLimit, code, message)
     }
 }
 

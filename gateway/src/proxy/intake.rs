@@ -1,10 +1,12 @@
 //! Reading the request: request id, bounded body read, validation, route choice.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use serde_json::Value;
 
-use crate::config::CanaryConfig;
+use crate::config::{CanaryConfig, RouteConfig};
 use crate::openai::{parse_request, ApiError, Endpoint, ErrorKind, RequestInfo};
 use crate::state::Snapshot;
 
@@ -187,12 +189,44 @@ pub fn route(
     body: Bytes,
     header: &dyn Fn(&str) -> Option<String>,
     weights: &dyn Fn(&str, &CanaryConfig) -> Vec<u32>,
-) -> Result<Routed, ApiError> {
-    let mut info = parse_request(endpoint, &body)?;
+) -> Result<Routed, NotRouted> {
+    let info = parse_request(endpoint, &body)?;
     let route = snapshot
         .routes
         .find(&info.model)
         .ok_or_else(|| ApiError::model_not_found(&info.model))?;
+    route_to(snapshot, endpoint, body, info, route, header, weights).map_err(|error| NotRouted {
+        error,
+        route: Some(route.clone()),
+    })
+}
+
+/// Why a request was not routed, with the route it matched when it got that far (the error
+/// is then counted under it: a route whose upstream is down shows its own errors).
+#[derive(Debug)]
+pub struct NotRouted {
+    /// The answer for the client.
+    pub error: ApiError,
+    /// The matched route, if any.
+    pub route: Option<Arc<RouteConfig>>,
+}
+
+impl From<ApiError> for NotRouted {
+    fn from(error: ApiError) -> Self {
+        NotRouted { error, route: None }
+    }
+}
+
+/// The part of [`route`] after the route is known: variant, pool, body for the upstream.
+fn route_to(
+    snapshot: &Snapshot,
+    endpoint: Endpoint,
+    body: Bytes,
+    mut info: RequestInfo,
+    route: &Arc<RouteConfig>,
+    header: &dyn Fn(&str) -> Option<String>,
+    weights: &dyn Fn(&str, &CanaryConfig) -> Vec<u32>,
+) -> Result<Routed, ApiError> {
     let (upstream, upstream_model, variant) = match &route.canary {
         Some(c) => {
             let (i, _) = crate::routing::variant::pick(

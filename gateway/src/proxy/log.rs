@@ -128,7 +128,8 @@ pub fn record(
                     .is_some_and(|rep| rep.failed().next().is_some()),
                 step_timeout: ctx.step_timeouts > 0,
             };
-            match gw.canary.record(&r.name, canary, v, outcome) {
+            let change = gw.canary.record(&r.name, canary, v, outcome);
+            match &change {
                 Some(crate::canary::Change::RolledBack(reason)) => {
                     m.canary_rollbacks_total
                         .with_label_values(&[route, v])
@@ -143,17 +144,8 @@ pub fn record(
                 }
                 None => {}
             }
-            let weights = gw.canary.weights(&r.name, canary);
-            let total: u32 = weights.iter().sum();
-            for (variant, w) in canary.variants.iter().zip(&weights) {
-                let share = if total == 0 {
-                    0.0
-                } else {
-                    f64::from(*w) / f64::from(total)
-                };
-                m.canary_traffic_share
-                    .with_label_values(&[route, &variant.name])
-                    .set(share);
+            if change.is_some() {
+                gw.canary.publish(m, &r.name, canary);
             }
         }
     }
