@@ -178,7 +178,7 @@ pub fn handle(
                     let eps: Vec<_> = p
                         .endpoints
                         .iter()
-                        .map(|e| json!({"address": e.addr.to_string(), "healthy": e.is_healthy(), "inflight": e.inflight()}))
+                        .map(|e| json!({"address": e.addr.to_string(), "endpoint": e.name, "tls": p.tls.is_some(), "healthy": e.is_healthy(), "inflight": e.inflight()}))
                         .collect();
                     (name.clone(), json!(eps))
                 })

@@ -6,6 +6,7 @@ mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use validate::{parse_duration, validate};
@@ -108,6 +109,50 @@ pub struct UpstreamConfig {
     pub health_check: HealthCheckConfig,
     /// Admission limits, when `max_inflight` is set.
     pub admission: Option<AdmissionConfig>,
+    /// HTTPS to the endpoints, when the `tls` section is present.
+    pub tls: Option<TlsConfig>,
+    /// Sent upstream as `Authorization: Bearer …` in place of the client's (`api_key_env`).
+    pub api_key: Option<Secret>,
+}
+
+/// HTTPS to a pool's endpoints.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// SNI and the name the certificate must carry; `None`: each endpoint's host.
+    pub server_name: Option<String>,
+    /// Roots trusted instead of the system's (`ca_file`), in the form Pingora takes per peer.
+    pub ca: Option<Arc<[pingora::utils::tls::WrappedX509]>>,
+    /// The file they came from.
+    pub ca_file: Option<PathBuf>,
+    /// Check the certificate chain and name (false only for testing).
+    pub verify: bool,
+}
+
+impl TlsConfig {
+    /// The name to send as SNI and to verify for an endpoint written as `host_port`.
+    pub fn server_name_for<'a>(&'a self, host_port: &'a str) -> &'a str {
+        self.server_name
+            .as_deref()
+            .unwrap_or_else(|| endpoint_host(host_port))
+    }
+}
+
+/// The host part of an endpoint written `host:port` (IPv6 literals in brackets).
+pub fn endpoint_host(host_port: &str) -> &str {
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A value that must never reach logs, `/admin/config` or error messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 /// How many requests a pool takes at once and how the rest wait.

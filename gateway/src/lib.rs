@@ -7,6 +7,7 @@ pub mod capacity;
 pub mod config;
 #[cfg(feature = "engine")]
 pub mod engine;
+pub mod fdlimit;
 pub mod fsutil;
 pub mod jobs;
 pub mod metrics;

@@ -46,6 +46,10 @@ pub struct Metrics {
     pub upstream_errors_total: IntCounterVec,
     /// Requests being handled right now.
     pub inflight_requests: IntGauge,
+    /// Open file descriptors (standard process-collector name), read at each scrape.
+    process_open_fds: IntGauge,
+    /// The soft open-file limit (standard process-collector name), read at each scrape.
+    process_max_fds: IntGauge,
     /// Time to first answer token (the thinking time).
     pub time_to_first_answer_token_seconds: HistogramVec,
     /// The same TTFT under its OpenTelemetry GenAI name.
@@ -191,7 +195,7 @@ impl Metrics {
         );
         let upstream_errors_total = counter(
             "upstream_errors_total",
-            "Upstream failures: connect (refused or timed out), no_healthy_endpoint, status_5xx, disconnect (closed mid-response), timeout, protocol (not HTTP).",
+            "Upstream failures: connect (refused or timed out), tls (handshake failed), local_resources (the gateway could not open a socket), no_healthy_endpoint, status_5xx, disconnect (closed mid-response), timeout, protocol (not HTTP).",
             &["upstream", "kind"],
         );
         let inflight_requests = IntGauge::with_opts(
@@ -201,6 +205,21 @@ impl Metrics {
         registry
             .register(Box::new(inflight_requests.clone()))
             .expect("metric is registered once");
+        // The standard process-collector names (no prefix), so existing fd dashboards and alerts
+        // apply: clients and upstream connections each hold a descriptor.
+        let process_gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(Opts::new(name, help)).expect("metric definition is valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric is registered once");
+            g
+        };
+        let process_open_fds =
+            process_gauge("process_open_fds", "Number of open file descriptors.");
+        let process_max_fds = process_gauge(
+            "process_max_fds",
+            "Maximum number of open file descriptors (the soft limit; raised to the hard limit at start-up).",
+        );
         let rl = &["route", "upstream"];
         let time_to_first_answer_token_seconds = histogram(
             "time_to_first_answer_token_seconds",
@@ -458,11 +477,19 @@ impl Metrics {
             time_to_first_token_seconds,
             upstream_errors_total,
             inflight_requests,
+            process_open_fds,
+            process_max_fds,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        if let Some(n) = crate::fdlimit::open_count() {
+            self.process_open_fds.set(n as i64);
+        }
+        if let Ok((soft, _)) = crate::fdlimit::current() {
+            self.process_max_fds.set(soft.min(i64::MAX as u64) as i64);
+        }
         let mut out = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which `new` rules out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

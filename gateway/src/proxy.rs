@@ -222,7 +222,15 @@ impl ProxyHttp for GatewayProxy {
         ctx.tried.push(index);
         let ep = guard.endpoint.clone();
         ctx.endpoint_guard = Some(guard);
-        let mut peer = HttpPeer::new(ep.addr, false, String::new());
+        let tls = pool.config.tls.as_ref();
+        let sni = tls.map_or(String::new(), |t| t.server_name_for(&ep.name).to_string());
+        let mut peer = HttpPeer::new(ep.addr, tls.is_some(), sni);
+        peer.group_key = pool.connection_group;
+        if let Some(t) = tls {
+            peer.options.verify_cert = t.verify;
+            peer.options.verify_hostname = t.verify;
+            peer.options.ca = t.ca.clone();
+        }
         peer.options.connection_timeout = Some(pool.config.connect_timeout);
         peer.options.total_connection_timeout = Some(pool.config.connect_timeout);
         // With `step_timeout_policy: abort` the step timeout is the read timeout: it also bounds
@@ -245,14 +253,12 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let local = respond::local_connect_failure(&e);
+        let kind = respond::connect_failure_kind(&e);
+        let local = kind == "local_resources";
         self.gw
             .metrics
             .upstream_errors_total
-            .with_label_values(&[
-                ctx.upstream_label(),
-                if local { "local_resources" } else { "connect" },
-            ])
+            .with_label_values(&[ctx.upstream_label(), kind])
             .inc();
         if let Some(guard) = ctx.endpoint_guard.take() {
             if local {
@@ -260,7 +266,7 @@ impl ProxyHttp for GatewayProxy {
                 // exhaustion under overload into 503s for everyone until its next check.
                 tracing::warn!(request_id = %ctx.request_id, endpoint = %guard.endpoint.addr, error = %e, "The gateway could not open a socket to the upstream (file-descriptor limit or memory); the endpoint stays in rotation.");
             } else if guard.endpoint.set_healthy(false) {
-                tracing::warn!(request_id = %ctx.request_id, endpoint = %guard.endpoint.addr, "Connecting to an upstream endpoint failed; it is out of rotation until its health check passes.");
+                tracing::warn!(request_id = %ctx.request_id, endpoint = %guard.endpoint.name, error = %e, "Connecting to an upstream endpoint failed; it is out of rotation until its health check passes.");
             }
         }
         // Nothing has reached the client yet, so another endpoint may be tried.
@@ -345,6 +351,10 @@ impl ProxyHttp for GatewayProxy {
         req.remove_header("expect");
         if let Some(guard) = &ctx.endpoint_guard {
             req.insert_header("host", guard.endpoint.host.as_str())?;
+        }
+        // The pool's own key replaces the client's (which still names the tenant for the cache).
+        if let Some(key) = ctx.pool.as_ref().and_then(|p| p.config.api_key.as_ref()) {
+            req.insert_header("authorization", format!("Bearer {}", key.0))?;
         }
         Ok(())
     }

@@ -65,12 +65,15 @@ fn engine_pool(addr: SocketAddr) -> UpstreamConfig {
             timeout: Duration::from_secs(1),
             path: Some("/health".to_string()),
         },
+        tls: None,
+        api_key: None,
     }
 }
 
 /// Runs the gateway until it is told to stop. Never returns on success.
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let config = config::load(config_path)?;
+    crate::fdlimit::raise_and_report();
     // Bind-test the proxy address now: Pingora binds later and would only panic.
     drop(bind("listen", config.listen)?);
     let admin_listener = bind("admin_listen", config.admin_listen)?;

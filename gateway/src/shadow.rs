@@ -106,7 +106,7 @@ async fn send(
     let ep = guard.endpoint.clone();
     let stream = tokio::time::timeout(
         req.pool.config.connect_timeout,
-        tokio::net::TcpStream::connect(ep.addr),
+        crate::upstream::connect::open(&req.pool, &ep),
     )
     .await
     .map_err(|_| "connect")?
@@ -119,7 +119,9 @@ async fn send(
         .header("host", ep.host.as_str())
         .header("content-type", "application/json")
         .header("x-gateway-shadow", "true");
-    if let Some(a) = &req.authorization {
+    if let Some(key) = &req.pool.config.api_key {
+        builder = builder.header("authorization", format!("Bearer {}", key.0));
+    } else if let Some(a) = &req.authorization {
         builder = builder.header("authorization", a.as_str());
     }
     let request = builder

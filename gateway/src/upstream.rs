@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::config::{AdmissionConfig, Balance, HealthCheckConfig, UpstreamConfig};
+use crate::config::{AdmissionConfig, Balance, UpstreamConfig};
 use crate::openai::{ApiError, ErrorKind};
 
 /// One backend address with its live state.
@@ -17,7 +16,9 @@ use crate::openai::{ApiError, ErrorKind};
 pub struct Endpoint {
     /// Address connected to.
     pub addr: SocketAddr,
-    /// `Host` header value (what the user configured).
+    /// What the user configured (`host:port`).
+    pub name: String,
+    /// `Host` header value: the configured `host:port`, without `:443` over TLS.
     pub host: String,
     /// Health in the lowest bit, above it a count of the verdicts recorded: a check compares it
     /// before and after its probe, so a verdict given while it ran is not overwritten by an older
@@ -27,9 +28,14 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, host: String) -> Self {
+    fn new(addr: SocketAddr, name: String, tls: bool) -> Self {
+        let host = match name.strip_suffix(":443") {
+            Some(host) if tls => host.to_string(),
+            _ => name.clone(),
+        };
         Endpoint {
             addr,
+            name,
             host,
             health: AtomicU64::new(1),
             inflight: AtomicUsize::new(0),
@@ -105,6 +111,13 @@ pub struct Pool {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// The in-flight bound and its queue, when `max_inflight` is set.
     pub admission: Option<Arc<Admission>>,
+    /// TLS for the gateway's own connections (checks, shadow), when `tls` is set.
+    pub tls: Option<connect::TlsClient>,
+    /// Keeps this pool's pooled upstream connections apart from every other pool's (Pingora's
+    /// `HttpPeer::group_key`). Pingora reuses a connection for any peer with the same address,
+    /// SNI and verify flags, but not the trusted roots: without this, a pool trusting only the
+    /// system's roots could be handed a connection another pool verified against its own CA.
+    pub connection_group: u64,
     next: AtomicUsize,
 }
 
@@ -211,10 +224,12 @@ impl Pool {
         let endpoints = config
             .endpoints
             .iter()
-            .map(|(addr, host)| Arc::new(Endpoint::new(*addr, host.clone())))
+            .map(|(addr, name)| Arc::new(Endpoint::new(*addr, name.clone(), config.tls.is_some())))
             .collect();
         Pool {
             admission: config.admission.map(|a| Arc::new(Admission::new(a))),
+            tls: config.tls.as_ref().map(connect::TlsClient::new),
+            connection_group: connection_group(&config),
             config,
             endpoints,
             next: AtomicUsize::new(0),
@@ -245,35 +260,66 @@ impl Pool {
     }
 }
 
+/// A digest of what a pool's connections were made under: its name and its TLS trust (so a
+/// reload that changes the CA does not reuse connections verified under the old one).
+fn connection_group(config: &UpstreamConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.name.hash(&mut h);
+    if let Some(tls) = &config.tls {
+        tls.server_name.hash(&mut h);
+        tls.verify.hash(&mut h);
+        for cert in tls.ca.iter().flat_map(|ca| ca.iter()) {
+            cert.borrow_raw_cert().hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
 /// All pools by name.
 pub type Pools = HashMap<String, Arc<Pool>>;
 
-/// One active check of one endpoint.
-pub async fn check_endpoint(addr: SocketAddr, host: &str, hc: &HealthCheckConfig) -> bool {
+/// One active check of one endpoint of `pool`. Without a path it is a TCP connect only (no TLS
+/// handshake every interval against a hosted API; a failing handshake shows on the first request
+/// as `upstream_tls_error` and takes the endpoint out until the next check). With a path it is
+/// `GET path` over the pool's connection, TLS included. `Err` says why it failed.
+pub async fn check_endpoint(pool: &Pool, ep: &Endpoint) -> Result<(), String> {
+    let (hc, host) = (&pool.config.health_check, &ep.host);
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
         let Some(path) = &hc.path else {
-            return Some(true);
+            return tokio::net::TcpStream::connect(ep.addr)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string());
         };
+        let mut stream = connect::open(pool, ep).await.map_err(|e| e.to_string())?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: reasoning-gateway-health\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.ok()?;
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = [0u8; 64];
         let mut len = 0;
         // The status line fits in the first bytes: "HTTP/1.1 200 ".
         while len < 12 {
-            let n = stream.read(&mut buf[len..]).await.ok()?;
+            let n = stream
+                .read(&mut buf[len..])
+                .await
+                .map_err(|e| e.to_string())?;
             if n == 0 {
-                return Some(false);
+                return Err(format!("GET {path}: closed before a status line"));
             }
             len += n;
         }
-        let status = std::str::from_utf8(&buf[9..12]).ok()?;
-        Some(status.starts_with('2'))
+        match std::str::from_utf8(&buf[9..12]) {
+            Ok(status) if status.starts_with('2') => Ok(()),
+            Ok(status) => Err(format!("GET {path} answered {status}")),
+            Err(_) => Err(format!("GET {path}: not an HTTP answer")),
+        }
     };
-    matches!(
-        tokio::time::timeout(hc.timeout, attempt).await,
-        Ok(Some(true))
-    )
+    tokio::time::timeout(hc.timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", hc.timeout)))
 }
 
 /// Runs one round of checks on every endpoint of `pool`, updating health and logging changes.
@@ -281,12 +327,15 @@ pub async fn check_endpoint(addr: SocketAddr, host: &str, hc: &HealthCheckConfig
 pub async fn check_pool(pool: &Pool) {
     for ep in &pool.endpoints {
         let seen = ep.health.load(Ordering::Acquire);
-        let ok = check_endpoint(ep.addr, &ep.host, &pool.config.health_check).await;
-        if ep.set_healthy_since(seen, ok) {
-            if ok {
-                tracing::info!(upstream = %pool.config.name, endpoint = %ep.addr, "Upstream endpoint is healthy again.");
-            } else {
-                tracing::warn!(upstream = %pool.config.name, endpoint = %ep.addr, "Upstream endpoint failed its health check and is out of rotation.");
+        let result = check_endpoint(pool, ep).await;
+        if ep.set_healthy_since(seen, result.is_ok()) {
+            match result {
+                Ok(()) => {
+                    tracing::info!(upstream = %pool.config.name, endpoint = %ep.name, "Upstream endpoint is healthy again.")
+                }
+                Err(reason) => {
+                    tracing::warn!(upstream = %pool.config.name, endpoint = %ep.name, %reason, "Upstream endpoint failed its health check and is out of rotation.")
+                }
             }
         }
     }
@@ -300,6 +349,8 @@ pub fn tick(pools: &Pools) -> Duration {
         .min()
         .unwrap_or(Duration::from_secs(5))
 }
+
+pub mod connect;
 
 #[cfg(test)]
 mod tests;

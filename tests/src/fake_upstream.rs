@@ -21,8 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A connection the fake upstream serves: plain TCP or TLS over it.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 
 /// Tokens of the reasoning fixture: tags split across events on purpose.
 pub const THINK_TOKENS: &[&str] = &[
@@ -78,6 +82,16 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     /// Starts one on an ephemeral loopback port; `id` is echoed in `x-upstream-id`.
     pub async fn start(id: &str) -> FakeUpstream {
+        Self::start_with(id, None).await
+    }
+
+    /// The same behind TLS: every connection is a TLS handshake with `acceptor` first (an HTTPS
+    /// backend, a hosted API, a TLS-terminating ingress).
+    pub async fn start_tls(id: &str, acceptor: tokio_rustls::TlsAcceptor) -> FakeUpstream {
+        Self::start_with(id, Some(acceptor)).await
+    }
+
+    async fn start_with(id: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -98,10 +112,20 @@ impl FakeUpstream {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (id, shared, mut stopped) = (id.clone(), shared.clone(), stopped.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let serve = async {
+                        match tls {
+                            None => serve_connection(stream, &id, &shared).await,
+                            Some(acceptor) => {
+                                serve_connection(acceptor.accept(stream).await?, &id, &shared).await
+                            }
+                        }
+                    };
                     tokio::select! {
                         _ = stopped.changed() => {}
-                        _ = serve_connection(stream, &id, &shared) => {}
+                        _ = serve => {}
                     }
                 });
             }
@@ -151,8 +175,8 @@ struct Request {
     body: Vec<u8>,
 }
 
-async fn read_request(
-    stream: &mut TcpStream,
+async fn read_request<S: Conn>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Option<Request>> {
     let header_end = loop {
@@ -201,9 +225,12 @@ async fn read_request(
     }))
 }
 
-async fn serve_connection(mut stream: TcpStream, id: &str, shared: &Shared) -> std::io::Result<()> {
+async fn serve_connection<S: Conn>(
+    mut stream: S,
+    id: &str,
+    shared: &Shared,
+) -> std::io::Result<()> {
     let count = &shared.count;
-    stream.set_nodelay(true)?;
     let mut buf = Vec::new();
     let mut answered_here = 0;
     while let Some(req) = read_request(&mut stream, &mut buf).await? {
@@ -462,8 +489,8 @@ fn completion(model: &str, message: Value) -> Value {
         "usage": {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}})
 }
 
-async fn write_json(
-    stream: &mut TcpStream,
+async fn write_json<S: Conn>(
+    stream: &mut S,
     id: &str,
     status: u16,
     body: &Value,
@@ -477,12 +504,12 @@ async fn write_json(
     stream.write_all(&body).await
 }
 
-async fn write_head(stream: &mut TcpStream, id: &str) -> std::io::Result<()> {
+async fn write_head<S: Conn>(stream: &mut S, id: &str) -> std::io::Result<()> {
     let head = format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-upstream-id: {id}\r\n\r\n");
     stream.write_all(head.as_bytes()).await
 }
 
-async fn write_chunk(stream: &mut TcpStream, piece: &[u8]) -> std::io::Result<()> {
+async fn write_chunk<S: Conn>(stream: &mut S, piece: &[u8]) -> std::io::Result<()> {
     stream
         .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
         .await?;
@@ -517,8 +544,8 @@ impl Delivery {
     }
 }
 
-async fn write_stream(
-    stream: &mut TcpStream,
+async fn write_stream<S: Conn>(
+    stream: &mut S,
     id: &str,
     model: &str,
     events: Vec<Value>,

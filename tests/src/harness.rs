@@ -94,6 +94,31 @@ impl GatewayProc {
 
     /// Like [`GatewayProc::start`] with extra CLI arguments (before `serve`).
     pub fn start_with_args(body: &str, ready_within: Duration, args: &[&str]) -> GatewayProc {
+        Self::spawn(body, ready_within, args, &[], None)
+    }
+
+    /// Like [`GatewayProc::start`] with extra environment variables (API keys, say).
+    pub fn start_with_env(body: &str, ready_within: Duration, env: &[(&str, &str)]) -> GatewayProc {
+        Self::spawn(body, ready_within, &[], env, None)
+    }
+
+    /// Like [`GatewayProc::start`], the gateway started with this (soft, hard) open-file limit,
+    /// as systemd, Docker or a login shell may start it.
+    pub fn start_with_fd_limit(
+        body: &str,
+        ready_within: Duration,
+        limit: (u64, u64),
+    ) -> GatewayProc {
+        Self::spawn(body, ready_within, &[], &[], Some(limit))
+    }
+
+    fn spawn(
+        body: &str,
+        ready_within: Duration,
+        args: &[&str],
+        env: &[(&str, &str)],
+        fd_limit: Option<(u64, u64)>,
+    ) -> GatewayProc {
         let dir = TempDir::new("gw");
         let (port, admin_port) = (free_port(), free_port());
         let config =
@@ -105,12 +130,22 @@ impl GatewayProc {
         // A killed test run must not leave gateways (and engines) behind.
         unsafe {
             use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some((soft, hard)) = fd_limit {
+                    let rl = libc::rlimit {
+                        rlim_cur: soft as libc::rlim_t,
+                        rlim_max: hard as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
         let child = cmd
+            .envs(env.iter().copied())
             .args(args)
             .arg("serve")
             .arg("--config")

@@ -3,3 +3,4 @@
 pub mod fake_upstream;
 pub mod harness;
 pub mod prometheus;
+pub mod tls;

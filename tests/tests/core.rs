@@ -671,3 +671,71 @@ routes:
         assert_eq!(metric_value(&m, series), Some(want), "{series}");
     }
 }
+
+/// systemd, Docker and login shells often start services with a soft limit of 1 024 open files
+/// while allowing many more, and every running stream holds two (client and upstream). The
+/// gateway raises its soft limit to the hard one: started at 256, it carries 300 held streams
+/// (600 descriptors) to the end, reports the limit it runs with, and warns when even the hard
+/// limit is low.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_soft_open_file_limit_is_raised_so_hundreds_of_streams_complete() {
+    const STREAMS: usize = 300;
+    let up = FakeUpstream::start("fd").await;
+    let gw = GatewayProc::start_with_fd_limit(&config(&[up.addr], ""), READY, (256, 4096));
+    let body =
+        json!({"model": "gated", "stream": true, "messages": [{"role": "user", "content": "x"}]})
+            .to_string();
+    let streams: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let (port, body) = (gw.port, body.clone());
+            tokio::spawn(async move {
+                let resp = reqwest::Client::new()
+                    .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                }
+            })
+        })
+        .collect();
+    // All of them open at once, held by the upstream mid-reasoning.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while up.gated_waiting.load(Ordering::SeqCst) < STREAMS {
+        if streams.iter().any(|s| s.is_finished()) || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = gw.admin_get("/metrics").await;
+    assert_eq!(metric_value(&m, "process_max_fds"), Some(4096.0));
+    let open = metric_value(&m, "process_open_fds").unwrap();
+    assert!(
+        open >= (2 * STREAMS) as f64,
+        "{open} descriptors open with {} streams held",
+        up.gated_waiting.load(Ordering::SeqCst)
+    );
+    up.open_gate();
+    for s in streams {
+        let (status, text) = s.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            text.contains("[DONE]") && !text.contains("\"error\""),
+            "{text}"
+        );
+    }
+    assert!(gw.log_text().contains("Raised the open-file limit"));
+
+    // A hard limit that low cannot be raised: said at start-up, with what it means.
+    let low = GatewayProc::start_with_fd_limit(&config(&[up.addr], ""), READY, (256, 256));
+    let m = low.admin_get("/metrics").await;
+    assert_eq!(metric_value(&m, "process_max_fds"), Some(256.0));
+    assert!(
+        low.log_text().contains("about 128 streams can run at once"),
+        "{}",
+        low.log_text()
+    );
+}

@@ -250,7 +250,7 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 12);
+    assert_eq!(loaded.len(), 13);
     assert!(loaded.iter().all(|r| r["health"] == "ok"), "{loaded:?}");
 
     // Capacity planning from the gateway's own histograms and from Prometheus.

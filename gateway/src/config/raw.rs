@@ -85,6 +85,22 @@ pub struct RawUpstream {
     pub max_queue: Option<usize>,
     /// Longest wait for a slot (default `30s`).
     pub queue_timeout: Option<String>,
+    /// HTTPS to the endpoints (`tls: {}` for the defaults).
+    pub tls: Option<RawTls>,
+    /// Environment variable holding the key sent upstream as `Authorization: Bearer …`.
+    pub api_key_env: Option<String>,
+}
+
+/// HTTPS settings of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// SNI and the certificate name to verify (default: each endpoint's host).
+    pub server_name: Option<String>,
+    /// PEM file of the roots to trust instead of the system's.
+    pub ca_file: Option<String>,
+    /// Verify the certificate (default true).
+    pub verify: Option<bool>,
 }
 
 /// Active health-check settings of a pool.

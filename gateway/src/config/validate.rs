@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::*;
@@ -499,8 +500,24 @@ fn upstream(errs: &mut Errors, path: &str, u: &RawUpstream) -> UpstreamConfig {
             }
         }
     }
+    let api_key = u
+        .api_key_env
+        .as_ref()
+        .and_then(|var| match std::env::var(var) {
+            Ok(key) if !key.trim().is_empty() => Some(Secret(key.trim().to_string())),
+            _ => {
+                errs.push(
+                    &format!("{path}.api_key_env"),
+                    format!("`{var}` is not set (or empty) in the gateway's environment"),
+                );
+                None
+            }
+        });
+    let tls = u.tls.as_ref().map(|t| tls(errs, path, t, &endpoints));
     UpstreamConfig {
         admission,
+        tls,
+        api_key,
         name: u.name.clone(),
         endpoints,
         balance,
@@ -830,4 +847,68 @@ fn async_jobs(errs: &mut Errors, a: Option<&RawAsyncJobs>) -> AsyncJobsConfig {
         (None, None) => None,
     };
     c
+}
+
+fn tls(errs: &mut Errors, path: &str, t: &RawTls, endpoints: &[(SocketAddr, String)]) -> TlsConfig {
+    let valid_name = |name: &str| pingora::tls::ServerName::try_from(name.to_string()).is_ok();
+    match &t.server_name {
+        Some(name) if !valid_name(name) => errs.push(
+            &format!("{path}.tls.server_name"),
+            format!("`{name}` is not a DNS name or IP address"),
+        ),
+        Some(_) => {}
+        None => {
+            for (j, (_, ep)) in endpoints.iter().enumerate() {
+                let host = endpoint_host(ep);
+                if !valid_name(host) {
+                    errs.push(
+                        &format!("{path}.endpoints[{j}]"),
+                        format!(
+                            "`{host}` cannot be checked against a certificate; set tls.server_name"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let ca = t
+        .ca_file
+        .as_ref()
+        .and_then(|file| match read_ca_file(file) {
+            Ok(certs) => Some(Arc::from(certs)),
+            Err(why) => {
+                errs.push(&format!("{path}.tls.ca_file"), format!("`{file}`: {why}"));
+                None
+            }
+        });
+    TlsConfig {
+        server_name: t.server_name.clone(),
+        ca,
+        ca_file: t.ca_file.as_ref().map(PathBuf::from),
+        verify: t.verify.unwrap_or(true),
+    }
+}
+
+/// The certificates of a PEM file, each checked to be usable as a trust anchor.
+fn read_ca_file(file: &str) -> Result<Vec<pingora::utils::tls::WrappedX509>, String> {
+    use pingora::utils::tls::{parse_x509, WrappedX509};
+    let pem = std::fs::read(file).map_err(|e| e.to_string())?;
+    let mut certs = Vec::new();
+    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let der = item.map_err(|e| format!("not a PEM certificate file ({e})"))?;
+        let mut store = pingora::tls::RootCertStore::empty();
+        store
+            .add(der.clone())
+            .map_err(|e| format!("a certificate in it is not usable as a root ({e})"))?;
+        // Pingora's parser panics on what it cannot parse; webpki accepted it above, so this is
+        // a last line of defence for certificates only one of the two parsers understands.
+        let raw = der.to_vec();
+        let parsed = std::panic::catch_unwind(|| WrappedX509::new(raw, parse_x509))
+            .map_err(|_| "a certificate in it could not be parsed".to_string())?;
+        certs.push(parsed);
+    }
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".to_string());
+    }
+    Ok(certs)
 }

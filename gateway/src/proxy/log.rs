@@ -152,7 +152,7 @@ pub fn record(
     // Connect failures are counted per attempt in `fail_to_connect`.
     if let Some(kind) = ctx
         .upstream_error
-        .filter(|k| !matches!(*k, "connect" | "local_resources"))
+        .filter(|k| !matches!(*k, "connect" | "local_resources" | "tls"))
     {
         m.upstream_errors_total
             .with_label_values(&[upstream, kind])

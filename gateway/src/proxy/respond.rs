@@ -191,11 +191,14 @@ pub async fn error(
     json(session, ctx, status, body).await
 }
 
-/// Whether a failure to connect was the gateway's own: Pingora reports a socket it could not
-/// create (out of file descriptors, buffers or memory) or bind as `InternalError`; every other
-/// connect error is about the endpoint.
-pub fn local_connect_failure(e: &Error) -> bool {
-    e.etype() == &ErrorType::InternalError
+/// The `upstream_errors_total` kind of a failure to connect: `local_resources` when it was the
+/// gateway's own (Pingora reports a socket it could not create, out of file descriptors,
+/// buffers or memory, or bind as `InternalError`), `tls` for a failed handshake, else `connect`.
+pub fn connect_failure_kind(e: &Error) -> &'static str {
+    match classify(e) {
+        Some((_, kind @ ("local_resources" | "tls"))) => kind,
+        _ => "connect",
+    }
 }
 
 /// What went wrong talking to the upstream, as an OpenAI error and an `upstream_errors_total` kind.
@@ -222,6 +225,13 @@ pub fn classify(e: &Error) -> Option<(ApiError, &'static str)> {
             "gateway_out_of_resources",
             "local_resources",
             "The gateway could not open a connection to the upstream (out of sockets or memory); retry later.",
+        ),
+        TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
+        | TLSWantX509Lookup => upstream(
+            502,
+            "upstream_tls_error",
+            "tls",
+            "The TLS handshake with the upstream failed (certificate not trusted, another name, or no TLS there); the gateway log has the reason.",
         ),
         ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError
         | BindError => upstream(
@@ -285,7 +295,7 @@ mod tests {
     #[test]
     fn running_out_of_sockets_is_the_gateways_503_not_a_dead_upstream() {
         let e = socket_exhausted();
-        assert!(local_connect_failure(&e));
+        assert_eq!(connect_failure_kind(&e), "local_resources");
         let (err, kind) = classify(&e).unwrap();
         assert_eq!(
             (err.status, err.code, kind),
@@ -293,11 +303,20 @@ mod tests {
         );
 
         let refused = Error::explain(ErrorType::ConnectRefused, "Fail to connect").into_up();
-        assert!(!local_connect_failure(&refused));
+        assert_eq!(connect_failure_kind(&refused), "connect");
         let (err, kind) = classify(&refused).unwrap();
         assert_eq!(
             (err.status, err.code, kind),
             (502, "upstream_unreachable", "connect")
         );
+
+        let untrusted = Error::explain(
+            ErrorType::TLSHandshakeFailure,
+            "invalid peer certificate: UnknownIssuer",
+        )
+        .into_up();
+        assert_eq!(connect_failure_kind(&untrusted), "tls");
+        let (err, _) = classify(&untrusted).unwrap();
+        assert_eq!((err.status, err.code), (502, "upstream_tls_error"));
     }
 }

@@ -1,10 +1,13 @@
 use std::time::Duration;
 
 use super::*;
+use crate::config::HealthCheckConfig;
 
 fn pool(n: usize, balance: Balance) -> Pool {
     Pool::new(UpstreamConfig {
         admission: None,
+        tls: None,
+        api_key: None,
         name: "p".into(),
         endpoints: (0..n)
             .map(|i| {
@@ -67,18 +70,17 @@ async fn health_checks_see_listening_and_closed_ports() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let hc = HealthCheckConfig {
-        interval: Duration::from_secs(1),
-        timeout: Duration::from_millis(500),
-        path: None,
+    let check = |addr, path: Option<&str>| {
+        let mut p = pool(1, Balance::RoundRobin);
+        p.config.health_check.path = path.map(String::from);
+        p.config.health_check.timeout = Duration::from_millis(500);
+        p.endpoints[0] = Arc::new(Endpoint::new(addr, "x".into(), false));
+        async move { check_endpoint(&p, &p.endpoints[0]).await }
     };
-    assert!(check_endpoint(open, "x", &hc).await);
-    assert!(!check_endpoint(closed, "x", &hc).await);
+    assert_eq!(check(open, None).await, Ok(()));
+    let refused = check(closed, None).await.unwrap_err();
+    assert!(refused.contains("refused"), "{refused}");
     // HTTP checks need a 2xx status line.
-    let hc_http = HealthCheckConfig {
-        path: Some("/health".into()),
-        ..hc
-    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let open = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -91,8 +93,11 @@ async fn health_checks_see_listening_and_closed_ports() {
                 .unwrap();
         }
     });
-    assert!(check_endpoint(open, "x", &hc_http).await);
-    assert!(!check_endpoint(open, "x", &hc_http).await);
+    assert_eq!(check(open, Some("/health")).await, Ok(()));
+    assert_eq!(
+        check(open, Some("/health")).await,
+        Err("GET /health answered 503".to_string())
+    );
     server.await.unwrap();
 }
 
@@ -104,7 +109,11 @@ async fn a_check_that_started_earlier_does_not_overwrite_a_newer_verdict() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut p = pool(1, Balance::RoundRobin);
     p.config.health_check.path = Some("/health".into());
-    p.endpoints[0] = Arc::new(Endpoint::new(silent.local_addr().unwrap(), "x".into()));
+    p.endpoints[0] = Arc::new(Endpoint::new(
+        silent.local_addr().unwrap(),
+        "x".into(),
+        false,
+    ));
     p.endpoints[0].set_healthy(false);
     let ep = p.endpoints[0].clone();
     let newer_verdict = async {
@@ -178,4 +187,13 @@ async fn admission_gives_up_after_the_queue_timeout() {
     assert_eq!(a.wait().await.unwrap_err(), Refused::Timeout);
     assert!(started.elapsed() >= Duration::from_millis(50));
     assert_eq!(a.waiting(), 0);
+}
+
+#[test]
+fn over_tls_the_host_header_leaves_out_the_default_port() {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 443));
+    let host = |name: &str, tls| Endpoint::new(addr, name.into(), tls).host;
+    assert_eq!(host("api.example.com:443", true), "api.example.com");
+    assert_eq!(host("api.example.com:8443", true), "api.example.com:8443");
+    assert_eq!(host("api.example.com:443", false), "api.example.com:443");
 }

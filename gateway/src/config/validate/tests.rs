@@ -316,3 +316,100 @@ fn admission_limits_default_and_are_checked() {
         ]
     );
 }
+
+#[test]
+fn https_upstreams_and_pool_keys_are_checked_at_load_and_the_key_never_printed() {
+    let dir = std::env::temp_dir().join(format!("rg-tls-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "no certificates here\n").unwrap();
+    let e = errors(&format!(
+        r#"
+upstreams:
+  - name: a
+    endpoints: ["127.0.0.1:8443"]
+    tls: {{ ca_file: {missing:?}, server_name: "not a name" }}
+    api_key_env: RG_TEST_SURELY_UNSET_KEY
+  - name: b
+    endpoints: ["127.0.0.1:8443"]
+    tls: {{ ca_file: {garbage:?} }}
+  - name: c
+    endpoints: ["127.0.0.1:8443"]
+    tls: {{ ca_file: {empty:?}, verify: maybe }}
+routes:
+  - {{ model: a, upstream: a }}
+"#,
+        missing = dir.join("missing.pem"),
+        garbage = garbage,
+        empty = empty,
+    ));
+    let joined = e.join("\n");
+    // serde stops at the wrongly typed `verify` before validating anything else.
+    assert_eq!(e.len(), 1, "{joined}");
+    assert!(joined.contains("upstreams[2].tls.verify"), "{joined}");
+
+    let e = errors(&format!(
+        r#"
+upstreams:
+  - name: a
+    endpoints: ["127.0.0.1:8443"]
+    tls: {{ ca_file: {missing:?}, server_name: "not a name" }}
+    api_key_env: RG_TEST_SURELY_UNSET_KEY
+  - name: b
+    endpoints: ["127.0.0.1:8443"]
+    tls: {{ ca_file: {garbage:?} }}
+  - name: c
+    endpoints: ["127.0.0.1:8443"]
+    tls: {{ ca_file: {empty:?} }}
+routes:
+  - {{ model: a, upstream: a }}
+"#,
+        missing = dir.join("missing.pem"),
+        garbage = garbage,
+        empty = empty,
+    ));
+    let joined = e.join("\n");
+    for want in [
+        "upstreams[0].tls.server_name: `not a name` is not a DNS name or IP address",
+        "upstreams[0].tls.ca_file:",
+        "upstreams[0].api_key_env: `RG_TEST_SURELY_UNSET_KEY` is not set",
+        "upstreams[1].tls.ca_file:",
+        "upstreams[2].tls.ca_file:",
+        "no PEM certificate in it",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+    assert_eq!(e.len(), 5, "{joined}");
+
+    // A usable pool: the key is read from the environment, and never shows in debug output.
+    std::env::set_var("RG_TEST_CONFIG_UPSTREAM_KEY", "sk-very-secret-upstream-key");
+    let c = parse(
+        r#"
+upstreams:
+  - name: hosted
+    endpoints: ["127.0.0.1:443"]
+    tls: {}
+    api_key_env: RG_TEST_CONFIG_UPSTREAM_KEY
+routes:
+  - { model: a, upstream: hosted }
+"#,
+    )
+    .unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(u.api_key.as_ref().unwrap().0, "sk-very-secret-upstream-key");
+    let tls = u.tls.as_ref().unwrap();
+    assert!(tls.verify && tls.ca.is_none());
+    assert_eq!(
+        tls.server_name_for("api.example.com:443"),
+        "api.example.com"
+    );
+    assert_eq!(tls.server_name_for("[::1]:8443"), "::1");
+    assert!(!format!("{c:?}").contains("sk-very-secret"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
