@@ -320,6 +320,8 @@ pub struct AsyncJobsConfig {
     pub callback_retries: u32,
     /// Per-attempt callback timeout.
     pub callback_timeout: Duration,
+    /// Roots (DER) trusted for `https://` callbacks instead of the system's.
+    pub callback_ca: Option<Arc<Vec<Vec<u8>>>>,
     /// Steps between checkpoints (`None`: the route's `checkpoint_every`).
     pub checkpoint_every: Option<u32>,
 }

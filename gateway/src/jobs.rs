@@ -160,6 +160,8 @@ pub struct Jobs {
     slots: Arc<tokio::sync::Semaphore>,
     runtime: OnceLock<tokio::runtime::Handle>,
     gw: OnceLock<std::sync::Weak<Gateway>>,
+    /// TLS for `https://` callbacks, built at the first one.
+    callback_tls: OnceLock<crate::upstream::connect::TlsClient>,
 }
 
 impl Jobs {
@@ -173,6 +175,19 @@ impl Jobs {
             persisting: Mutex::new(()),
             runtime: OnceLock::new(),
             gw: OnceLock::new(),
+            callback_tls: OnceLock::new(),
+        })
+    }
+
+    /// The TLS client for `https://` callbacks: `callback_ca_file`'s roots, else the system's.
+    pub fn callback_tls(&self) -> &crate::upstream::connect::TlsClient {
+        self.callback_tls.get_or_init(|| {
+            let roots = self
+                .settings
+                .callback_ca
+                .as_ref()
+                .map(|r| r.iter().map(Vec::as_slice));
+            crate::upstream::connect::TlsClient::new(roots, true)
         })
     }
 
@@ -505,6 +520,7 @@ pub fn default_settings() -> AsyncJobsConfig {
         callback_secret: None,
         callback_retries: 5,
         callback_timeout: Duration::from_secs(10),
+        callback_ca: None,
         checkpoint_every: None,
     }
 }

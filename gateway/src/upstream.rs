@@ -228,7 +228,7 @@ impl Pool {
             .collect();
         Pool {
             admission: config.admission.map(|a| Arc::new(Admission::new(a))),
-            tls: config.tls.as_ref().map(connect::TlsClient::new),
+            tls: config.tls.as_ref().map(connect::TlsClient::for_pool),
             connection_group: connection_group(&config),
             config,
             endpoints,

@@ -5,8 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway_tests::fake_upstream::FakeUpstream;
+use gateway_tests::fake_upstream::{Conn, FakeUpstream};
 use gateway_tests::harness::{required_metric, run_python, GatewayProc, TempDir};
+use gateway_tests::tls::TestPki;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,12 +73,29 @@ fn question(model: &str) -> Value {
 /// A callback receiver: answers 500 to the first `fail` requests, then 200; keeps each
 /// (signature header, body).
 async fn receiver(fail: usize) -> (String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+    receiver_with(fail, None).await
+}
+
+/// [`receiver`] behind TLS when `tls` is given (an `https://` URL).
+async fn receiver_with(
+    fail: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks/job", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/hooks/job", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let mut s: Box<dyn Conn> = match &tls {
+                None => Box::new(tcp),
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(s) => Box::new(s),
+                    // The gateway refused our certificate: nothing was delivered.
+                    Err(_) => continue,
+                },
+            };
             let mut buf = Vec::new();
             let mut tmp = [0u8; 4096];
             let (head_end, len) = loop {
@@ -434,4 +452,55 @@ async fn a_job_refused_by_a_full_pool_waits_for_a_slot() {
     let done = job_until(&gw, &waiting, |j| j["status"] == "succeeded").await;
     assert_eq!(done["attempts"], 1, "{done:#}");
     assert!(done["result"]["choices"][0]["message"]["content"].is_string());
+}
+
+/// Webhook receivers are HTTPS: the callback goes over TLS, its certificate checked against
+/// `callback_ca_file` (a private CA here); a gateway that does not trust that CA does not
+/// deliver, and the job says why.
+#[tokio::test]
+async fn callbacks_to_https_urls_are_delivered_over_verified_tls() {
+    let pki = TestPki::new();
+    let dir = TempDir::new("callback-tls");
+    let ca = dir.0.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let up = FakeUpstream::start("a").await;
+    let trusting = GatewayProc::start(&config(&up, &format!("  callback_ca_file: {ca:?}\n")), WAIT);
+    let (url, seen) = receiver_with(0, Some(pki.acceptor())).await;
+    assert!(url.starts_with("https://"));
+    let mut body = question("think");
+    body["callback_url"] = json!(url);
+    let (status, created) = submit(&trusting, body.clone(), "sk-a").await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let done = job_until(&trusting, &id, |j| j["callback"]["delivered"] == true).await;
+    assert_eq!(done["callback"]["attempts"], 1, "{done:#}");
+    let (sig, raw) = seen.lock().unwrap()[0].clone();
+    let payload: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(payload["id"], id.as_str());
+    assert_eq!(payload["status"], "succeeded");
+    let (t, v1) = sig.split_once(",v1=").unwrap();
+    let mut signed = format!("{}.", t.strip_prefix("t=").unwrap()).into_bytes();
+    signed.extend_from_slice(&raw);
+    assert_eq!(
+        v1,
+        hmac(SECRET.as_bytes(), &signed),
+        "signed as over plain HTTP"
+    );
+
+    // The system's roots do not include the private CA: the handshake fails, nothing arrives.
+    let system = GatewayProc::start(&config(&up, "  callback_retries: 0\n"), WAIT);
+    let (status, created) = submit(&system, body, "sk-a").await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let failed = job_until(&system, &id, |j| j["callback"]["attempts"] == 1).await;
+    assert_eq!(failed["callback"]["delivered"], false);
+    let why = failed["callback"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("UnknownIssuer"), "{failed:#}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the trusted gateway delivered"
+    );
 }

@@ -285,5 +285,6 @@ pub struct RawAsyncJobs {
     pub callback_secret_env: Option<String>,
     pub callback_retries: Option<u32>,
     pub callback_timeout: Option<String>,
+    pub callback_ca_file: Option<String>,
     pub checkpoint_every: Option<u32>,
 }

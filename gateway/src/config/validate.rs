@@ -846,6 +846,16 @@ fn async_jobs(errs: &mut Errors, a: Option<&RawAsyncJobs>) -> AsyncJobsConfig {
         },
         (None, None) => None,
     };
+    c.callback_ca = a
+        .callback_ca_file
+        .as_ref()
+        .and_then(|file| match read_pem_roots(file) {
+            Ok(roots) => Some(Arc::new(roots)),
+            Err(why) => {
+                errs.push("async_jobs.callback_ca_file", format!("`{file}`: {why}"));
+                None
+            }
+        });
     c
 }
 
@@ -889,9 +899,8 @@ fn tls(errs: &mut Errors, path: &str, t: &RawTls, endpoints: &[(SocketAddr, Stri
     }
 }
 
-/// The certificates of a PEM file, each checked to be usable as a trust anchor.
-fn read_ca_file(file: &str) -> Result<Vec<pingora::utils::tls::WrappedX509>, String> {
-    use pingora::utils::tls::{parse_x509, WrappedX509};
+/// The certificates of a PEM file (DER), each checked to be usable as a trust anchor.
+fn read_pem_roots(file: &str) -> Result<Vec<Vec<u8>>, String> {
     let pem = std::fs::read(file).map_err(|e| e.to_string())?;
     let mut certs = Vec::new();
     for item in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -900,15 +909,24 @@ fn read_ca_file(file: &str) -> Result<Vec<pingora::utils::tls::WrappedX509>, Str
         store
             .add(der.clone())
             .map_err(|e| format!("a certificate in it is not usable as a root ({e})"))?;
-        // Pingora's parser panics on what it cannot parse; webpki accepted it above, so this is
-        // a last line of defence for certificates only one of the two parsers understands.
-        let raw = der.to_vec();
-        let parsed = std::panic::catch_unwind(|| WrappedX509::new(raw, parse_x509))
-            .map_err(|_| "a certificate in it could not be parsed".to_string())?;
-        certs.push(parsed);
+        certs.push(der.to_vec());
     }
     if certs.is_empty() {
         return Err("no PEM certificate in it".to_string());
     }
     Ok(certs)
+}
+
+/// A pool's `ca_file` in the form Pingora takes per peer.
+fn read_ca_file(file: &str) -> Result<Vec<pingora::utils::tls::WrappedX509>, String> {
+    use pingora::utils::tls::{parse_x509, WrappedX509};
+    read_pem_roots(file)?
+        .into_iter()
+        .map(|raw| {
+            // Pingora's parser panics on what it cannot parse; webpki accepted it already, so
+            // this is a last line of defence for certificates only one of the two understands.
+            std::panic::catch_unwind(|| WrappedX509::new(raw, parse_x509))
+                .map_err(|_| "a certificate in it could not be parsed".to_string())
+        })
+        .collect()
 }

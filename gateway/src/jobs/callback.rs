@@ -19,9 +19,11 @@ use crate::cache::now_unix;
 /// Header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "x-reasoning-gateway-signature";
 
-/// A parsed `http://host[:port]/path` URL.
+/// A parsed `http[s]://host[:port]/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallbackUrl {
+    /// `https://`: TLS, the certificate checked against the host.
+    pub tls: bool,
     /// `host:port`.
     pub authority: String,
     /// Host alone.
@@ -32,11 +34,13 @@ pub struct CallbackUrl {
     pub path: String,
 }
 
-/// Accepts plain `http://` URLs (TLS callbacks go through a local relay).
+/// Accepts `http://` and `https://` URLs without user info.
 pub fn parse_url(url: &str) -> Result<CallbackUrl, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("`{url}` is not an http:// URL"))?;
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        _ => return Err(format!("`{url}` is not an http:// or https:// URL")),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -50,9 +54,10 @@ pub fn parse_url(url: &str) -> Result<CallbackUrl, String> {
             p.parse::<u16>()
                 .map_err(|_| format!("`{url}` has an invalid port"))?,
         ),
-        _ => (authority.to_string(), 80),
+        _ => (authority.to_string(), if tls { 443 } else { 80 }),
     };
     Ok(CallbackUrl {
+        tls,
         authority: authority.to_string(),
         host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
         port,
@@ -122,7 +127,7 @@ pub async fn deliver(jobs: Arc<Jobs>, id: String) {
         attempts += 1;
         let result = tokio::time::timeout(
             jobs.settings.callback_timeout,
-            post(&url, &id, &body, jobs.settings.callback_secret.as_deref()),
+            post(&jobs, &url, &id, &body),
         )
         .await
         .unwrap_or_else(|_| Err("timed out".to_string()));
@@ -155,15 +160,19 @@ pub async fn deliver(jobs: Arc<Jobs>, id: String) {
     }
 }
 
-async fn post(
-    url: &CallbackUrl,
-    id: &str,
-    body: &Bytes,
-    secret: Option<&str>,
-) -> Result<u16, String> {
-    let stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+async fn post(jobs: &Jobs, url: &CallbackUrl, id: &str, body: &Bytes) -> Result<u16, String> {
+    let secret = jobs.settings.callback_secret.as_deref();
+    let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let stream: Box<dyn crate::upstream::connect::Io> = if url.tls {
+        jobs.callback_tls()
+            .handshake(&url.host, tcp)
+            .await
+            .map_err(|e| format!("tls: {e}"))?
+    } else {
+        Box::new(tcp)
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -206,7 +215,10 @@ mod tests {
             ("127.0.0.1", 9000, "/hook?x=1")
         );
         assert_eq!(parse_url("http://example.com").unwrap().port, 80);
-        assert!(parse_url("https://example.com/").is_err());
+        let tls = parse_url("https://hooks.example.com/job").unwrap();
+        assert!(tls.tls && tls.port == 443 && tls.host == "hooks.example.com");
+        assert!(!parse_url("http://example.com").unwrap().tls);
+        assert!(parse_url("ftp://example.com/").is_err());
         assert!(parse_url("http://user@example.com/").is_err());
         assert!(parse_url("http://h:99999/").is_err());
     }

@@ -17,64 +17,83 @@ use crate::config::TlsConfig;
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// The TLS side of a pool, built once from its settings.
+/// A TLS client configuration, built once (per pool, and for async-job callbacks).
 pub struct TlsClient {
     connector: TlsConnector,
-    settings: TlsConfig,
 }
 
 impl std::fmt::Debug for TlsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsClient")
-            .field("settings", &self.settings)
-            .finish()
+        f.write_str("TlsClient")
     }
 }
 
 impl TlsClient {
-    /// Trusts `ca_file`'s roots when given, else the system's.
-    pub fn new(settings: &TlsConfig) -> TlsClient {
+    /// Trusts `roots` (DER certificates) when given, else the system's; `verify: false` accepts
+    /// any certificate.
+    pub fn new<'a>(roots: Option<impl IntoIterator<Item = &'a [u8]>>, verify: bool) -> TlsClient {
         pingora::tls::install_default_crypto_provider();
-        let mut roots = RootCertStore::empty();
-        match &settings.ca {
-            Some(ca) => {
-                for cert in ca.iter() {
+        let mut store = RootCertStore::empty();
+        match roots {
+            Some(roots) => {
+                for der in roots {
                     // Each was accepted as a root when the config was validated.
-                    let _ = roots.add(cert.borrow_raw_cert().clone().into());
+                    let _ = store.add(der.to_vec().into());
                 }
             }
             None => {
                 // No system store (a slim image without ca-certificates) leaves no roots: every
                 // handshake then fails with UnknownIssuer, which the log names.
                 for cert in pingora::tls::load_native_certs().unwrap_or_default() {
-                    let _ = roots.add(cert);
+                    let _ = store.add(cert);
                 }
             }
         }
         let mut config = ClientConfig::builder()
-            .with_root_certificates(roots)
+            .with_root_certificates(store)
             .with_no_client_auth();
-        if !settings.verify {
+        if !verify {
             config
                 .dangerous()
                 .set_certificate_verifier(Arc::new(AcceptAnyCertificate));
         }
         TlsClient {
             connector: TlsConnector::from(Arc::new(config)),
-            settings: settings.clone(),
         }
+    }
+
+    /// The client for a pool's `tls` settings.
+    pub fn for_pool(settings: &TlsConfig) -> TlsClient {
+        let roots = settings
+            .ca
+            .as_ref()
+            .map(|ca| ca.iter().map(|c| c.borrow_raw_cert().as_slice()));
+        TlsClient::new(roots, settings.verify)
+    }
+
+    /// A TLS handshake over `tcp`, checking the certificate against `server_name`.
+    pub async fn handshake(
+        &self,
+        server_name: &str,
+        tcp: TcpStream,
+    ) -> std::io::Result<Box<dyn Io>> {
+        let name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        Ok(Box::new(self.connector.connect(name, tcp).await?))
     }
 }
 
 /// Opens a connection to `ep` of `pool` (not bounded in time: callers wrap it in their timeout).
 pub async fn open(pool: &Pool, ep: &Endpoint) -> std::io::Result<Box<dyn Io>> {
     let tcp = TcpStream::connect(ep.addr).await?;
-    let Some(tls) = &pool.tls else {
-        return Ok(Box::new(tcp));
-    };
-    let name = ServerName::try_from(tls.settings.server_name_for(&ep.name).to_string())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    Ok(Box::new(tls.connector.connect(name, tcp).await?))
+    match (&pool.tls, &pool.config.tls) {
+        (Some(client), Some(settings)) => {
+            client
+                .handshake(settings.server_name_for(&ep.name), tcp)
+                .await
+        }
+        _ => Ok(Box::new(tcp)),
+    }
 }
 
 /// `tls.verify: false`: any certificate is accepted (testing only; the config says so loudly).

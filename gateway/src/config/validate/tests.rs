@@ -413,3 +413,15 @@ routes:
     assert!(!format!("{c:?}").contains("sk-very-secret"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_callback_ca_file_must_hold_certificates() {
+    let e = errors(
+        "async_jobs:\n  callback_ca_file: /nonexistent/hooks-ca.pem\nupstreams: [{name: u, endpoints: [\"127.0.0.1:1\"]}]\nroutes: [{model: a, upstream: u}]\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("async_jobs.callback_ca_file: `/nonexistent/hooks-ca.pem`:"),
+        "{e:?}"
+    );
+}
