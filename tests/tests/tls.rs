@@ -158,3 +158,45 @@ routes:
         gw.log_text()
     );
 }
+
+/// Secrets mounted as files (Kubernetes, Vault agents) are rotated in place: `api_key_file` is
+/// read again at every reload, so the new key is used without a restart.
+#[tokio::test]
+async fn a_rotated_api_key_file_is_used_after_a_reload() {
+    let up = FakeUpstream::start("keys").await;
+    let dir = TempDir::new("api-key");
+    let key = dir.0.join("upstream.key");
+    std::fs::write(&key, "sk-first\n").unwrap();
+    let config = format!(
+        "upstreams: [{{name: u, endpoints: [\"{}\"], api_key_file: {key:?}}}]\nroutes: [{{model: echo, upstream: u}}]\n",
+        up.addr
+    );
+    let gw = GatewayProc::start(&config, READY);
+    let seen = |body: String| -> Value {
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        v["echo"]["authorization"].clone()
+    };
+    let reload = || async {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/admin/reload", gw.admin_port))
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(seen(chat(&gw, "echo", false).await.1), "Bearer sk-first");
+
+    std::fs::write(&key, "sk-second\n").unwrap();
+    assert_eq!(reload().await.status(), 200);
+    assert_eq!(seen(chat(&gw, "echo", false).await.1), "Bearer sk-second");
+
+    // An emptied file is refused like any invalid config: the last good key stays in use.
+    std::fs::write(&key, "").unwrap();
+    let refused = reload().await;
+    assert_eq!(refused.status(), 400);
+    let v: Value = refused.json().await.unwrap();
+    assert!(
+        v["errors"][0].as_str().unwrap().contains("api_key_file"),
+        "{v}"
+    );
+    assert_eq!(seen(chat(&gw, "echo", false).await.1), "Bearer sk-second");
+}

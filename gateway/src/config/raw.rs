@@ -89,6 +89,8 @@ pub struct RawUpstream {
     pub tls: Option<RawTls>,
     /// Environment variable holding the key sent upstream as `Authorization: Bearer …`.
     pub api_key_env: Option<String>,
+    /// File holding that key instead (re-read at every reload: rotated secrets).
+    pub api_key_file: Option<String>,
 }
 
 /// HTTPS settings of a pool.

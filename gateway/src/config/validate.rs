@@ -500,10 +500,15 @@ fn upstream(errs: &mut Errors, path: &str, u: &RawUpstream) -> UpstreamConfig {
             }
         }
     }
-    let api_key = u
-        .api_key_env
-        .as_ref()
-        .and_then(|var| match std::env::var(var) {
+    let api_key = match (&u.api_key_env, &u.api_key_file) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                &format!("{path}.api_key_file"),
+                "give either api_key_env or api_key_file",
+            );
+            None
+        }
+        (Some(var), None) => match std::env::var(var) {
             Ok(key) if !key.trim().is_empty() => Some(Secret(key.trim().to_string())),
             _ => {
                 errs.push(
@@ -512,7 +517,23 @@ fn upstream(errs: &mut Errors, path: &str, u: &RawUpstream) -> UpstreamConfig {
                 );
                 None
             }
-        });
+        },
+        (None, Some(file)) => match std::fs::read_to_string(file) {
+            Ok(key) if !key.trim().is_empty() => Some(Secret(key.trim().to_string())),
+            Ok(_) => {
+                errs.push(
+                    &format!("{path}.api_key_file"),
+                    format!("`{file}` is empty"),
+                );
+                None
+            }
+            Err(e) => {
+                errs.push(&format!("{path}.api_key_file"), format!("`{file}`: {e}"));
+                None
+            }
+        },
+        (None, None) => None,
+    };
     let tls = u.tls.as_ref().map(|t| tls(errs, path, t, &endpoints));
     UpstreamConfig {
         admission,
