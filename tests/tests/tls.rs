@@ -200,3 +200,43 @@ async fn a_rotated_api_key_file_is_used_after_a_reload() {
     );
     assert_eq!(seen(chat(&gw, "echo", false).await.1), "Bearer sk-second");
 }
+
+/// Shadow copies are sent with the shadow pool's TLS settings too: counted `ok` when its
+/// certificate is trusted, `error` when not, and the client is served either way.
+#[tokio::test]
+async fn shadow_copies_use_the_shadow_pools_tls() {
+    let pki = TestPki::new();
+    let dir = TempDir::new("tls-shadow");
+    let ca = dir.0.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let up = FakeUpstream::start_tls("tls", pki.acceptor()).await;
+    let addr = up.addr;
+    let variants = |shadow: &str| {
+        format!("{{variants: [{{name: stable, upstream: live, weight: 100}}, {{name: copy, upstream: {shadow}, shadow: true}}]}}")
+    };
+    let config = format!(
+        r#"upstreams:
+  - {{ name: live, endpoints: ["{addr}"], tls: {{ ca_file: {ca:?} }} }}
+  - {{ name: mirror, endpoints: ["{addr}"], tls: {{ ca_file: {ca:?} }} }}
+  - {{ name: untrusted, endpoints: ["{addr}"], tls: {{}} }}
+routes:
+  - {{ model: think, upstream: live, canary: {trusted} }}
+  - {{ model: echo, upstream: live, canary: {untrusted} }}
+"#,
+        trusted = variants("mirror"),
+        untrusted = variants("untrusted"),
+    );
+    let gw = GatewayProc::start(&config, READY);
+    for model in ["think", "echo", "think", "echo", "think", "echo"] {
+        let (status, body) = chat(&gw, model, false).await;
+        assert_eq!(status, 200, "{model}: {body}");
+    }
+    for (route, result) in [("think", "ok"), ("echo", "error")] {
+        gw.wait_for_metric(
+            &format!("reasoning_gateway_shadow_requests_total{{result=\"{result}\",route=\"{route}\",variant=\"copy\"}}"),
+            3.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+}
