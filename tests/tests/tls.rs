@@ -41,14 +41,24 @@ fn split_stream(body: &str) -> (String, String) {
     (reasoning, content)
 }
 
+/// The fake upstream behind TLS with a certificate from a fresh private CA, and that CA's PEM
+/// file (in the returned directory, removed on drop).
+async fn https_upstream(tag: &str) -> (FakeUpstream, TempDir, std::path::PathBuf) {
+    let pki = TestPki::new();
+    let dir = TempDir::new(tag);
+    let ca = dir.0.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    (
+        FakeUpstream::start_tls("tls", pki.acceptor()).await,
+        dir,
+        ca,
+    )
+}
+
 /// One pool per way of configuring TLS, all in front of the same HTTPS upstream.
 #[tokio::test]
 async fn https_upstreams_are_verified_against_their_ca_and_name_and_get_the_pools_key() {
-    let pki = TestPki::new();
-    let dir = TempDir::new("tls");
-    let ca = dir.0.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let up = FakeUpstream::start_tls("tls", pki.acceptor()).await;
+    let (up, _dir, ca) = https_upstream("tls").await;
     let addr = up.addr;
     // One route per pool, the model naming the pool (the upstream sees `echo`).
     let routes: String = [
@@ -205,11 +215,7 @@ async fn a_rotated_api_key_file_is_used_after_a_reload() {
 /// certificate is trusted, `error` when not, and the client is served either way.
 #[tokio::test]
 async fn shadow_copies_use_the_shadow_pools_tls() {
-    let pki = TestPki::new();
-    let dir = TempDir::new("tls-shadow");
-    let ca = dir.0.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let up = FakeUpstream::start_tls("tls", pki.acceptor()).await;
+    let (up, _dir, ca) = https_upstream("tls-shadow").await;
     let addr = up.addr;
     let variants = |shadow: &str| {
         format!("{{variants: [{{name: stable, upstream: live, weight: 100}}, {{name: copy, upstream: {shadow}, shadow: true}}]}}")
