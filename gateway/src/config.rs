@@ -122,8 +122,6 @@ pub struct TlsConfig {
     pub server_name: Option<String>,
     /// Roots trusted instead of the system's (`ca_file`), in the form Pingora takes per peer.
     pub ca: Option<Arc<[pingora::utils::tls::WrappedX509]>>,
-    /// The file they came from.
-    pub ca_file: Option<PathBuf>,
     /// Check the certificate chain and name (false only for testing).
     pub verify: bool,
 }

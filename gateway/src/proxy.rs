@@ -353,8 +353,8 @@ impl ProxyHttp for GatewayProxy {
             req.insert_header("host", guard.endpoint.host.as_str())?;
         }
         // The pool's own key replaces the client's (which still names the tenant for the cache).
-        if let Some(key) = ctx.pool.as_ref().and_then(|p| p.config.api_key.as_ref()) {
-            req.insert_header("authorization", format!("Bearer {}", key.0))?;
+        if let Some(auth) = ctx.pool.as_ref().and_then(|p| p.authorization.as_ref()) {
+            req.insert_header("authorization", auth.0.as_str())?;
         }
         Ok(())
     }

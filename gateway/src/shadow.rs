@@ -119,9 +119,13 @@ async fn send(
         .header("host", ep.host.as_str())
         .header("content-type", "application/json")
         .header("x-gateway-shadow", "true");
-    if let Some(key) = &req.pool.config.api_key {
-        builder = builder.header("authorization", format!("Bearer {}", key.0));
-    } else if let Some(a) = &req.authorization {
+    if let Some(a) = req
+        .pool
+        .authorization
+        .as_ref()
+        .map(|a| &a.0)
+        .or(req.authorization.as_ref())
+    {
         builder = builder.header("authorization", a.as_str());
     }
     let request = builder

@@ -118,6 +118,8 @@ pub struct Pool {
     /// SNI and verify flags, but not the trusted roots: without this, a pool trusting only the
     /// system's roots could be handed a connection another pool verified against its own CA.
     pub connection_group: u64,
+    /// `Authorization` sent upstream in place of the client's (`Bearer <api_key>`), made once.
+    pub authorization: Option<crate::config::Secret>,
     next: AtomicUsize,
 }
 
@@ -230,6 +232,10 @@ impl Pool {
             admission: config.admission.map(|a| Arc::new(Admission::new(a))),
             tls: config.tls.as_ref().map(connect::TlsClient::for_pool),
             connection_group: connection_group(&config),
+            authorization: config
+                .api_key
+                .as_ref()
+                .map(|key| crate::config::Secret(format!("Bearer {}", key.0))),
             config,
             endpoints,
             next: AtomicUsize::new(0),

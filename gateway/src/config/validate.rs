@@ -915,7 +915,6 @@ fn tls(errs: &mut Errors, path: &str, t: &RawTls, endpoints: &[(SocketAddr, Stri
     TlsConfig {
         server_name: t.server_name.clone(),
         ca,
-        ca_file: t.ca_file.as_ref().map(PathBuf::from),
         verify: t.verify.unwrap_or(true),
     }
 }
