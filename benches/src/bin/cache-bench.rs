@@ -18,6 +18,7 @@ use reasoning_gateway::cache::key::hex;
 use reasoning_gateway::cache::replay::{self, Shape};
 use reasoning_gateway::cache::store::{
     dot, Record, Store, GRAPH_CANDIDATES, GRAPH_DIMS, HNSW_EF_CONSTRUCTION, HNSW_M,
+    SHARD_PROBE_MARGIN, SHARD_TARGET,
 };
 use reasoning_gateway::cache::{Cache, Lookup};
 use reasoning_gateway::config::{CacheSettings, OutputField, RouteCacheConfig};
@@ -286,11 +287,22 @@ fn ann(
             })
             .collect();
         let store = Store::new();
+        // `ANN_SHARD=…` sets the entries per graph shard (default SHARD_TARGET).
+        let shard_target = std::env::var("ANN_SHARD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(SHARD_TARGET);
+        store.set_shard_target(shard_target);
         let started = Instant::now();
         store.load(items);
         let build = started.elapsed();
+        let shards = store.shard_sizes();
         println!(
-            "ann: {n} entries (384-d; graph on {GRAPH_DIMS}-d projections, {GRAPH_CANDIDATES} candidates re-ranked), parallel build {build:.1?} on {threads} threads (M {HNSW_M}, ef_construction {HNSW_EF_CONSTRUCTION})"
+            "ann: {n} entries (384-d; graph on {GRAPH_DIMS}-d projections, {GRAPH_CANDIDATES} candidates re-ranked), parallel build {build:.1?} on {threads} threads (M {HNSW_M}, ef_construction {HNSW_EF_CONSTRUCTION}); {} shard(s) (target {shard_target}, smallest {}, largest {}); {} entries the graph does not lead to, searched beside it",
+            shards.len(),
+            shards.iter().min().unwrap_or(&0),
+            shards.iter().max().unwrap_or(&0),
+            store.stragglers()
         );
         // One insert at a time after the build, as responses are stored (graph insert included).
         let mut times = Vec::new();
@@ -312,8 +324,22 @@ fn ann(
             .ok()
             .and_then(|v| v.split(',').map(|x| x.parse().ok()).collect())
             .unwrap_or_else(|| vec![16, 32, 64]);
-        for &ef in &efs {
+        // `ANN_MARGIN=0,0.03` measures other shard-probe margins (with more than one shard).
+        let margins: Vec<f32> = std::env::var("ANN_MARGIN")
+            .ok()
+            .and_then(|v| v.split(',').map(|x| x.parse().ok()).collect())
+            .unwrap_or_else(|| vec![SHARD_PROBE_MARGIN]);
+        let margins = if shards.len() > 1 {
+            margins
+        } else {
+            vec![SHARD_PROBE_MARGIN]
+        };
+        for (margin, &ef) in margins
+            .iter()
+            .flat_map(|m| efs.iter().map(move |e| (*m, e)))
+        {
             store.set_ef_search(ef);
+            store.set_probe_margin(margin);
             let mut times = Vec::new();
             let mut recall_hits = 0;
             let mut threshold_hits = 0;
@@ -342,7 +368,7 @@ fn ann(
                 }
             }
             println!(
-                "  ef_search {ef}: {queries} searches, p50 {:.1?}, p99 {:.1?}; recall@1 {:.1} %, an entry >= 0.85 found {:.1} % ({recall_n} queries vs exact scan, whose best is always >= 0.85)",
+                "  ef_search {ef}, probe margin {margin}: {queries} searches, p50 {:.1?}, p99 {:.1?}; recall@1 {:.1} %, an entry >= 0.85 found {:.1} % ({recall_n} queries vs exact scan, whose best is always >= 0.85)",
                 pct(&mut times, 0.5),
                 pct(&mut times, 0.99),
                 100.0 * recall_hits as f64 / recall_n as f64,

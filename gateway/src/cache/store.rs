@@ -32,6 +32,19 @@ pub const HNSW_M: usize = 16;
 pub const HNSW_EF_CONSTRUCTION: usize = 200;
 /// Default candidate-list size of a graph search (measured: see BENCHMARKS.md).
 pub const HNSW_EF_SEARCH: usize = 8;
+/// Entries per graph shard the graph is split for (see [`Index`]): beyond twice this many per
+/// shard, the next rebuild splits the graph into `entries / SHARD_TARGET` shards.
+pub const SHARD_TARGET: usize = 65_536;
+/// A search also visits the shards whose centroid is within this cosine of the nearest one.
+pub const SHARD_PROBE_MARGIN: f32 = 0.03;
+/// At most this many shards per search.
+pub const SHARD_MAX_PROBES: usize = 3;
+/// At most this many entries per shard the graph does not lead to are searched beside it (an
+/// exact scan of their graph vectors: 8 192 of them cost about as much as a graph search).
+pub const MAX_STRAGGLERS: usize = 8192;
+/// A search for an entry's own vector that returns a neighbour this similar (graph
+/// projections) has arrived: the entry is not a straggler.
+const REACHED_SIMILARITY: f32 = 0.9;
 const HNSW_MAX_LAYER: usize = 16;
 
 /// `1 - a·b` for unit vectors (cosine distance without the norms).
@@ -274,8 +287,30 @@ impl Inner {
     }
 }
 
+/// The graph: one hnsw_rs graph per shard. A cache with more than [`SHARD_TARGET`] entries is
+/// split into shards by nearest centroid (spherical k-means over the projected vectors), and a
+/// search visits the query's nearest shard plus any whose centroid is nearly as close. A graph
+/// search's cost grows with the graph (memory latency per visited point: 64 µs at 100 k
+/// entries, 133–268 µs at 1 M, BENCHMARKS.md), so a search among 1 M entries costs about what
+/// one among 64 k does. A near-duplicate sits beside its entry, on the same side of the
+/// centroids' boundaries except when both are close to one; those queries search both shards.
 struct Index {
-    hnsw: Hnsw<'static, f32, UnitCosine>,
+    /// Unit centroids of the shards, in the graph's dimensions; empty: a single shard.
+    centroids: Vec<Vec<f32>>,
+    shards: Vec<Hnsw<'static, f32, UnitCosine>>,
+    /// Entries the graph does not lead to: a search for their own vector misses them. HNSW's
+    /// blind spot: a point away from dense clusters gets links out, but its neighbours keep
+    /// their closer points and drop the link back, so no search arrives. Checked after every
+    /// insert and build; a search scans those of the shards it visits (about 5 % of the
+    /// entries of clustered real embeddings at width 8, measured).
+    stragglers: Vec<RwLock<Stragglers>>,
+}
+
+/// Entries of a shard the graph does not lead to, with their graph vectors side by side.
+#[derive(Default)]
+struct Stragglers {
+    ids: Vec<usize>,
+    matrix: Vec<f32>,
 }
 
 /// A fixed random projection (seeded: the same in every process, so a graph built from a
@@ -315,18 +350,205 @@ impl Projection {
     }
 }
 
+fn graph_with_capacity(capacity: usize) -> Hnsw<'static, f32, UnitCosine> {
+    Hnsw::new(
+        HNSW_M,
+        capacity.max(1024),
+        HNSW_MAX_LAYER,
+        HNSW_EF_CONSTRUCTION,
+        UnitCosine,
+    )
+}
+
 impl Index {
     fn new(capacity: usize) -> Self {
         Index {
-            hnsw: Hnsw::new(
-                HNSW_M,
-                capacity.max(1024),
-                HNSW_MAX_LAYER,
-                HNSW_EF_CONSTRUCTION,
-                UnitCosine,
-            ),
+            centroids: Vec::new(),
+            shards: vec![graph_with_capacity(capacity)],
+            stragglers: vec![RwLock::default()],
         }
     }
+
+    /// The shard a graph vector belongs to.
+    fn shard_of(&self, g: &[f32]) -> usize {
+        nearest(&self.centroids, g).0
+    }
+
+    /// The shards a search visits: the nearest, then those within `margin` (cosine) of it, at
+    /// most [`SHARD_MAX_PROBES`].
+    fn probes(&self, g: &[f32], margin: f32) -> Vec<usize> {
+        if self.centroids.len() < 2 {
+            return vec![0];
+        }
+        let mut sims: Vec<(f32, usize)> = self
+            .centroids
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (dot(c, g), i))
+            .collect();
+        sims.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let best = sims[0].0;
+        sims.iter()
+            .take(SHARD_MAX_PROBES)
+            .take_while(|(s, _)| *s >= best - margin)
+            .map(|(_, i)| *i)
+            .collect()
+    }
+
+    fn insert(&self, g: &[f32], id: usize) {
+        self.shards[self.shard_of(g)].insert_slice((g, id));
+    }
+
+    /// Whether a search (width `ef`) for `g`, the graph vector of entry `id`, arrives near it:
+    /// finds it, or a neighbour within [`REACHED_SIMILARITY`] (among near-duplicates the search
+    /// may return another one: the graph leads there, the width decides).
+    fn reaches(&self, g: &[f32], id: usize, ef: usize) -> bool {
+        let ef = ef.max(GRAPH_CANDIDATES);
+        self.shards[self.shard_of(g)]
+            .search(g, GRAPH_CANDIDATES, ef)
+            .iter()
+            .any(|n| n.d_id == id || 1.0 - n.distance >= REACHED_SIMILARITY)
+    }
+
+    /// Files entries the graph does not lead to under their shards.
+    fn add_stragglers<'a>(&self, items: impl IntoIterator<Item = (&'a [f32], usize)>) {
+        for (g, id) in items {
+            let mut list = self.stragglers[self.shard_of(g)]
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            // Vectors of another length (another embedding model) would misalign the rows.
+            let same_dim = list.ids.is_empty() || list.matrix.len() == list.ids.len() * g.len();
+            if list.ids.len() < MAX_STRAGGLERS && same_dim {
+                list.ids.push(id);
+                list.matrix.extend_from_slice(g);
+            }
+        }
+    }
+
+    /// The `k` stragglers of `shards` most similar to `g`.
+    fn straggler_candidates(&self, g: &[f32], shards: &[usize], k: usize) -> Vec<usize> {
+        let mut top: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+        for &s in shards {
+            let list = self.stragglers[s].read().unwrap_or_else(|p| p.into_inner());
+            if list.matrix.len() != list.ids.len() * g.len() {
+                continue;
+            }
+            for (row, id) in list.matrix.chunks_exact(g.len().max(1)).zip(&list.ids) {
+                let sim = dot(g, row);
+                if top.len() == k && top.last().is_some_and(|(worst, _)| sim <= *worst) {
+                    continue;
+                }
+                let at = top.partition_point(|(x, _)| *x >= sim);
+                top.insert(at, (sim, *id));
+                top.truncate(k);
+            }
+        }
+        top.into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn straggler_count(&self) -> usize {
+        self.stragglers
+            .iter()
+            .map(|l| l.read().unwrap_or_else(|p| p.into_inner()).ids.len())
+            .sum()
+    }
+
+    /// Points per shard.
+    fn sizes(&self) -> Vec<usize> {
+        self.shards.iter().map(|h| h.get_nb_point()).collect()
+    }
+}
+
+/// The index of the most similar centroid and its similarity (0 when there are none).
+fn nearest(centroids: &[Vec<f32>], g: &[f32]) -> (usize, f32) {
+    let mut best = (0, f32::MIN);
+    for (i, c) in centroids.iter().enumerate() {
+        let s = dot(c, g);
+        if s > best.1 {
+            best = (i, s);
+        }
+    }
+    best
+}
+
+/// `k` unit centroids of `points` (unit vectors) by spherical k-means on a sample: seeded
+/// k-means++ (deterministic), then Lloyd iterations; an emptied cluster is re-seeded with the
+/// point its centroids serve worst.
+fn centroids(points: &[Vec<f32>], k: usize) -> Vec<Vec<f32>> {
+    const SAMPLE_PER_CENTROID: usize = 2048;
+    const ITERATIONS: usize = 10;
+    let step = (points.len() / (k * SAMPLE_PER_CENTROID).max(1)).max(1);
+    let sample: Vec<&[f32]> = points.iter().step_by(step).map(Vec::as_slice).collect();
+    if sample.is_empty() || k < 2 {
+        return Vec::new();
+    }
+    let dim = sample[0].len();
+    let mut x: u64 = 0xC3_57E2;
+    let mut uniform = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    // Greedy k-means++ (as scikit-learn): each step draws a few candidates with probability ∝
+    // their distance to the seeds so far and keeps the one that lowers the total most (a
+    // single draw put two seeds in one of four separated clusters in a test).
+    let trials = 2 + (k as f64).ln() as usize;
+    let mut cents: Vec<Vec<f32>> = vec![sample[sample.len() / 2].to_vec()];
+    let mut dist: Vec<f32> = sample
+        .iter()
+        .map(|p| (1.0 - dot(p, &cents[0])).max(0.0))
+        .collect();
+    while cents.len() < k.min(sample.len()) {
+        let total: f64 = dist.iter().map(|d| *d as f64).sum();
+        let mut best: Option<(f64, usize, Vec<f32>)> = None;
+        for _ in 0..trials {
+            let mut at = uniform() * total;
+            let mut pick = sample.len() - 1;
+            for (i, d) in dist.iter().enumerate() {
+                at -= *d as f64;
+                if at <= 0.0 {
+                    pick = i;
+                    break;
+                }
+            }
+            let after: Vec<f32> = dist
+                .iter()
+                .zip(&sample)
+                .map(|(d, p)| d.min((1.0 - dot(p, sample[pick])).max(0.0)))
+                .collect();
+            let cost: f64 = after.iter().map(|d| *d as f64).sum();
+            if best.as_ref().is_none_or(|(c, _, _)| cost < *c) {
+                best = Some((cost, pick, after));
+            }
+        }
+        let Some((_, pick, after)) = best else { break };
+        cents.push(sample[pick].to_vec());
+        dist = after;
+    }
+    for _ in 0..ITERATIONS {
+        let mut sums = vec![vec![0f32; dim]; cents.len()];
+        let mut counts = vec![0usize; cents.len()];
+        let mut worst = (0usize, f32::MAX);
+        for (i, p) in sample.iter().enumerate() {
+            let (c, s) = nearest(&cents, p);
+            counts[c] += 1;
+            for (a, b) in sums[c].iter_mut().zip(p.iter()) {
+                *a += b;
+            }
+            if s < worst.1 {
+                worst = (i, s);
+            }
+        }
+        for (c, sum) in sums.iter_mut().enumerate() {
+            if counts[c] == 0 {
+                *sum = sample[worst.0].to_vec();
+            }
+            super::embed::normalise(sum);
+        }
+        cents = sums;
+    }
+    cents
 }
 
 /// All cached entries of the process.
@@ -335,6 +557,9 @@ pub struct Store {
     index: ArcSwap<Index>,
     rebuilding: Arc<AtomicBool>,
     ef_search: std::sync::atomic::AtomicUsize,
+    shard_target: std::sync::atomic::AtomicUsize,
+    /// [`SHARD_PROBE_MARGIN`] (f32 bits).
+    probe_margin: std::sync::atomic::AtomicU32,
     projection: std::sync::OnceLock<Projection>,
 }
 
@@ -352,6 +577,8 @@ impl Store {
             index: ArcSwap::from_pointee(Index::new(1024)),
             rebuilding: Arc::new(AtomicBool::new(false)),
             ef_search: std::sync::atomic::AtomicUsize::new(HNSW_EF_SEARCH),
+            shard_target: std::sync::atomic::AtomicUsize::new(SHARD_TARGET),
+            probe_margin: std::sync::atomic::AtomicU32::new(SHARD_PROBE_MARGIN.to_bits()),
             projection: std::sync::OnceLock::new(),
         }
     }
@@ -366,6 +593,33 @@ impl Store {
     /// Sets the graph search's candidate-list size (recall against time).
     pub fn set_ef_search(&self, ef: usize) {
         self.ef_search.store(ef.max(1), Ordering::Relaxed);
+    }
+
+    /// Sets the entries per graph shard (taking effect at the next rebuild; tests and
+    /// benchmarks).
+    pub fn set_shard_target(&self, n: usize) {
+        self.shard_target.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Sets how much less similar (cosine) than the nearest a shard's centroid may be for a
+    /// search to visit it too (recall near boundaries against time; benchmarks).
+    pub fn set_probe_margin(&self, margin: f32) {
+        self.probe_margin
+            .store(margin.max(0.0).to_bits(), Ordering::Relaxed);
+    }
+
+    fn probe_margin(&self) -> f32 {
+        f32::from_bits(self.probe_margin.load(Ordering::Relaxed))
+    }
+
+    /// Entries the graph does not lead to, scanned beside it (see [`MAX_STRAGGLERS`]).
+    pub fn stragglers(&self) -> usize {
+        self.index.load().straggler_count()
+    }
+
+    /// Points per graph shard (tombstones included).
+    pub fn shard_sizes(&self) -> Vec<usize> {
+        self.index.load().sizes()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -420,23 +674,28 @@ impl Store {
             let ef = self.ef_search.load(Ordering::Relaxed).max(wanted);
             let query = self.graph_vector(vector);
             let keep = |id: usize| inner.entries.get(&id).filter(|_| filter(&id)).cloned();
+            let probes = index.probes(&query, self.probe_margin());
             // Unfiltered first: the filter touches every visited entry (most of the search time
             // when measured); fall back to a filtered search when other partitions or dead
             // entries crowd the candidates out.
-            let mut found: Vec<Arc<Entry>> = index
-                .hnsw
-                .search(&query, wanted, ef)
-                .into_iter()
+            let mut found: Vec<Arc<Entry>> = probes
+                .iter()
+                .flat_map(|&s| index.shards[s].search(&query, wanted, ef))
                 .filter_map(|n| keep(n.d_id))
                 .collect();
             if found.len() < wanted / 2 {
-                found = index
-                    .hnsw
-                    .search_filter(&query, wanted, ef, Some(&filter))
-                    .into_iter()
+                found = probes
+                    .iter()
+                    .flat_map(|&s| index.shards[s].search_filter(&query, wanted, ef, Some(&filter)))
                     .filter_map(|n| keep(n.d_id))
                     .collect();
             }
+            found.extend(
+                index
+                    .straggler_candidates(&query, &probes, wanted)
+                    .into_iter()
+                    .filter_map(keep),
+            );
             found
                 .into_iter()
                 .map(|e| Candidate {
@@ -446,6 +705,8 @@ impl Store {
                 .collect()
         };
         out.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        // A straggler the graph has come to lead to since may be there twice.
+        out.dedup_by(|a, b| a.entry.id == b.entry.id);
         out.truncate(k);
         out
     }
@@ -491,7 +752,11 @@ impl Store {
             (id, entry)
         };
         let graph = self.graph_vector(&entry.vector);
-        self.index.load().hnsw.insert_slice((&graph, id));
+        let index = self.index.load();
+        index.insert(&graph, id);
+        if !index.reaches(&graph, id, self.ef_search.load(Ordering::Relaxed)) {
+            index.add_stragglers([(graph.as_slice(), id)]);
+        }
         removed
     }
 
@@ -558,16 +823,56 @@ impl Store {
         self.read().dirty
     }
 
-    /// A new graph over `entries`' projected vectors, built in parallel.
-    fn build_index(&self, entries: &[Arc<Entry>], capacity: usize) -> Index {
-        let index = Index::new(capacity);
+    /// A new graph over `entries`' projected vectors, split into shards when there are more than
+    /// twice the shard target, each shard built in parallel.
+    fn build_index(&self, entries: &[Arc<Entry>]) -> Index {
         let graph: Vec<Vec<f32>> = entries
             .iter()
             .map(|e| self.graph_vector(&e.vector))
             .collect();
-        let data: Vec<(&Vec<f32>, usize)> =
-            graph.iter().zip(entries).map(|(g, e)| (g, e.id)).collect();
-        index.hnsw.parallel_insert(&data);
+        let target = self.shard_target.load(Ordering::Relaxed);
+        let k = if graph.len() > 2 * target {
+            graph.len().div_ceil(target)
+        } else {
+            1
+        };
+        let cents = centroids(&graph, k);
+        let mut members: Vec<Vec<(&Vec<f32>, usize)>> = vec![Vec::new(); cents.len().max(1)];
+        for (g, e) in graph.iter().zip(entries) {
+            members[nearest(&cents, g).0].push((g, e.id));
+        }
+        let index = Index {
+            shards: members
+                .iter()
+                .map(|m| graph_with_capacity(m.len()))
+                .collect(),
+            centroids: cents,
+            stragglers: members.iter().map(|_| RwLock::default()).collect(),
+        };
+        for (shard, data) in index.shards.iter().zip(&members) {
+            shard.parallel_insert(data);
+        }
+        // Which entries the graph does not lead to: one search each, on every core.
+        let all: Vec<&(&Vec<f32>, usize)> = members.iter().flatten().collect();
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let ef = self.ef_search.load(Ordering::Relaxed);
+        let lost: Vec<(&[f32], usize)> = std::thread::scope(|scope| {
+            let index = &index;
+            all.chunks(all.len().div_ceil(threads).max(1))
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .filter(|(g, id)| !index.reaches(g, *id, ef))
+                            .map(|(g, id)| (g.as_slice(), *id))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        index.add_stragglers(lost);
         index
     }
 
@@ -602,10 +907,14 @@ impl Store {
         inner.partitions.values().any(|p| p.len() > BRUTE_FORCE_MAX)
     }
 
-    /// Whether tombstones outnumber live entries enough to rebuild the index.
+    /// Whether the index is due a rebuild: tombstones outnumber live entries, or the cache has
+    /// grown past twice the shard target per shard (the rebuild splits it further).
     pub fn needs_rebuild(&self) -> bool {
         let inner = self.read();
-        inner.tombstones >= 1024 && inner.tombstones > inner.entries.len()
+        let live = inner.entries.len();
+        let shards = self.index.load().shards.len();
+        let target = self.shard_target.load(Ordering::Relaxed);
+        (inner.tombstones >= 1024 && inner.tombstones > live) || live > 2 * target * shards
     }
 
     /// Builds a fresh index from the live entries and swaps it in (seconds for large caches:
@@ -619,12 +928,14 @@ impl Store {
             let v: Vec<Arc<Entry>> = inner.entries.values().cloned().collect();
             (v, inner.next_id)
         };
-        let index = self.build_index(&snapshot, snapshot.len());
+        let index = self.build_index(&snapshot);
         let mut inner = self.write();
         for e in inner.entries.values().filter(|e| e.id >= cutoff) {
-            index
-                .hnsw
-                .insert_slice((&self.graph_vector(&e.vector), e.id));
+            let g = self.graph_vector(&e.vector);
+            index.insert(&g, e.id);
+            if !index.reaches(&g, e.id, self.ef_search.load(Ordering::Relaxed)) {
+                index.add_stragglers([(g.as_slice(), e.id)]);
+            }
         }
         // Removals during the build are tombstones in the new index too.
         let removed_since = snapshot
@@ -767,13 +1078,9 @@ mod tests {
         out
     }
 
-    #[test]
-    /// A problem asked again must find its entry in a large partition of clustered entries
-    /// (rephrasings of the same problems sit close together, which is what makes a graph search
-    /// miss): 2 000 problems in 100 families × 6 variants at cosine ≈ 0.96 to their problem,
-    /// each query at cosine ≈ 0.995 to one entry, at the default search width.
-    fn the_graph_finds_a_repeated_problem_among_its_close_variants() {
-        let s = Store::new();
+    /// 2 000 problems in 100 families × 6 variants at cosine ≈ 0.96 to their problem, loaded into
+    /// `s`, and 300 queries each at cosine ≈ 0.995 to one entry: how many find that entry first.
+    fn repeated_problems_found(s: &Store) -> usize {
         let p = [3u8; 16];
         // Problems come in families (one template, other names and numbers): 100 families of
         // 20 problems at cosine ≈ 0.85 to their family.
@@ -790,8 +1097,7 @@ mod tests {
             .map(|(i, v)| (record("r", "q", 100), p, key(i as u64), v.clone()))
             .collect();
         s.load(items);
-        let queries = 300;
-        let found = (0..queries)
+        (0..300)
             .filter(|q| {
                 let target = (q * 7919) % vectors.len();
                 let query = near(&vectors[target], 3_000_000 + *q as u64, 0.1);
@@ -799,11 +1105,184 @@ mod tests {
                     .first()
                     .is_some_and(|c| c.entry.id == target)
             })
-            .count();
+            .count()
+    }
+
+    #[test]
+    /// A problem asked again must find its entry in a large partition of clustered entries
+    /// (rephrasings of the same problems sit close together, which is what makes a graph search
+    /// miss), at the default search width.
+    fn the_graph_finds_a_repeated_problem_among_its_close_variants() {
+        let s = Store::new();
+        let found = repeated_problems_found(&s);
+        assert_eq!(s.shard_sizes().len(), 1, "12 000 entries are one graph");
+        assert!(found >= 291, "found the entry for {found} of 300 queries");
+    }
+
+    #[test]
+    /// The same with the graph split into shards (as 1 M entries are): a query near a boundary
+    /// between shards must still find its entry.
+    fn a_graph_split_into_shards_finds_a_repeated_problem_as_well() {
+        let s = Store::new();
+        s.set_shard_target(2000);
+        let found = repeated_problems_found(&s);
+        let sizes = s.shard_sizes();
+        assert_eq!(sizes.len(), 6, "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 12_000);
         assert!(
-            found * 100 >= queries * 97,
-            "found the entry for {found} of {queries} queries"
+            sizes.iter().all(|n| *n > 0),
+            "no shard is left empty: {sizes:?}"
         );
+        assert!(found >= 291, "found the entry for {found} of 300 queries");
+    }
+
+    #[test]
+    /// A cache filled one response at a time: past twice the shard target per shard a rebuild
+    /// is due and splits the graph; later inserts land in a shard where searches find them.
+    fn a_growing_cache_is_split_into_shards_by_its_rebuilds() {
+        let s = Store::new();
+        s.set_shard_target(1000);
+        let p = [4u8; 16];
+        let v = |i: u64| unit(70_000 + i, 96);
+        for i in 0..2000u64 {
+            s.insert(record("r", "q", 100), p, key(i), v(i), usize::MAX);
+        }
+        assert!(!s.needs_rebuild(), "2 000 entries still fit one graph");
+        s.insert(record("r", "q", 100), p, key(2000), v(2000), usize::MAX);
+        assert!(s.needs_rebuild());
+        s.rebuild();
+        assert!(!s.needs_rebuild());
+        assert_eq!(s.shard_sizes().len(), 3);
+        for i in 2001..5000u64 {
+            s.insert(record("r", "q", 100), p, key(i), v(i), usize::MAX);
+        }
+        assert_eq!(s.shard_sizes().iter().sum::<usize>(), 5000);
+        // Past the exact-scan size the graph answers; every entry finds itself.
+        let found = (0..5000u64)
+            .filter(|i| {
+                s.search(&v(*i), &p, 10, 1)
+                    .first()
+                    .is_some_and(|c| c.entry.exact == key(*i) && c.similarity > 0.9999)
+            })
+            .count();
+        assert!(found >= 4950, "{found} of 5000 entries found themselves");
+    }
+
+    #[test]
+    /// Problems near the boundary between two shards, asked again from just across it: the
+    /// query's nearest centroid is the other shard's, and the entry is found all the same.
+    fn a_query_across_a_shard_boundary_finds_its_entry() {
+        let s = Store::new();
+        s.set_shard_target(2067);
+        let p = [5u8; 16];
+        // Three clusters of 2 000 (32-d: the graph uses the vectors as they are), and a family
+        // of 200 problems halfway between the first two.
+        let centres: Vec<Vec<f32>> = (0..3).map(|i| unit(800 + i, 32)).collect();
+        let mut halfway: Vec<f32> = centres[0]
+            .iter()
+            .zip(&centres[1])
+            .map(|(a, b)| a + b)
+            .collect();
+        super::super::embed::normalise(&mut halfway);
+        let vectors: Vec<Vec<f32>> = (0..6200u64)
+            .map(|i| match i {
+                0..6000 => near(&centres[(i % 3) as usize], 20_000 + i, 0.2),
+                _ => near(&halfway, 20_000 + i, 0.3),
+            })
+            .collect();
+        let items: Vec<_> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (record("r", "q", 100), p, key(i as u64), v.clone()))
+            .collect();
+        s.load(items);
+        assert_eq!(s.shard_sizes().len(), 3);
+        let index = s.index.load();
+        let (mut across, mut found) = (0, 0);
+        for (i, n) in (6000..6200usize).flat_map(|i| (0..4u64).map(move |n| (i, n))) {
+            let query = near(&vectors[i], 30_000 + 1000 * n + i as u64, 0.05);
+            if index.shard_of(&query) == index.shard_of(&vectors[i]) {
+                continue;
+            }
+            across += 1;
+            assert!(index
+                .probes(&query, SHARD_PROBE_MARGIN)
+                .contains(&index.shard_of(&vectors[i])));
+            let hit = s.search(&query, &p, 10, 1);
+            if hit.first().is_some_and(|c| c.entry.id == i) {
+                found += 1;
+            }
+        }
+        assert!(across >= 10, "only {across} queries crossed a boundary");
+        assert!(
+            found * 100 >= across * 90,
+            "{found} of {across} queries across a boundary found their entry"
+        );
+        // A query well inside a cluster searches one shard.
+        assert_eq!(index.probes(&centres[2], SHARD_PROBE_MARGIN).len(), 1);
+    }
+
+    #[test]
+    /// A problem unlike the dense clusters around it: the graph does not lead to it (its
+    /// neighbours keep their closer points), so it is searched beside the graph; asked again
+    /// it is found, whether it came with a bulk load or was stored afterwards.
+    fn an_entry_away_from_dense_clusters_is_still_found() {
+        let centres: Vec<Vec<f32>> = (0..3).map(|i| unit(800 + i, 32)).collect();
+        let clusters = |p: Digest128| -> Vec<_> {
+            (0..6000u64)
+                .map(|i| {
+                    let v = near(&centres[(i % 3) as usize], 20_000 + i, 0.2);
+                    (record("r", "q", 100), p, key(i), v)
+                })
+                .collect()
+        };
+        // Between two clusters: cosine about 0.8 to their members, 0.999 to the query.
+        let mut lone: Vec<f32> = centres[0]
+            .iter()
+            .zip(&centres[1])
+            .map(|(a, b)| 0.505 * a + 0.495 * b)
+            .collect();
+        super::super::embed::normalise(&mut lone);
+        let query = near(&lone, 99, 0.05);
+        let p = [6u8; 16];
+        for bulk in [true, false] {
+            let s = Store::new();
+            let mut items = clusters(p);
+            if bulk {
+                items.push((record("r", "q", 100), p, key(6000), lone.clone()));
+                s.load(items);
+            } else {
+                s.load(items);
+                s.insert(
+                    record("r", "q", 100),
+                    p,
+                    key(6000),
+                    lone.clone(),
+                    usize::MAX,
+                );
+            }
+            for q in [&lone, &query] {
+                let found = s.search(q, &p, 10, 1);
+                assert_eq!(found[0].entry.exact, key(6000), "bulk: {bulk}");
+            }
+            assert!(s.stragglers() < 60, "{} stragglers", s.stragglers());
+        }
+    }
+
+    #[test]
+    fn centroids_land_one_in_each_separated_cluster() {
+        let centres: Vec<Vec<f32>> = (0..4).map(|i| unit(900 + i, 32)).collect();
+        let points: Vec<Vec<f32>> = (0..4000u64)
+            .map(|i| near(&centres[(i % 4) as usize], 10_000 + i, 0.2))
+            .collect();
+        let found = centroids(&points, 4);
+        assert_eq!(found.len(), 4);
+        let mut owners: Vec<usize> = found.iter().map(|c| nearest(&centres, c).0).collect();
+        owners.sort_unstable();
+        assert_eq!(owners, vec![0, 1, 2, 3], "one centroid per cluster");
+        for c in &found {
+            assert!(dot(c, &centres[nearest(&centres, c).0]) > 0.95);
+        }
     }
 
     #[test]
