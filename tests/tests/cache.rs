@@ -329,6 +329,8 @@ async fn the_cache_survives_a_restart_and_a_corrupt_snapshot_is_ignored() {
     assert_eq!(up.requests.load(Ordering::SeqCst), calls);
     let stats: Value = serde_json::from_str(&gw.admin_get("/admin/cache").await).unwrap();
     assert_eq!(stats["entries"], 1);
+    assert_eq!(stats["index_shards"], 1, "{stats}");
+    assert!(stats["index_stragglers"].is_u64(), "{stats}");
     drop(gw);
 
     let snap = dir.0.join("reasoning-cache.snapshot");

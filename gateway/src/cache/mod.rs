@@ -515,6 +515,8 @@ impl Cache {
             "entries": entries,
             "tenants": tenants,
             "index_tombstones": tombstones,
+            "index_shards": self.store.shard_sizes().len(),
+            "index_stragglers": self.store.stragglers(),
             "routes": self.store.counts(),
             "snapshot_dir": self.settings.snapshot_dir.as_ref().map(|d| d.display().to_string()),
         })

@@ -1091,12 +1091,7 @@ mod tests {
         let vectors: Vec<Vec<f32>> = (0..12_000u64)
             .map(|i| near(&centres[(i % 2000) as usize], 2_000_000 + i, 0.3))
             .collect();
-        let items: Vec<_> = vectors
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (record("r", "q", 100), p, key(i as u64), v.clone()))
-            .collect();
-        s.load(items);
+        s.load(entries_of(p, &vectors));
         (0..300)
             .filter(|q| {
                 let target = (q * 7919) % vectors.len();
@@ -1168,6 +1163,18 @@ mod tests {
         assert!(found >= 4950, "{found} of 5000 entries found themselves");
     }
 
+    /// Entries of partition `p` for `vectors` (exact key = position).
+    fn entries_of(
+        p: Digest128,
+        vectors: &[Vec<f32>],
+    ) -> Vec<(Record, Digest128, Digest128, Vec<f32>)> {
+        vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (record("r", "q", 100), p, key(i as u64), v.clone()))
+            .collect()
+    }
+
     /// Three random centres (32-d: the graph uses such vectors as they are) and 6 000 points in
     /// three clusters of cosine ≈ 0.98 around them.
     fn three_clusters() -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
@@ -1202,12 +1209,7 @@ mod tests {
         let (centres, mut vectors) = three_clusters();
         let halfway = mix(&centres[0], &centres[1], 0.5);
         vectors.extend((6000..6200u64).map(|i| near(&halfway, 20_000 + i, 0.3)));
-        let items: Vec<_> = vectors
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (record("r", "q", 100), p, key(i as u64), v.clone()))
-            .collect();
-        s.load(items);
+        s.load(entries_of(p, &vectors));
         assert_eq!(s.shard_sizes().len(), 3);
         let index = s.index.load();
         let (mut across, mut found) = (0, 0);
@@ -1251,11 +1253,7 @@ mod tests {
         let p = [6u8; 16];
         for bulk in [true, false] {
             let s = Store::new();
-            let mut items: Vec<_> = vectors
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (record("r", "q", 100), p, key(i as u64), v.clone()))
-                .collect();
+            let mut items = entries_of(p, &vectors);
             let loners = lone
                 .iter()
                 .enumerate()
