@@ -75,6 +75,18 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Whether similarity `s` would enter `top`, the best `k` so far (best first).
+fn makes_top<T>(top: &[(f32, T)], k: usize, s: f32) -> bool {
+    top.len() < k || top.last().is_some_and(|(worst, _)| s > *worst)
+}
+
+/// Puts `item` into `top` (best first), keeping at most `k`.
+fn insert_top<T>(top: &mut Vec<(f32, T)>, k: usize, s: f32, item: T) {
+    let at = top.partition_point(|(x, _)| *x >= s);
+    top.insert(at, (s, item));
+    top.truncate(k);
+}
+
 /// Token usage of the original response.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -221,16 +233,10 @@ impl Partition {
         }
         for (row, e) in self.matrix.chunks_exact(self.dim).zip(&self.entries) {
             let s = dot(vector, row);
-            if top.len() == k && top.last().is_some_and(|(worst, _)| s <= *worst) {
-                continue;
-            }
             // Expiry is read only for entries that would make the list.
-            if e.record.expires <= now {
-                continue;
+            if makes_top(&top, k, s) && e.record.expires > now {
+                insert_top(&mut top, k, s, e);
             }
-            let at = top.partition_point(|(x, _)| *x >= s);
-            top.insert(at, (s, e));
-            top.truncate(k);
         }
         top
     }
@@ -395,8 +401,13 @@ impl Index {
             .collect()
     }
 
-    fn insert(&self, g: &[f32], id: usize) {
+    /// Adds entry `id` to its shard's graph, and to the shard's stragglers when a search of
+    /// width `ef` does not lead back to it.
+    fn insert(&self, g: &[f32], id: usize, ef: usize) {
         self.shards[self.shard_of(g)].insert_slice((g, id));
+        if !self.reaches(g, id, ef) {
+            self.add_stragglers([(g, id)]);
+        }
     }
 
     /// Whether a search (width `ef`) for `g`, the graph vector of entry `id`, arrives near it:
@@ -435,12 +446,9 @@ impl Index {
             }
             for (row, id) in list.matrix.chunks_exact(g.len().max(1)).zip(&list.ids) {
                 let sim = dot(g, row);
-                if top.len() == k && top.last().is_some_and(|(worst, _)| sim <= *worst) {
-                    continue;
+                if makes_top(&top, k, sim) {
+                    insert_top(&mut top, k, sim, *id);
                 }
-                let at = top.partition_point(|(x, _)| *x >= sim);
-                top.insert(at, (sim, *id));
-                top.truncate(k);
             }
         }
         top.into_iter().map(|(_, id)| id).collect()
@@ -459,7 +467,8 @@ impl Index {
     }
 }
 
-/// The index of the most similar centroid and its similarity (0 when there are none).
+/// The index of the most similar centroid and its similarity (`(0, f32::MIN)` when there are
+/// none: everything belongs to the single shard 0).
 fn nearest(centroids: &[Vec<f32>], g: &[f32]) -> (usize, f32) {
     let mut best = (0, f32::MIN);
     for (i, c) in centroids.iter().enumerate() {
@@ -753,10 +762,7 @@ impl Store {
         };
         let graph = self.graph_vector(&entry.vector);
         let index = self.index.load();
-        index.insert(&graph, id);
-        if !index.reaches(&graph, id, self.ef_search.load(Ordering::Relaxed)) {
-            index.add_stragglers([(graph.as_slice(), id)]);
-        }
+        index.insert(&graph, id, self.ef_search.load(Ordering::Relaxed));
         removed
     }
 
@@ -932,10 +938,7 @@ impl Store {
         let mut inner = self.write();
         for e in inner.entries.values().filter(|e| e.id >= cutoff) {
             let g = self.graph_vector(&e.vector);
-            index.insert(&g, e.id);
-            if !index.reaches(&g, e.id, self.ef_search.load(Ordering::Relaxed)) {
-                index.add_stragglers([(g.as_slice(), e.id)]);
-            }
+            index.insert(&g, e.id, self.ef_search.load(Ordering::Relaxed));
         }
         // Removals during the build are tombstones in the new index too.
         let removed_since = snapshot
