@@ -320,14 +320,24 @@ async fn a_dead_endpoint_fails_over_and_no_healthy_endpoint_gives_503() {
             assert_eq!(err["code"], "no_healthy_upstream");
             // Counted under its route (not "none"), so the route's error ratio shows the outage.
             assert_eq!(route.unwrap(), "*");
-            let m = gw.admin_get("/metrics").await;
-            assert!(
-                m.lines()
-                    .any(|l| l.starts_with("reasoning_gateway_requests_total{")
+            // The counter moves in the logging phase, which may end after the client has the
+            // response: wait (bounded) until it does.
+            let counted = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let m = gw.admin_get("/metrics").await;
+                if m.lines().any(|l| {
+                    l.starts_with("reasoning_gateway_requests_total{")
                         && l.contains("route=\"*\"")
-                        && l.contains("status=\"503\"")),
-                "{m}"
-            );
+                        && l.contains("status=\"503\"")
+                }) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < counted,
+                    "503 never counted:\n{m}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never reported 503");

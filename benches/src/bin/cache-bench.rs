@@ -17,7 +17,7 @@ use reasoning_gateway::cache::embed::{normalise, Embedder, MiniLm, TextEmbed};
 use reasoning_gateway::cache::key::hex;
 use reasoning_gateway::cache::replay::{self, Shape};
 use reasoning_gateway::cache::store::{
-    dot, Record, Store, GRAPH_CANDIDATES, GRAPH_DIMS, HNSW_EF_CONSTRUCTION, HNSW_M,
+    dot, Record, Store, GRAPH_CANDIDATES, GRAPH_DIMS, HNSW_EF_CONSTRUCTION, HNSW_M, RECOPY_AFTER,
     SHARD_PROBE_MARGIN, SHARD_TARGET,
 };
 use reasoning_gateway::cache::{Cache, Lookup};
@@ -307,17 +307,24 @@ fn ann(
         // One insert at a time after the build, as responses are stored (graph insert included).
         let mut times = Vec::new();
         let mut irng = Lcg(11);
-        for i in 0..1000usize {
+        // `ANN_INSERTS=…` inserts more (a shard's next copy comes after a 32nd of its size).
+        let inserts: usize = std::env::var("ANN_INSERTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        for i in 0..inserts {
             let (r, exact) = blank(n + i);
             let v = noisy(&vectors[(i * 104_729) % n], &mut irng, 0.015);
             let started = Instant::now();
             store.insert(r, partition, exact, v, usize::MAX);
             times.push(started.elapsed());
         }
+        let mean = times.iter().sum::<Duration>() / times.len() as u32;
         println!(
-            "  insert one entry: p50 {:.1?}, p99 {:.1?}",
+            "  insert one entry: mean {mean:.1?}, p50 {:.1?}, p99 {:.1?}, max {:.1?} (a shard's graph is copied for searching again after max({RECOPY_AFTER}, its size / 32) inserts)",
             pct(&mut times, 0.5),
-            pct(&mut times, 0.99)
+            pct(&mut times, 0.99),
+            pct(&mut times, 1.0)
         );
         // `ANN_EF=8,16` measures other search widths.
         let efs: Vec<usize> = std::env::var("ANN_EF")

@@ -7,6 +7,7 @@
 //! stored (see `proxy::log`).
 
 pub mod embed;
+mod flat;
 pub mod guard;
 pub mod key;
 pub mod replay;

@@ -5,15 +5,16 @@
 //! enough to scan (`BRUTE_FORCE_MAX`) are scanned exactly instead: a filtered graph search over a
 //! large index can miss a tiny partition's points.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::prelude::Hnsw;
 use serde::{Deserialize, Serialize};
 
+use super::flat::FlatGraph;
 use super::guard::{self, Features};
 use super::key::Digest128;
 
@@ -42,9 +43,12 @@ pub const SHARD_MAX_PROBES: usize = 3;
 /// At most this many entries per shard the graph does not lead to are searched beside it (an
 /// exact scan of their graph vectors: 8 192 of them cost about as much as a graph search).
 pub const MAX_STRAGGLERS: usize = 8192;
-/// A search for an entry's own vector that returns a neighbour this similar (graph
-/// projections) has arrived: the entry is not a straggler.
-const REACHED_SIMILARITY: f32 = 0.9;
+/// A shard's graph is copied for searching again once this many entries, or a 32nd of the
+/// copy's, were inserted after its last copy; until then they are scanned exactly. A copy reads
+/// every point's links through hnsw_rs (about 1 s per 100 k points on this VM, BENCHMARKS.md),
+/// so the interval grows with the shard: about 0.3 ms per insert, and at most 4 096 rows
+/// (131 072 entries, the largest shard) scanned at 10 ns each.
+pub const RECOPY_AFTER: usize = 512;
 const HNSW_MAX_LAYER: usize = 16;
 
 /// `1 - a·b` for unit vectors (cosine distance without the norms).
@@ -58,6 +62,7 @@ impl Distance<f32> for UnitCosine {
 }
 
 /// Dot product (eight independent lanes, so it vectorises).
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -304,19 +309,69 @@ struct Index {
     /// Unit centroids of the shards, in the graph's dimensions; empty: a single shard.
     centroids: Vec<Vec<f32>>,
     shards: Vec<Hnsw<'static, f32, UnitCosine>>,
-    /// Entries the graph does not lead to: a search for their own vector misses them. HNSW's
-    /// blind spot: a point away from dense clusters gets links out, but its neighbours keep
-    /// their closer points and drop the link back, so no search arrives. Checked after every
-    /// insert and build; a search scans those of the shards it visits (about 5 % of the
-    /// entries of clustered real embeddings at width 8, measured).
-    stragglers: Vec<RwLock<Stragglers>>,
+    /// What searches use beside each shard's graph.
+    sides: Vec<RwLock<Side>>,
+    /// Held while a shard's graph changes or is copied (hnsw_rs iterates under its own lock).
+    writers: Vec<Mutex<()>>,
 }
 
-/// Entries of a shard the graph does not lead to, with their graph vectors side by side.
+/// What a search of a shard reads: a flat copy of its graph (searched instead of hnsw_rs's own
+/// structure, whose per-visit locks and allocations were most of a search), the entries
+/// inserted since the copy, and the entries the copy does not lead to; the last two are
+/// scanned exactly.
 #[derive(Default)]
-struct Stragglers {
+struct Side {
+    /// The shard's graph as of its last copy; `None`: search hnsw_rs's graph itself.
+    flat: Option<Arc<FlatGraph>>,
+    /// Entries the graph gained after the copy (copied again at [`RECOPY_AFTER`]).
+    recent: Rows,
+    /// Entries the graph does not lead to: a search of a copy for their own vector misses them.
+    /// HNSW's blind spot: a point away from dense clusters gets links out, but its neighbours
+    /// keep their closer points and drop the link back, so no search arrives (about 5 % of the
+    /// entries of clustered real embeddings at width 8, measured). Every copy links them back
+    /// from their neighbours.
+    linked: Vec<usize>,
+    /// Linked-back entries a search of the copy still misses (checked at every copy for the
+    /// entries new to it).
+    stragglers: Rows,
+}
+
+/// Entries with their graph vectors side by side, for an exact scan.
+#[derive(Default, Clone)]
+struct Rows {
     ids: Vec<usize>,
     matrix: Vec<f32>,
+}
+
+impl Rows {
+    /// Adds a row unless full (`max`) or of another length than the rows (another embedding
+    /// model would misalign them).
+    fn push(&mut self, g: &[f32], id: usize, max: usize) {
+        let same_dim = self.ids.is_empty() || self.matrix.len() == self.ids.len() * g.len();
+        if self.ids.len() < max && same_dim {
+            self.ids.push(id);
+            self.matrix.extend_from_slice(g);
+        }
+    }
+
+    /// Each row's vector and id.
+    fn rows(&self) -> impl Iterator<Item = (&[f32], &usize)> {
+        let dim = self.matrix.len() / self.ids.len().max(1);
+        self.matrix.chunks_exact(dim.max(1)).zip(&self.ids)
+    }
+
+    /// Offers each row's similarity to `g` to `top` (best `k` first).
+    fn scan_into(&self, g: &[f32], k: usize, top: &mut Vec<(f32, usize)>) {
+        if self.matrix.len() != self.ids.len() * g.len() {
+            return;
+        }
+        for (row, id) in self.rows() {
+            let sim = dot(g, row);
+            if makes_top(top, k, sim) {
+                insert_top(top, k, sim, *id);
+            }
+        }
+    }
 }
 
 /// A fixed random projection (seeded: the same in every process, so a graph built from a
@@ -371,7 +426,8 @@ impl Index {
         Index {
             centroids: Vec::new(),
             shards: vec![graph_with_capacity(capacity)],
-            stragglers: vec![RwLock::default()],
+            sides: vec![RwLock::default()],
+            writers: vec![Mutex::default()],
         }
     }
 
@@ -401,63 +457,137 @@ impl Index {
             .collect()
     }
 
-    /// Adds entry `id` to its shard's graph, and to the shard's stragglers when a search of
-    /// width `ef` does not lead back to it.
+    /// Adds entry `id` to its shard's graph; it is scanned as recent until the shard's graph
+    /// is copied again, after [`RECOPY_AFTER`] entries (more in a large shard).
     fn insert(&self, g: &[f32], id: usize, ef: usize) {
-        self.shards[self.shard_of(g)].insert_slice((g, id));
-        if !self.reaches(g, id, ef) {
-            self.add_stragglers([(g, id)]);
+        let shard = self.shard_of(g);
+        let _writing = self.writers[shard]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.shards[shard].insert_slice((g, id));
+        let due = {
+            let mut side = self.side_mut(shard);
+            side.recent.push(g, id, usize::MAX);
+            let copied = side.flat.as_ref().map_or(0, |f| f.len());
+            side.recent.ids.len() >= RECOPY_AFTER.max(copied / 32)
+        };
+        if due {
+            self.copy(shard, ef, false);
         }
     }
 
-    /// Whether a search (width `ef`) for `g`, the graph vector of entry `id`, arrives near it:
-    /// finds it, or a neighbour within [`REACHED_SIMILARITY`] (among near-duplicates the search
-    /// may return another one: the graph leads there, the width decides).
-    fn reaches(&self, g: &[f32], id: usize, ef: usize) -> bool {
+    /// Replaces shard `shard`'s flat copy with one of its graph as it is now (the caller holds
+    /// its writer lock, or has the index to itself). The entries it has not checked yet (those
+    /// inserted since the last copy, or with `all` every one) and the stragglers are searched
+    /// for by their own vectors (width `ef`); those not found are linked back from their
+    /// neighbours in this and every later copy, and those still not found are scanned.
+    fn copy(&self, shard: usize, ef: usize, all: bool) {
+        let Some(mut flat) = FlatGraph::of(&self.shards[shard]) else {
+            return;
+        };
+        let (recent, stragglers, linked) = {
+            let side = self.side(shard);
+            (
+                side.recent.clone(),
+                side.stragglers.clone(),
+                side.linked.clone(),
+            )
+        };
+        flat.link_back(&linked);
         let ef = ef.max(GRAPH_CANDIDATES);
-        self.shards[self.shard_of(g)]
-            .search(g, GRAPH_CANDIDATES, ef)
-            .iter()
-            .any(|n| n.d_id == id || 1.0 - n.distance >= REACHED_SIMILARITY)
-    }
-
-    /// Files entries the graph does not lead to under their shards.
-    fn add_stragglers<'a>(&self, items: impl IntoIterator<Item = (&'a [f32], usize)>) {
-        for (g, id) in items {
-            let mut list = self.stragglers[self.shard_of(g)]
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            // Vectors of another length (another embedding model) would misalign the rows.
-            let same_dim = list.ids.is_empty() || list.matrix.len() == list.ids.len() * g.len();
-            if list.ids.len() < MAX_STRAGGLERS && same_dim {
-                list.ids.push(id);
-                list.matrix.extend_from_slice(g);
-            }
+        let mut check: Vec<(&[f32], usize)> = stragglers.rows().map(|(g, id)| (g, *id)).collect();
+        if !all {
+            check.extend(recent.rows().map(|(g, id)| (g, *id)));
         }
-    }
-
-    /// The `k` stragglers of `shards` most similar to `g`.
-    fn straggler_candidates(&self, g: &[f32], shards: &[usize], k: usize) -> Vec<usize> {
-        let mut top: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-        for &s in shards {
-            let list = self.stragglers[s].read().unwrap_or_else(|p| p.into_inner());
-            if list.matrix.len() != list.ids.len() * g.len() {
-                continue;
-            }
-            for (row, id) in list.matrix.chunks_exact(g.len().max(1)).zip(&list.ids) {
-                let sim = dot(g, row);
-                if makes_top(&top, k, sim) {
-                    insert_top(&mut top, k, sim, *id);
+        let mut lost = flat.unreached(&check, all, GRAPH_CANDIDATES, ef);
+        if !lost.is_empty() {
+            flat.link_back(&lost);
+            // New links change where searches go: check them all again against this copy.
+            let still: HashSet<usize> = flat
+                .unreached(&check, all, GRAPH_CANDIDATES, ef)
+                .into_iter()
+                .collect();
+            lost.extend(still.iter().copied());
+            let mut rows = Rows::default();
+            let mut filed = HashSet::new();
+            let own: Vec<(&[f32], usize)> = if all {
+                flat.points().collect()
+            } else {
+                Vec::new()
+            };
+            for (g, id) in check.iter().chain(&own) {
+                if still.contains(id) && filed.insert(*id) {
+                    rows.push(g, *id, MAX_STRAGGLERS);
                 }
             }
+            let mut side = self.side_mut(shard);
+            side.linked.append(&mut lost);
+            side.linked.sort_unstable();
+            side.linked.dedup();
+            side.stragglers = rows;
+        } else {
+            self.side_mut(shard).stragglers = Rows::default();
+        }
+        let mut side = self.side_mut(shard);
+        side.recent = Rows::default();
+        side.flat = Some(Arc::new(flat));
+    }
+
+    fn side(&self, shard: usize) -> std::sync::RwLockReadGuard<'_, Side> {
+        self.sides[shard].read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn side_mut(&self, shard: usize) -> std::sync::RwLockWriteGuard<'_, Side> {
+        self.sides[shard].write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Entry ids from a graph search (width `ef`) of each of `shards` for `g`: the flat copy
+    /// where there is one, else hnsw_rs's own search; with `keep`, only entries it accepts.
+    fn graph_candidates(
+        &self,
+        g: &[f32],
+        shards: &[usize],
+        k: usize,
+        ef: usize,
+        keep: Option<&dyn Fn(usize) -> bool>,
+    ) -> Vec<usize> {
+        let mut out = Vec::new();
+        for &s in shards {
+            let flat = self.side(s).flat.clone();
+            match (flat, keep) {
+                (Some(flat), _) => {
+                    out.extend(flat.search(g, k, ef, keep).into_iter().map(|(_, id)| id))
+                }
+                (None, None) => out.extend(self.shards[s].search(g, k, ef).iter().map(|n| n.d_id)),
+                (None, Some(f)) => {
+                    let filter = |id: &usize| f(*id);
+                    out.extend(
+                        self.shards[s]
+                            .search_filter(g, k, ef, Some(&filter))
+                            .iter()
+                            .map(|n| n.d_id),
+                    )
+                }
+            }
+        }
+        out
+    }
+
+    /// The `k` entries most similar to `g` among the exactly scanned ones of `shards`:
+    /// stragglers, and entries newer than the shard's flat copy.
+    fn scanned_candidates(&self, g: &[f32], shards: &[usize], k: usize) -> Vec<usize> {
+        let mut top: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+        for &s in shards {
+            let side = self.side(s);
+            side.stragglers.scan_into(g, k, &mut top);
+            side.recent.scan_into(g, k, &mut top);
         }
         top.into_iter().map(|(_, id)| id).collect()
     }
 
     fn straggler_count(&self) -> usize {
-        self.stragglers
-            .iter()
-            .map(|l| l.read().unwrap_or_else(|p| p.into_inner()).ids.len())
+        (0..self.sides.len())
+            .map(|s| self.side(s).stragglers.ids.len())
             .sum()
     }
 
@@ -684,27 +814,30 @@ impl Store {
             let query = self.graph_vector(vector);
             let keep = |id: usize| inner.entries.get(&id).filter(|_| filter(&id)).cloned();
             let probes = index.probes(&query, self.probe_margin());
+            // The scanned entries first: an entry leaves the recent rows only once a flat copy
+            // that holds it is in place, so a copy made meanwhile cannot hide it from both.
+            let scanned: Vec<Arc<Entry>> = index
+                .scanned_candidates(&query, &probes, wanted)
+                .into_iter()
+                .filter_map(keep)
+                .collect();
             // Unfiltered first: the filter touches every visited entry (most of the search time
             // when measured); fall back to a filtered search when other partitions or dead
             // entries crowd the candidates out.
-            let mut found: Vec<Arc<Entry>> = probes
-                .iter()
-                .flat_map(|&s| index.shards[s].search(&query, wanted, ef))
-                .filter_map(|n| keep(n.d_id))
+            let mut found: Vec<Arc<Entry>> = index
+                .graph_candidates(&query, &probes, wanted, ef, None)
+                .into_iter()
+                .filter_map(keep)
                 .collect();
             if found.len() < wanted / 2 {
-                found = probes
-                    .iter()
-                    .flat_map(|&s| index.shards[s].search_filter(&query, wanted, ef, Some(&filter)))
-                    .filter_map(|n| keep(n.d_id))
+                let accepts = |id: usize| filter(&id);
+                found = index
+                    .graph_candidates(&query, &probes, wanted, ef, Some(&accepts))
+                    .into_iter()
+                    .filter_map(keep)
                     .collect();
             }
-            found.extend(
-                index
-                    .straggler_candidates(&query, &probes, wanted)
-                    .into_iter()
-                    .filter_map(keep),
-            );
+            found.extend(scanned);
             found
                 .into_iter()
                 .map(|e| Candidate {
@@ -853,32 +986,16 @@ impl Store {
                 .map(|m| graph_with_capacity(m.len()))
                 .collect(),
             centroids: cents,
-            stragglers: members.iter().map(|_| RwLock::default()).collect(),
+            sides: members.iter().map(|_| RwLock::default()).collect(),
+            writers: members.iter().map(|_| Mutex::default()).collect(),
         };
         for (shard, data) in index.shards.iter().zip(&members) {
             shard.parallel_insert(data);
         }
-        // Which entries the graph does not lead to: one search each, on every core.
-        let all: Vec<&(&Vec<f32>, usize)> = members.iter().flatten().collect();
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
         let ef = self.ef_search.load(Ordering::Relaxed);
-        let lost: Vec<(&[f32], usize)> = std::thread::scope(|scope| {
-            let index = &index;
-            all.chunks(all.len().div_ceil(threads).max(1))
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .filter(|(g, id)| !index.reaches(g, *id, ef))
-                            .map(|(g, id)| (g.as_slice(), *id))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect::<Vec<_>>()
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
-        index.add_stragglers(lost);
+        for shard in 0..index.shards.len() {
+            index.copy(shard, ef, true);
+        }
         index
     }
 
@@ -1188,6 +1305,108 @@ mod tests {
         (centres, points)
     }
 
+    /// 30 loners between pairs of the clusters' `centres`, pushed away from them and from each
+    /// other.
+    fn loners(centres: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        (0..30u64)
+            .map(|j| {
+                let (a, b) = [(0, 1), (1, 2), (0, 2)][(j % 3) as usize];
+                let between = mix(&centres[a], &centres[b], 0.4 + 0.02 * (j / 3) as f32);
+                near(&between, 40_000 + j, 0.5)
+            })
+            .collect()
+    }
+
+    #[test]
+    /// The flat copy searches use links each straggler back from its neighbours: loners the
+    /// graph does not lead to are reached through the copy, and fewer are left to scan.
+    fn the_search_copy_links_loners_back_from_their_neighbours() {
+        let (centres, vectors) = three_clusters();
+        let lone = loners(&centres);
+        let p = [7u8; 16];
+        let s = Store::new();
+        let mut items = entries_of(p, &vectors);
+        items.extend(
+            lone.iter()
+                .enumerate()
+                .map(|(j, v)| (record("r", "q", 100), p, key(7000 + j as u64), v.clone())),
+        );
+        s.load(items);
+        let ids: Vec<usize> = (0..30)
+            .map(|j| *s.read().exact.get(&key(7000 + j)).unwrap())
+            .collect();
+        let index = s.index.load();
+        let linked = index.side(0).flat.clone().unwrap();
+        let plain = FlatGraph::of(&index.shards[0]).unwrap();
+        assert_eq!(linked.len(), plain.len());
+        let reached = |f: &FlatGraph| {
+            lone.iter()
+                .zip(&ids)
+                .filter(|(v, id)| {
+                    f.search(&s.graph_vector(v), GRAPH_CANDIDATES, HNSW_EF_SEARCH, None)
+                        .iter()
+                        .any(|(_, x)| x == *id)
+                })
+                .count()
+        };
+        let (before, after) = (reached(&plain), reached(&linked));
+        // Measured: 6-14 of 30 reached without the links back, 18-23 with them.
+        assert!(after >= before + 6, "{before} -> {after} of 30 reached");
+        // Only those the copy still does not reach are scanned.
+        let scanned: Vec<usize> = index.side(0).stragglers.ids.clone();
+        for (v, id) in lone.iter().zip(&ids) {
+            let found = linked
+                .search(&s.graph_vector(v), GRAPH_CANDIDATES, HNSW_EF_SEARCH, None)
+                .iter()
+                .any(|(_, x)| x == id);
+            assert_eq!(!found, scanned.contains(id), "entry {id}");
+        }
+    }
+
+    #[test]
+    /// Entries added after a build are scanned beside the flat copy until it is made again,
+    /// which happens after `RECOPY_AFTER` of them; they are found all along.
+    fn entries_inserted_after_a_build_are_found_before_and_after_the_next_copy() {
+        let (_, vectors) = three_clusters();
+        let p = [8u8; 16];
+        let s = Store::new();
+        s.load(entries_of(p, &vectors));
+        let copied = s.index.load().side(0).flat.as_ref().unwrap().len();
+        assert_eq!(copied, vectors.len());
+        let due = RECOPY_AFTER.max(copied / 32);
+        let added: Vec<Vec<f32>> = (0..due as u64)
+            .map(|i| near(&vectors[(i * 7) as usize], 90_000 + i, 0.1))
+            .collect();
+        for (i, v) in added.iter().enumerate() {
+            s.insert(
+                record("r", "q", 100),
+                p,
+                key(80_000 + i as u64),
+                v.clone(),
+                usize::MAX,
+            );
+            let index = s.index.load();
+            let side = index.side(0);
+            if i + 1 < due {
+                assert_eq!(side.recent.ids.len(), i + 1);
+                assert_eq!(side.flat.as_ref().unwrap().len(), copied);
+            } else {
+                assert!(side.recent.ids.is_empty());
+                assert_eq!(side.flat.as_ref().unwrap().len(), copied + due);
+            }
+        }
+        let found = added
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| {
+                s.search(v, &p, 1, 1)
+                    .first()
+                    .is_some_and(|c| c.entry.exact == key(80_000 + *i as u64))
+            })
+            .count();
+        assert_eq!(found, due, "each added entry is found by its own vector");
+    }
+
     /// `w·a + (1 - w)·b`, back on the unit sphere.
     fn mix(a: &[f32], b: &[f32], w: f32) -> Vec<f32> {
         let mut v: Vec<f32> = a
@@ -1245,14 +1464,7 @@ mod tests {
     /// asked again they are found, whether they came with a bulk load or were stored afterwards.
     fn entries_away_from_dense_clusters_are_still_found() {
         let (centres, vectors) = three_clusters();
-        // 30 loners between pairs of clusters, pushed away from them and from each other.
-        let lone: Vec<Vec<f32>> = (0..30u64)
-            .map(|j| {
-                let (a, b) = [(0, 1), (1, 2), (0, 2)][(j % 3) as usize];
-                let between = mix(&centres[a], &centres[b], 0.4 + 0.02 * (j / 3) as f32);
-                near(&between, 40_000 + j, 0.5)
-            })
-            .collect();
+        let lone = loners(&centres);
         let p = [6u8; 16];
         for bulk in [true, false] {
             let s = Store::new();

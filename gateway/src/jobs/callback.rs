@@ -132,6 +132,14 @@ pub async fn deliver(jobs: Arc<Jobs>, id: String) {
         .await
         .unwrap_or_else(|_| Err("timed out".to_string()));
         let delivered = matches!(result, Ok(s) if (200..300).contains(&s));
+        // Counted before the job shows the attempt, so a reader who sees it sees the count.
+        if let Some(gw) = jobs.gateway() {
+            let label = if delivered { "delivered" } else { "failed" };
+            gw.metrics
+                .async_job_callbacks_total
+                .with_label_values(&[label])
+                .inc();
+        }
         let n = attempts;
         jobs.update_callback(&id, |c| {
             c.attempts = n;
@@ -144,13 +152,6 @@ pub async fn deliver(jobs: Arc<Jobs>, id: String) {
                 Err(e) => c.last_error = Some(e.clone()),
             }
         });
-        if let Some(gw) = jobs.gateway() {
-            let label = if delivered { "delivered" } else { "failed" };
-            gw.metrics
-                .async_job_callbacks_total
-                .with_label_values(&[label])
-                .inc();
-        }
         if delivered {
             return;
         }
