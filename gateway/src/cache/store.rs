@@ -483,6 +483,14 @@ impl Index {
     /// neighbours in this and every later copy, and those still not found are scanned.
     fn copy(&self, shard: usize, ef: usize, all: bool) {
         let Some(mut flat) = FlatGraph::of(&self.shards[shard]) else {
+            // An empty graph, or one the copy cannot number: hnsw_rs's own search covers every
+            // entry (slower), and the next copy is tried after RECOPY_AFTER more inserts.
+            if self.shards[shard].get_nb_point() > 0 {
+                tracing::warn!(shard, "Could not copy a cache graph shard for searching; searching hnsw_rs's graph instead.");
+            }
+            let mut side = self.side_mut(shard);
+            side.flat = None;
+            side.recent = Rows::default();
             return;
         };
         let (recent, stragglers, linked) = {
