@@ -180,9 +180,9 @@ impl FlatGraph {
         })
     }
 
-    /// The copy with each point inserted with an id in `ids` also linked to from its own
-    /// layer-0 neighbours. For a point the graph does not lead to: its neighbours kept closer
-    /// points and dropped their links back to it.
+    /// Links each point inserted with an id in `ids` back from its own layer-0 neighbours. For
+    /// points the graph does not lead to: their neighbours kept closer points and dropped the
+    /// links back to them.
     pub fn link_back(&mut self, ids: &[usize]) {
         let wanted: HashSet<usize> = ids.iter().copied().collect();
         let mut extra: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -381,21 +381,8 @@ impl FlatGraph {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::store::tests::unit;
     use crate::cache::store::UnitCosine;
-
-    fn unit(seed: u64, dim: usize) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut v: Vec<f32> = (0..dim)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
-        crate::cache::embed::normalise(&mut v);
-        v
-    }
 
     fn graph(points: &[Vec<f32>]) -> Hnsw<'static, f32, UnitCosine> {
         let g = Hnsw::new(16, points.len(), 16, 200, UnitCosine);
@@ -429,15 +416,16 @@ mod tests {
                 assert!((got[0].0 - exact.0).abs() < 1e-5);
             }
         }
-        // Random 32-d points are the hardest case for a graph (no clusters): most, not all.
-        assert!(hits >= 180, "{hits} of 200 found their nearest point");
+        // Random 32-d points are the hardest case for a graph (no clusters): most, not all
+        // (198-199 of 200 measured).
+        assert!(hits >= 190, "{hits} of 200 found their nearest point");
         // Each point's own vector finds it.
         let own = (0..500)
             .filter(|&i| {
                 flat.search(&points[i], 1, 16, None).first().map(|g| g.1) == Some(1000 + i)
             })
             .count();
-        assert!(own >= 490, "{own} of 500 points found by their own vector");
+        assert!(own >= 495, "{own} of 500 points found by their own vector");
     }
 
     #[test]

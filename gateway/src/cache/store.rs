@@ -1077,7 +1077,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn record(route: &str, problem: &str, expires: u64) -> Record {
@@ -1096,7 +1096,8 @@ mod tests {
         }
     }
 
-    fn unit(seed: u64, dim: usize) -> Vec<f32> {
+    /// A random unit vector of `dim` dimensions (the same for the same seed).
+    pub(crate) fn unit(seed: u64, dim: usize) -> Vec<f32> {
         let mut x = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
