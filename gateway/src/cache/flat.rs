@@ -7,8 +7,9 @@
 //! search (BENCHMARKS.md). [`FlatGraph::of`] copies the graph's points and links into
 //! contiguous arrays (vectors side by side, layer 0 as one adjacency array), and
 //! [`FlatGraph::search`] runs the same HNSW search over them: greedy descent through the upper
-//! layers, then a beam of width `ef` on layer 0. The copy is a snapshot: points the graph gains
-//! later are not in it (the index scans those beside it until it makes a new copy).
+//! layers, then a beam of width `ef` on layer 0, asking for all of a node's neighbours' vectors
+//! before scoring any (their memory reads overlap). The copy is a snapshot: points the graph
+//! gains later are not in it (the index scans those beside it until it makes a new copy).
 
 use std::cell::RefCell;
 use std::cmp::Ordering;
