@@ -20,6 +20,22 @@ use hnsw_rs::prelude::Hnsw;
 
 use super::store::dot;
 
+/// Starts loading `v` into the cache, a 64-byte line at a time.
+#[inline]
+pub fn prefetch(v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in v.chunks(16) {
+        // SAFETY: a prefetch is a hint: it reads no value and cannot fault.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// The graph of one hnsw_rs index, flattened.
 pub struct FlatGraph {
     dim: usize,
@@ -289,17 +305,7 @@ impl FlatGraph {
     /// Starts loading `node`'s vector into the cache.
     #[inline]
     fn prefetch(&self, node: u32) {
-        #[cfg(target_arch = "x86_64")]
-        for line in self.vector(node).chunks(16) {
-            // SAFETY: a prefetch is a hint: it reads no value and cannot fault.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    line.as_ptr().cast(),
-                )
-            };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = node;
+        prefetch(self.vector(node));
     }
 
     /// The (up to) `k` points most similar to `q` (a unit vector of the graph's dimensions) that

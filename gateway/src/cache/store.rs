@@ -846,6 +846,10 @@ impl Store {
                     .collect();
             }
             found.extend(scanned);
+            // The candidates' full vectors lie anywhere in memory: ask for them all first.
+            for e in &found {
+                super::flat::prefetch(&e.vector);
+            }
             found
                 .into_iter()
                 .map(|e| Candidate {
