@@ -1363,8 +1363,12 @@ pub(crate) mod tests {
                 .count()
         };
         let (before, after) = (reached(&plain), reached(&linked));
-        // Measured: 6-14 of 30 reached without the links back, 18-23 with them.
-        assert!(after >= before + 6, "{before} -> {after} of 30 reached");
+        // Measured: 6-20 of 30 reached without the links back, 17-25 with them (more in every
+        // build; the builds differ with hnsw_rs's parallel insertion order).
+        assert!(
+            after > before && after >= 15,
+            "{before} -> {after} of 30 reached"
+        );
         // Only those the copy still does not reach are scanned.
         let scanned: Vec<usize> = index.side(0).stragglers.ids.clone();
         for (v, id) in lone.iter().zip(&ids) {
