@@ -18,7 +18,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::prelude::Hnsw;
 
-use super::store::dot;
+use super::store::{dot, insert_top, makes_top};
 
 /// Starts loading `v` into the cache, a 64-byte line at a time.
 #[inline]
@@ -347,9 +347,9 @@ impl FlatGraph {
             // `front`: nodes to expand, best first; `found`: the best `ef` accepted, best first.
             let mut front = BinaryHeap::with_capacity(4 * ef);
             front.push(Scored(best, at));
-            let mut found: Vec<Scored> = Vec::with_capacity(ef + 1);
+            let mut found: Vec<(f32, u32)> = Vec::with_capacity(ef + 1);
             if accepts(at) {
-                found.push(Scored(best, at));
+                found.push((best, at));
             }
             while let Some(Scored(s, node)) = front.pop() {
                 if found.len() >= ef && found.last().is_some_and(|w| s < w.0) {
@@ -365,13 +365,10 @@ impl FlatGraph {
                         continue;
                     }
                     let sn = self.sim(q, n);
-                    let room = found.len() < ef || found.last().is_some_and(|w| sn > w.0);
-                    if room {
+                    if makes_top(&found, ef, sn) {
                         front.push(Scored(sn, n));
                         if accepts(n) {
-                            let at = found.partition_point(|x| x.0 >= sn);
-                            found.insert(at, Scored(sn, n));
-                            found.truncate(ef);
+                            insert_top(&mut found, ef, sn, n);
                         }
                     }
                 }
@@ -379,7 +376,7 @@ impl FlatGraph {
             found.truncate(k);
             found
                 .into_iter()
-                .map(|Scored(s, n)| (s, self.ids[n as usize]))
+                .map(|(s, n)| (s, self.ids[n as usize]))
                 .collect()
         })
     }

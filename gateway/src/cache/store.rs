@@ -81,12 +81,12 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Whether similarity `s` would enter `top`, the best `k` so far (best first).
-fn makes_top<T>(top: &[(f32, T)], k: usize, s: f32) -> bool {
+pub(super) fn makes_top<T>(top: &[(f32, T)], k: usize, s: f32) -> bool {
     top.len() < k || top.last().is_some_and(|(worst, _)| s > *worst)
 }
 
 /// Puts `item` into `top` (best first), keeping at most `k`.
-fn insert_top<T>(top: &mut Vec<(f32, T)>, k: usize, s: f32, item: T) {
+pub(super) fn insert_top<T>(top: &mut Vec<(f32, T)>, k: usize, s: f32, item: T) {
     let at = top.partition_point(|(x, _)| *x >= s);
     top.insert(at, (s, item));
     top.truncate(k);
@@ -508,6 +508,7 @@ impl Index {
             check.extend(recent.rows().map(|(g, id)| (g, *id)));
         }
         let mut lost = flat.unreached(&check, all, GRAPH_CANDIDATES, ef);
+        let mut still_lost = Rows::default();
         if !lost.is_empty() {
             flat.link_back(&lost);
             // New links change where searches go: check them all again against this copy.
@@ -516,7 +517,6 @@ impl Index {
                 .into_iter()
                 .collect();
             lost.extend(still.iter().copied());
-            let mut rows = Rows::default();
             let mut filed = HashSet::new();
             let own: Vec<(&[f32], usize)> = if all {
                 flat.points().collect()
@@ -525,18 +525,16 @@ impl Index {
             };
             for (g, id) in check.iter().chain(&own) {
                 if still.contains(id) && filed.insert(*id) {
-                    rows.push(g, *id, MAX_STRAGGLERS);
+                    still_lost.push(g, *id, MAX_STRAGGLERS);
                 }
             }
-            let mut side = self.side_mut(shard);
-            side.linked.append(&mut lost);
-            side.linked.sort_unstable();
-            side.linked.dedup();
-            side.stragglers = rows;
-        } else {
-            self.side_mut(shard).stragglers = Rows::default();
         }
+        // One swap: a search sees the old copy with the old scanned rows, or the new with the new.
         let mut side = self.side_mut(shard);
+        side.linked.append(&mut lost);
+        side.linked.sort_unstable();
+        side.linked.dedup();
+        side.stragglers = still_lost;
         side.recent = Rows::default();
         side.flat = Some(Arc::new(flat));
     }
