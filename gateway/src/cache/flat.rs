@@ -18,7 +18,8 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::prelude::Hnsw;
 
-use super::store::{dot, insert_top, makes_top};
+use super::store::{insert_top, makes_top};
+use super::vector::{dot, dot4};
 
 /// Starts loading `v` into the cache, a 64-byte line at a time.
 #[inline]
@@ -34,6 +35,22 @@ pub fn prefetch(v: &[f32]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = v;
+}
+
+/// Starts loading the value at `p` (its first four lines at most) into the cache.
+#[inline]
+pub fn prefetch_value<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    for line in 0..std::mem::size_of::<T>().div_ceil(64).min(4) {
+        // SAFETY: a prefetch is a hint: it reads no value and cannot fault, whatever the address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                p.cast::<i8>().wrapping_add(64 * line),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// The graph of one hnsw_rs index, flattened.
@@ -360,17 +377,32 @@ impl FlatGraph {
                 for &n in self.out(node) {
                     self.prefetch(n);
                 }
-                for &n in self.out(node) {
-                    if !visited.insert(n) {
-                        continue;
-                    }
-                    let sn = self.sim(q, n);
+                let mut consider = |sn: f32, n: u32| {
                     if makes_top(&found, ef, sn) {
                         front.push(Scored(sn, n));
                         if accepts(n) {
                             insert_top(&mut found, ef, sn, n);
                         }
                     }
+                };
+                // Scored four at a time (one pass over the query for four neighbours).
+                let (mut four, mut held) = ([0u32; 4], 0);
+                for &n in self.out(node) {
+                    if !visited.insert(n) {
+                        continue;
+                    }
+                    four[held] = n;
+                    held += 1;
+                    if held == 4 {
+                        let sims = dot4(q, four.map(|n| self.vector(n)));
+                        for (sn, n) in sims.into_iter().zip(four) {
+                            consider(sn, n);
+                        }
+                        held = 0;
+                    }
+                }
+                for &n in &four[..held] {
+                    consider(self.sim(q, n), n);
                 }
             }
             found.truncate(k);

@@ -13,6 +13,7 @@ pub mod key;
 pub mod replay;
 pub mod snapshot;
 pub mod store;
+mod vector;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -61,24 +61,8 @@ impl Distance<f32> for UnitCosine {
     }
 }
 
-/// Dot product (eight independent lanes, so it vectorises).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
+pub use super::vector::dot;
+use super::vector::{dot4, scan};
 
 /// Whether similarity `s` would enter `top`, the best `k` so far (best first).
 pub(super) fn makes_top<T>(top: &[(f32, T)], k: usize, s: f32) -> bool {
@@ -236,13 +220,13 @@ impl Partition {
         if vector.len() != self.dim || self.dim == 0 {
             return top;
         }
-        for (row, e) in self.matrix.chunks_exact(self.dim).zip(&self.entries) {
-            let s = dot(vector, row);
+        scan(vector, &self.matrix, |row, s| {
             // Expiry is read only for entries that would make the list.
+            let e = &self.entries[row];
             if makes_top(&top, k, s) && e.record.expires > now {
                 insert_top(&mut top, k, s, e);
             }
-        }
+        });
         top
     }
 }
@@ -365,12 +349,11 @@ impl Rows {
         if self.matrix.len() != self.ids.len() * g.len() {
             return;
         }
-        for (row, id) in self.rows() {
-            let sim = dot(g, row);
+        scan(g, &self.matrix, |row, sim| {
             if makes_top(top, k, sim) {
-                insert_top(top, k, sim, *id);
+                insert_top(top, k, sim, self.ids[row]);
             }
-        }
+        });
     }
 }
 
@@ -405,7 +388,12 @@ impl Projection {
         if v.len() <= GRAPH_DIMS || self.rows.first().is_some_and(|r| r.len() != v.len()) {
             return v.to_vec();
         }
-        let mut out: Vec<f32> = self.rows.iter().map(|r| dot(r, v)).collect();
+        let mut out = Vec::with_capacity(self.rows.len());
+        let mut fours = self.rows.chunks_exact(4);
+        for r in fours.by_ref() {
+            out.extend(dot4(v, [&r[0], &r[1], &r[2], &r[3]]));
+        }
+        out.extend(fours.remainder().iter().map(|r| dot(r, v)));
         super::embed::normalise(&mut out);
         out
     }
@@ -808,52 +796,51 @@ impl Store {
                 })
                 .collect()
         } else {
-            let filter = |id: &usize| {
-                inner
-                    .entries
-                    .get(id)
-                    .is_some_and(|e| &e.partition == partition && live(e))
-            };
+            let wanted_entry = |e: &&Arc<Entry>| &e.partition == partition && live(e);
+            let filter = |id: &usize| inner.entries.get(id).is_some_and(|e| wanted_entry(&e));
             let index = self.index.load();
             let wanted = k.max(GRAPH_CANDIDATES);
             let ef = self.ef_search.load(Ordering::Relaxed).max(wanted);
             let query = self.graph_vector(vector);
-            let keep = |id: usize| inner.entries.get(&id).filter(|_| filter(&id)).cloned();
+            // The entries lie anywhere in memory: ask for them all before reading any.
+            let keep = |ids: Vec<usize>| -> Vec<Arc<Entry>> {
+                let entries: Vec<&Arc<Entry>> =
+                    ids.iter().filter_map(|id| inner.entries.get(id)).collect();
+                for e in &entries {
+                    super::flat::prefetch_value(Arc::as_ptr(e));
+                }
+                entries.into_iter().filter(wanted_entry).cloned().collect()
+            };
             let probes = index.probes(&query, self.probe_margin());
             // The scanned entries first: an entry leaves the recent rows only once a flat copy
             // that holds it is in place, so a copy made meanwhile cannot hide it from both.
-            let scanned: Vec<Arc<Entry>> = index
-                .scanned_candidates(&query, &probes, wanted)
-                .into_iter()
-                .filter_map(keep)
-                .collect();
+            let scanned = keep(index.scanned_candidates(&query, &probes, wanted));
             // Unfiltered first: the filter touches every visited entry (most of the search time
             // when measured); fall back to a filtered search when other partitions or dead
             // entries crowd the candidates out.
-            let mut found: Vec<Arc<Entry>> = index
-                .graph_candidates(&query, &probes, wanted, ef, None)
-                .into_iter()
-                .filter_map(keep)
-                .collect();
+            let mut found = keep(index.graph_candidates(&query, &probes, wanted, ef, None));
             if found.len() < wanted / 2 {
                 let accepts = |id: usize| filter(&id);
-                found = index
-                    .graph_candidates(&query, &probes, wanted, ef, Some(&accepts))
-                    .into_iter()
-                    .filter_map(keep)
-                    .collect();
+                found = keep(index.graph_candidates(&query, &probes, wanted, ef, Some(&accepts)));
             }
             found.extend(scanned);
             // The candidates' full vectors lie anywhere in memory: ask for them all first.
             for e in &found {
                 super::flat::prefetch(&e.vector);
             }
+            let mut sims = Vec::with_capacity(found.len());
+            let mut fours = found.chunks_exact(4);
+            for f in fours.by_ref() {
+                sims.extend(dot4(
+                    vector,
+                    [&f[0].vector, &f[1].vector, &f[2].vector, &f[3].vector],
+                ));
+            }
+            sims.extend(fours.remainder().iter().map(|e| dot(vector, &e.vector)));
             found
                 .into_iter()
-                .map(|e| Candidate {
-                    similarity: dot(vector, &e.vector),
-                    entry: e,
-                })
+                .zip(sims)
+                .map(|(entry, similarity)| Candidate { entry, similarity })
                 .collect()
         };
         out.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
