@@ -91,10 +91,53 @@ pub struct FlatGraph {
     /// Layer 0 links of node `n`: `links[starts[n]..starts[n + 1]]`.
     starts: Vec<u32>,
     links: Vec<u32>,
-    /// Links on layers 1.. (few points: a map per layer).
-    upper: Vec<HashMap<u32, Vec<u32>>>,
+    /// Links on layers 1.., lowest first.
+    upper: Vec<Upper>,
     /// A point on the top layer.
     entry: u32,
+}
+
+/// Neighbour lists packed side by side: list `i` is `links[starts[i]..starts[i + 1]]`.
+fn adjacency(lists: &[Vec<u32>]) -> (Vec<u32>, Vec<u32>) {
+    let mut starts = Vec::with_capacity(lists.len() + 1);
+    let mut links = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+    huge_pages(links.spare_capacity_mut());
+    starts.push(0u32);
+    for l in lists {
+        links.extend_from_slice(l);
+        starts.push(links.len() as u32);
+    }
+    (starts, links)
+}
+
+/// The links of one layer above layer 0, whose points are the nodes from `base` on.
+struct Upper {
+    base: u32,
+    /// Links of node `base + i`: `links[starts[i]..starts[i + 1]]`.
+    starts: Vec<u32>,
+    links: Vec<u32>,
+}
+
+impl Upper {
+    fn of(base: u32, lists: &[Vec<u32>]) -> Self {
+        let (starts, links) = adjacency(lists);
+        Upper {
+            base,
+            starts,
+            links,
+        }
+    }
+
+    /// The links of `node` on this layer (none for a node below it).
+    fn out(&self, node: u32) -> &[u32] {
+        let Some(i) = node.checked_sub(self.base).map(|i| i as usize) else {
+            return &[];
+        };
+        match (self.starts.get(i), self.starts.get(i + 1)) {
+            (Some(&a), Some(&b)) => &self.links[a as usize..b as usize],
+            _ => &[],
+        }
+    }
 }
 
 /// A similarity and a node, ordered by similarity.
@@ -193,7 +236,10 @@ impl FlatGraph {
         let mut vectors = Vec::new();
         let mut ids = vec![0usize; n];
         let mut lists: Vec<Vec<u32>> = vec![Vec::new(); n];
-        let mut upper: Vec<HashMap<u32, Vec<u32>>> = vec![HashMap::new(); top];
+        // Nodes are numbered layer by layer, so the points of layer `l` (those whose top layer
+        // is `l` or higher) are the nodes from `first[l]` on.
+        let mut upper: Vec<Vec<Vec<u32>>> =
+            (1..=top).map(|l| vec![Vec::new(); n - first[l]]).collect();
         for layer in 0..=top {
             for point in points.get_layer_iterator(layer) {
                 let p = point.get_point_id();
@@ -217,29 +263,26 @@ impl FlatGraph {
                         .collect();
                     match l {
                         0 => lists[node as usize] = nodes,
-                        l if l <= top && !nodes.is_empty() => {
-                            upper[l - 1].insert(node, nodes);
+                        l if l <= top && node as usize >= first[l] => {
+                            upper[l - 1][node as usize - first[l]] = nodes;
                         }
                         _ => {}
                     }
                 }
             }
         }
-        let mut starts = Vec::with_capacity(n + 1);
-        let mut links = Vec::with_capacity(lists.iter().map(Vec::len).sum());
-        huge_pages(links.spare_capacity_mut());
-        starts.push(0u32);
-        for l in &lists {
-            links.extend_from_slice(l);
-            starts.push(links.len() as u32);
-        }
+        let (starts, links) = adjacency(&lists);
         Some(FlatGraph {
             dim,
             vectors,
             ids,
             starts,
             links,
-            upper,
+            upper: upper
+                .iter()
+                .zip(&first[1..])
+                .map(|(lists, &base)| Upper::of(base as u32, lists))
+                .collect(),
             entry: first[top] as u32,
         })
     }
@@ -375,7 +418,7 @@ impl FlatGraph {
         for layer in self.upper.iter().rev() {
             loop {
                 let mut moved = false;
-                let neighbours = layer.get(&at).map(Vec::as_slice).unwrap_or(&[]);
+                let neighbours = layer.out(at);
                 for &n in neighbours {
                     self.prefetch(n);
                 }
