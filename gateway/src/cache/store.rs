@@ -222,9 +222,10 @@ impl Partition {
         }
         scan(vector, &self.matrix, |row, s| {
             // Expiry is read only for entries that would make the list.
-            let e = &self.entries[row];
-            if makes_top(&top, k, s) && e.record.expires > now {
-                insert_top(&mut top, k, s, e);
+            if makes_top(&top, k, s) {
+                if let Some(e) = self.entries.get(row).filter(|e| e.record.expires > now) {
+                    insert_top(&mut top, k, s, e);
+                }
             }
         });
         top
