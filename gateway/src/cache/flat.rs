@@ -24,33 +24,29 @@ use super::vector::{dot, dot4};
 /// Starts loading `v` into the cache, a 64-byte line at a time.
 #[inline]
 pub fn prefetch(v: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in v.chunks(16) {
-        // SAFETY: a prefetch is a hint: it reads no value and cannot fault.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = v;
+    prefetch_bytes(v.as_ptr().cast(), std::mem::size_of_val(v));
 }
 
 /// Starts loading the value at `p` (its first four lines at most) into the cache.
 #[inline]
 pub fn prefetch_value<T>(p: *const T) {
+    prefetch_bytes(p.cast(), std::mem::size_of::<T>().min(4 * 64));
+}
+
+/// Starts loading the `len` bytes from `p` into the cache, a 64-byte line at a time.
+#[inline]
+fn prefetch_bytes(p: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    for line in 0..std::mem::size_of::<T>().div_ceil(64).min(4) {
+    for offset in (0..len).step_by(64) {
         // SAFETY: a prefetch is a hint: it reads no value and cannot fault, whatever the address.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                p.cast::<i8>().wrapping_add(64 * line),
+                p.wrapping_add(offset).cast(),
             )
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    let _ = (p, len);
 }
 
 /// Asks the kernel to back `memory` (not yet touched) with 2 MB pages where it can: a search

@@ -62,7 +62,7 @@ impl Distance<f32> for UnitCosine {
 }
 
 pub use super::vector::dot;
-use super::vector::{dot4, scan};
+use super::vector::{dots, scan};
 
 /// Whether similarity `s` would enter `top`, the best `k` so far (best first).
 pub(super) fn makes_top<T>(top: &[(f32, T)], k: usize, s: f32) -> bool {
@@ -389,12 +389,7 @@ impl Projection {
         if v.len() <= GRAPH_DIMS || self.rows.first().is_some_and(|r| r.len() != v.len()) {
             return v.to_vec();
         }
-        let mut out = Vec::with_capacity(self.rows.len());
-        let mut fours = self.rows.chunks_exact(4);
-        for r in fours.by_ref() {
-            out.extend(dot4(v, [&r[0], &r[1], &r[2], &r[3]]));
-        }
-        out.extend(fours.remainder().iter().map(|r| dot(r, v)));
+        let mut out = dots(v, &self.rows, |r| r);
         super::embed::normalise(&mut out);
         out
     }
@@ -798,7 +793,6 @@ impl Store {
                 .collect()
         } else {
             let wanted_entry = |e: &&Arc<Entry>| &e.partition == partition && live(e);
-            let filter = |id: &usize| inner.entries.get(id).is_some_and(|e| wanted_entry(&e));
             let index = self.index.load();
             let wanted = k.max(GRAPH_CANDIDATES);
             let ef = self.ef_search.load(Ordering::Relaxed).max(wanted);
@@ -821,7 +815,7 @@ impl Store {
             // entries crowd the candidates out.
             let mut found = keep(index.graph_candidates(&query, &probes, wanted, ef, None));
             if found.len() < wanted / 2 {
-                let accepts = |id: usize| filter(&id);
+                let accepts = |id: usize| inner.entries.get(&id).is_some_and(|e| wanted_entry(&e));
                 found = keep(index.graph_candidates(&query, &probes, wanted, ef, Some(&accepts)));
             }
             found.extend(scanned);
@@ -829,15 +823,7 @@ impl Store {
             for e in &found {
                 super::flat::prefetch(&e.vector);
             }
-            let mut sims = Vec::with_capacity(found.len());
-            let mut fours = found.chunks_exact(4);
-            for f in fours.by_ref() {
-                sims.extend(dot4(
-                    vector,
-                    [&f[0].vector, &f[1].vector, &f[2].vector, &f[3].vector],
-                ));
-            }
-            sims.extend(fours.remainder().iter().map(|e| dot(vector, &e.vector)));
+            let sims = dots(vector, &found, |e| &e.vector);
             found
                 .into_iter()
                 .zip(sims)

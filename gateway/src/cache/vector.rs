@@ -52,6 +52,17 @@ pub fn dot4(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
     }
 }
 
+/// Dot products of `q` with the vector `row` gives for each of `items`, in order, four at a time.
+pub fn dots<T>(q: &[f32], items: &[T], row: impl Fn(&T) -> &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut fours = items.chunks_exact(4);
+    for f in fours.by_ref() {
+        out.extend(dot4(q, [row(&f[0]), row(&f[1]), row(&f[2]), row(&f[3])]));
+    }
+    out.extend(fours.remainder().iter().map(|item| dot(q, row(item))));
+    out
+}
+
 /// Calls `score(index, similarity)` for each `dim`-long row of `matrix` against `q`, four rows
 /// at a time.
 #[inline]
@@ -200,6 +211,19 @@ mod tests {
         let ones = vec![1f32; 67];
         assert_eq!(dot(&ones, &ones), 67.0);
         assert_eq!(dot4(&ones, [&ones; 4]), [67.0; 4]);
+    }
+
+    #[test]
+    fn dots_scores_every_item_in_order() {
+        let q = unit(3, 64);
+        for n in [0usize, 1, 4, 6, 9] {
+            let items: Vec<Vec<f32>> = (0..n).map(|i| unit(200 + i as u64, 64)).collect();
+            let got = dots(&q, &items, |v| v);
+            assert_eq!(got.len(), n);
+            for (g, v) in got.iter().zip(&items) {
+                assert!((*g as f64 - plain(&q, v)).abs() < 1e-5, "{n} items");
+            }
+        }
     }
 
     #[test]
