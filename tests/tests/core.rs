@@ -653,10 +653,20 @@ routes:
     for s in [first, second] {
         assert!(s.await.unwrap().contains("[DONE]"));
     }
-    assert_eq!(
-        admission(&gw.admin_get("/admin/config").await, "fake")["in_flight"],
-        0
-    );
+    // The slots are released in the gateway's logging phase, which can end after the client
+    // already has `[DONE]`: wait (bounded) for the release instead of reading at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = admission(&gw.admin_get("/admin/config").await, "fake");
+        if state["in_flight"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slots never released: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // A full pool whose slot does not free in time: 429 after queue_timeout.
     let held = held_stream_of(&gw, &tight, "tight-gated", 1).await;
