@@ -70,6 +70,8 @@ bench-engine: deps models build
 	@$(BENCH_VENV)/bin/python -c 'import llama_cpp' 2>/dev/null || \
 	  CMAKE_ARGS="-DGGML_NATIVE=ON" $(BENCH_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36
 	$(BENCH_VENV)/bin/python benches/engine_vs_llamacpp.py $(BIN)
+	@echo 'candle matmuls alone on the same weights (requantize: auto = Q8_0), a ceiling for the engine:'
+	RAYON_NUM_THREADS=$${BENCH_THREADS:-2} $(CARGO_TARGET_DIR)/release/qmatmul-ceiling models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf 302 5 q8_0
 
 # docs/dashboard.png: the Prometheus end-to-end test's data rendered with matplotlib.
 dashboard-png: deps build
