@@ -68,6 +68,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. }) {
+        // Before any thread starts: they inherit the blocked SIGINT.
+        reasoning_gateway::server::ctrl_c_stops_gracefully();
+    }
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Capacity {

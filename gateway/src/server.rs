@@ -70,6 +70,61 @@ fn engine_pool(addr: SocketAddr) -> UpstreamConfig {
     }
 }
 
+/// Makes Ctrl-C (SIGINT) stop the gateway the way SIGTERM does: no new connections, the
+/// requests in flight finish (up to `drain_timeout`), the cache's last snapshot is written. A
+/// second Ctrl-C stops at once.
+///
+/// Pingora treats SIGINT as its fast shutdown, which skips all of that: a `make run` stopped with
+/// Ctrl-C would lose every cache entry since the last periodic snapshot. SIGINT is blocked in every
+/// thread (call this first in `main`, before any thread starts, so they all inherit the mask) and
+/// a dedicated thread takes it with `sigwait`, so Pingora's own SIGINT handler never runs. The
+/// gateway starts no child processes, which would inherit the blocked signal.
+pub fn ctrl_c_stops_gracefully() {
+    // SAFETY: plain libc signal-set calls on a local set; `pthread_sigmask` changes only this
+    // thread's mask (and that of the threads it starts afterwards).
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return;
+        }
+        set
+    };
+    let waiter = move || {
+        let mut presses = 0u32;
+        loop {
+            let mut signal = 0;
+            // SAFETY: waits for a signal of `set`, which every thread blocks.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                continue;
+            }
+            presses += 1;
+            if presses == 1 {
+                tracing::info!("Ctrl-C: stopping as on SIGTERM (requests in flight finish, the cache is saved); press Ctrl-C again to stop at once.");
+                // SAFETY: sends SIGTERM to this process, which Pingora handles.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGTERM);
+                }
+            } else {
+                tracing::warn!("Second Ctrl-C: stopping at once.");
+                std::process::exit(130);
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("ctrl-c".into())
+        .spawn(waiter)
+    {
+        // Without the waiter a blocked SIGINT would be ignored: unblock it, keep Pingora's way.
+        tracing::warn!(error = %e, "Ctrl-C handler not started; Ctrl-C stops without draining.");
+        // SAFETY: as above.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        }
+    }
+}
+
 /// Runs the gateway until it is told to stop. Never returns on success.
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let config = config::load(config_path)?;

@@ -260,8 +260,13 @@ impl GatewayProc {
 
     /// Sends `SIGTERM` and returns at once.
     pub fn send_sigterm(&self) {
+        self.send_signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGINT`, what Ctrl-C sends) and returns at once.
+    pub fn send_signal(&self, signal: i32) {
         unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+            libc::kill(self.child.id() as i32, signal);
         }
     }
 

@@ -299,9 +299,9 @@ async fn entries_expire_after_their_ttl() {
     );
 }
 
-/// Starts a gateway on `cfg`, stores the answer to `q` (a miss), and stops it (SIGTERM: the
-/// final snapshot is written).
-async fn store_one_and_stop(cfg: &str, q: &str) {
+/// Starts a gateway on `cfg`, stores the answer to `q` (a miss), and stops it with `signal`
+/// (SIGTERM, or SIGINT as Ctrl-C sends: the final snapshot is written either way).
+async fn store_one_and_stop(cfg: &str, q: &str, signal: i32) {
     let mut gw = GatewayProc::start(cfg, WAIT);
     assert_eq!(ask(&gw, q, false, &[]).await.cache, "miss");
     gw.wait_for_metric(
@@ -310,7 +310,23 @@ async fn store_one_and_stop(cfg: &str, q: &str) {
         WAIT,
     )
     .await;
-    assert!(gw.terminate(WAIT).success());
+    gw.send_signal(signal);
+    assert!(gw.wait_exit(WAIT).success());
+}
+
+/// `make run` stopped with Ctrl-C keeps what the cache learned: the next start replays it.
+#[tokio::test]
+async fn the_cache_survives_ctrl_c() {
+    let up = FakeUpstream::start("a").await;
+    let dir = TempDir::new("cache-ctrl-c");
+    let cfg = config(&up, &format!("  snapshot_dir: {}\n", dir.0.display()), "");
+    let q = "Which gas do plants take in to make sugar?";
+    store_one_and_stop(&cfg, q, libc::SIGINT).await;
+
+    let gw = GatewayProc::start(&cfg, WAIT);
+    let calls = up.requests.load(Ordering::SeqCst);
+    assert_eq!(ask(&gw, q, true, &[]).await.cache, "hit");
+    assert_eq!(up.requests.load(Ordering::SeqCst), calls);
 }
 
 #[tokio::test]
@@ -319,7 +335,7 @@ async fn the_cache_survives_a_restart_and_a_corrupt_snapshot_is_ignored() {
     let dir = TempDir::new("cache-snap");
     let cfg = config(&up, &format!("  snapshot_dir: {}\n", dir.0.display()), "");
     let q = "Which planet is closest to the Sun?";
-    store_one_and_stop(&cfg, q).await;
+    store_one_and_stop(&cfg, q, libc::SIGTERM).await;
 
     let gw = GatewayProc::start(&cfg, WAIT);
     let calls = up.requests.load(Ordering::SeqCst);
@@ -499,7 +515,7 @@ async fn a_snapshot_from_another_embedding_model_is_embedded_again() {
         "Tell me: which planet is closest to the Sun?",
     );
 
-    store_one_and_stop(&with_model(SOURCE_MODEL), q).await;
+    store_one_and_stop(&with_model(SOURCE_MODEL), q, libc::SIGTERM).await;
     assert!(snapshot_model().starts_with("model.onnx sha256:"));
 
     let mut gw = GatewayProc::start(&with_model(DERIVED_MODEL), WAIT);

@@ -479,6 +479,34 @@ async fn sigterm_lets_the_streams_in_flight_finish_then_exits() {
     assert!(gw.log_text().contains("Gateway stopped."));
 }
 
+/// `make run` is stopped with Ctrl-C: SIGINT drains like SIGTERM (Pingora's own SIGINT handling
+/// would cut the streams and skip the cache's snapshot), and a second Ctrl-C stops at once.
+#[tokio::test]
+async fn ctrl_c_drains_like_sigterm_and_a_second_ctrl_c_stops_at_once() {
+    let up = FakeUpstream::start("a").await;
+    let mut gw = GatewayProc::start(&config(&[up.addr], ""), READY);
+    let read = held_stream(&gw, &up).await;
+    gw.send_signal(libc::SIGINT);
+    gw.wait_for_log_line(
+        "waiting for the requests in flight",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(http_status(gw.admin_port, "/readyz"), Some(503));
+    assert!(gw.is_running(), "exited with a stream in flight");
+    assert!(!read.is_finished(), "the stream was cut");
+
+    gw.send_signal(libc::SIGINT);
+    let status = gw.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let text = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the client was left hanging")
+        .unwrap();
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(gw.log_text().contains("Second Ctrl-C: stopping at once."));
+}
+
 /// `drain_timeout` bounds the wait: a stream still running then is cut and the gateway exits.
 #[tokio::test]
 async fn a_stream_outlasting_drain_timeout_is_cut_and_the_gateway_exits() {
