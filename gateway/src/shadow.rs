@@ -1,6 +1,8 @@
 //! Shadow traffic: a copy of a request goes to the route's shadow variant; the answer is read,
 //! measured and verified, never served. It runs in its own task with its own timeouts, so it
-//! cannot slow or fail the served request; past a concurrency bound copies are skipped.
+//! cannot slow or fail the served request. Copies are skipped (counted) past the gateway-wide
+//! bound of copies in flight, and when the shadow pool has `max_inflight` and no slot is free
+//! now: a copy holds one of the pool's slots while it runs and never waits in its line.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -42,13 +44,24 @@ pub struct ShadowRequest {
 /// Sends the copy in the background.
 pub fn spawn(gw: Arc<Gateway>, req: ShadowRequest) {
     let labels = [req.route.name.clone(), req.variant.clone()];
-    if INFLIGHT.fetch_add(1, Ordering::AcqRel) >= MAX_INFLIGHT {
-        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
+    let skipped = || {
         gw.metrics
             .shadow_requests_total
             .with_label_values(&[labels[0].as_str(), labels[1].as_str(), "skipped"])
             .inc();
-        return;
+    };
+    // The pool's own bound first: a backend sized for `max_inflight` requests gets no more
+    // because some of them are copies.
+    let slot = match &req.pool.admission {
+        Some(admission) => match admission.try_admit() {
+            Some(slot) => Some(slot),
+            None => return skipped(),
+        },
+        None => None,
+    };
+    if INFLIGHT.fetch_add(1, Ordering::AcqRel) >= MAX_INFLIGHT {
+        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return skipped();
     }
     tokio::spawn(async move {
         let start = Instant::now();
@@ -56,6 +69,7 @@ pub fn spawn(gw: Arc<Gateway>, req: ShadowRequest) {
         let result = tokio::time::timeout(timeout, send(&req))
             .await
             .unwrap_or(Err("timeout"));
+        drop(slot);
         INFLIGHT.fetch_sub(1, Ordering::AcqRel);
         let elapsed = start.elapsed();
         let m = &gw.metrics;

@@ -338,3 +338,60 @@ routes:
     );
     assert_eq!(gw.log_text().matches("Canary variant promoted").count(), 2);
 }
+
+/// A shadow copy holds a slot of its pool (`max_inflight`) while it runs and never waits for
+/// one: while the pool is full the copies are skipped, so a backend sized for one request at a
+/// time gets one, and the clients' requests are served as usual.
+#[tokio::test]
+async fn shadow_copies_take_only_free_slots_of_the_shadow_pool() {
+    let (a, c) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("c").await,
+    );
+    let cfg = format!(
+        r#"upstreams:
+  - {{name: a, endpoints: ["{}"]}}
+  - {{name: c, endpoints: ["{}"], max_inflight: 1, max_queue: 0}}
+routes:
+  - model: m
+    upstream: a
+    canary:
+      variants:
+        - {{name: stable, upstream: a, weight: 100}}
+        - {{name: mirror, upstream: c, shadow: true, upstream_model: gated}}
+"#,
+        a.addr, c.addr
+    );
+    let gw = GatewayProc::start(&cfg, Duration::from_secs(20));
+    let shadow = |result: &str| {
+        format!("reasoning_gateway_shadow_requests_total{{result=\"{result}\",route=\"m\",variant=\"mirror\"}}")
+    };
+    let served = (200, "stable".to_string(), "a".to_string());
+    assert_eq!(send(&gw, "m", &[], false).await, served);
+    // Its copy is held at c's gate, in c's only slot.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.gated_waiting.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first copy never reached c"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(send(&gw, "m", &[], false).await, served);
+    }
+    gw.wait_for_metric(&shadow("skipped"), 3.0, Duration::from_secs(10))
+        .await;
+    assert_eq!(c.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Once the held copy is done its slot is free, and the next copy goes through.
+    c.open_gate();
+    gw.wait_for_metric(&shadow("ok"), 1.0, Duration::from_secs(10))
+        .await;
+    assert_eq!(send(&gw, "m", &[], false).await, served);
+    gw.wait_for_metric(&shadow("ok"), 2.0, Duration::from_secs(10))
+        .await;
+    assert_eq!(c.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let m = gw.admin_get("/metrics").await;
+    assert_eq!(metric_value(&m, &shadow("skipped")), Some(3.0), "{m}");
+}
