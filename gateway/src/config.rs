@@ -19,6 +19,8 @@ pub const DEFAULT_CHECKPOINT_EVERY: u32 = 5;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Default wait for requests in flight at SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default interval between DNS checks of the endpoints' host names.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
 
 /// Validated runtime configuration.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct Config {
     pub threads: usize,
     /// How long a SIGTERM waits for requests in flight.
     pub drain_timeout: Duration,
+    /// How often endpoint host names are resolved again (zero: never).
+    pub dns_refresh: Duration,
     /// Bundled engine, when configured.
     pub engine: Option<EngineConfig>,
     /// Reasoning-cache settings: present when a `cache:` section exists or a route enables it.

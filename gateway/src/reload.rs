@@ -1,9 +1,12 @@
 //! Live reload of the config file: validated fully, then swapped in as a new snapshot. The one
-//! writer is serialised by a lock; requests keep the snapshot they started with.
+//! writer is serialised by a lock; requests keep the snapshot they started with. Endpoint host
+//! names are resolved again every `dns_refresh`; a moved endpoint reloads the file, which
+//! resolves it anew.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -127,7 +130,56 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64, u64, u64)> {
     Some((meta.modified().ok()?, meta.len(), meta.ino(), h.finish()))
 }
 
-/// Reloads on SIGHUP and when the config file changes (polled each second).
+/// An endpoint whose host name no longer resolves to the address in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// Pool name.
+    pub pool: String,
+    /// The endpoint as configured (`host:port`).
+    pub name: String,
+    /// The address in use.
+    pub was: SocketAddr,
+    /// What the name resolves to now (the first address, the one a reload picks).
+    pub now: SocketAddr,
+}
+
+/// The endpoints of `snapshot` that moved, by `resolve` (`host:port` → its addresses now).
+/// Names written as IP addresses never move; a name that does not resolve now (a DNS hiccup)
+/// or still includes the address in use (round-robin DNS reorders its answers) has not moved.
+pub fn moved_endpoints(
+    snapshot: &Snapshot,
+    resolve: &dyn Fn(&str) -> Vec<SocketAddr>,
+) -> Vec<Moved> {
+    let mut moved = Vec::new();
+    for u in &snapshot.config.upstreams {
+        for (was, name) in &u.endpoints {
+            if name.parse::<SocketAddr>().is_ok() {
+                continue;
+            }
+            let now = resolve(name);
+            match now.first() {
+                Some(first) if !now.contains(was) => moved.push(Moved {
+                    pool: u.name.clone(),
+                    name: name.clone(),
+                    was: *was,
+                    now: *first,
+                }),
+                _ => {}
+            }
+        }
+    }
+    moved
+}
+
+/// The system resolver (blocking).
+fn system_resolve(name: &str) -> Vec<SocketAddr> {
+    name.to_socket_addrs()
+        .map(|a| a.collect())
+        .unwrap_or_default()
+}
+
+/// Reloads on SIGHUP, when the config file changes (polled each second) and when an endpoint's
+/// host name moved (checked every `dns_refresh`).
 pub struct ReloadService {
     gw: Arc<Gateway>,
     path: PathBuf,
@@ -137,6 +189,25 @@ impl ReloadService {
     /// Watches `path` for `gw`.
     pub fn new(gw: Arc<Gateway>, path: PathBuf) -> Self {
         ReloadService { gw, path }
+    }
+
+    /// Whether `dns_refresh` has passed since `checked` and an endpoint moved (logged). Lookups
+    /// block, so they run on the blocking pool.
+    async fn dns_due(&self, checked: &mut Instant) -> bool {
+        let snapshot = self.gw.snapshot.load_full();
+        let every = snapshot.config.dns_refresh;
+        if every.is_zero() || checked.elapsed() < every {
+            return false;
+        }
+        *checked = Instant::now();
+        let moved =
+            tokio::task::spawn_blocking(move || moved_endpoints(&snapshot, &system_resolve))
+                .await
+                .unwrap_or_default();
+        for m in &moved {
+            tracing::info!(pool = %m.pool, endpoint = %m.name, was = %m.was, now = %m.now, "An endpoint's address changed in DNS; reloading.");
+        }
+        !moved.is_empty()
     }
 }
 
@@ -152,20 +223,70 @@ impl BackgroundService for ReloadService {
         };
         let mut seen = fingerprint(&self.path);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut dns_checked = Instant::now();
         loop {
             let trigger = tokio::select! {
                 _ = shutdown.changed() => return,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "sighup",
                 _ = tick.tick() => {
                     let now = fingerprint(&self.path);
-                    if now.is_none() || now == seen {
+                    if now.is_some() && now != seen {
+                        seen = now;
+                        "watch"
+                    } else if self.dns_due(&mut dns_checked).await {
+                        "dns"
+                    } else {
                         continue;
                     }
-                    seen = now;
-                    "watch"
                 }
             };
             let _ = reload(&self.gw, &self.path, trigger);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let config = config::parse(
+            "upstreams:\n  - {name: u, endpoints: [\"127.0.0.1:8000\", \"localhost:8001\"]}\nroutes: [{model: m, upstream: u}]\n",
+        )
+        .unwrap();
+        Snapshot::new(config, Vec::new(), 1)
+    }
+
+    #[test]
+    fn an_endpoint_moves_only_when_its_name_resolves_without_the_address_in_use() {
+        let snap = snapshot();
+        let in_use = snap.config.upstreams[0].endpoints[1].0;
+        let elsewhere: SocketAddr = "127.0.0.2:8001".parse().unwrap();
+        let asked = std::cell::RefCell::new(Vec::new());
+        let resolve_to = |answer: Vec<SocketAddr>| {
+            let asked = &asked;
+            move |name: &str| {
+                asked.borrow_mut().push(name.to_string());
+                answer.clone()
+            }
+        };
+
+        let moved = moved_endpoints(&snap, &resolve_to(vec![elsewhere]));
+        assert_eq!(
+            moved,
+            vec![Moved {
+                pool: "u".into(),
+                name: "localhost:8001".into(),
+                was: in_use,
+                now: elsewhere,
+            }]
+        );
+        // IP literals are never looked up.
+        assert_eq!(*asked.borrow(), vec!["localhost:8001".to_string()]);
+
+        // Round-robin DNS answering in another order, with the address in use among them.
+        assert!(moved_endpoints(&snap, &resolve_to(vec![elsewhere, in_use])).is_empty());
+        // A lookup that fails now keeps the endpoint where it is.
+        assert!(moved_endpoints(&snap, &resolve_to(Vec::new())).is_empty());
     }
 }

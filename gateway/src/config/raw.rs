@@ -18,6 +18,9 @@ pub struct RawConfig {
     /// On SIGTERM, how long requests in flight may take to finish before the gateway exits
     /// anyway (default 30s; `0s`: exit at once).
     pub drain_timeout: Option<String>,
+    /// How often endpoint host names are resolved again; a name whose addresses no longer
+    /// include the one in use reloads the config (default 30s; `0s`: only when loaded).
+    pub dns_refresh: Option<String>,
     /// The bundled mistral.rs engine, served as upstream `engine`.
     pub engine: Option<RawEngine>,
     /// Process-wide reasoning-cache settings (embedding model, snapshots, tenancy).

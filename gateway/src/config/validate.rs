@@ -103,6 +103,18 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         }
     };
 
+    let dns_refresh = match raw.dns_refresh.as_deref().map(|s| (s, parse_duration(s))) {
+        None => DEFAULT_DNS_REFRESH,
+        Some((_, Some(d))) => d,
+        Some((s, None)) => {
+            errs.push(
+                "dns_refresh",
+                format!("`{s}` is not a duration (e.g. 30s, 5m, 0s)"),
+            );
+            DEFAULT_DNS_REFRESH
+        }
+    };
+
     let engine = raw.engine.as_ref().map(|e| engine(&mut errs, e, cpus));
 
     let mut names = HashSet::new();
@@ -193,6 +205,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             max_body_bytes,
             threads,
             drain_timeout,
+            dns_refresh,
             engine,
             cache,
             upstreams,

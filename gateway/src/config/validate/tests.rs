@@ -240,6 +240,19 @@ fn drain_timeout_defaults_to_30s_accepts_zero_and_reports_garbage() {
 }
 
 #[test]
+fn dns_refresh_defaults_to_30s_accepts_zero_and_reports_garbage() {
+    let routes =
+        "routes: [{model: m, upstream: u}]\nupstreams: [{name: u, endpoints: [\"127.0.0.1:1\"]}]\n";
+    assert_eq!(parse(routes).unwrap().dns_refresh.as_secs(), 30);
+    assert!(parse(&format!("dns_refresh: 0s\n{routes}"))
+        .unwrap()
+        .dns_refresh
+        .is_zero());
+    let e = errors(&format!("dns_refresh: often\n{routes}"));
+    assert!(e.iter().any(|e| e.starts_with("dns_refresh")), "{e:?}");
+}
+
+#[test]
 fn promotion_steps_validate_and_replace_the_weights() {
     let base = |canary: &str| {
         format!(
