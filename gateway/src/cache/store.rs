@@ -1485,7 +1485,14 @@ pub(crate) mod tests {
             // Without the scan: 1–10 of 30 (measured); the own vector is checked at insert.
             assert_eq!(found(0.0), 30, "bulk: {bulk}");
             assert!(found(0.05) >= 24, "bulk: {bulk}: {} of 30", found(0.05));
-            assert!(s.stragglers() < 300, "{} stragglers", s.stragglers());
+            // Scanning them is cheap, so this only guards against the check filing everything
+            // (6 030 entries). Usually 4–13 are filed here; one CI run under heavy contention
+            // got 473 from hnsw_rs's parallel build, and its lookups above still all passed.
+            assert!(
+                s.stragglers() < 1500,
+                "bulk: {bulk}: {} stragglers",
+                s.stragglers()
+            );
         }
     }
 
