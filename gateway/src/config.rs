@@ -62,6 +62,8 @@ pub struct EngineConfig {
     pub listen: SocketAddr,
     /// Most sequences decoded at once.
     pub max_seqs: usize,
+    /// The engine pool's bound on requests in flight, when `max_inflight` is set.
+    pub admission: Option<AdmissionConfig>,
     /// CPU threads for generation.
     pub threads: usize,
     /// Chat template override.

@@ -51,9 +51,9 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, S
 }
 
 /// The pool standing for the bundled engine listening on `addr`.
-fn engine_pool(addr: SocketAddr) -> UpstreamConfig {
+fn engine_pool(addr: SocketAddr, admission: Option<config::AdmissionConfig>) -> UpstreamConfig {
     UpstreamConfig {
-        admission: None,
+        admission,
         name: ENGINE_UPSTREAM.to_string(),
         endpoints: vec![(addr, addr.to_string())],
         balance: Balance::RoundRobin,
@@ -142,7 +142,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
                 addr: e.listen,
                 source,
             })?;
-            extra.push(engine_pool(addr));
+            extra.push(engine_pool(addr, e.admission));
             Some(l)
         }
         None => None,

@@ -203,6 +203,61 @@ async fn a_client_disconnect_cancels_generation() {
     assert_eq!(status, 200, "{v}");
 }
 
+/// `max_inflight` on the engine bounds it like any pool: with its one slot taken by a running
+/// generation the next request is refused at once with 429 and `retry-after` (the engine would
+/// otherwise queue it without bound), and it is served again once the slot is free.
+#[tokio::test]
+async fn the_engine_pool_honours_max_inflight() {
+    let e = start_with(1, "  max_inflight: 1\n  max_queue: 0\n");
+    let client = reqwest::Client::new();
+    let mut held = client
+        .post(format!("{}/chat/completions", e.gw.base_url()))
+        .json(&json!({"model": "smollm2", "messages": user("Write a very long story about a dragon."), "max_tokens": 1500, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    let first = held.chunk().await.unwrap().expect("the stream started");
+    assert!(!String::from_utf8_lossy(&first).contains("[DONE]"));
+
+    let refused = client
+        .post(format!("{}/chat/completions", e.gw.base_url()))
+        .json(&json!({"model": "smollm2", "messages": user("Hi"), "max_tokens": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let v: Value = refused.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_queue_full", "{v}");
+
+    // The client leaves; its slot is released when the gateway has finished the request.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, v) = chat(
+            &e.gw,
+            json!({"model": "smollm2", "messages": user("Hi"), "max_tokens": 4}),
+        )
+        .await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429, "{v}");
+        assert!(
+            Instant::now() < deadline,
+            "the slot was never released: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn concurrent_requests_all_complete() {
     let e = start(4);

@@ -49,6 +49,13 @@ pub struct RawEngine {
     pub listen: Option<String>,
     /// Most sequences decoded at once (default 8).
     pub max_seqs: Option<usize>,
+    /// Requests in flight to the engine at most, as for an upstream pool (default: no limit;
+    /// past `max_seqs` the engine queues them itself, without bound).
+    pub max_inflight: Option<usize>,
+    /// Requests waiting for a slot at most, beyond `max_inflight` (default 100; 0 = none wait).
+    pub max_queue: Option<usize>,
+    /// Longest wait for a slot (default `30s`).
+    pub queue_timeout: Option<String>,
     /// CPU threads for generation (default: the number of CPUs).
     pub threads: Option<usize>,
     /// A Jinja chat template file overriding the one in the GGUF.

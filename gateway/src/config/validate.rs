@@ -384,6 +384,40 @@ fn promotion(
     }
 }
 
+/// A pool's `max_inflight`, `max_queue` and `queue_timeout` (under `path`).
+fn admission(
+    errs: &mut Errors,
+    path: &str,
+    max_inflight: Option<usize>,
+    max_queue: Option<usize>,
+    queue_timeout: Option<&String>,
+) -> Option<AdmissionConfig> {
+    let queue_timeout = queue_timeout.cloned();
+    let admission = max_inflight.map(|n| AdmissionConfig {
+        max_inflight: errs.positive(&format!("{path}.max_inflight"), Some(n), 1),
+        max_queue: max_queue.unwrap_or(100),
+        queue_timeout: errs.duration(
+            &format!("{path}.queue_timeout"),
+            &queue_timeout,
+            Duration::from_secs(30),
+        ),
+    });
+    if admission.is_none() {
+        for (key, set) in [
+            ("max_queue", max_queue.is_some()),
+            ("queue_timeout", queue_timeout.is_some()),
+        ] {
+            if set {
+                errs.push(
+                    &format!("{path}.{key}"),
+                    "only applies with max_inflight: set it too",
+                );
+            }
+        }
+    }
+    admission
+}
+
 fn engine(errs: &mut Errors, e: &RawEngine, cpus: usize) -> EngineConfig {
     let model_dir = PathBuf::from(&e.model_dir);
     if e.served_model_name.is_empty() {
@@ -405,6 +439,13 @@ fn engine(errs: &mut Errors, e: &RawEngine, cpus: usize) -> EngineConfig {
         served_model_name: e.served_model_name.clone(),
         listen,
         max_seqs: errs.positive("engine.max_seqs", e.max_seqs, 8),
+        admission: admission(
+            errs,
+            "engine",
+            e.max_inflight,
+            e.max_queue,
+            e.queue_timeout.as_ref(),
+        ),
         threads: errs.positive("engine.threads", e.threads, cpus),
         chat_template: e.chat_template.as_ref().map(PathBuf::from),
         max_context_tokens: errs.positive("engine.max_context_tokens", e.max_context_tokens, 4096),
@@ -491,28 +532,13 @@ fn upstream(errs: &mut Errors, path: &str, u: &RawUpstream) -> UpstreamConfig {
             );
         }
     }
-    let admission = u.max_inflight.map(|n| AdmissionConfig {
-        max_inflight: errs.positive(&format!("{path}.max_inflight"), Some(n), 1),
-        max_queue: u.max_queue.unwrap_or(100),
-        queue_timeout: errs.duration(
-            &format!("{path}.queue_timeout"),
-            &u.queue_timeout,
-            Duration::from_secs(30),
-        ),
-    });
-    if admission.is_none() {
-        for (key, set) in [
-            ("max_queue", u.max_queue.is_some()),
-            ("queue_timeout", u.queue_timeout.is_some()),
-        ] {
-            if set {
-                errs.push(
-                    &format!("{path}.{key}"),
-                    "only applies with max_inflight: set it too",
-                );
-            }
-        }
-    }
+    let admission = admission(
+        errs,
+        path,
+        u.max_inflight,
+        u.max_queue,
+        u.queue_timeout.as_ref(),
+    );
     let api_key = match (&u.api_key_env, &u.api_key_file) {
         (Some(_), Some(_)) => {
             errs.push(

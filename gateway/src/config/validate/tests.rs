@@ -328,6 +328,27 @@ fn admission_limits_default_and_are_checked() {
             "upstreams[0].queue_timeout: only applies with max_inflight: set it too"
         ]
     );
+
+    // The engine section takes the same keys for the engine's pool.
+    let engine = |keys: &str| {
+        format!("engine: {{model_dir: m, gguf: x.gguf, served_model_name: s{keys}}}\nroutes:\n  - {{model: s, upstream: engine}}\n")
+    };
+    let e = parse(&engine(", max_inflight: 4, max_queue: 0")).unwrap();
+    let a = e.engine.unwrap().admission.unwrap();
+    assert_eq!(
+        (a.max_inflight, a.max_queue, a.queue_timeout.as_secs()),
+        (4, 0, 30)
+    );
+    assert!(parse(&engine(""))
+        .unwrap()
+        .engine
+        .unwrap()
+        .admission
+        .is_none());
+    assert_eq!(
+        errors(&engine(", max_queue: 5")),
+        vec!["engine.max_queue: only applies with max_inflight: set it too"]
+    );
 }
 
 #[test]
