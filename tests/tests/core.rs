@@ -451,15 +451,15 @@ async fn held_stream_of(
     read
 }
 
-/// Deploys and restarts send SIGTERM while reasoning streams are running (for minutes): they
-/// finish, while the gateway takes no new connections and reports itself unready, and then it
-/// exits at once.
-#[tokio::test]
-async fn sigterm_lets_the_streams_in_flight_finish_then_exits() {
+/// A gateway told to stop by `signal` while a stream is held at the upstream's gate: it has
+/// started draining (unready, no new connections), is still running and the stream is whole.
+async fn draining_with_a_stream_held(
+    signal: i32,
+) -> (FakeUpstream, GatewayProc, tokio::task::JoinHandle<String>) {
     let up = FakeUpstream::start("a").await;
     let mut gw = GatewayProc::start(&config(&[up.addr], ""), READY);
     let read = held_stream(&gw, &up).await;
-    gw.send_sigterm();
+    gw.send_signal(signal);
     gw.wait_for_log_line(
         "waiting for the requests in flight",
         Duration::from_secs(10),
@@ -468,7 +468,15 @@ async fn sigterm_lets_the_streams_in_flight_finish_then_exits() {
     assert_eq!(http_status(gw.admin_port, "/readyz"), Some(503));
     assert!(gw.is_running(), "exited with a stream in flight");
     assert!(!read.is_finished(), "the stream was cut");
+    (up, gw, read)
+}
 
+/// Deploys and restarts send SIGTERM while reasoning streams are running (for minutes): they
+/// finish, while the gateway takes no new connections and reports itself unready, and then it
+/// exits at once.
+#[tokio::test]
+async fn sigterm_lets_the_streams_in_flight_finish_then_exits() {
+    let (up, mut gw, read) = draining_with_a_stream_held(libc::SIGTERM).await;
     up.open_gate();
     let text = tokio::time::timeout(Duration::from_secs(10), read)
         .await
@@ -483,19 +491,7 @@ async fn sigterm_lets_the_streams_in_flight_finish_then_exits() {
 /// would cut the streams and skip the cache's snapshot), and a second Ctrl-C stops at once.
 #[tokio::test]
 async fn ctrl_c_drains_like_sigterm_and_a_second_ctrl_c_stops_at_once() {
-    let up = FakeUpstream::start("a").await;
-    let mut gw = GatewayProc::start(&config(&[up.addr], ""), READY);
-    let read = held_stream(&gw, &up).await;
-    gw.send_signal(libc::SIGINT);
-    gw.wait_for_log_line(
-        "waiting for the requests in flight",
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_eq!(http_status(gw.admin_port, "/readyz"), Some(503));
-    assert!(gw.is_running(), "exited with a stream in flight");
-    assert!(!read.is_finished(), "the stream was cut");
-
+    let (_up, mut gw, read) = draining_with_a_stream_held(libc::SIGINT).await;
     gw.send_signal(libc::SIGINT);
     let status = gw.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(130), "{status:?}");

@@ -61,6 +61,18 @@ impl Errors {
         }
     }
 
+    /// A duration where `0s` means "off" (or "at once").
+    fn duration_or_zero(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v.as_deref().map(|s| (s, parse_duration(s))) {
+            None => default,
+            Some((_, Some(d))) => d,
+            Some((s, None)) => {
+                self.push(path, format!("`{s}` is not a duration (e.g. 30s, 2m, 0s)"));
+                default
+            }
+        }
+    }
+
     fn addr(&mut self, path: &str, v: &Option<String>, default: &str) -> SocketAddr {
         let text = v.as_deref().unwrap_or(default);
         match text.parse::<SocketAddr>() {
@@ -91,29 +103,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = errs.positive("threads", raw.threads, cpus);
-    let drain_timeout = match raw.drain_timeout.as_deref().map(|s| (s, parse_duration(s))) {
-        None => DEFAULT_DRAIN_TIMEOUT,
-        Some((_, Some(d))) => d,
-        Some((s, None)) => {
-            errs.push(
-                "drain_timeout",
-                format!("`{s}` is not a duration (e.g. 30s, 2m, 0s)"),
-            );
-            DEFAULT_DRAIN_TIMEOUT
-        }
-    };
-
-    let dns_refresh = match raw.dns_refresh.as_deref().map(|s| (s, parse_duration(s))) {
-        None => DEFAULT_DNS_REFRESH,
-        Some((_, Some(d))) => d,
-        Some((s, None)) => {
-            errs.push(
-                "dns_refresh",
-                format!("`{s}` is not a duration (e.g. 30s, 5m, 0s)"),
-            );
-            DEFAULT_DNS_REFRESH
-        }
-    };
+    let drain_timeout =
+        errs.duration_or_zero("drain_timeout", &raw.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    let dns_refresh = errs.duration_or_zero("dns_refresh", &raw.dns_refresh, DEFAULT_DNS_REFRESH);
 
     let engine = raw.engine.as_ref().map(|e| engine(&mut errs, e, cpus));
 
@@ -390,15 +382,14 @@ fn admission(
     path: &str,
     max_inflight: Option<usize>,
     max_queue: Option<usize>,
-    queue_timeout: Option<&String>,
+    queue_timeout: &Option<String>,
 ) -> Option<AdmissionConfig> {
-    let queue_timeout = queue_timeout.cloned();
     let admission = max_inflight.map(|n| AdmissionConfig {
         max_inflight: errs.positive(&format!("{path}.max_inflight"), Some(n), 1),
         max_queue: max_queue.unwrap_or(100),
         queue_timeout: errs.duration(
             &format!("{path}.queue_timeout"),
-            &queue_timeout,
+            queue_timeout,
             Duration::from_secs(30),
         ),
     });
@@ -444,7 +435,7 @@ fn engine(errs: &mut Errors, e: &RawEngine, cpus: usize) -> EngineConfig {
             "engine",
             e.max_inflight,
             e.max_queue,
-            e.queue_timeout.as_ref(),
+            &e.queue_timeout,
         ),
         threads: errs.positive("engine.threads", e.threads, cpus),
         chat_template: e.chat_template.as_ref().map(PathBuf::from),
@@ -532,13 +523,7 @@ fn upstream(errs: &mut Errors, path: &str, u: &RawUpstream) -> UpstreamConfig {
             );
         }
     }
-    let admission = admission(
-        errs,
-        path,
-        u.max_inflight,
-        u.max_queue,
-        u.queue_timeout.as_ref(),
-    );
+    let admission = admission(errs, path, u.max_inflight, u.max_queue, &u.queue_timeout);
     let api_key = match (&u.api_key_env, &u.api_key_file) {
         (Some(_), Some(_)) => {
             errs.push(
