@@ -115,8 +115,11 @@ impl GatewayProxy {
         let routed = match intake::route(&snapshot, endpoint, body, &header, &weights) {
             Ok(r) => r,
             Err(not) => {
-                // Counted under the route it matched (an upstream that is down shows there).
+                // Counted under the route, variant and pool it got as far as (an upstream
+                // that is down shows there; a canary whose pool is down is rolled back).
                 ctx.route = not.route;
+                ctx.variant = not.variant;
+                ctx.pool = not.pool;
                 return respond::error(session, ctx, not.error).await.map(|_| true);
             }
         };

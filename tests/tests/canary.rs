@@ -40,6 +40,14 @@ routes:
       variants:
         - {{name: stable, upstream: a, weight: 50}}
         - {{name: canary, upstream: b, weight: 50, upstream_model: error500}}
+  - model: down
+    upstream: a
+    canary:
+      header: x-canary
+      rollback: {{window: 1m, min_requests: 5}}
+      variants:
+        - {{name: stable, upstream: a, weight: 50}}
+        - {{name: canary, upstream: dead, weight: 50}}
   - model: slowing
     upstream: a
     upstream_model: think
@@ -394,4 +402,77 @@ routes:
     assert_eq!(c.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
     let m = gw.admin_get("/metrics").await;
     assert_eq!(metric_value(&m, &shadow("skipped")), Some(3.0), "{m}");
+}
+
+/// A canary whose whole pool is down is refused (503 `no_healthy_upstream`) before any endpoint
+/// is tried. Those refusals count against the canary, under its own pool, so it is rolled back
+/// and its share of the traffic goes to stable instead of failing for as long as it is down.
+#[tokio::test]
+async fn a_canary_whose_pool_is_down_is_rolled_back() {
+    let (a, b, c) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+        FakeUpstream::start("c").await,
+    );
+    let gw = GatewayProc::start(&config(&a, &b, &c), Duration::from_secs(20));
+    // Wait until the health checks know `dead` is down.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = serde_json::from_str(&gw.admin_get("/admin/config").await).unwrap();
+        if v["upstreams"]["dead"][0]["healthy"] == false {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`dead` never marked down: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..6 {
+        assert_eq!(
+            send(&gw, "down", &[("x-canary", "false")], false).await,
+            (200, "stable".into(), "a".into())
+        );
+        assert_eq!(
+            send(&gw, "down", &[("x-canary", "true")], false).await,
+            (503, "canary".into(), String::new())
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        if let Some(s) = rolled_back(&gw, "down").await {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rollback: {}",
+            gw.admin_get("/admin/canary").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        state["reason"].as_str().unwrap().starts_with("error rate"),
+        "{state}"
+    );
+    for _ in 0..20 {
+        assert_eq!(send(&gw, "down", &[], false).await.0, 200);
+    }
+    // The refusals are counted under the canary and its pool, not under stable's.
+    let m = gw.admin_get("/metrics").await;
+    let refused: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("reasoning_gateway_requests_total{")
+                && l.contains("route=\"down\"")
+                && l.contains("status=\"503\"")
+        })
+        .inspect(|l| {
+            assert!(
+                l.contains("upstream=\"dead\"") && l.contains("variant=\"canary\""),
+                "{l}"
+            )
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refused, 6.0, "{m}");
 }

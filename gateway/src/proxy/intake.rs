@@ -195,25 +195,35 @@ pub fn route(
         .routes
         .find(&info.model)
         .ok_or_else(|| ApiError::model_not_found(&info.model))?;
-    route_to(snapshot, endpoint, body, info, route, header, weights).map_err(|error| NotRouted {
-        error,
-        route: Some(route.clone()),
+    route_to(snapshot, endpoint, body, info, route, header, weights).map_err(|mut not| {
+        not.route = Some(route.clone());
+        not
     })
 }
 
-/// Why a request was not routed, with the route it matched when it got that far (the error
-/// is then counted under it: a route whose upstream is down shows its own errors).
+/// Why a request was not routed, with the route, canary variant and pool it got as far as
+/// (the error is then counted under them: a route whose upstream is down shows its own errors,
+/// and a canary variant whose pool is down is rolled back like one that fails).
 #[derive(Debug)]
 pub struct NotRouted {
     /// The answer for the client.
     pub error: ApiError,
     /// The matched route, if any.
     pub route: Option<Arc<RouteConfig>>,
+    /// The canary variant chosen, if any.
+    pub variant: Option<String>,
+    /// The pool chosen, if any.
+    pub pool: Option<Arc<crate::upstream::Pool>>,
 }
 
 impl From<ApiError> for NotRouted {
     fn from(error: ApiError) -> Self {
-        NotRouted { error, route: None }
+        NotRouted {
+            error,
+            route: None,
+            variant: None,
+            pool: None,
+        }
     }
 }
 
@@ -226,7 +236,7 @@ fn route_to(
     route: &Arc<RouteConfig>,
     header: &dyn Fn(&str) -> Option<String>,
     weights: &dyn Fn(&str, &CanaryConfig) -> Vec<u32>,
-) -> Result<Routed, ApiError> {
+) -> Result<Routed, NotRouted> {
     let (upstream, upstream_model, variant) = match &route.canary {
         Some(c) => {
             let (i, _) = crate::routing::variant::pick(
@@ -246,12 +256,17 @@ fn route_to(
     };
     let pool = pool_of(snapshot, upstream)?;
     if !pool.any_healthy() {
-        return Err(ApiError::new(
-            503,
-            ErrorKind::Server,
-            "no_healthy_upstream",
-            format!("No healthy endpoint in upstream `{upstream}`."),
-        ));
+        return Err(NotRouted {
+            error: ApiError::new(
+                503,
+                ErrorKind::Server,
+                "no_healthy_upstream",
+                format!("No healthy endpoint in upstream `{upstream}`."),
+            ),
+            route: None,
+            variant,
+            pool: Some(pool),
+        });
     }
     // The shadow gets the request as the client sent it (its own model rewrite only).
     let shadow = match route.canary.as_ref().and_then(|c| c.shadow.as_ref()) {
