@@ -179,6 +179,22 @@ async fn rolled_back(gw: &GatewayProc, route: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Waits (bounded) until `route`'s canary is rolled back; returns its `/admin/canary` entry.
+async fn wait_rolled_back(gw: &GatewayProc, route: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = rolled_back(gw, route).await {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{route}: no rollback: {}",
+            gw.admin_get("/admin/canary").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn failing_and_slow_canaries_are_rolled_back_until_re_enabled() {
     let (a, b, c) = (
@@ -193,18 +209,7 @@ async fn failing_and_slow_canaries_are_rolled_back_until_re_enabled() {
             send(&gw, route, &[("x-canary", "false")], stream).await;
             send(&gw, route, &[("x-canary", "true")], stream).await;
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let state = loop {
-            if let Some(s) = rolled_back(&gw, route).await {
-                break s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{route}: no rollback: {}",
-                gw.admin_get("/admin/canary").await
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let state = wait_rolled_back(&gw, route).await;
         let reason = state["reason"].as_str().unwrap();
         let expected = if route == "failing" {
             "error rate"
@@ -438,18 +443,7 @@ async fn a_canary_whose_pool_is_down_is_rolled_back() {
             (503, "canary".into(), String::new())
         );
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let state = loop {
-        if let Some(s) = rolled_back(&gw, "down").await {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no rollback: {}",
-            gw.admin_get("/admin/canary").await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let state = wait_rolled_back(&gw, "down").await;
     assert!(
         state["reason"].as_str().unwrap().starts_with("error rate"),
         "{state}"
