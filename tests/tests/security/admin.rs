@@ -1,0 +1,1 @@
+//! Attacks on admin (filled in by its change).

@@ -1,0 +1,1 @@
+//! Attacks on bounds (filled in by its change).

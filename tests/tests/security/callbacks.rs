@@ -1,0 +1,1 @@
+//! Attacks on callbacks (filled in by its change).

@@ -1,0 +1,1 @@
+//! Attacks on canary (filled in by its change).

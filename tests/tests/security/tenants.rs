@@ -1,0 +1,1 @@
+//! Attacks on tenants (filled in by its change).
