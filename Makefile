@@ -94,9 +94,13 @@ bench-proxy: deps build
 	cargo bench -p gateway-benches
 	$(BENCH_VENV)/bin/python benches/report.py $(CARGO_TARGET_DIR) BENCHMARKS.md
 
-# Coverage-guided fuzzing of the response rewriter and parser (cargo-fuzz on stable, no sanitizer).
+# Coverage-guided fuzzing (cargo-fuzz on stable, no sanitizer), FUZZ_SECONDS per target: the
+# response rewriter and parser, the config file (check/reload), and request intake (method,
+# path, headers, body through validation, routing and the cache key).
 FUZZ_SECONDS ?= 120
+FUZZ_TARGETS ?= rewrite config intake
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	cd fuzz && CARGO_TARGET_DIR=$(HOME)/.cache/reasoning-gateway/fuzz-target \
-	  cargo fuzz run -s none rewrite -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  CARGO_TARGET_DIR=$(HOME)/.cache/reasoning-gateway/fuzz-target \
+	    cargo fuzz run -s none $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done

@@ -17,6 +17,12 @@ pub const ENGINE_UPSTREAM: &str = "engine";
 pub const DEFAULT_CHECKPOINT_EVERY: u32 = 5;
 /// Default request body limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default bound on open client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+/// Default deadline for a whole request header (and idle kept-alive connections).
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default deadline for a whole request body.
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default wait for requests in flight at SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default interval between DNS checks of the endpoints' host names.
@@ -31,6 +37,12 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Open client connections at most.
+    pub max_connections: usize,
+    /// Deadline for a whole request header (and for an idle kept-alive connection).
+    pub client_header_timeout: Duration,
+    /// Deadline for a whole request body.
+    pub client_body_timeout: Duration,
     /// Proxy worker threads.
     pub threads: usize,
     /// How long a SIGTERM waits for requests in flight.

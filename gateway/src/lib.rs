@@ -10,6 +10,7 @@ pub mod engine;
 pub mod fdlimit;
 pub mod fsutil;
 pub mod jobs;
+pub mod listener;
 pub mod metrics;
 pub mod openai;
 pub mod proxy;

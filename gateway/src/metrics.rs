@@ -46,6 +46,10 @@ pub struct Metrics {
     pub upstream_errors_total: IntCounterVec,
     /// Requests being handled right now.
     pub inflight_requests: IntGauge,
+    /// Client connections open on the public listener.
+    pub client_connections: IntGauge,
+    /// Client connections and requests refused by the listener's bounds, by reason.
+    pub client_rejections_total: IntCounterVec,
     /// Open file descriptors (standard process-collector name), read at each scrape.
     process_open_fds: IntGauge,
     /// The soft open-file limit (standard process-collector name), read at each scrape.
@@ -198,13 +202,25 @@ impl Metrics {
             "Upstream failures: connect (refused or timed out), tls (handshake failed), local_resources (the gateway could not open a socket), no_healthy_endpoint, status_5xx, disconnect (closed mid-response), timeout, protocol (not HTTP).",
             &["upstream", "kind"],
         );
-        let inflight_requests = IntGauge::with_opts(
-            Opts::new("inflight_requests", "Requests currently being handled.").namespace(PREFIX),
-        )
-        .expect("metric definition is valid");
-        registry
-            .register(Box::new(inflight_requests.clone()))
-            .expect("metric is registered once");
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(Opts::new(name, help).namespace(PREFIX))
+                .expect("metric definition is valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric is registered once");
+            g
+        };
+        let inflight_requests =
+            plain_gauge("inflight_requests", "Requests currently being handled.");
+        let client_connections = plain_gauge(
+            "client_connections",
+            "Client connections open on the public listener (at most max_connections).",
+        );
+        let client_rejections_total = counter(
+            "client_rejections_total",
+            "Client connections or requests refused by the public listener's bounds: max_connections (503 at accept), header_timeout (no whole request header within client_header_timeout: closed), body_timeout (no whole body within client_body_timeout: 408).",
+            &["reason"],
+        );
         // The standard process-collector names (no prefix), so existing fd dashboards and alerts
         // apply: clients and upstream connections each hold a descriptor.
         let process_gauge = |name: &str, help: &str| {
@@ -477,6 +493,8 @@ impl Metrics {
             time_to_first_token_seconds,
             upstream_errors_total,
             inflight_requests,
+            client_connections,
+            client_rejections_total,
             process_open_fds,
             process_max_fds,
         }

@@ -105,7 +105,7 @@ impl GatewayProxy {
                 }
             };
         }
-        let body = match intake::read_body(session, snapshot.config.max_body_bytes).await {
+        let body = match intake::read_body(session, &snapshot.config, &self.gw.metrics).await {
             Ok(b) => b,
             Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
         };
@@ -187,6 +187,9 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.start = Instant::now();
+        if let Some(guard) = crate::listener::GuardedStream::of(session.stream()) {
+            guard.header_received();
+        }
         ctx._inflight = Some(context::InflightRequest::new(self.gw.clone()));
         ctx.request_id = intake::request_id(session);
         self.intake(session, ctx).await
@@ -292,23 +295,25 @@ impl ProxyHttp for GatewayProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer {}", peer.address()));
-        // The whole body is held in `ctx`, so even a POST can be resent, but never once the
-        // upstream has started answering.
-        if session.response_written().is_some()
-            || ctx.first_byte_at.is_some()
-            || ctx.upstream_status.is_some()
+        // The whole body is held in `ctx`, so a POST could be resent; it is only when the
+        // upstream cannot have started work on it. A generation is not idempotent: resending
+        // one the upstream read and then died on runs it twice (paid twice, and a second
+        // long wait), so Pingora's default of retrying any failure on a reused connection is
+        // overridden.
+        if client_reused
+            && session.response_written().is_none()
+            && ctx.first_byte_at.is_none()
+            && ctx.upstream_status.is_none()
+            && upstream_cannot_have_started(&e)
         {
-            e.set_retry(false);
-        } else if client_reused && stale_connection_error(&e) {
-            // A pooled connection the upstream had already closed. Pingora marks only a failed
-            // header read retryable; when writing the request failed first, it reports that
-            // error instead. Either way the endpoint may be fine: it can be picked again, on a
-            // new connection once the pool's stale ones are spent (retries are bounded).
+            // A pooled connection the upstream had already closed: the endpoint may be fine,
+            // so it can be picked again, on a new connection once the pool's stale ones are
+            // spent (retries are bounded).
             e.set_retry(true);
             ctx.stale_retries += 1;
             ctx.tried.pop();
         } else {
-            e.retry.decide_reuse(client_reused);
+            e.set_retry(false);
         }
         e
     }
@@ -442,14 +447,32 @@ impl ProxyHttp for GatewayProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let report = log::record(&self.gw, session, e, ctx);
         cache::store(&self.gw, ctx, report.as_ref());
+        if let Some(guard) = crate::listener::GuardedStream::of(session.stream()) {
+            guard.await_next_header();
+        }
     }
 }
 
-/// Errors a pooled connection closed by the upstream gives before any response arrives.
-fn stale_connection_error(e: &Error) -> bool {
-    e.esource() == &pingora::ErrorSource::Upstream
-        && matches!(
-            e.etype(),
-            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
-        )
+/// A failure that proves the upstream never had the whole request: writing it failed, or the
+/// connection was reset, which a peer's kernel does when it closed the socket with request
+/// bytes unread (a keep-alive timeout firing as the request arrived). A clean close (EOF)
+/// after the request was written proves nothing: the upstream may have read it and died while
+/// generating, and is not sent it again.
+fn upstream_cannot_have_started(e: &Error) -> bool {
+    if e.esource() != &pingora::ErrorSource::Upstream {
+        return false;
+    }
+    match e.etype() {
+        ErrorType::WriteError => true,
+        ErrorType::ReadError => e
+            .root_cause()
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                )
+            }),
+        _ => false,
+    }
 }

@@ -50,6 +50,15 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
         restart_required.push("admin_listen");
         new.admin_listen = old.config.admin_listen;
     }
+    // Both are held by the listener's connection guard, built once at start.
+    if new.max_connections != old.config.max_connections {
+        restart_required.push("max_connections");
+        new.max_connections = old.config.max_connections;
+    }
+    if new.client_header_timeout != old.config.client_header_timeout {
+        restart_required.push("client_header_timeout");
+        new.client_header_timeout = old.config.client_header_timeout;
+    }
     if new.threads != old.config.threads {
         restart_required.push("threads");
         new.threads = old.config.threads;

@@ -174,8 +174,16 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, GatewayProxy::new(gw.clone()));
+    // The proxy behind the listener's connection guard (max_connections, header deadline).
+    let app = pingora::proxy::http_proxy(&server.configuration, GatewayProxy::new(gw.clone()));
+    let limits = crate::listener::Limits {
+        max_connections: config.max_connections,
+        header_timeout: config.client_header_timeout,
+    };
+    let mut proxy = pingora::services::listening::Service::new(
+        "reasoning gateway".to_string(),
+        crate::listener::GuardedApp::new(app, limits, gw.clone()),
+    );
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
     server.add_service(background_service(

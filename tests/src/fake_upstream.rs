@@ -11,6 +11,10 @@
 //! | `garbage`       | bytes that are not HTTP, then close                                       |
 //! | `gated`         | 12 reasoning steps streamed, then held until [`FakeUpstream::open_gate`]; |
 //! |                 | a client that leaves meanwhile is counted in `gated_cancels`              |
+//! | `drop-reused`   | echo, and the connection's keep-alive then expires: the next request on  |
+//! |                 | it finds it closed with the request unread (reset), counted              |
+//! | `die-after-read`| reads the whole request, then closes without answering (a crash while   |
+//! |                 | generating), counted in `died`                                            |
 //! | anything else   | echo: JSON describing what arrived (body length, checksum, model, auth)   |
 //!
 //! Every response carries `x-upstream-id` so tests can tell endpoints apart.
@@ -72,8 +76,13 @@ pub struct FakeUpstream {
     pub gated_cancels: Arc<AtomicUsize>,
     /// `gated` streams currently held at the gate.
     pub gated_waiting: Arc<AtomicUsize>,
-    /// `drop-reused` requests that arrived on a reused connection, which was closed unanswered.
+    /// Requests that arrived on a connection whose keep-alive had expired (after a
+    /// `drop-reused` answer), which was closed with them unread.
     pub dropped_reused: Arc<AtomicUsize>,
+    /// `die-after-read` requests read whole (each one a generation the upstream started).
+    pub died: Arc<AtomicUsize>,
+    /// Of those, the ones that arrived on a reused connection.
+    pub died_reused: Arc<AtomicUsize>,
     gate: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -103,10 +112,13 @@ impl FakeUpstream {
             cancels: Arc::new(AtomicUsize::new(0)),
             waiting: Arc::new(AtomicUsize::new(0)),
             dropped: Arc::new(AtomicUsize::new(0)),
+            died: Arc::new(AtomicUsize::new(0)),
+            died_reused: Arc::new(AtomicUsize::new(0)),
             gate: gate_rx,
         };
         let (gated_cancels, gated_waiting) = (shared.cancels.clone(), shared.waiting.clone());
         let dropped_reused = shared.dropped.clone();
+        let (died, died_reused) = (shared.died.clone(), shared.died_reused.clone());
         let id = id.to_string();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
@@ -136,6 +148,8 @@ impl FakeUpstream {
             gated_cancels,
             gated_waiting,
             dropped_reused,
+            died,
+            died_reused,
             gate,
             task,
             stop,
@@ -166,6 +180,8 @@ struct Shared {
     cancels: Arc<AtomicUsize>,
     waiting: Arc<AtomicUsize>,
     dropped: Arc<AtomicUsize>,
+    died: Arc<AtomicUsize>,
+    died_reused: Arc<AtomicUsize>,
     gate: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -233,7 +249,20 @@ async fn serve_connection<S: Conn>(
     let count = &shared.count;
     let mut buf = Vec::new();
     let mut answered_here = 0;
-    while let Some(req) = read_request(&mut stream, &mut buf).await? {
+    let mut keepalive_expired = false;
+    loop {
+        if keepalive_expired {
+            // Like a server whose keep-alive timeout fired as the request arrived: it closes
+            // with the request unread, so its kernel resets the connection.
+            let mut first = [0u8; 1];
+            if stream.read(&mut first).await? > 0 {
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        let Some(req) = read_request(&mut stream, &mut buf).await? else {
+            break;
+        };
         count.fetch_add(1, Ordering::Relaxed);
         if req.path == "/health" {
             write_json(&mut stream, id, 200, &json!({"status": "ok"})).await?;
@@ -261,11 +290,14 @@ async fn serve_connection<S: Conn>(
             write_json(&mut stream, id, 200, &resp).await?;
             continue;
         }
-        // Like a server whose keep-alive timeout fired as the request arrived.
-        if model == "drop-reused" && answered_here > 0 {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
+        if model == "die-after-read" {
+            shared.died.fetch_add(1, Ordering::SeqCst);
+            if answered_here > 0 {
+                shared.died_reused.fetch_add(1, Ordering::SeqCst);
+            }
             return Ok(());
         }
+        keepalive_expired = model == "drop-reused";
         answered_here += 1;
         let stream_wanted = body["stream"].as_bool().unwrap_or(false);
         let include_usage = body["stream_options"]["include_usage"]

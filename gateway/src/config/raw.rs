@@ -13,6 +13,14 @@ pub struct RawConfig {
     pub admin_listen: Option<String>,
     /// Largest accepted request body, in bytes (default 16 MiB). Larger bodies get 413.
     pub max_body_bytes: Option<u64>,
+    /// Open client connections on the public listener at most (default 8192); past it a new
+    /// connection is answered 503 `too_many_connections` and closed.
+    pub max_connections: Option<usize>,
+    /// Longest wait for a whole request header, and for the next one on a kept-alive
+    /// connection (default `60s`); a late header closes the connection (slow-loris).
+    pub client_header_timeout: Option<String>,
+    /// Longest time to receive a whole request body (default `60s`); past it: 408.
+    pub client_body_timeout: Option<String>,
     /// Worker threads of the proxy (default: the number of CPUs).
     pub threads: Option<usize>,
     /// On SIGTERM, how long requests in flight may take to finish before the gateway exits

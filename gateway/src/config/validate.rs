@@ -101,6 +101,21 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         Some(n) => n as usize,
         None => DEFAULT_MAX_BODY_BYTES,
     };
+    let max_connections = errs.positive(
+        "max_connections",
+        raw.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+    );
+    let client_header_timeout = errs.duration(
+        "client_header_timeout",
+        &raw.client_header_timeout,
+        DEFAULT_CLIENT_HEADER_TIMEOUT,
+    );
+    let client_body_timeout = errs.duration(
+        "client_body_timeout",
+        &raw.client_body_timeout,
+        DEFAULT_CLIENT_BODY_TIMEOUT,
+    );
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = errs.positive("threads", raw.threads, cpus);
     let drain_timeout =
@@ -195,6 +210,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             listen,
             admin_listen,
             max_body_bytes,
+            max_connections,
+            client_header_timeout,
+            client_body_timeout,
             threads,
             drain_timeout,
             dns_refresh,

@@ -13,6 +13,8 @@ use crate::state::Snapshot;
 /// Pingora replays a body read before proxying only through its retry buffer, which holds
 /// 64 KiB (pingora-core `BODY_BUF_LIMIT`). See [`read_body`].
 const RETRY_BUFFER_BYTES: usize = 64 * 1024;
+/// Body buffer reserved before any byte arrives (it grows as bytes do).
+const INITIAL_BODY_BUFFER: usize = 16 * 1024;
 /// Longest accepted client-supplied request id.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -44,7 +46,9 @@ pub fn request_id(session: &Session) -> String {
     }
 }
 
-/// Reads the whole request body, at most `limit` bytes.
+/// Reads the whole request body: at most `config.max_body_bytes`, within
+/// `config.client_body_timeout` (a client trickling its body is answered 408 and counted in
+/// `client_rejections_total{reason="body_timeout"}`).
 ///
 /// Pingora forwards a body that was consumed before proxying only by replaying its retry buffer
 /// and handing it to `request_body_filter`, where the proxy substitutes the full body. The retry
@@ -52,7 +56,33 @@ pub fn request_id(session: &Session) -> String {
 /// length: it then always holds a non-empty, untruncated tail and the filter is always called.
 /// A chunked body of unknown length larger than the buffer cannot be forwarded this way and is
 /// refused with 411.
-pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(
+    session: &mut Session,
+    config: &crate::config::Config,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Bytes, ApiError> {
+    let within = config.client_body_timeout;
+    match tokio::time::timeout(within, read_body_bounded(session, config.max_body_bytes)).await {
+        Ok(read) => read,
+        Err(_) => {
+            metrics
+                .client_rejections_total
+                .with_label_values(&["body_timeout"])
+                .inc();
+            Err(ApiError::new(
+                408,
+                ErrorKind::InvalidRequest,
+                "request_timeout",
+                format!(
+                    "The request body did not arrive within {}s (client_body_timeout).",
+                    within.as_secs_f64()
+                ),
+            ))
+        }
+    }
+}
+
+async fn read_body_bounded(session: &mut Session, limit: usize) -> Result<Bytes, ApiError> {
     let declared = session
         .req_header()
         .headers
@@ -89,7 +119,8 @@ pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Api
                 )
             })?;
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024));
+    // Memory grows with the bytes that arrive, never with what a header promises.
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_BODY_BUFFER));
     let mut buffering = false;
     loop {
         let remaining = declared.map(|n| n.saturating_sub(buf.len()));

@@ -30,7 +30,7 @@ pub async fn handle(
     match (method.as_str(), path.as_str()) {
         ("POST", "/v1/async/chat/completions") => {
             let snapshot = gw.snapshot.load_full();
-            let body = match intake::read_body(session, snapshot.config.max_body_bytes).await {
+            let body = match intake::read_body(session, &snapshot.config, &gw.metrics).await {
                 Ok(b) => b,
                 Err(e) => return respond::error(session, ctx, e).await,
             };
