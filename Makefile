@@ -7,9 +7,9 @@ export RG_PYTHON ?= $(VENV)/bin/python
 CONFIG ?= configs/engine.yaml
 BIN := $(CARGO_TARGET_DIR)/release/reasoning-gateway
 
-.PHONY: run test deps models venv build check lint bench-parser bench-engine dashboard-png bench-proxy bench-cache fuzz
+.PHONY: run test deps deps-run deps-gateway doctor gateway models venv build check lint bench-parser bench-engine dashboard-png bench-proxy bench-cache fuzz
 
-run: deps models build
+run: deps-run models build
 	$(BIN) serve --config $(CONFIG)
 
 test: deps models venv build
@@ -21,11 +21,28 @@ test: deps models venv build
 	$(BIN) check --config configs/vllm.yaml
 	$(BIN) check --config configs/canary.yaml
 
-# System packages: cmake builds libz-ng for Pingora; Prometheus (with promtool) for the alert-rule
-# tests and the dashboard end-to-end test; curl for the examples.
+# Prerequisites: scripts/prereqs.sh holds the table (a C compiler and cmake for Pingora's zlib-ng,
+# python3 with venv and pip for the models and the SDK tests, Prometheus for the alert-rule and
+# dashboard tests, cargo-nextest...). Each is checked on its own; what is missing is installed
+# (apt-get as root, `cargo install --locked` for cargo-nextest), or, when it cannot be (not root,
+# no apt-get, RG_DEPS_INSTALL=0, no Rust), listed with its install command before any build.
+# `make deps` covers every target; `make run` and `make gateway` ask only for what they need.
 deps:
-	@if ! command -v cmake >/dev/null || ! command -v promtool >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake curl prometheus; fi
+	@$(SHELL) scripts/prereqs.sh deps test
+deps-run:
+	@$(SHELL) scripts/prereqs.sh deps run
+deps-gateway:
+	@$(SHELL) scripts/prereqs.sh deps gateway
+
+# Each prerequisite, its version, and whether `make gateway`, `make run` and `make test` will
+# work; installs nothing.
+doctor:
+	@$(SHELL) scripts/prereqs.sh doctor
+
+# The gateway alone, without the bundled mistral.rs engine: the shortest path when the backend
+# runs elsewhere (README, "Gateway only").
+gateway: deps-gateway
+	cargo build --release --no-default-features -p reasoning-gateway
 
 models:
 	./scripts/fetch-models.sh
