@@ -42,7 +42,7 @@ row avx2          "gateway run test" "cpu_ok"                       "cpu_version
 row curl          "run test"         "have curl"                    "curl --version"          "apt curl"
 row python3       "run test"         "have python3"                 "python3 --version"       "apt python3"
 row python3-venv  "run test"         "python3 -c 'import ensurepip'" "python3 -c 'import ensurepip; print(\"venv, bundles pip\", ensurepip.version())'" "apt python3-venv"
-row pip           "run test"         "python3 -m pip --version"     "python3 -m pip --version" "apt python3-pip"
+row pip           "run test"         "python3 -c 'import pip'"      "python3 -c 'import pip; print(\"pip\", pip.__version__)'" "apt python3-pip"
 row promtool      "test"             "have promtool"                "promtool --version"      "apt prometheus"
 row prometheus    "test"             "have prometheus"              "prometheus --version"    "apt prometheus"
 row redis-server  "test"             "have redis-server"            "redis-server --version"  "apt redis-server"
@@ -50,7 +50,14 @@ row cargo-nextest "test"             "cargo nextest --version"      "cargo nexte
 
 TARGETS=(gateway run test)
 
-present() { eval "${CHECKS[$1]}" >/dev/null 2>&1; }
+# Each check runs once (STATE caches it; deps clears it after installing).
+STATE=()
+present() {
+  if [[ -z ${STATE[$1]:-} ]]; then
+    if eval "${CHECKS[$1]}" >/dev/null 2>&1; then STATE[$1]=1; else STATE[$1]=0; fi
+  fi
+  [[ ${STATE[$1]} == 1 ]]
+}
 needed_by() { [[ $2 == all || " ${NEEDS[$1]} " == *" $2 "* ]]; }
 kind() { echo "${INSTALLS[$1]%% *}"; }
 arg() { echo "${INSTALLS[$1]#* }"; }
@@ -129,6 +136,7 @@ deps() {
     echo "make deps: installing $i (cargo install --locked $i; a few minutes)"
     cargo install --locked "$i"
   done
+  STATE=()
   missing "$scope"
   if ((${#MISSING[@]})); then
     echo "make deps: still missing after installing:"
