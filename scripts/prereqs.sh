@@ -11,7 +11,7 @@
 #
 # Only bash builtins are used here (no coreutils), so the answers stay right on a bare PATH.
 set -uo pipefail
-[[ $0 == */* ]] && cd "${0%/*}/.."
+if [[ $0 == */* ]]; then cd "${0%/*}/.." || exit 2; fi
 
 have() { command -v "$1" >/dev/null 2>&1; }
 

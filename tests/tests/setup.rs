@@ -216,17 +216,20 @@ fn make_run_does_not_wait_for_test_only_tools_but_make_test_does() {
     assert_reported(&text, TEST_TOOLS);
 
     let (ok, text) = machine.make("doctor");
-    assert!(!ok, "make doctor exited 0 while make test cannot work:\n{text}");
-    assert_reported(&text, TEST_TOOLS);
     assert!(
-        verdict(&text, "gateway").ends_with("will work"),
-        "{text}"
+        !ok,
+        "make doctor exited 0 while make test cannot work:\n{text}"
     );
+    assert_reported(&text, TEST_TOOLS);
+    assert!(verdict(&text, "gateway").ends_with("will work"), "{text}");
     assert!(verdict(&text, "run").ends_with("will work"), "{text}");
     let test = verdict(&text, "test");
     assert!(test.contains("will NOT work"), "{text}");
     for item in TEST_TOOLS {
-        assert!(test.contains(item), "make test's verdict omits {item}:\n{text}");
+        assert!(
+            test.contains(item),
+            "make test's verdict omits {item}:\n{text}"
+        );
     }
 }
 
@@ -234,7 +237,10 @@ fn make_run_does_not_wait_for_test_only_tools_but_make_test_does() {
 fn doctor_reports_versions_and_that_the_build_cannot_start() {
     let machine = Machine::without(BUILD_TOOLS);
     let (ok, text) = machine.make("doctor");
-    assert!(!ok, "make doctor exited 0 with {BUILD_TOOLS:?} hidden:\n{text}");
+    assert!(
+        !ok,
+        "make doctor exited 0 with {BUILD_TOOLS:?} hidden:\n{text}"
+    );
     assert_reported(&text, BUILD_TOOLS);
     // A present tool is shown with the version it reports itself.
     let git = Command::new("git").arg("--version").output().expect("git");
@@ -250,9 +256,15 @@ fn doctor_reports_versions_and_that_the_build_cannot_start() {
     );
     // cmake is hidden: even the gateway alone cannot be built; pip: the models cannot be fetched.
     let gateway = verdict(&text, "gateway");
-    assert!(gateway.contains("will NOT work") && gateway.contains("cmake"), "{text}");
+    assert!(
+        gateway.contains("will NOT work") && gateway.contains("cmake"),
+        "{text}"
+    );
     let run = verdict(&text, "run");
-    assert!(run.contains("will NOT work") && run.contains("pip"), "{text}");
+    assert!(
+        run.contains("will NOT work") && run.contains("pip"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -272,12 +284,19 @@ fn without_rust_or_apt_get_deps_names_rustup_and_installs_nothing() {
         missing_line(&text, "cargo-nextest").is_some_and(|l| l.contains("no cargo")),
         "{text}"
     );
-    assert!(!text.contains("installing"), "make deps tried to install:\n{text}");
+    assert!(
+        !text.contains("installing"),
+        "make deps tried to install:\n{text}"
+    );
 }
 
 #[test]
 fn with_every_prerequisite_present_deps_and_doctor_pass() {
-    let absent: Vec<&str> = TOOLS.iter().copied().filter(|t| real(t).is_none()).collect();
+    let absent: Vec<&str> = TOOLS
+        .iter()
+        .copied()
+        .filter(|t| real(t).is_none())
+        .collect();
     assert!(
         absent.is_empty(),
         "not installed on this machine: {absent:?} (`make deps` installs them)"
