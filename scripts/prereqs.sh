@@ -106,6 +106,7 @@ report() {
   local i why
   for i in "${MISSING[@]}"; do
     why=$(why_not "$i")
+    [[ $(kind "$i") == manual ]] && why=
     printf '  %-14s missing; install: %s%s\n' "${NAMES[$i]}" "$(install_cmd "$i")" "${why:+   [not by make deps here: $why]}"
   done
 }
