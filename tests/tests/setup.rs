@@ -23,7 +23,6 @@ const TOOLS: &[&str] = &[
     "curl",
     "promtool",
     "prometheus",
-    "redis-server",
     "cargo-nextest",
 ];
 
@@ -38,7 +37,6 @@ fn install_command(item: &str) -> &'static str {
         "curl" => "apt-get install -y curl",
         "cc" => "apt-get install -y build-essential",
         "promtool" | "prometheus" => "apt-get install -y prometheus",
-        "redis-server" => "apt-get install -y redis-server",
         "python3-venv" => "apt-get install -y python3-venv",
         "pip" => "apt-get install -y python3-pip",
         "cargo-nextest" => "cargo install --locked cargo-nextest",
@@ -185,7 +183,7 @@ fn verdict<'a>(text: &'a str, target: &str) -> &'a str {
 }
 
 const BUILD_TOOLS: &[&str] = &["cmake", "pkg-config", "curl", "python3-venv", "pip"];
-const TEST_TOOLS: &[&str] = &["cargo-nextest", "promtool", "prometheus", "redis-server"];
+const TEST_TOOLS: &[&str] = &["cargo-nextest", "promtool", "prometheus"];
 
 #[test]
 fn deps_lists_each_missing_prerequisite_with_its_install_command_and_fails() {
