@@ -179,10 +179,18 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
         resp.bytes().await.ok();
         canaried += 1;
         let state: Value = serde_json::from_str(&gw.admin_get("/admin/canary").await).unwrap();
-        if state.as_array().unwrap().iter().any(|v| v["rolled_back"] == true) {
+        if state
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["rolled_back"] == true)
+        {
             break;
         }
-        assert!(canaried < 500, "the failing canary was never rolled back: {state}");
+        assert!(
+            canaried < 500,
+            "the failing canary was never rolled back: {state}"
+        );
     }
     let n = 2 * workload.len() + canaried + cache_workload(&gw, &client, &url).await;
     gw.wait_for_requests(n, Duration::from_secs(10)).await;
