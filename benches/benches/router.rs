@@ -46,7 +46,7 @@ fn router(c: &mut Criterion) {
     });
     // The live weights come from the rollback/promotion state, as in the proxy.
     let state = reasoning_gateway::canary::CanaryState::default();
-    let weights = |route: &str, c: &_| state.weights(route, c);
+    let weights = |route: &str, c: &_| state.live(route, c);
     let mut r = 0.0f64;
     c.bench_function("router: canary pick by weight", |b| {
         b.iter(|| {
@@ -55,6 +55,7 @@ fn router(c: &mut Criterion) {
                 &canary,
                 &no_header,
                 &state.weights("bench", &canary),
+                &[],
                 black_box(r),
             )
             .0

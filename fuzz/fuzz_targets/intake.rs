@@ -65,8 +65,9 @@ fuzz_target!(|data: &[u8]| {
         // Unknown paths are answered 404 before a body is read; the body is still exercised.
         Err(_) => Endpoint::ChatCompletions,
     };
-    let weights = |_: &str, c: &reasoning_gateway::config::CanaryConfig| {
-        c.variants.iter().map(|v| v.weight).collect()
+    let weights = |_: &str, c: &reasoning_gateway::config::CanaryConfig| reasoning_gateway::canary::Live {
+        weights: c.variants.iter().map(|v| v.weight).collect(),
+        rolled_back: vec![false; c.variants.len()],
     };
     if let Ok(routed) = intake::route(snapshot(), endpoint, Bytes::copy_from_slice(body), &header, &weights) {
         let tenant = reasoning_gateway::cache::key::tenant_id(header("authorization").as_deref());

@@ -22,12 +22,24 @@ pub enum Change {
 /// Most outcomes kept per variant, whatever the window.
 const MAX_EVENTS: usize = 100_000;
 
-/// How one request went.
+/// A canary route's served variants now (one entry each, in config order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    /// Weight in force: configured or the promotion step's, 0 when rolled back.
+    pub weights: Vec<u32>,
+    /// Rolled back (until an operator re-enables it).
+    pub rolled_back: Vec<bool>,
+}
+
+/// How one request went. Requests a client forced onto a variant and cache hits are not
+/// recorded (the caller skips them): neither says anything about the variant's health.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
     /// When it finished.
     pub at: Instant,
-    /// No 5xx and no error event.
+    /// Its [`crate::outcome::Outcome`] was not a failure (`upstream_error`, `timeout`,
+    /// `step_timeout`) nor a gateway abort (`budget_exceeded`, `verification_aborted`): a
+    /// stream that dies after its 200 counts against the variant.
     pub ok: bool,
     /// Total duration.
     pub latency: Duration,
@@ -213,6 +225,24 @@ impl CanaryState {
         weights_in(&all, route, canary)
     }
 
+    /// The served variants now, for [`crate::routing::variant::pick`]: the weights in force
+    /// and which are rolled back (those cannot be forced by a header).
+    pub fn live(&self, route: &str, canary: &CanaryConfig) -> Live {
+        let all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let rolled_back = canary
+            .variants
+            .iter()
+            .map(|v| {
+                all.get(&(route.to_string(), v.name.clone()))
+                    .is_some_and(|w| w.rolled_back.is_some())
+            })
+            .collect();
+        Live {
+            weights: weights_in(&all, route, canary),
+            rolled_back,
+        }
+    }
+
     /// Sets `canary_traffic_share` for a route's served variants. Weights change only when an
     /// outcome rolls back or promotes, an operator re-enables, or the config changes: callers
     /// publish then, not per request.
@@ -392,6 +422,7 @@ mod tests {
             upstream_model: None,
         };
         CanaryConfig {
+            allow_forcing: true,
             header: None,
             sticky_header: None,
             variants: vec![v("stable"), v("canary")],

@@ -362,6 +362,9 @@ pub struct RouteCacheConfig {
 pub struct CanaryConfig {
     /// Header forcing the first (`false`) or second (`true`) variant.
     pub header: Option<String>,
+    /// Clients may force a variant (`header`, `x-gateway-variant`); forced requests are never
+    /// counted in the rollback and promotion windows.
+    pub allow_forcing: bool,
     /// Header keeping a user on one variant (else the Authorization value).
     pub sticky_header: Option<String>,
     /// Served variants; index 0 is stable.

@@ -109,6 +109,10 @@ pub struct Job {
     pub result: Option<Value>,
     /// Why it failed or was cancelled.
     pub error: Option<Value>,
+    /// How it ended, in the `outcome` terms of `requests_total` and the access log (absent
+    /// while it runs, and in records written before outcomes existed).
+    #[serde(default)]
+    pub outcome: Option<crate::outcome::Outcome>,
     /// Callback delivery, when a callback URL was given.
     pub callback: Option<CallbackState>,
     /// The chat request (stream forced on by the runner).
@@ -140,6 +144,7 @@ impl Job {
             "latest_checkpoint": self.checkpoints.last(),
             "result": self.result,
             "error": self.error,
+            "outcome": self.outcome,
             "callback": self.callback,
         })
     }
@@ -333,6 +338,7 @@ impl Jobs {
             checkpoints: Vec::new(),
             result: None,
             error: None,
+            outcome: None,
             callback,
             request: Value::Object(body),
             tenant,
@@ -362,6 +368,7 @@ impl Jobs {
                     t.abort();
                 }
                 e.job.status = Status::Cancelled;
+                e.job.outcome = Some(crate::outcome::Outcome::ClientCancelled);
                 e.job.error =
                     Some(json!({"code": "cancelled", "message": "Cancelled by the client."}));
                 e.job.updated = now_unix();

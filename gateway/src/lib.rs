@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod listener;
 pub mod metrics;
 pub mod openai;
+pub mod outcome;
 pub mod proxy;
 pub mod reasoning;
 pub mod reload;

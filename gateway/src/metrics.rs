@@ -182,13 +182,13 @@ impl Metrics {
         };
         let requests_total = counter(
             "requests_total",
-            "Requests answered by the gateway, by route, canary variant, upstream, API endpoint and HTTP status.",
-            &["route", "variant", "upstream", "endpoint", "status"],
+            "Requests answered by the gateway, by route, canary variant, upstream, API endpoint, HTTP status and outcome (how the response really ended: a stream cut after its 200 is upstream_error).",
+            &["route", "variant", "upstream", "endpoint", "status", "outcome"],
         );
         let request_duration_seconds = histogram(
             "request_duration_seconds",
-            "Time from receiving a request to sending the last response byte.",
-            &["route", "variant", "upstream", "stream"],
+            "Time from receiving a request to sending the last response byte, by outcome.",
+            &["route", "variant", "upstream", "stream", "outcome"],
             LATENCY_BUCKETS,
         );
         let time_to_first_token_seconds = histogram(

@@ -111,14 +111,15 @@ impl GatewayProxy {
         };
         ctx.request_bytes = body.len();
         let header = |name: &str| intake::request_header(session, name);
-        let weights = |route: &str, c: &_| self.gw.canary.weights(route, c);
-        let routed = match intake::route(&snapshot, endpoint, body, &header, &weights) {
+        let live = |route: &str, c: &_| self.gw.canary.live(route, c);
+        let routed = match intake::route(&snapshot, endpoint, body, &header, &live) {
             Ok(r) => r,
             Err(not) => {
                 // Counted under the route, variant and pool it got as far as (an upstream
                 // that is down shows there; a canary whose pool is down is rolled back).
                 ctx.route = not.route;
                 ctx.variant = not.variant;
+                ctx.variant_forced = not.variant_forced;
                 ctx.pool = not.pool;
                 return respond::error(session, ctx, not.error).await.map(|_| true);
             }
@@ -166,6 +167,7 @@ impl GatewayProxy {
             );
         }
         ctx.variant = routed.variant;
+        ctx.variant_forced = routed.variant_forced;
         ctx.route = Some(routed.route);
         ctx.pool = Some(routed.pool);
         ctx.upstream_body = routed.upstream_body;

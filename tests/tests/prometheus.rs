@@ -169,19 +169,30 @@ async fn dashboards_and_rules_work_against_a_real_prometheus() {
             resp.bytes().await.ok();
         }
     }
-    // Canary traffic: the canary fails, is rolled back; every request is shadowed.
-    for flag in ["false", "true", "false", "true", "false", "true"] {
+    // Canary traffic, weighted (forced requests are not counted in the rollback window): the
+    // canary fails and is rolled back; every request is shadowed. Bounded: with a 10 % canary
+    // and min_requests 2, about 20 requests do it; 500 without a rollback is a bug.
+    let mut canaried = 0;
+    loop {
         let body = json!({"model": "canaried", "messages": [{"role": "user", "content": "x"}]});
-        let resp = client
-            .post(&url)
-            .header("x-canary", flag)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = client.post(&url).json(&body).send().await.unwrap();
         resp.bytes().await.ok();
+        canaried += 1;
+        let state: Value = serde_json::from_str(&gw.admin_get("/admin/canary").await).unwrap();
+        if state
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["rolled_back"] == true)
+        {
+            break;
+        }
+        assert!(
+            canaried < 500,
+            "the failing canary was never rolled back: {state}"
+        );
     }
-    let n = 2 * workload.len() + 6 + cache_workload(&gw, &client, &url).await;
+    let n = 2 * workload.len() + canaried + cache_workload(&gw, &client, &url).await;
     gw.wait_for_requests(n, Duration::from_secs(10)).await;
     prom.wait_until(
         "sum(reasoning_gateway_requests_total)",

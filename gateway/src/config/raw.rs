@@ -169,6 +169,9 @@ pub struct RawCanary {
     pub rollback: Option<RawRollback>,
     /// Gradual promotion of the second variant through traffic percentages.
     pub promotion: Option<RawPromotion>,
+    /// Honour the forcing headers (`header`, `x-gateway-variant`) from clients (default: true
+    /// when `header` is set, else false).
+    pub allow_forcing: Option<bool>,
 }
 
 /// Gradual promotion steps.

@@ -342,6 +342,7 @@ fn canary(
         .map(|p| promotion(errs, path, p, c, variants.len(), rollback.min_requests));
     CanaryConfig {
         header: c.header.clone(),
+        allow_forcing: c.allow_forcing.unwrap_or(c.header.is_some()),
         sticky_header: c.sticky_header.clone(),
         variants,
         shadow,

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::{keep_tail, Checkpoint, Jobs, Status, MAX_CHECKPOINTS, MAX_PROGRESS_BYTES};
 use crate::cache::now_unix;
 use crate::config::OutputField;
+use crate::outcome::Outcome;
 use crate::reasoning::aggregate::Aggregator;
 use crate::reasoning::sse::SseDecoder;
 
@@ -84,12 +85,14 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
         }
     }
     let finished = jobs.update(&id, true, |j| match outcome {
-        Ok(result) => {
+        Ok((result, ended)) => {
             j.status = Status::Succeeded;
             j.result = Some(result);
+            j.outcome = Some(ended);
         }
         Err(err) => {
             j.status = Status::Failed;
+            j.outcome = Some(failed_outcome(&err));
             j.error = Some(err);
         }
     });
@@ -127,7 +130,28 @@ fn failure(code: &str, message: impl Into<String>) -> Value {
     json!({"code": code, "message": message.into()})
 }
 
-async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<Value, Value> {
+/// The outcome of a failed run, from what the runner saw: the gateway's error (its status and
+/// code, the same the gateway's own `outcome` was decided from) or the runner's own failure.
+fn failed_outcome(err: &Value) -> Outcome {
+    if err["code"] == "cancelled" {
+        return Outcome::ClientCancelled;
+    }
+    let Some(code) = err["error"]["code"].as_str() else {
+        // The connection to the gateway broke or its answer was cut: the work did not finish.
+        return Outcome::UpstreamError;
+    };
+    if let Some(o) = Outcome::of_error_code(code) {
+        return o;
+    }
+    match err["status"].as_u64() {
+        Some(400..=499) => Outcome::Rejected,
+        _ => Outcome::UpstreamError,
+    }
+}
+
+/// Runs the request; the completion and how it ended (`ok`, or `cache_hit` when the gateway
+/// replayed it).
+async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<(Value, Outcome), Value> {
     let gw = jobs
         .gateway()
         .ok_or_else(|| failure("internal", "the gateway is shutting down"))?;
@@ -166,6 +190,10 @@ async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<Value, 
         .await
         .map_err(|e| failure("gateway_error", e.to_string()))?;
     let status = resp.status().as_u16();
+    let ended = match resp.headers().get("x-reasoning-cache") {
+        Some(v) if v.as_bytes() == b"hit" => Outcome::CacheHit,
+        _ => Outcome::Ok,
+    };
     let mut body = resp.into_body();
     if status != 200 {
         let bytes = body
@@ -255,5 +283,5 @@ async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<Value, 
     if let Some(err) = result.get("error") {
         return Err(json!({"status": 200, "error": err}));
     }
-    Ok(result)
+    Ok((result, ended))
 }

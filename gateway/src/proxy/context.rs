@@ -44,6 +44,8 @@ pub struct RequestCtx {
     pub route: Option<Arc<RouteConfig>>,
     /// The chosen canary variant.
     pub variant: Option<String>,
+    /// The client forced that variant by header: not counted in the canary's windows.
+    pub variant_forced: bool,
     /// The route's pool.
     pub pool: Option<Arc<Pool>>,
     /// The body sent upstream (possibly rewritten).
@@ -124,6 +126,7 @@ impl RequestCtx {
             snapshot: None,
             route: None,
             variant: None,
+            variant_forced: false,
             pool: None,
             upstream_body: Bytes::new(),
             request_bytes: 0,

@@ -176,6 +176,8 @@ pub struct Routed {
     pub pool: std::sync::Arc<crate::upstream::Pool>,
     /// The chosen canary variant.
     pub variant: Option<String>,
+    /// The client forced that variant by header (not counted in canary windows).
+    pub variant_forced: bool,
     /// Bytes to send upstream.
     pub upstream_body: Bytes,
     /// The gateway added `stream_options.include_usage` for its own metrics.
@@ -212,21 +214,21 @@ fn encode(body: &serde_json::Map<String, Value>) -> Result<Bytes, ApiError> {
 }
 
 /// Validates the body and finds its route, variant and pool. `header` reads a request header
-/// (for canary overrides and stickiness); `weights` gives a canary route's variant weights now
-/// (rollbacks and promotion applied).
+/// (for canary overrides and stickiness); `live` gives a canary route's variant weights now
+/// (rollbacks and promotion applied) and which variants are rolled back.
 pub fn route(
     snapshot: &Snapshot,
     endpoint: Endpoint,
     body: Bytes,
     header: &dyn Fn(&str) -> Option<String>,
-    weights: &dyn Fn(&str, &CanaryConfig) -> Vec<u32>,
+    live: &dyn Fn(&str, &CanaryConfig) -> crate::canary::Live,
 ) -> Result<Routed, NotRouted> {
     let info = parse_request(endpoint, &body)?;
     let route = snapshot
         .routes
         .find(&info.model)
         .ok_or_else(|| ApiError::model_not_found(&info.model))?;
-    route_to(snapshot, endpoint, body, info, route, header, weights).map_err(|mut not| {
+    route_to(snapshot, endpoint, body, info, route, header, live).map_err(|mut not| {
         not.route = Some(route.clone());
         not
     })
@@ -243,6 +245,8 @@ pub struct NotRouted {
     pub route: Option<Arc<RouteConfig>>,
     /// The canary variant chosen, if any.
     pub variant: Option<String>,
+    /// The client forced that variant by header.
+    pub variant_forced: bool,
     /// The pool chosen, if any.
     pub pool: Option<Arc<crate::upstream::Pool>>,
 }
@@ -253,6 +257,7 @@ impl From<ApiError> for NotRouted {
             error,
             route: None,
             variant: None,
+            variant_forced: false,
             pool: None,
         }
     }
@@ -266,16 +271,20 @@ fn route_to(
     mut info: RequestInfo,
     route: &Arc<RouteConfig>,
     header: &dyn Fn(&str) -> Option<String>,
-    weights: &dyn Fn(&str, &CanaryConfig) -> Vec<u32>,
+    live: &dyn Fn(&str, &CanaryConfig) -> crate::canary::Live,
 ) -> Result<Routed, NotRouted> {
+    let mut forced = false;
     let (upstream, upstream_model, variant) = match &route.canary {
         Some(c) => {
-            let (i, _) = crate::routing::variant::pick(
+            let now = live(&route.name, c);
+            let (i, reason) = crate::routing::variant::pick(
                 c,
                 header,
-                &weights(&route.name, c),
+                &now.weights,
+                &now.rolled_back,
                 rand::random::<f64>(),
             );
+            forced = reason.forced();
             let v = &c.variants[i];
             (
                 v.upstream.as_str(),
@@ -296,6 +305,7 @@ fn route_to(
             ),
             route: None,
             variant,
+            variant_forced: forced,
             pool: Some(pool),
         });
     }
@@ -355,6 +365,7 @@ fn route_to(
         route: route.clone(),
         pool,
         variant,
+        variant_forced: forced,
         upstream_body,
         usage_injected,
         aggregate,

@@ -5,6 +5,7 @@ use pingora::proxy::Session;
 use pingora::Error;
 
 use super::context::RequestCtx;
+use crate::outcome::{decide, Facts, Headers, Outcome, UpstreamFailure};
 use crate::state::Gateway;
 
 /// Records metrics and writes the access log for a finished request; returns the reasoning
@@ -24,9 +25,17 @@ pub fn record(
     let upstream = ctx.upstream_label();
     let endpoint = ctx.endpoint.map_or("other", |e| e.label());
     let variant = ctx.variant_label();
+    let outcome = outcome(session, e, ctx, status);
     let m = &gw.metrics;
     m.requests_total
-        .with_label_values(&[route, variant, upstream, endpoint, &status.to_string()])
+        .with_label_values(&[
+            route,
+            variant,
+            upstream,
+            endpoint,
+            &status.to_string(),
+            outcome.as_str(),
+        ])
         .inc();
     let stream = if ctx.stream_requested {
         "true"
@@ -34,7 +43,7 @@ pub fn record(
         "false"
     };
     m.request_duration_seconds
-        .with_label_values(&[route, variant, upstream, stream])
+        .with_label_values(&[route, variant, upstream, stream, outcome.as_str()])
         .observe(elapsed.as_secs_f64());
     m.gen_ai_server_request_duration_seconds
         .with_label_values(&[route])
@@ -117,11 +126,18 @@ pub fn record(
                 .inc();
         }
     }
-    if let (Some(r), Some(v)) = (&ctx.route, &ctx.variant) {
+    // A variant a client forced, or a cache replay, says nothing about the variant's health:
+    // counting them would let a client roll back a healthy canary or keep a failing one alive.
+    let counted = !ctx.variant_forced && outcome != Outcome::CacheHit;
+    if let (Some(r), Some(v), true) = (&ctx.route, &ctx.variant, counted) {
         if let Some(canary) = &r.canary {
             let outcome = crate::canary::Outcome {
                 at: std::time::Instant::now(),
-                ok: status < 500 && status != 0 && ctx.error.is_none(),
+                ok: !outcome.is_error()
+                    && !matches!(
+                        outcome,
+                        Outcome::BudgetExceeded | Outcome::VerificationAborted
+                    ),
                 latency: elapsed,
                 verification_failed: report
                     .as_ref()
@@ -172,6 +188,7 @@ pub fn record(
         method = %header.method,
         path = %header.uri.path(),
         status,
+        outcome = outcome.as_str(),
         route,
         variant,
         upstream,
@@ -199,4 +216,28 @@ pub fn record(
         "Request finished."
     );
     report
+}
+
+/// How the request really ended, from what its context observed (see [`crate::outcome`]).
+fn outcome(session: &Session, e: Option<&Error>, ctx: &RequestCtx, status: u16) -> Outcome {
+    let code = ctx.error.as_ref().map(|err| err.code);
+    // Headers the gateway wrote itself went out with the error; otherwise the upstream's were
+    // out before it failed.
+    let headers = if ctx.local_status.is_none() && session.response_written().is_some() {
+        Headers::After
+    } else {
+        Headers::Before
+    };
+    decide(&Facts {
+        status,
+        local_error: ctx.local_status.is_some() && ctx.error.is_some(),
+        upstream: ctx
+            .upstream_error
+            .map(|kind| (UpstreamFailure::of_kind(kind), headers)),
+        step_timeout_abort: code == Some("step_timeout"),
+        budget_exceeded: code == Some("reasoning_budget_exceeded"),
+        verification_aborted: code == Some("verification_failed"),
+        client_gone: e.is_some_and(|e| e.esource() == &pingora::ErrorSource::Downstream),
+        cache_hit: ctx.cache_header == Some("hit"),
+    })
 }

@@ -3,7 +3,7 @@
 
 use crate::config::CanaryConfig;
 
-/// Why a variant was chosen (log field).
+/// Why a variant was chosen (log field; forced choices are not counted in canary windows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// `x-gateway-variant: NAME`.
@@ -16,29 +16,46 @@ pub enum Reason {
     Weighted,
 }
 
+impl Reason {
+    /// The client chose the variant by header.
+    pub fn forced(self) -> bool {
+        matches!(self, Reason::Named | Reason::Header)
+    }
+}
+
 /// Chooses a served variant (an index into `canary.variants`).
 ///
-/// Order: `x-gateway-variant: NAME` (any served variant, even a rolled-back one: operators test
-/// with it), then the canary header (`false` → the first variant, `true` → the second), then
-/// `weights` (one per served variant: configured or the promotion step's, 0 for rolled-back
-/// ones; see `CanaryState::weights`), either from the sticky key (the same user always lands on
-/// the same variant while the weights stay the same) or from `random` (a number in `[0, 1)`).
+/// Order: when the route allows forcing (`canary.allow_forcing`), `x-gateway-variant: NAME`,
+/// then the canary header (`false` → the first variant, `true` → the second), unless the forced
+/// variant is rolled back (`rolled_back`, one per served variant; missing entries are not);
+/// then `weights` (one per served variant: configured or the promotion step's, 0 for
+/// rolled-back ones; see `CanaryState::live`), either from the sticky key (the same user always
+/// lands on the same variant while the weights stay the same) or from `random` (a number in
+/// `[0, 1)`).
 pub fn pick(
     canary: &CanaryConfig,
     header: &dyn Fn(&str) -> Option<String>,
     weights: &[u32],
+    rolled_back: &[bool],
     random: f64,
 ) -> (usize, Reason) {
-    if let Some(name) = header("x-gateway-variant") {
-        if let Some(i) = canary.variants.iter().position(|v| v.name == name) {
-            return (i, Reason::Named);
+    let servable = |i: usize| !rolled_back.get(i).copied().unwrap_or(false);
+    if canary.allow_forcing {
+        if let Some(name) = header("x-gateway-variant") {
+            if let Some(i) = canary.variants.iter().position(|v| v.name == name) {
+                if servable(i) {
+                    return (i, Reason::Named);
+                }
+            }
         }
-    }
-    if let Some(h) = &canary.header {
-        match header(h).as_deref().map(str::trim) {
-            Some("false") => return (0, Reason::Header),
-            Some("true") if canary.variants.len() > 1 => return (1, Reason::Header),
-            _ => {}
+        if let Some(h) = &canary.header {
+            match header(h).as_deref().map(str::trim) {
+                Some("false") if servable(0) => return (0, Reason::Header),
+                Some("true") if canary.variants.len() > 1 && servable(1) => {
+                    return (1, Reason::Header)
+                }
+                _ => {}
+            }
         }
     }
     let weights: Vec<u64> = weights.iter().map(|w| u64::from(*w)).collect();
@@ -87,6 +104,7 @@ mod tests {
 
     fn canary(weights: &[u32], sticky: Option<&str>) -> CanaryConfig {
         CanaryConfig {
+            allow_forcing: true,
             header: Some("x-canary".into()),
             sticky_header: sticky.map(str::to_owned),
             variants: weights
@@ -132,7 +150,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let n = 20_000;
         let canaries = (0..n)
-            .filter(|_| pick(&c, &headers(&[]), &w(&c), rng.gen::<f64>()).0 == 1)
+            .filter(|_| pick(&c, &headers(&[]), &w(&c), &[], rng.gen::<f64>()).0 == 1)
             .count();
         // 5 % of 20 000 = 1 000, σ ≈ 31: ±4σ.
         assert!((876..=1124).contains(&canaries), "{canaries}");
@@ -143,32 +161,63 @@ mod tests {
         let c = canary(&[50, 50], None);
         let none = w(&c);
         assert_eq!(
-            pick(&c, &headers(&[("x-canary", "true")]), &none, 0.0),
+            pick(&c, &headers(&[("x-canary", "true")]), &none, &[], 0.0),
             (1, Reason::Header)
         );
         assert_eq!(
-            pick(&c, &headers(&[("x-canary", "false")]), &none, 0.99),
+            pick(&c, &headers(&[("x-canary", "false")]), &none, &[], 0.99),
             (0, Reason::Header)
         );
         assert_eq!(
-            pick(&c, &headers(&[("x-gateway-variant", "canary")]), &none, 0.0),
+            pick(
+                &c,
+                &headers(&[("x-gateway-variant", "canary")]),
+                &none,
+                &[],
+                0.0
+            ),
             (1, Reason::Named)
         );
         let canary_out = [50, 0];
+        let out = [false, true];
         for r in [0.0, 0.5, 0.99] {
-            assert_eq!(pick(&c, &headers(&[]), &canary_out, r).0, 0);
+            assert_eq!(pick(&c, &headers(&[]), &canary_out, &out, r).0, 0);
         }
+        // A rolled-back variant cannot be forced, by name or by the canary header: the
+        // request is served by weight instead.
+        for forcing in [("x-gateway-variant", "canary"), ("x-canary", "true")] {
+            assert_eq!(
+                pick(&c, &headers(&[forcing]), &canary_out, &out, 0.99),
+                (0, Reason::Weighted),
+                "{forcing:?}"
+            );
+        }
+        // A variant with weight 0 that is not rolled back can still be reached by name.
         assert_eq!(
             pick(
                 &c,
                 &headers(&[("x-gateway-variant", "canary")]),
                 &canary_out,
+                &[],
                 0.0
-            )
-            .0,
-            1,
-            "operators can still reach it by name"
+            ),
+            (1, Reason::Named)
         );
+    }
+
+    #[test]
+    fn forcing_headers_are_ignored_unless_the_route_allows_forcing() {
+        let mut c = canary(&[100, 0], None);
+        c.allow_forcing = false;
+        for forcing in [("x-gateway-variant", "canary"), ("x-canary", "true")] {
+            assert_eq!(
+                pick(&c, &headers(&[forcing]), &w(&c), &[], 0.5),
+                (0, Reason::Weighted),
+                "{forcing:?}"
+            );
+        }
+        assert!(Reason::Named.forced() && Reason::Header.forced());
+        assert!(!Reason::Weighted.forced() && !Reason::Sticky.forced());
     }
 
     #[test]
@@ -178,10 +227,10 @@ mod tests {
         for u in 0..1000 {
             let user = format!("user-{u}");
             let h = headers(&[("x-user", user.as_str())]);
-            let (first, reason) = pick(&c, &h, &w(&c), 0.0);
+            let (first, reason) = pick(&c, &h, &w(&c), &[], 0.0);
             assert_eq!(reason, Reason::Sticky);
             for r in [0.3, 0.9] {
-                assert_eq!(pick(&c, &h, &w(&c), r).0, first, "{user} moved");
+                assert_eq!(pick(&c, &h, &w(&c), &[], r).0, first, "{user} moved");
             }
             per_variant[first] += 1;
         }
@@ -192,7 +241,10 @@ mod tests {
         // Without a sticky header configured, the API key is the key.
         let c = canary(&[50, 50], None);
         let key = headers(&[("authorization", "Bearer sk-1")]);
-        assert_eq!(pick(&c, &key, &w(&c), 0.1), pick(&c, &key, &w(&c), 0.9));
+        assert_eq!(
+            pick(&c, &key, &w(&c), &[], 0.1),
+            pick(&c, &key, &w(&c), &[], 0.9)
+        );
     }
 
     #[test]
@@ -203,7 +255,7 @@ mod tests {
                 .map(|u| {
                     let user = format!("user-{u}");
                     let h = headers(&[("x-user", user.as_str())]);
-                    pick(&c, &h, &[100 - percent, percent], 0.5).0 == 1
+                    pick(&c, &h, &[100 - percent, percent], &[], 0.5).0 == 1
                 })
                 .collect()
         };
