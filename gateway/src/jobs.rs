@@ -10,6 +10,7 @@
 
 pub mod callback;
 mod runner;
+pub mod target;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +31,32 @@ const MAX_ATTEMPTS: u32 = 2;
 const MAX_PROGRESS_BYTES: usize = 1 << 20;
 /// Checkpoints kept per job.
 const MAX_CHECKPOINTS: usize = 256;
+/// What a submitter sees of a failed callback attempt: the reason (a connection refused, a
+/// TLS alert) would map the gateway's network for them; it goes to the log instead.
+pub const DELIVERY_FAILED: &str = "delivery failed";
+
+/// Why a submission was refused for lack of room (the `reason` label of
+/// `async_job_rejections_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// `async_jobs.max_jobs` jobs are stored.
+    StoreFull,
+    /// The tenant has `async_jobs.max_jobs_per_tenant` jobs stored.
+    TenantQuota,
+    /// Jobs hold `async_jobs.max_bytes` (at submission, or a finished job's result).
+    MemoryFull,
+}
+
+impl Rejection {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::StoreFull => "store_full",
+            Rejection::TenantQuota => "tenant_quota",
+            Rejection::MemoryFull => "memory_full",
+        }
+    }
+}
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -78,7 +105,7 @@ pub struct CallbackState {
     pub delivered: bool,
     /// The last attempt's HTTP status.
     pub last_status: Option<u16>,
-    /// The last attempt's failure.
+    /// The last attempt's failure: only ever [`DELIVERY_FAILED`] (the detail is logged).
     pub last_error: Option<String>,
 }
 
@@ -140,7 +167,11 @@ impl Job {
             "latest_checkpoint": self.checkpoints.last(),
             "result": self.result,
             "error": self.error,
-            "callback": self.callback,
+            "callback": self.callback.as_ref().map(|c| CallbackState {
+                // Files written before errors were kept out of the view may hold one.
+                last_error: c.last_error.as_ref().map(|_| DELIVERY_FAILED.to_string()),
+                ..c.clone()
+            }),
         })
     }
 }
@@ -148,6 +179,52 @@ impl Job {
 struct Entry {
     job: Job,
     task: Option<tokio::task::AbortHandle>,
+    /// The stored request's size.
+    request_bytes: u64,
+    /// The stored result's and error's size, once finished.
+    outcome_bytes: u64,
+}
+
+impl Entry {
+    fn new(job: Job) -> Entry {
+        let mut e = Entry {
+            request_bytes: json_len(&job.request),
+            outcome_bytes: 0,
+            job,
+            task: None,
+        };
+        e.measure_outcome();
+        e
+    }
+
+    fn measure_outcome(&mut self) {
+        self.outcome_bytes = self.job.result.as_ref().map_or(0, json_len)
+            + self.job.error.as_ref().map_or(0, json_len);
+    }
+
+    /// Bytes this job holds: its request, progress and outcome. (Running jobs' progress
+    /// grows past what admission saw by at most `MAX_PROGRESS_BYTES` twice each; the outcome
+    /// is checked when it is recorded.)
+    fn held_bytes(&self) -> u64 {
+        let progress = (self.job.reasoning.len() + self.job.answer.len()) as u64;
+        self.request_bytes + progress + self.outcome_bytes
+    }
+}
+
+fn json_len(v: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 /// The job store and runner.
@@ -249,8 +326,7 @@ impl Jobs {
                 to_call.push(job.id.clone());
             }
             self.persist(&job);
-            self.lock()
-                .insert(job.id.clone(), Entry { job, task: None });
+            self.lock().insert(job.id.clone(), Entry::new(job));
         }
         tracing::info!(
             resumed = to_run.len(),
@@ -265,53 +341,58 @@ impl Jobs {
         }
     }
 
-    /// Queues a chat request; returns the job's public view.
-    pub fn submit(
+    /// Queues a chat request; returns the job's public view. `config` is the configuration
+    /// the request arrived under (its listeners are never called back).
+    pub async fn submit(
         self: &Arc<Self>,
+        config: &crate::config::Config,
         mut body: serde_json::Map<String, Value>,
         tenant: String,
         authorization: Option<String>,
     ) -> Result<Value, ApiError> {
+        let invalid = |message: String| ApiError {
+            param: Some("callback_url"),
+            ..ApiError::new(
+                400,
+                ErrorKind::InvalidRequest,
+                "invalid_callback_url",
+                message,
+            )
+        };
         let callback = match body.remove("callback_url") {
             None | Some(Value::Null) => None,
             Some(Value::String(u)) => {
-                callback::parse_url(&u).map_err(|e| ApiError {
-                    param: Some("callback_url"),
-                    ..ApiError::new(400, ErrorKind::InvalidRequest, "invalid_callback_url", e)
-                })?;
+                let url = callback::parse_url(&u).map_err(invalid)?;
+                let policy = self.policy(config);
+                if let Err(why) =
+                    target::resolve(&policy, &url.host, url.port, self.settings.callback_timeout)
+                        .await
+                {
+                    // The reason (what the name resolves to) stays in the log: the submitter
+                    // learns only that this target is not called.
+                    tracing::info!(host = %url.host, port = url.port, reason = %why, "Async job refused: its callback target is not allowed.");
+                    return Err(invalid(format!(
+                        "`{u}` is not a target the gateway calls back: its host must be, and resolve only to, public addresses (or be listed in async_jobs.callback_allow), and not the gateway itself"
+                    )));
+                }
                 Some(CallbackState {
                     url: u,
                     ..CallbackState::default()
                 })
             }
             Some(_) => {
-                return Err(ApiError {
-                    param: Some("callback_url"),
-                    ..ApiError::new(
-                        400,
-                        ErrorKind::InvalidRequest,
-                        "invalid_callback_url",
-                        "`callback_url` must be a string",
-                    )
-                })
+                return Err(invalid("`callback_url` must be a string".into()));
             }
         };
-        {
-            let mut entries = self.lock();
-            if entries.len() >= self.settings.max_jobs {
-                self.expire_locked(&mut entries);
+        let request_bytes = json_len(&Value::Object(body.clone()));
+        if let Err((reason, e)) = self.admit(&tenant, request_bytes) {
+            if let Some(gw) = self.gateway() {
+                gw.metrics
+                    .async_job_rejections_total
+                    .with_label_values(&[reason.label()])
+                    .inc();
             }
-            if entries.len() >= self.settings.max_jobs {
-                return Err(ApiError::new(
-                    429,
-                    ErrorKind::InvalidRequest,
-                    "too_many_jobs",
-                    format!(
-                        "{} async jobs are stored (async_jobs.max_jobs); retry when some expire.",
-                        entries.len()
-                    ),
-                ));
-            }
+            return Err(e);
         }
         let now = now_unix();
         let id = format!("job_{:032x}", rand::random::<u128>());
@@ -340,9 +421,68 @@ impl Jobs {
         };
         let view = job.view();
         self.persist(&job);
-        self.lock().insert(id.clone(), Entry { job, task: None });
+        self.lock().insert(id.clone(), Entry::new(job));
         self.start(id);
         Ok(view)
+    }
+
+    /// Room for one more job of `tenant` holding `request_bytes`: the store, the tenant's
+    /// quota and the memory bound (finished jobs past their TTL are dropped first).
+    fn admit(&self, tenant: &str, request_bytes: u64) -> Result<(), (Rejection, ApiError)> {
+        let mut entries = self.lock();
+        let check = |entries: &HashMap<String, Entry>| {
+            let s = &self.settings;
+            let stored = entries.len();
+            let mine = entries.values().filter(|e| e.job.tenant == tenant).count();
+            let held: u64 = entries.values().map(Entry::held_bytes).sum();
+            if stored >= s.max_jobs {
+                Err((
+                    Rejection::StoreFull,
+                    ApiError::new(
+                        429,
+                        ErrorKind::InvalidRequest,
+                        "too_many_jobs",
+                        format!("{stored} async jobs are stored (async_jobs.max_jobs); retry when some expire."),
+                    ),
+                ))
+            } else if mine >= s.max_jobs_per_tenant {
+                Err((
+                    Rejection::TenantQuota,
+                    ApiError::new(
+                        429,
+                        ErrorKind::RateLimit,
+                        "tenant_job_quota_exceeded",
+                        format!("You have {mine} async jobs stored (async_jobs.max_jobs_per_tenant); retry when some finish and expire."),
+                    ),
+                ))
+            } else if held + request_bytes > s.max_bytes {
+                Err((
+                    Rejection::MemoryFull,
+                    ApiError::new(
+                        429,
+                        ErrorKind::RateLimit,
+                        "job_memory_full",
+                        "Async jobs hold as many bytes as the gateway allows (async_jobs.max_bytes); retry when some expire.",
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if check(&entries).is_err() {
+            self.expire_locked(&mut entries);
+        }
+        check(&entries)
+    }
+
+    /// What callbacks may reach under `config`.
+    pub fn policy(&self, config: &crate::config::Config) -> target::Policy {
+        let mut own = vec![config.listen, config.admin_listen];
+        own.extend(config.engine.as_ref().map(|e| e.listen));
+        target::Policy {
+            allow: self.settings.callback_allow.clone(),
+            own,
+        }
     }
 
     /// The job's view, if it exists and belongs to `tenant`.
@@ -443,6 +583,55 @@ impl Jobs {
         true
     }
 
+    /// Records a run's outcome; `false` if the job is gone or was cancelled. A result that
+    /// would take jobs past `async_jobs.max_bytes` is dropped and the job fails.
+    fn finish(&self, id: &str, outcome: Result<Value, Value>) -> bool {
+        let job = {
+            let mut entries = self.lock();
+            let others: u64 = entries
+                .iter()
+                .filter(|(k, _)| k.as_str() != id)
+                .map(|(_, e)| e.held_bytes())
+                .sum();
+            let Some(e) = entries.get_mut(id) else {
+                return false;
+            };
+            if e.job.status == Status::Cancelled {
+                return false;
+            }
+            match outcome {
+                Ok(result) => {
+                    e.job.status = Status::Succeeded;
+                    e.job.result = Some(result);
+                }
+                Err(err) => {
+                    e.job.status = Status::Failed;
+                    e.job.error = Some(err);
+                }
+            }
+            e.measure_outcome();
+            if others + e.held_bytes() > self.settings.max_bytes {
+                e.job.status = Status::Failed;
+                e.job.result = None;
+                e.job.error = Some(json!({
+                    "code": "job_memory_full",
+                    "message": "The result did not fit in the memory async jobs may hold (async_jobs.max_bytes).",
+                }));
+                e.measure_outcome();
+                if let Some(gw) = self.gateway() {
+                    gw.metrics
+                        .async_job_rejections_total
+                        .with_label_values(&[Rejection::MemoryFull.label()])
+                        .inc();
+                }
+            }
+            e.job.updated = now_unix();
+            e.job.clone()
+        };
+        self.persist(&job);
+        true
+    }
+
     fn update_callback(&self, id: &str, f: impl FnOnce(&mut CallbackState)) {
         let job = {
             let mut entries = self.lock();
@@ -474,7 +663,7 @@ impl Jobs {
         let latest = self.snapshot(&job.id);
         let job = latest.as_ref().unwrap_or(job);
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(dir)?;
+            crate::fsutil::create_private_dir(dir)?;
             let bytes = serde_json::to_vec(job).unwrap_or_default();
             // Job files hold request bodies and Authorization headers.
             crate::fsutil::write_atomic(&dir.join(format!("{}.json", job.id)), &bytes, Some(0o600))
@@ -522,5 +711,8 @@ pub fn default_settings() -> AsyncJobsConfig {
         callback_timeout: Duration::from_secs(10),
         callback_ca: None,
         checkpoint_every: None,
+        callback_allow: Vec::new(),
+        max_jobs_per_tenant: 100,
+        max_bytes: 256 << 20,
     }
 }

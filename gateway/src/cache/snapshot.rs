@@ -38,7 +38,7 @@ pub fn path(dir: &Path) -> PathBuf {
 
 /// Writes every entry atomically, with the id of the model that made their vectors.
 pub fn write(dir: &Path, model: &str, entries: &[std::sync::Arc<Entry>]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    crate::fsutil::create_private_dir(dir)?;
     let mut buf = Vec::with_capacity(entries.len() * 2048 + 64 + model.len());
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&(model.len() as u32).to_le_bytes());
@@ -55,7 +55,8 @@ pub fn write(dir: &Path, model: &str, entries: &[std::sync::Arc<Entry>]) -> std:
     }
     let digest = Sha256::digest(&buf);
     buf.extend_from_slice(&digest);
-    crate::fsutil::write_atomic(&path(dir), &buf, None)
+    // Cached prompts and answers: the gateway's user only.
+    crate::fsutil::write_atomic(&path(dir), &buf, Some(0o600))
 }
 
 /// Why a snapshot was not used.

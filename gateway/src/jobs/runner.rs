@@ -83,16 +83,7 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
             return;
         }
     }
-    let finished = jobs.update(&id, true, |j| match outcome {
-        Ok(result) => {
-            j.status = Status::Succeeded;
-            j.result = Some(result);
-        }
-        Err(err) => {
-            j.status = Status::Failed;
-            j.error = Some(err);
-        }
-    });
+    let finished = jobs.finish(&id, outcome);
     if finished {
         if let Some(gw) = jobs.gateway() {
             let status = jobs.snapshot(&id).map(|j| j.status);
