@@ -9,6 +9,7 @@
 //! reason), undelivered callbacks are retried.
 
 pub mod callback;
+mod quota;
 mod runner;
 pub mod target;
 
@@ -24,6 +25,8 @@ use crate::cache::now_unix;
 use crate::config::AsyncJobsConfig;
 use crate::openai::{ApiError, ErrorKind};
 use crate::state::Gateway;
+use quota::json_len;
+pub use quota::Rejection;
 
 /// Runs a job may get (the first, plus one after a restart interrupted it).
 const MAX_ATTEMPTS: u32 = 2;
@@ -34,29 +37,6 @@ const MAX_CHECKPOINTS: usize = 256;
 /// What a submitter sees of a failed callback attempt: the reason (a connection refused, a
 /// TLS alert) would map the gateway's network for them; it goes to the log instead.
 pub const DELIVERY_FAILED: &str = "delivery failed";
-
-/// Why a submission was refused for lack of room (the `reason` label of
-/// `async_job_rejections_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// `async_jobs.max_jobs` jobs are stored.
-    StoreFull,
-    /// The tenant has `async_jobs.max_jobs_per_tenant` jobs stored.
-    TenantQuota,
-    /// Jobs hold `async_jobs.max_bytes` (at submission, or a finished job's result).
-    MemoryFull,
-}
-
-impl Rejection {
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Rejection::StoreFull => "store_full",
-            Rejection::TenantQuota => "tenant_quota",
-            Rejection::MemoryFull => "memory_full",
-        }
-    }
-}
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -209,22 +189,6 @@ impl Entry {
         let progress = (self.job.reasoning.len() + self.job.answer.len()) as u64;
         self.request_bytes + progress + self.outcome_bytes
     }
-}
-
-fn json_len(v: &Value) -> u64 {
-    struct Count(u64);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len() as u64;
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut c = Count(0);
-    let _ = serde_json::to_writer(&mut c, v);
-    c.0
 }
 
 /// The job store and runner.
@@ -431,43 +395,15 @@ impl Jobs {
     fn admit(&self, tenant: &str, request_bytes: u64) -> Result<(), (Rejection, ApiError)> {
         let mut entries = self.lock();
         let check = |entries: &HashMap<String, Entry>| {
-            let s = &self.settings;
-            let stored = entries.len();
-            let mine = entries.values().filter(|e| e.job.tenant == tenant).count();
-            let held: u64 = entries.values().map(Entry::held_bytes).sum();
-            if stored >= s.max_jobs {
-                Err((
-                    Rejection::StoreFull,
-                    ApiError::new(
-                        429,
-                        ErrorKind::InvalidRequest,
-                        "too_many_jobs",
-                        format!("{stored} async jobs are stored (async_jobs.max_jobs); retry when some expire."),
-                    ),
-                ))
-            } else if mine >= s.max_jobs_per_tenant {
-                Err((
-                    Rejection::TenantQuota,
-                    ApiError::new(
-                        429,
-                        ErrorKind::RateLimit,
-                        "tenant_job_quota_exceeded",
-                        format!("You have {mine} async jobs stored (async_jobs.max_jobs_per_tenant); retry when some finish and expire."),
-                    ),
-                ))
-            } else if held + request_bytes > s.max_bytes {
-                Err((
-                    Rejection::MemoryFull,
-                    ApiError::new(
-                        429,
-                        ErrorKind::RateLimit,
-                        "job_memory_full",
-                        "Async jobs hold as many bytes as the gateway allows (async_jobs.max_bytes); retry when some expire.",
-                    ),
-                ))
-            } else {
-                Ok(())
-            }
+            quota::check(
+                &self.settings,
+                quota::Usage {
+                    stored: entries.len(),
+                    tenant: entries.values().filter(|e| e.job.tenant == tenant).count(),
+                    held: entries.values().map(Entry::held_bytes).sum(),
+                },
+                request_bytes,
+            )
         };
         if check(&entries).is_err() {
             self.expire_locked(&mut entries);

@@ -190,6 +190,20 @@ mod tests {
         std::fs::read(path(dir)).unwrap()
     }
 
+    /// Snapshots hold every cached prompt and answer: the gateway's user only.
+    #[cfg(unix)]
+    #[test]
+    fn snapshots_are_0600_in_a_0700_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempdir("mode");
+        let dir = base.join("cache");
+        written(&dir);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&path(&dir)), 0o600);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
     #[test]
     fn round_trip_drops_expired_entries() {
         let dir = tempdir("rt");
