@@ -253,6 +253,7 @@ impl Jobs {
         };
         let mut to_run = Vec::new();
         let mut to_call = Vec::new();
+        let mut changed = Vec::new();
         for entry in read.flatten() {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -286,11 +287,16 @@ impl Jobs {
                     job.status = Status::Queued;
                     to_run.push(job.id.clone());
                 }
+                changed.push(job.clone());
             } else if job.callback.as_ref().is_some_and(|c| !c.delivered) {
                 to_call.push(job.id.clone());
             }
-            self.persist(&job);
+            // In the store at once; files are rewritten after (each write is synced, and
+            // clients may already ask for their jobs).
             self.lock().insert(job.id.clone(), Entry::new(job));
+        }
+        for job in &changed {
+            self.persist(job);
         }
         tracing::info!(
             resumed = to_run.len(),
