@@ -162,7 +162,8 @@ pub fn endpoint_host(host_port: &str) -> &str {
 }
 
 /// A value that must never reach logs, `/admin/config` or error messages.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {
@@ -330,8 +331,8 @@ pub struct AsyncJobsConfig {
     pub max_running: usize,
     /// How long finished jobs are kept.
     pub ttl: Duration,
-    /// HMAC key for callback signatures.
-    pub callback_secret: Option<String>,
+    /// HMAC key for callback signatures (never empty).
+    pub callback_secret: Option<Secret>,
     /// Callback retries after the first attempt.
     pub callback_retries: u32,
     /// Per-attempt callback timeout.
@@ -340,6 +341,12 @@ pub struct AsyncJobsConfig {
     pub callback_ca: Option<Arc<Vec<Vec<u8>>>>,
     /// Steps between checkpoints (`None`: the route's `checkpoint_every`).
     pub checkpoint_every: Option<u32>,
+    /// Internal callback targets the operator allows (`callback_allow`).
+    pub callback_allow: Vec<crate::jobs::target::Allow>,
+    /// Jobs one tenant may have stored at once.
+    pub max_jobs_per_tenant: usize,
+    /// Bytes all jobs may hold (request bodies, progress, results).
+    pub max_bytes: u64,
 }
 
 /// A route's cache settings.

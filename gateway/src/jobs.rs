@@ -9,7 +9,9 @@
 //! reason), undelivered callbacks are retried.
 
 pub mod callback;
+mod quota;
 mod runner;
+pub mod target;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,7 +24,10 @@ use serde_json::{json, Value};
 use crate::cache::now_unix;
 use crate::config::AsyncJobsConfig;
 use crate::openai::{ApiError, ErrorKind};
+use crate::outcome::Outcome;
 use crate::state::Gateway;
+use quota::json_len;
+pub use quota::Rejection;
 
 /// Runs a job may get (the first, plus one after a restart interrupted it).
 const MAX_ATTEMPTS: u32 = 2;
@@ -30,6 +35,9 @@ const MAX_ATTEMPTS: u32 = 2;
 const MAX_PROGRESS_BYTES: usize = 1 << 20;
 /// Checkpoints kept per job.
 const MAX_CHECKPOINTS: usize = 256;
+/// What a submitter sees of a failed callback attempt: the reason (a connection refused, a
+/// TLS alert) would map the gateway's network for them; it goes to the log instead.
+pub const DELIVERY_FAILED: &str = "delivery failed";
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -78,7 +86,7 @@ pub struct CallbackState {
     pub delivered: bool,
     /// The last attempt's HTTP status.
     pub last_status: Option<u16>,
-    /// The last attempt's failure.
+    /// The last attempt's failure: only ever [`DELIVERY_FAILED`] (the detail is logged).
     pub last_error: Option<String>,
 }
 
@@ -112,7 +120,7 @@ pub struct Job {
     /// How it ended, in the `outcome` terms of `requests_total` and the access log (absent
     /// while it runs, and in records written before outcomes existed).
     #[serde(default)]
-    pub outcome: Option<crate::outcome::Outcome>,
+    pub outcome: Option<Outcome>,
     /// Callback delivery, when a callback URL was given.
     pub callback: Option<CallbackState>,
     /// The chat request (stream forced on by the runner).
@@ -145,7 +153,11 @@ impl Job {
             "result": self.result,
             "error": self.error,
             "outcome": self.outcome,
-            "callback": self.callback,
+            "callback": self.callback.as_ref().map(|c| CallbackState {
+                // Files written before errors were kept out of the view may hold one.
+                last_error: c.last_error.as_ref().map(|_| DELIVERY_FAILED.to_string()),
+                ..c.clone()
+            }),
         })
     }
 }
@@ -153,6 +165,36 @@ impl Job {
 struct Entry {
     job: Job,
     task: Option<tokio::task::AbortHandle>,
+    /// The stored request's size.
+    request_bytes: u64,
+    /// The stored result's and error's size, once finished.
+    outcome_bytes: u64,
+}
+
+impl Entry {
+    fn new(job: Job) -> Entry {
+        let mut e = Entry {
+            request_bytes: json_len(&job.request),
+            outcome_bytes: 0,
+            job,
+            task: None,
+        };
+        e.measure_outcome();
+        e
+    }
+
+    fn measure_outcome(&mut self) {
+        self.outcome_bytes = self.job.result.as_ref().map_or(0, json_len)
+            + self.job.error.as_ref().map_or(0, json_len);
+    }
+
+    /// Bytes this job holds: its request, progress and outcome. (Running jobs' progress
+    /// grows past what admission saw by at most `MAX_PROGRESS_BYTES` twice each; the outcome
+    /// is checked when it is recorded.)
+    fn held_bytes(&self) -> u64 {
+        let progress = (self.job.reasoning.len() + self.job.answer.len()) as u64;
+        self.request_bytes + progress + self.outcome_bytes
+    }
 }
 
 /// The job store and runner.
@@ -217,6 +259,7 @@ impl Jobs {
         };
         let mut to_run = Vec::new();
         let mut to_call = Vec::new();
+        let mut changed = Vec::new();
         for entry in read.flatten() {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -250,12 +293,16 @@ impl Jobs {
                     job.status = Status::Queued;
                     to_run.push(job.id.clone());
                 }
+                changed.push(job.clone());
             } else if job.callback.as_ref().is_some_and(|c| !c.delivered) {
                 to_call.push(job.id.clone());
             }
-            self.persist(&job);
-            self.lock()
-                .insert(job.id.clone(), Entry { job, task: None });
+            // In the store at once; files are rewritten after (each write is synced, and
+            // clients may already ask for their jobs).
+            self.lock().insert(job.id.clone(), Entry::new(job));
+        }
+        for job in &changed {
+            self.persist(job);
         }
         tracing::info!(
             resumed = to_run.len(),
@@ -270,53 +317,58 @@ impl Jobs {
         }
     }
 
-    /// Queues a chat request; returns the job's public view.
-    pub fn submit(
+    /// Queues a chat request; returns the job's public view. `config` is the configuration
+    /// the request arrived under (its listeners are never called back).
+    pub async fn submit(
         self: &Arc<Self>,
+        config: &crate::config::Config,
         mut body: serde_json::Map<String, Value>,
         tenant: String,
         authorization: Option<String>,
     ) -> Result<Value, ApiError> {
+        let invalid = |message: String| ApiError {
+            param: Some("callback_url"),
+            ..ApiError::new(
+                400,
+                ErrorKind::InvalidRequest,
+                "invalid_callback_url",
+                message,
+            )
+        };
         let callback = match body.remove("callback_url") {
             None | Some(Value::Null) => None,
             Some(Value::String(u)) => {
-                callback::parse_url(&u).map_err(|e| ApiError {
-                    param: Some("callback_url"),
-                    ..ApiError::new(400, ErrorKind::InvalidRequest, "invalid_callback_url", e)
-                })?;
+                let url = callback::parse_url(&u).map_err(invalid)?;
+                let policy = self.policy(config);
+                if let Err(why) =
+                    target::resolve(&policy, &url.host, url.port, self.settings.callback_timeout)
+                        .await
+                {
+                    // The reason (what the name resolves to) stays in the log: the submitter
+                    // learns only that this target is not called.
+                    tracing::info!(host = %url.host, port = url.port, reason = %why, "Async job refused: its callback target is not allowed.");
+                    return Err(invalid(format!(
+                        "`{u}` is not a target the gateway calls back: its host must be, and resolve only to, public addresses (or be listed in async_jobs.callback_allow), and not the gateway itself"
+                    )));
+                }
                 Some(CallbackState {
                     url: u,
                     ..CallbackState::default()
                 })
             }
             Some(_) => {
-                return Err(ApiError {
-                    param: Some("callback_url"),
-                    ..ApiError::new(
-                        400,
-                        ErrorKind::InvalidRequest,
-                        "invalid_callback_url",
-                        "`callback_url` must be a string",
-                    )
-                })
+                return Err(invalid("`callback_url` must be a string".into()));
             }
         };
-        {
-            let mut entries = self.lock();
-            if entries.len() >= self.settings.max_jobs {
-                self.expire_locked(&mut entries);
+        let request_bytes = json_len(&Value::Object(body.clone()));
+        if let Err((reason, e)) = self.admit(&tenant, request_bytes) {
+            if let Some(gw) = self.gateway() {
+                gw.metrics
+                    .async_job_rejections_total
+                    .with_label_values(&[reason.label()])
+                    .inc();
             }
-            if entries.len() >= self.settings.max_jobs {
-                return Err(ApiError::new(
-                    429,
-                    ErrorKind::InvalidRequest,
-                    "too_many_jobs",
-                    format!(
-                        "{} async jobs are stored (async_jobs.max_jobs); retry when some expire.",
-                        entries.len()
-                    ),
-                ));
-            }
+            return Err(e);
         }
         let now = now_unix();
         let id = format!("job_{:032x}", rand::random::<u128>());
@@ -346,9 +398,40 @@ impl Jobs {
         };
         let view = job.view();
         self.persist(&job);
-        self.lock().insert(id.clone(), Entry { job, task: None });
+        self.lock().insert(id.clone(), Entry::new(job));
         self.start(id);
         Ok(view)
+    }
+
+    /// Room for one more job of `tenant` holding `request_bytes`: the store, the tenant's
+    /// quota and the memory bound (finished jobs past their TTL are dropped first).
+    fn admit(&self, tenant: &str, request_bytes: u64) -> Result<(), (Rejection, ApiError)> {
+        let mut entries = self.lock();
+        let check = |entries: &HashMap<String, Entry>| {
+            quota::check(
+                &self.settings,
+                quota::Usage {
+                    stored: entries.len(),
+                    tenant: entries.values().filter(|e| e.job.tenant == tenant).count(),
+                    held: entries.values().map(Entry::held_bytes).sum(),
+                },
+                request_bytes,
+            )
+        };
+        if check(&entries).is_err() {
+            self.expire_locked(&mut entries);
+        }
+        check(&entries)
+    }
+
+    /// What callbacks may reach under `config`.
+    pub fn policy(&self, config: &crate::config::Config) -> target::Policy {
+        let mut own = vec![config.listen, config.admin_listen];
+        own.extend(config.engine.as_ref().map(|e| e.listen));
+        target::Policy {
+            allow: self.settings.callback_allow.clone(),
+            own,
+        }
     }
 
     /// The job's view, if it exists and belongs to `tenant`.
@@ -368,7 +451,7 @@ impl Jobs {
                     t.abort();
                 }
                 e.job.status = Status::Cancelled;
-                e.job.outcome = Some(crate::outcome::Outcome::ClientCancelled);
+                e.job.outcome = Some(Outcome::ClientCancelled);
                 e.job.error =
                     Some(json!({"code": "cancelled", "message": "Cancelled by the client."}));
                 e.job.updated = now_unix();
@@ -450,6 +533,58 @@ impl Jobs {
         true
     }
 
+    /// Records a run's outcome; `false` if the job is gone or was cancelled. A result that
+    /// would take jobs past `async_jobs.max_bytes` is dropped and the job fails.
+    fn finish(&self, id: &str, outcome: Result<(Value, Outcome), (Value, Outcome)>) -> bool {
+        let job = {
+            let mut entries = self.lock();
+            let others: u64 = entries
+                .iter()
+                .filter(|(k, _)| k.as_str() != id)
+                .map(|(_, e)| e.held_bytes())
+                .sum();
+            let Some(e) = entries.get_mut(id) else {
+                return false;
+            };
+            if e.job.status == Status::Cancelled {
+                return false;
+            }
+            match outcome {
+                Ok((result, ended)) => {
+                    e.job.status = Status::Succeeded;
+                    e.job.result = Some(result);
+                    e.job.outcome = Some(ended);
+                }
+                Err((err, ended)) => {
+                    e.job.status = Status::Failed;
+                    e.job.error = Some(err);
+                    e.job.outcome = Some(ended);
+                }
+            }
+            e.measure_outcome();
+            if others + e.held_bytes() > self.settings.max_bytes {
+                e.job.status = Status::Failed;
+                e.job.result = None;
+                e.job.outcome = Some(Outcome::Rejected);
+                e.job.error = Some(json!({
+                    "code": "job_memory_full",
+                    "message": "The result did not fit in the memory async jobs may hold (async_jobs.max_bytes).",
+                }));
+                e.measure_outcome();
+                if let Some(gw) = self.gateway() {
+                    gw.metrics
+                        .async_job_rejections_total
+                        .with_label_values(&[Rejection::MemoryFull.label()])
+                        .inc();
+                }
+            }
+            e.job.updated = now_unix();
+            e.job.clone()
+        };
+        self.persist(&job);
+        true
+    }
+
     fn update_callback(&self, id: &str, f: impl FnOnce(&mut CallbackState)) {
         let job = {
             let mut entries = self.lock();
@@ -481,7 +616,7 @@ impl Jobs {
         let latest = self.snapshot(&job.id);
         let job = latest.as_ref().unwrap_or(job);
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(dir)?;
+            crate::fsutil::create_private_dir(dir)?;
             let bytes = serde_json::to_vec(job).unwrap_or_default();
             // Job files hold request bodies and Authorization headers.
             crate::fsutil::write_atomic(&dir.join(format!("{}.json", job.id)), &bytes, Some(0o600))
@@ -529,5 +664,8 @@ pub fn default_settings() -> AsyncJobsConfig {
         callback_timeout: Duration::from_secs(10),
         callback_ca: None,
         checkpoint_every: None,
+        callback_allow: Vec::new(),
+        max_jobs_per_tenant: 100,
+        max_bytes: 256 << 20,
     }
 }

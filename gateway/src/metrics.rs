@@ -125,6 +125,8 @@ pub struct Metrics {
     pub async_jobs_total: IntCounterVec,
     /// Async job callback attempts, by result (delivered|failed).
     pub async_job_callbacks_total: IntCounterVec,
+    /// Async jobs refused for lack of room, by reason (store_full|tenant_quota|memory_full).
+    pub async_job_rejections_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -451,10 +453,19 @@ impl Metrics {
             "Async job callback attempts, by result: delivered (2xx) or failed (retried with backoff).",
             &["result"],
         );
+        let async_job_rejections_total = counter(
+            "async_job_rejections_total",
+            "Async jobs refused for lack of room, by reason: store_full (async_jobs.max_jobs), tenant_quota (max_jobs_per_tenant), memory_full (max_bytes; at submission or a result that did not fit).",
+            &["reason"],
+        );
+        for reason in ["store_full", "tenant_quota", "memory_full"] {
+            async_job_rejections_total.with_label_values(&[reason]);
+        }
         Metrics {
             registry,
             async_jobs_total,
             async_job_callbacks_total,
+            async_job_rejections_total,
             cache_requests_total,
             cache_similarity,
             cache_entries,

@@ -10,5 +10,7 @@ mod bounds;
 mod callbacks;
 #[path = "security/canary.rs"]
 mod canary;
+#[path = "security/files.rs"]
+mod files;
 #[path = "security/tenants.rs"]
 mod tenants;

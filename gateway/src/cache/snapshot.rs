@@ -38,7 +38,7 @@ pub fn path(dir: &Path) -> PathBuf {
 
 /// Writes every entry atomically, with the id of the model that made their vectors.
 pub fn write(dir: &Path, model: &str, entries: &[std::sync::Arc<Entry>]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    crate::fsutil::create_private_dir(dir)?;
     let mut buf = Vec::with_capacity(entries.len() * 2048 + 64 + model.len());
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&(model.len() as u32).to_le_bytes());
@@ -55,7 +55,8 @@ pub fn write(dir: &Path, model: &str, entries: &[std::sync::Arc<Entry>]) -> std:
     }
     let digest = Sha256::digest(&buf);
     buf.extend_from_slice(&digest);
-    crate::fsutil::write_atomic(&path(dir), &buf, None)
+    // Cached prompts and answers: the gateway's user only.
+    crate::fsutil::write_atomic(&path(dir), &buf, Some(0o600))
 }
 
 /// Why a snapshot was not used.
@@ -187,6 +188,20 @@ mod tests {
         s.insert(record("q2", 5), [1; 16], [3; 16], vec![1.0, 0.0], 10);
         write(dir, "model-a", &s.export()).unwrap();
         std::fs::read(path(dir)).unwrap()
+    }
+
+    /// Snapshots hold every cached prompt and answer: the gateway's user only.
+    #[cfg(unix)]
+    #[test]
+    fn snapshots_are_0600_in_a_0700_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempdir("mode");
+        let dir = base.join("cache");
+        written(&dir);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&path(&dir)), 0o600);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

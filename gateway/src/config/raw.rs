@@ -304,10 +304,18 @@ pub struct RawAsyncJobs {
     pub max_jobs: Option<usize>,
     pub max_running: Option<usize>,
     pub ttl: Option<String>,
-    pub callback_secret: Option<String>,
+    /// HMAC key for callback signatures (not empty; redacted in `Debug`).
+    pub callback_secret: Option<super::Secret>,
     pub callback_secret_env: Option<String>,
     pub callback_retries: Option<u32>,
     pub callback_timeout: Option<String>,
     pub callback_ca_file: Option<String>,
     pub checkpoint_every: Option<u32>,
+    /// Internal callback targets allowed (CIDR blocks, addresses or host names); by default
+    /// only public addresses are called back, and never the gateway's own listeners.
+    pub callback_allow: Option<Vec<String>>,
+    /// Jobs one tenant may have stored at once (default 100); more get 429.
+    pub max_jobs_per_tenant: Option<usize>,
+    /// Bytes all jobs may hold in memory (request bodies and results; default 256 MiB).
+    pub max_bytes: Option<u64>,
 }

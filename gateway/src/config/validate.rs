@@ -9,7 +9,12 @@ use std::time::Duration;
 use super::raw::*;
 use super::*;
 
-/// Parses `250ms`, `10s`, `5m`, `1h` (a bare number is seconds).
+/// The longest duration any setting takes (100 years): past it, deadlines computed from now
+/// overflow clocks and timestamps (a TTL past year 9999).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses `250ms`, `10s`, `5m`, `1h` (a bare number is seconds); `None` for anything else,
+/// negative, or longer than [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let t = text.trim();
     let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -24,11 +29,14 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return None;
-    }
-    Some(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| *d <= MAX_DURATION)
 }
+
+/// The largest canary weight, and the largest sum of a route's weights (shares are computed
+/// in `u32`).
+const MAX_WEIGHT: u32 = 1_000_000;
 
 struct Errors(Vec<String>);
 
@@ -53,7 +61,7 @@ impl Errors {
                 _ => {
                     self.push(
                         path,
-                        format!("`{s}` is not a positive duration (e.g. 500ms, 10s, 5m)"),
+                        format!("`{s}` is not a positive duration of at most 100 years (e.g. 500ms, 10s, 5m)"),
                     );
                     default
                 }
@@ -67,7 +75,10 @@ impl Errors {
             None => default,
             Some((_, Some(d))) => d,
             Some((s, None)) => {
-                self.push(path, format!("`{s}` is not a duration (e.g. 30s, 2m, 0s)"));
+                self.push(
+                    path,
+                    format!("`{s}` is not a duration of at most 100 years (e.g. 30s, 2m, 0s)"),
+                );
                 default
             }
         }
@@ -257,6 +268,12 @@ fn canary(
                 format!("unknown upstream `{}`", v.upstream),
             );
         }
+        if v.weight.is_some_and(|w| w > MAX_WEIGHT) {
+            errs.push(
+                &format!("{vp}.weight"),
+                format!("must be at most {MAX_WEIGHT} (weights are relative)"),
+            );
+        }
         let variant = VariantConfig {
             name: v.name.clone(),
             upstream: v.upstream.clone(),
@@ -276,6 +293,11 @@ fn canary(
         errs.push(
             &format!("{path}.variants"),
             "at least one served (non-shadow) variant is needed",
+        );
+    } else if variants.iter().map(|v| u64::from(v.weight)).sum::<u64>() > u64::from(MAX_WEIGHT) {
+        errs.push(
+            &format!("{path}.variants"),
+            format!("the served variants' weights add up to more than {MAX_WEIGHT}"),
         );
     } else if c.promotion.is_none() && variants.iter().all(|v| v.weight == 0) {
         errs.push(
@@ -897,10 +919,22 @@ fn async_jobs(errs: &mut Errors, a: Option<&RawAsyncJobs>) -> AsyncJobsConfig {
             );
             None
         }
+        // An empty key signs with a key anyone can guess: refuse it rather than pretend.
+        (Some(s), None) if s.0.trim().is_empty() => {
+            errs.push("async_jobs.callback_secret", "must not be empty");
+            None
+        }
         (Some(s), None) => Some(s.clone()),
         (None, Some(var)) => match std::env::var(var) {
-            Ok(s) if !s.is_empty() => Some(s),
-            _ => {
+            Ok(s) if !s.trim().is_empty() => Some(Secret(s)),
+            Ok(_) => {
+                errs.push(
+                    "async_jobs.callback_secret_env",
+                    format!("environment variable `{var}` is empty"),
+                );
+                None
+            }
+            Err(_) => {
                 errs.push(
                     "async_jobs.callback_secret_env",
                     format!("environment variable `{var}` is not set"),
@@ -909,6 +943,30 @@ fn async_jobs(errs: &mut Errors, a: Option<&RawAsyncJobs>) -> AsyncJobsConfig {
             }
         },
         (None, None) => None,
+    };
+    c.callback_allow = a
+        .callback_allow
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, entry)| {
+            crate::jobs::target::Allow::parse(entry)
+                .map_err(|why| errs.push(&format!("async_jobs.callback_allow[{i}]"), why))
+                .ok()
+        })
+        .collect();
+    c.max_jobs_per_tenant = errs.positive(
+        "async_jobs.max_jobs_per_tenant",
+        a.max_jobs_per_tenant,
+        c.max_jobs_per_tenant,
+    );
+    c.max_bytes = match a.max_bytes {
+        Some(0) => {
+            errs.push("async_jobs.max_bytes", "must be greater than 0");
+            c.max_bytes
+        }
+        Some(n) => n,
+        None => c.max_bytes,
     };
     c.callback_ca = a
         .callback_ca_file

@@ -3,6 +3,10 @@
 //! Signature header: `x-reasoning-gateway-signature: t=<unix seconds>,v1=<hex>` where `<hex>` is
 //! HMAC-SHA256 with `async_jobs.callback_secret` over `<t>.<body>` (the Stripe scheme; check the
 //! timestamp to refuse replays). Without a secret no signature is sent.
+//!
+//! Each attempt resolves the host again, vets every address ([`super::target`]) and connects
+//! to a vetted address itself, so the name cannot be pointed elsewhere between the check and
+//! the connection. A refused target is not retried.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,7 +134,7 @@ pub async fn deliver(jobs: Arc<Jobs>, id: String) {
             post(&jobs, &url, &id, &body),
         )
         .await
-        .unwrap_or_else(|_| Err("timed out".to_string()));
+        .unwrap_or_else(|_| Err(Failure::Transport("timed out".to_string())));
         let delivered = matches!(result, Ok(s) if (200..300).contains(&s));
         // Counted before the job shows the attempt, so a reader who sees it sees the count.
         if let Some(gw) = jobs.gateway() {
@@ -149,49 +153,92 @@ pub async fn deliver(jobs: Arc<Jobs>, id: String) {
                     c.last_status = Some(*s);
                     c.last_error = None;
                 }
-                Err(e) => c.last_error = Some(e.clone()),
+                Err(_) => c.last_error = Some(super::DELIVERY_FAILED.to_string()),
             }
         });
-        if delivered {
-            return;
+        match result {
+            Ok(s) if delivered => {
+                tracing::debug!(job = %id, attempt = n, status = s, "Async job callback delivered.");
+                return;
+            }
+            Err(Failure::Refused(why)) => {
+                tracing::warn!(job = %id, attempt = n, reason = %why, "Async job callback target refused; not retried.");
+                return;
+            }
+            Ok(s) => {
+                tracing::warn!(job = %id, attempt = n, status = s, "Async job callback not accepted.");
+            }
+            Err(Failure::Transport(why)) => {
+                tracing::warn!(job = %id, attempt = n, error = %why, "Async job callback attempt failed.");
+            }
         }
-        tracing::warn!(job = %id, attempt = n, result = ?result, "Async job callback not accepted; retrying.");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
-async fn post(jobs: &Jobs, url: &CallbackUrl, id: &str, body: &Bytes) -> Result<u16, String> {
-    let secret = jobs.settings.callback_secret.as_deref();
-    let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+/// Why an attempt did not get a status.
+#[derive(Debug)]
+enum Failure {
+    /// The target is not allowed (anymore): not retried.
+    Refused(String),
+    /// Connection, TLS or HTTP failure: retried.
+    Transport(String),
+}
+
+async fn post(jobs: &Jobs, url: &CallbackUrl, id: &str, body: &Bytes) -> Result<u16, Failure> {
+    let secret = jobs.settings.callback_secret.as_ref();
+    let gw = jobs
+        .gateway()
+        .ok_or_else(|| Failure::Transport("the gateway is stopping".into()))?;
+    let policy = jobs.policy(&gw.snapshot.load().config);
+    let addrs =
+        super::target::resolve(&policy, &url.host, url.port, jobs.settings.callback_timeout)
+            .await
+            .map_err(|e| match e {
+                super::target::Refusal::Unresolved(..) => Failure::Transport(e.to_string()),
+                _ => Failure::Refused(e.to_string()),
+            })?;
+    // The vetted addresses themselves, never the name again (DNS rebinding).
+    let mut last = None;
+    let mut tcp = None;
+    for a in &addrs {
+        match tokio::net::TcpStream::connect(a).await {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = Some(format!("connect {a}: {e}")),
+        }
+    }
+    let tcp = tcp.ok_or_else(|| Failure::Transport(last.unwrap_or_default()))?;
+    let t = |e: String| Failure::Transport(e);
     let stream: Box<dyn crate::upstream::connect::Io> = if url.tls {
         jobs.callback_tls()
             .handshake(&url.host, tcp)
             .await
-            .map_err(|e| format!("tls: {e}"))?
+            .map_err(|e| t(format!("tls: {e}")))?
     } else {
         Box::new(tcp)
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| t(format!("handshake: {e}")))?;
     tokio::spawn(conn);
     let mut builder = hyper::Request::post(url.path.as_str())
         .header("host", url.authority.as_str())
         .header("content-type", "application/json")
         .header("x-reasoning-gateway-job", id);
     if let Some(s) = secret {
-        builder = builder.header(SIGNATURE_HEADER, signature(s, now_unix(), body));
+        builder = builder.header(SIGNATURE_HEADER, signature(&s.0, now_unix(), body));
     }
     let req = builder
         .body(Full::new(body.clone()))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| t(e.to_string()))?;
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| format!("request: {e}"))?;
+        .map_err(|e| t(format!("request: {e}")))?;
     Ok(resp.status().as_u16())
 }
 

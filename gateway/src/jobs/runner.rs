@@ -84,18 +84,13 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
             return;
         }
     }
-    let finished = jobs.update(&id, true, |j| match outcome {
-        Ok((result, ended)) => {
-            j.status = Status::Succeeded;
-            j.result = Some(result);
-            j.outcome = Some(ended);
-        }
-        Err(err) => {
-            j.status = Status::Failed;
-            j.outcome = Some(failed_outcome(&err));
-            j.error = Some(err);
-        }
-    });
+    let finished = jobs.finish(
+        &id,
+        outcome.map_err(|err| {
+            let ended = failed_outcome(&err);
+            (err, ended)
+        }),
+    );
     if finished {
         if let Some(gw) = jobs.gateway() {
             let status = jobs.snapshot(&id).map(|j| j.status);

@@ -34,7 +34,7 @@ pub async fn handle(
                 Ok(b) => b,
                 Err(e) => return respond::error(session, ctx, e).await,
             };
-            match submit(gw, &snapshot, &body, tenant, authorization) {
+            match submit(gw, &snapshot, &body, tenant, authorization).await {
                 Ok(view) => {
                     let body = serde_json::to_vec(&view).unwrap_or_default();
                     respond::json(session, ctx, 202, body).await
@@ -82,7 +82,7 @@ pub async fn handle(
     }
 }
 
-fn submit(
+async fn submit(
     gw: &Gateway,
     snapshot: &crate::state::Snapshot,
     bytes: &[u8],
@@ -110,6 +110,9 @@ fn submit(
     }
     body.remove("stream");
     body.remove("stream_options");
-    let view = gw.jobs.submit(body, tenant, authorization)?;
+    let view = gw
+        .jobs
+        .submit(&snapshot.config, body, tenant, authorization)
+        .await?;
     Ok(json!(view))
 }

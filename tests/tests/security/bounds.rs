@@ -309,3 +309,76 @@ async fn a_generation_the_upstream_died_on_is_not_run_twice() {
     }
     panic!("no dying request ever arrived on a reused connection");
 }
+
+// Async jobs: one tenant cannot fill the job store, and jobs together cannot hold more memory
+// than `async_jobs.max_bytes` (a job holds its request body and, once finished, its result:
+// 1 000 jobs of 16 MiB bodies were 16 GiB).
+
+fn jobs_config(up: &FakeUpstream, jobs: &str) -> String {
+    format!(
+        "async_jobs:\n{jobs}upstreams: [{{name: fake, endpoints: [\"{}\"]}}]\nroutes:\n  - {{model: \"*\", upstream: fake}}\n",
+        up.addr
+    )
+}
+
+async fn submit_job(gw: &GatewayProc, key: &str, content: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/async/chat/completions", gw.base_url()))
+        .bearer_auth(key)
+        .json(&json!({"model": "gated", "messages": [{"role": "user", "content": content}]}))
+        .send()
+        .await
+        .expect("submit");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn one_tenant_cannot_fill_the_job_store() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&jobs_config(&up, "  max_jobs_per_tenant: 2\n"), READY);
+    for _ in 0..2 {
+        let (s, v) = submit_job(&gw, "sk-greedy", "hold").await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let (s, e) = submit_job(&gw, "sk-greedy", "hold").await;
+    assert_eq!(s, 429, "{e}");
+    assert_eq!(e["error"]["code"], "tenant_job_quota_exceeded");
+    assert_eq!(e["error"]["type"], "rate_limit_error");
+    // Another tenant still gets in.
+    let (s, v) = submit_job(&gw, "sk-other", "hold").await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        metric(
+            &gw,
+            "reasoning_gateway_async_job_rejections_total{reason=\"tenant_quota\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn jobs_cannot_hold_more_than_max_bytes() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&jobs_config(&up, "  max_bytes: 3000\n"), READY);
+    let big = "x".repeat(2000);
+    let (s, v) = submit_job(&gw, "sk-a", &big).await;
+    assert_eq!(s, 202, "{v}");
+    // Gateway-wide: a second big body does not fit, whoever sends it.
+    let (s, e) = submit_job(&gw, "sk-b", &big).await;
+    assert_eq!(s, 429, "{e}");
+    assert_eq!(e["error"]["code"], "job_memory_full");
+    assert_eq!(e["error"]["type"], "rate_limit_error");
+    // A small one still fits.
+    let (s, v) = submit_job(&gw, "sk-b", "small").await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        metric(
+            &gw,
+            "reasoning_gateway_async_job_rejections_total{reason=\"memory_full\"}"
+        )
+        .await,
+        1.0
+    );
+}

@@ -441,3 +441,106 @@ fn a_callback_ca_file_must_hold_certificates() {
         "{e:?}"
     );
 }
+
+#[test]
+fn overflowing_durations_and_weights_are_errors_with_their_paths_not_panics() {
+    let e = errors(
+        r#"
+upstreams:
+  - name: u
+    endpoints: ["127.0.0.1:1"]
+    health_check: { interval: 100000000000000000000s }
+routes:
+  - model: m
+    upstream: u
+    reasoning: { step_timeout: 100000000000h }
+    cache: { ttl: 9000000000000s }
+    canary:
+      variants:
+        - { name: a, upstream: u, weight: 4294967295 }
+        - { name: b, upstream: u, weight: 999999 }
+        - { name: c, upstream: u, weight: 2 }
+async_jobs:
+  ttl: 1000000000000000000000000000000000000000h
+  callback_timeout: 876001h
+"#,
+    );
+    for path in [
+        "upstreams[0].health_check.interval:",
+        "routes[0].reasoning.step_timeout:",
+        "routes[0].cache.ttl:",
+        "routes[0].canary.variants[0].weight:",
+        "async_jobs.ttl:",
+        "async_jobs.callback_timeout:",
+    ] {
+        assert!(
+            e.iter().any(|l| l.starts_with(path)),
+            "{path} missing: {e:#?}"
+        );
+    }
+    // 999999 + 2 passes each variant's bound but not their sum.
+    let e = errors(
+        "upstreams: [{name: u, endpoints: [\"127.0.0.1:1\"]}]\nroutes: [{model: m, upstream: u, canary: {variants: [{name: b, upstream: u, weight: 999999}, {name: c, upstream: u, weight: 2}]}}]\n",
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("routes[0].canary.variants:")),
+        "{e:#?}"
+    );
+    // 100 years is the longest.
+    assert!(crate::config::parse_duration("876000h").is_some());
+    assert!(crate::config::parse_duration("876001h").is_none());
+}
+
+#[test]
+fn the_callback_secret_must_not_be_empty_and_never_prints() {
+    let base =
+        "upstreams: [{name: u, endpoints: [\"127.0.0.1:1\"]}]\nroutes: [{model: m, upstream: u}]\n";
+    let e = errors(&format!("{base}async_jobs: {{callback_secret: \"\"}}\n"));
+    assert_eq!(e, vec!["async_jobs.callback_secret: must not be empty"]);
+    let e = errors(&format!("{base}async_jobs: {{callback_secret: \"  \"}}\n"));
+    assert_eq!(e, vec!["async_jobs.callback_secret: must not be empty"]);
+    let c = parse(&format!(
+        "{base}async_jobs: {{callback_secret: whsec-very-secret}}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.async_jobs.callback_secret.as_ref().unwrap().0,
+        "whsec-very-secret"
+    );
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("whsec-very-secret"), "{shown}");
+    let raw: crate::config::raw::RawConfig = serde_yaml::from_str(&format!(
+        "{base}async_jobs: {{callback_secret: whsec-very-secret}}\n"
+    ))
+    .unwrap();
+    assert!(!format!("{raw:?}").contains("whsec-very-secret"));
+}
+
+#[test]
+fn job_bounds_and_the_callback_allowlist_validate() {
+    let base =
+        "upstreams: [{name: u, endpoints: [\"127.0.0.1:1\"]}]\nroutes: [{model: m, upstream: u}]\n";
+    let c = parse(base).unwrap();
+    assert_eq!(c.async_jobs.max_jobs_per_tenant, 100);
+    assert_eq!(c.async_jobs.max_bytes, 256 << 20);
+    assert!(c.async_jobs.callback_allow.is_empty());
+    let c = parse(&format!(
+        "{base}async_jobs: {{max_jobs_per_tenant: 3, max_bytes: 1000, callback_allow: [\"10.0.0.0/8\", hooks.internal, \"fd00::1\"]}}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.async_jobs.max_jobs_per_tenant, 3);
+    assert_eq!(c.async_jobs.max_bytes, 1000);
+    assert_eq!(c.async_jobs.callback_allow.len(), 3);
+    let e = errors(&format!(
+        "{base}async_jobs: {{max_jobs_per_tenant: 0, max_bytes: 0, callback_allow: [\"10.0.0.0/8\", \"http://x/\"]}}\n"
+    ));
+    assert_eq!(
+        e,
+        vec![
+            "async_jobs.callback_allow[1]: `http://x/` is neither a CIDR block (10.0.0.0/8), an address nor a host name",
+            "async_jobs.max_jobs_per_tenant: must be at least 1",
+            "async_jobs.max_bytes: must be greater than 0",
+        ]
+    );
+}
