@@ -58,12 +58,17 @@ pub fn refusal_response(refusal: &Refusal) -> Response<Full<Bytes>> {
         .status(refusal.status)
         .header("content-type", "application/json");
     if refusal.reason == Reason::Unauthorized {
-        builder = builder.header("www-authenticate", "Bearer realm=\"reasoning-gateway admin\"");
+        builder = builder.header(
+            "www-authenticate",
+            "Bearer realm=\"reasoning-gateway admin\"",
+        );
     }
     if let Some(allow) = refusal.allow {
         builder = builder.header("allow", allow);
     }
-    builder.body(Full::new(err.body().into())).unwrap_or_default()
+    builder
+        .body(Full::new(err.body().into()))
+        .unwrap_or_default()
 }
 
 /// Vets one request, then answers it: writers on the blocking pool, the rest in place.
@@ -99,7 +104,12 @@ pub async fn serve<B>(gw: Arc<Gateway>, req: &Request<B>) -> Response<Full<Bytes
         Ok(resp) => resp,
         Err(e) => {
             tracing::error!(error = %e, "An admin handler failed.");
-            let err = ApiError::new(500, ErrorKind::Server, "internal_error", "The admin handler failed.");
+            let err = ApiError::new(
+                500,
+                ErrorKind::Server,
+                "internal_error",
+                "The admin handler failed.",
+            );
             response(500, "application/json", err.body())
         }
     }

@@ -199,9 +199,11 @@ pub fn vet(
     if endpoint.operator() {
         // A page the victim's browser loaded from a name the attacker rebound to 127.0.0.1 sends
         // that name as Host; tools and operators use an address or localhost.
-        if !headers.get_all(http::header::HOST).iter().all(|h| {
-            h.to_str().is_ok_and(host_is_local_literal)
-        }) {
+        if !headers
+            .get_all(http::header::HOST)
+            .iter()
+            .all(|h| h.to_str().is_ok_and(host_is_local_literal))
+        {
             return Err(Refusal::new(Reason::Host));
         }
         if headers.contains_key(http::header::ORIGIN) {

@@ -26,7 +26,11 @@ fn vet_with(
 }
 
 /// With the token configured and `/metrics` public.
-fn vet_tok(method: Method, path: &str, pairs: &[(&'static str, &str)]) -> Result<Endpoint, Refusal> {
+fn vet_tok(
+    method: Method,
+    path: &str,
+    pairs: &[(&'static str, &str)],
+) -> Result<Endpoint, Refusal> {
     vet_with(method, path, pairs, Some(&AdminToken::new(TOKEN)), true)
 }
 
@@ -64,8 +68,18 @@ fn every_operator_endpoint_needs_the_token() {
     ];
     for (m, path) in cases {
         let refused = vet_tok(m.clone(), path, &[]).expect_err(path);
-        assert_eq!((refused.status, refused.reason), (401, Reason::Unauthorized), "{path}");
-        for wrong in ["Bearer s3cret-tokeN", "Bearer s3cret-token2", "Bearer ", "s3cret-token", "Basic czNjcmV0LXRva2Vu"] {
+        assert_eq!(
+            (refused.status, refused.reason),
+            (401, Reason::Unauthorized),
+            "{path}"
+        );
+        for wrong in [
+            "Bearer s3cret-tokeN",
+            "Bearer s3cret-token2",
+            "Bearer ",
+            "s3cret-token",
+            "Basic czNjcmV0LXRva2Vu",
+        ] {
             assert_eq!(
                 reason(vet_tok(m.clone(), path, &[("authorization", wrong)])),
                 Some(Reason::Unauthorized),
@@ -74,7 +88,12 @@ fn every_operator_endpoint_needs_the_token() {
         }
         assert!(vet_tok(m.clone(), path, &[AUTH]).is_ok(), "{path}");
         assert!(
-            vet_tok(m.clone(), path, &[("authorization", "bearer  s3cret-token ")]).is_ok(),
+            vet_tok(
+                m.clone(),
+                path,
+                &[("authorization", "bearer  s3cret-token ")]
+            )
+            .is_ok(),
             "{path}: the scheme is case-insensitive"
         );
         // Without a configured token (loopback only) nothing is asked.
@@ -102,7 +121,10 @@ fn mutating_endpoints_are_post_only_and_reads_get_only() {
     ] {
         for m in [Method::GET, Method::PUT, Method::DELETE, Method::HEAD] {
             let r = vet_tok(m, path, &[AUTH]).expect_err(path);
-            assert_eq!((r.status, r.reason, r.allow), (405, Reason::Method, Some("POST")));
+            assert_eq!(
+                (r.status, r.reason, r.allow),
+                (405, Reason::Method, Some("POST"))
+            );
         }
     }
     let r = vet_tok(Method::POST, "/admin/config", &[AUTH]).expect_err("POST on a read");
@@ -122,7 +144,13 @@ fn a_browser_origin_is_refused_on_admin_even_with_the_token() {
         .expect_err(origin);
         assert_eq!((r.status, r.reason), (403, Reason::Origin));
         // Without a token as well: the loopback default.
-        let r = vet_with(Method::POST, "/admin/reload", &[("origin", origin)], None, true);
+        let r = vet_with(
+            Method::POST,
+            "/admin/reload",
+            &[("origin", origin)],
+            None,
+            true,
+        );
         assert_eq!(reason(r), Some(Reason::Origin));
         let r = vet_tok(Method::GET, "/admin/config", &[AUTH, ("origin", origin)]);
         assert_eq!(reason(r), Some(Reason::Origin));
@@ -141,15 +169,23 @@ fn form_and_text_bodies_are_refused_on_mutating_endpoints() {
         "multipart/form-data; boundary=----x",
         " text/plain ; q=1",
     ] {
-        let r = vet_tok(Method::POST, "/admin/cache/purge", &[AUTH, ("content-type", ct)])
-            .expect_err(ct);
+        let r = vet_tok(
+            Method::POST,
+            "/admin/cache/purge",
+            &[AUTH, ("content-type", ct)],
+        )
+        .expect_err(ct);
         assert_eq!((r.status, r.reason), (415, Reason::ContentType), "{ct}");
     }
     // A second, innocent-looking value does not hide a form one.
     let r = vet_tok(
         Method::POST,
         "/admin/reload",
-        &[AUTH, ("content-type", "application/json"), ("content-type", "text/plain")],
+        &[
+            AUTH,
+            ("content-type", "application/json"),
+            ("content-type", "text/plain"),
+        ],
     );
     assert_eq!(reason(r), Some(Reason::ContentType));
     for ct in ["application/json", "application/json; charset=utf-8"] {
@@ -174,7 +210,13 @@ fn a_rebound_host_name_is_refused_on_admin() {
         let r = vet_tok(Method::POST, "/admin/reload", &[AUTH, ("host", host)]).expect_err(host);
         assert_eq!((r.status, r.reason), (403, Reason::Host), "{host}");
         assert_eq!(
-            reason(vet_with(Method::GET, "/admin/config", &[("host", host)], None, true)),
+            reason(vet_with(
+                Method::GET,
+                "/admin/config",
+                &[("host", host)],
+                None,
+                true
+            )),
             Some(Reason::Host),
             "{host}"
         );
@@ -200,7 +242,14 @@ fn a_rebound_host_name_is_refused_on_admin() {
 
 #[test]
 fn unknown_paths_are_404_before_anything_else() {
-    for path in ["/", "/admin", "/admin/", "/admin/cache/purge/", "/admin/RELOAD", "/metrics/x"] {
+    for path in [
+        "/",
+        "/admin",
+        "/admin/",
+        "/admin/cache/purge/",
+        "/admin/RELOAD",
+        "/metrics/x",
+    ] {
         let r = vet_tok(Method::POST, path, &[("origin", "x")]).expect_err(path);
         assert_eq!((r.status, r.reason), (404, Reason::NotFound), "{path}");
     }
