@@ -56,13 +56,14 @@ async fn ask(gw: &GatewayProc) -> String {
         .unwrap_or_default()
 }
 
-/// Fills the cache with one entry and waits until it is counted.
+/// Fills the cache with one entry and waits until it is counted (the embedding may be slow
+/// while other tests load the machine).
 async fn cache_one_answer(gw: &GatewayProc) {
     assert_eq!(ask(gw).await, "miss");
     gw.wait_for_metric(
         "reasoning_gateway_cache_entries{route=\"think\"}",
         1.0,
-        WAIT,
+        READY,
     )
     .await;
 }
