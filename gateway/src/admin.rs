@@ -1,4 +1,8 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/config`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`. Every request passes
+//! [`guard::vet`] first; handlers that write (reload, purge, snapshot, canary) run on the
+//! blocking pool so the probes and the scrape never wait behind them.
+
+pub mod guard;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,7 +17,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::json;
 
+use crate::openai::{ApiError, ErrorKind};
 use crate::state::Gateway;
+use guard::{Endpoint, Policy, Reason, Refusal};
 
 /// Serves the admin API on its own listener.
 pub struct AdminService {
@@ -39,13 +45,78 @@ fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response
         .unwrap_or_default()
 }
 
-/// Answers one admin request.
-pub fn handle(
-    gw: &Gateway,
-    method: &hyper::Method,
-    path: &str,
-    query: Option<&str>,
-) -> Response<Full<Bytes>> {
+/// The answer to a refused request: OpenAI-shaped, `WWW-Authenticate` on a 401, `Allow` on
+/// a 405.
+pub fn refusal_response(refusal: &Refusal) -> Response<Full<Bytes>> {
+    let err = ApiError::new(
+        refusal.status,
+        ErrorKind::InvalidRequest,
+        refusal.code,
+        refusal.message,
+    );
+    let mut builder = Response::builder()
+        .status(refusal.status)
+        .header("content-type", "application/json");
+    if refusal.reason == Reason::Unauthorized {
+        builder = builder.header(
+            "www-authenticate",
+            "Bearer realm=\"reasoning-gateway admin\"",
+        );
+    }
+    if let Some(allow) = refusal.allow {
+        builder = builder.header("allow", allow);
+    }
+    builder
+        .body(Full::new(err.body().into()))
+        .unwrap_or_default()
+}
+
+/// Vets one request, then answers it: writers on the blocking pool, the rest in place.
+pub async fn serve<B>(gw: Arc<Gateway>, req: &Request<B>) -> Response<Full<Bytes>> {
+    let vetted = {
+        let snap = gw.snapshot.load();
+        let policy = Policy {
+            token: snap.config.admin_token.as_ref(),
+            public_metrics: snap.config.admin_public_metrics,
+        };
+        guard::vet(req.method(), req.uri().path(), req.headers(), &policy)
+    };
+    let endpoint = match vetted {
+        Ok(e) => e,
+        Err(refusal) => {
+            gw.metrics
+                .admin_refusals_total
+                .with_label_values(&[refusal.reason.label()])
+                .inc();
+            if refusal.reason != Reason::NotFound {
+                tracing::warn!(path = %req.uri().path(), method = %req.method(), reason = refusal.reason.label(), "An admin request was refused.");
+            }
+            return refusal_response(&refusal);
+        }
+    };
+    let query = req.uri().query().map(str::to_owned);
+    if !endpoint.mutating() {
+        return handle(&gw, endpoint, query.as_deref());
+    }
+    // A reload reads files (a config map, secrets) and a snapshot writes the whole cache:
+    // either may take long, and the admin runtime has one thread.
+    match tokio::task::spawn_blocking(move || handle(&gw, endpoint, query.as_deref())).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(error = %e, "An admin handler failed.");
+            let err = ApiError::new(
+                500,
+                ErrorKind::Server,
+                "internal_error",
+                "The admin handler failed.",
+            );
+            response(500, "application/json", err.body())
+        }
+    }
+}
+
+/// Answers one admin request already vetted by [`guard::vet`].
+pub fn handle(gw: &Gateway, endpoint: Endpoint, query: Option<&str>) -> Response<Full<Bytes>> {
     let param = |name: &str| {
         query?.split('&').find_map(|kv| {
             kv.split_once('=')
@@ -60,10 +131,8 @@ pub fn handle(
             serde_json::to_vec(&v).unwrap_or_default(),
         )
     };
-    match (method.as_str(), path) {
-        ("GET", "/admin/cache")
-        | ("POST", "/admin/cache/purge")
-        | ("POST", "/admin/cache/snapshot")
+    match endpoint {
+        Endpoint::Cache | Endpoint::CachePurge | Endpoint::CacheSnapshot
             if gw.cache.get().is_none() =>
         {
             json_response(
@@ -71,10 +140,10 @@ pub fn handle(
                 json!({"error": "no route enables the reasoning cache"}),
             )
         }
-        ("GET", "/admin/cache") => {
+        Endpoint::Cache => {
             json_response(200, gw.cache.get().map(|c| c.stats()).unwrap_or_default())
         }
-        ("POST", "/admin/cache/purge") => {
+        Endpoint::CachePurge => {
             let cache = gw.cache.get().expect("checked above");
             // `tenant` is a tenant id as `GET /admin/cache` and the access log show it;
             // `api_key` is hashed the way requests are.
@@ -94,14 +163,14 @@ pub fn handle(
                 json!({"removed": removed, "route": route, "tenant": tenant}),
             )
         }
-        ("POST", "/admin/cache/snapshot") => {
+        Endpoint::CacheSnapshot => {
             let cache = gw.cache.get().expect("checked above");
             match cache.write_snapshot(true) {
                 Ok(written) => json_response(200, json!({"written": written})),
                 Err(e) => json_response(500, json!({"error": format!("snapshot failed: {e}")})),
             }
         }
-        ("GET", "/admin/canary") => {
+        Endpoint::Canary => {
             let report = gw.canary.report(&gw.snapshot.load().config.routes);
             response(
                 200,
@@ -109,7 +178,7 @@ pub fn handle(
                 serde_json::to_vec(&report).unwrap_or_default(),
             )
         }
-        ("POST", "/admin/canary/enable") => match (param("route"), param("variant")) {
+        Endpoint::CanaryEnable => match (param("route"), param("variant")) {
             (Some(r), Some(v)) => {
                 let was = gw.canary.enable(&r, &v);
                 if was {
@@ -133,16 +202,16 @@ pub fn handle(
                 r#"{"error":"route and variant query parameters are required"}"#,
             ),
         },
-        ("GET", "/metrics") => response(200, "text/plain; version=0.0.4", gw.metrics.render()),
-        ("GET", "/healthz") => response(200, "text/plain", "ok\n"),
-        ("GET", "/readyz") => {
+        Endpoint::Metrics => response(200, "text/plain; version=0.0.4", gw.metrics.render()),
+        Endpoint::Healthz => response(200, "text/plain", "ok\n"),
+        Endpoint::Readyz => {
             if gw.is_ready() {
                 response(200, "text/plain", "ready\n")
             } else {
                 response(503, "text/plain", "not ready\n")
             }
         }
-        ("POST", "/admin/reload") => {
+        Endpoint::Reload => {
             let Some(path) = &gw.config_path else {
                 return response(
                     409,
@@ -169,7 +238,7 @@ pub fn handle(
                 }
             }
         }
-        ("GET", "/admin/config") => {
+        Endpoint::Config => {
             let snap = gw.snapshot.load();
             let pools: serde_json::Map<_, _> = snap
                 .pools
@@ -209,7 +278,6 @@ pub fn handle(
                 serde_json::to_vec(&body).unwrap_or_default(),
             )
         }
-        _ => response(404, "text/plain", "not found\n"),
     }
 }
 
@@ -221,6 +289,13 @@ impl BackgroundService for AdminService {
         let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
+        // Every refusal reason is exported from the start, at zero.
+        for reason in Reason::ALL {
+            self.gw
+                .metrics
+                .admin_refusals_total
+                .with_label_values(&[reason.label()]);
+        }
         let listener = match std_listener
             .set_nonblocking(true)
             .and_then(|_| tokio::net::TcpListener::from_std(std_listener))
@@ -238,8 +313,8 @@ impl BackgroundService for AdminService {
                     let gw = self.gw.clone();
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let resp = handle(&gw, req.method(), req.uri().path(), req.uri().query());
-                            async move { Ok::<_, Infallible>(resp) }
+                            let gw = gw.clone();
+                            async move { Ok::<_, Infallible>(serve(gw, &req).await) }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), svc)

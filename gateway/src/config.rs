@@ -35,6 +35,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listener.
     pub admin_listen: SocketAddr,
+    /// Bearer token of the admin endpoints (`None`: none needed; only on loopback).
+    pub admin_token: Option<AdminToken>,
+    /// `/metrics` answers without the admin token.
+    pub admin_public_metrics: bool,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Open client connections at most.
@@ -169,6 +173,37 @@ pub struct Secret(pub String);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(…)")
+    }
+}
+
+/// The admin token, kept only as its SHA-256 digest: the token itself never stays in memory,
+/// and comparing digests takes the same time whatever the presented token shares with it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    /// The token as configured (already trimmed and checked non-empty).
+    pub fn new(token: &str) -> AdminToken {
+        use sha2::Digest;
+        AdminToken(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Whether `presented` is the token, in time independent of where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(presented).into();
+        let diff = digest
+            .iter()
+            .zip(self.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        // Keep the optimiser from turning the fold into an early-exit comparison.
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
     }
 }
 

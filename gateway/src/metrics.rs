@@ -50,6 +50,8 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     /// Client connections and requests refused by the listener's bounds, by reason.
     pub client_rejections_total: IntCounterVec,
+    /// Admin requests refused by the admin listener's guard, by reason.
+    pub admin_refusals_total: IntCounterVec,
     /// Open file descriptors (standard process-collector name), read at each scrape.
     process_open_fds: IntGauge,
     /// The soft open-file limit (standard process-collector name), read at each scrape.
@@ -221,6 +223,11 @@ impl Metrics {
         let client_rejections_total = counter(
             "client_rejections_total",
             "Client connections or requests refused by the public listener's bounds: max_connections (503 at accept), header_timeout (no whole request header within client_header_timeout: closed), body_timeout (no whole body within client_body_timeout: 408).",
+            &["reason"],
+        );
+        let admin_refusals_total = counter(
+            "admin_refusals_total",
+            "Requests refused by the admin listener: unauthorized (no or wrong admin token: 401), method (405), origin (an Origin header: 403), content_type (a form or text/plain body: 415), host (a Host that is not an IP or localhost: 403), not_found (404).",
             &["reason"],
         );
         // The standard process-collector names (no prefix), so existing fd dashboards and alerts
@@ -506,6 +513,7 @@ impl Metrics {
             inflight_requests,
             client_connections,
             client_rejections_total,
+            admin_refusals_total,
             process_open_fds,
             process_max_fds,
         }

@@ -27,8 +27,10 @@ pub struct Reloaded {
 /// Reloads `path` into `gw`. On error nothing changes and every error is returned.
 pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reloaded, Vec<String>> {
     let _writer = gw.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let old = gw.snapshot.load_full();
     let result = config::load(path)
-        .map_err(|e| e.to_string().lines().map(str::to_owned).collect::<Vec<_>>());
+        .map_err(|e| e.to_string().lines().map(str::to_owned).collect::<Vec<_>>())
+        .and_then(|c| admin_stays_guarded(c, old.config.admin_listen));
     let mut new = match result {
         Ok(c) => c,
         Err(errors) => {
@@ -40,7 +42,6 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
             return Err(errors);
         }
     };
-    let old = gw.snapshot.load_full();
     let mut restart_required = Vec::new();
     if new.listen != old.config.listen {
         restart_required.push("listen");
@@ -126,6 +127,20 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
         generation,
         restart_required,
     })
+}
+
+/// `admin_listen` needs a restart to change, so the token requirement is judged against the
+/// address still listening: a file moving it to loopback may not drop the token meanwhile.
+fn admin_stays_guarded(
+    new: config::Config,
+    listening: SocketAddr,
+) -> Result<config::Config, Vec<String>> {
+    if new.admin_token.is_none() && !listening.ip().is_loopback() {
+        return Err(vec![format!(
+            "admin_listen: the running admin listener `{listening}` is not loopback (a changed address needs a restart): keep admin_token_env or admin_token_file"
+        )]);
+    }
+    Ok(new)
 }
 
 /// The file's identity and content: a rename over it (editors) or a symlink swap (Kubernetes

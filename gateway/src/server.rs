@@ -132,6 +132,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     // Bind-test the proxy address now: Pingora binds later and would only panic.
     drop(bind("listen", config.listen)?);
     let admin_listener = bind("admin_listen", config.admin_listen)?;
+    if config.admin_token.is_none() {
+        // Validation refuses this off loopback; on loopback every local process still can.
+        tracing::warn!(admin = %config.admin_listen, "The admin listener has no token: any process on this host can purge the cache, reload and steer canaries. Set admin_token_env or admin_token_file.");
+    }
 
     let mut extra = Vec::new();
     let engine_listener = match &config.engine {

@@ -56,8 +56,14 @@ pub struct GatewayProc {
     pub log: PathBuf,
     /// The config file it runs on.
     pub config: PathBuf,
+    /// The admin token [`GatewayProc::admin_get`] and [`GatewayProc::admin_post`] send (a test
+    /// that rotates it sets the new one here).
+    pub admin_token: Option<String>,
     _dir: TempDir,
 }
+
+/// The environment variable [`GatewayProc::start_with_admin_token`] passes the token in.
+pub const ADMIN_TOKEN_ENV: &str = "RG_TEST_ADMIN_TOKEN";
 
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -100,6 +106,15 @@ impl GatewayProc {
     /// Like [`GatewayProc::start`] with extra environment variables (API keys, say).
     pub fn start_with_env(body: &str, ready_within: Duration, env: &[(&str, &str)]) -> GatewayProc {
         Self::spawn(body, ready_within, &[], env, None)
+    }
+
+    /// Like [`GatewayProc::start`] with `admin_token_env` set and `token` in the gateway's
+    /// environment; the admin helpers send it.
+    pub fn start_with_admin_token(body: &str, ready_within: Duration, token: &str) -> GatewayProc {
+        let body = format!("admin_token_env: {ADMIN_TOKEN_ENV}\n{body}");
+        let mut gw = Self::spawn(&body, ready_within, &[], &[(ADMIN_TOKEN_ENV, token)], None);
+        gw.admin_token = Some(token.to_string());
+        gw
     }
 
     /// Like [`GatewayProc::start`], the gateway started with this (soft, hard) open-file limit,
@@ -160,6 +175,7 @@ impl GatewayProc {
             admin_port,
             log,
             config: path,
+            admin_token: None,
             _dir: dir,
         };
         gw.wait_ready(ready_within);
@@ -196,13 +212,32 @@ impl GatewayProc {
         format!("http://127.0.0.1:{}/v1", self.port)
     }
 
-    /// `GET` on the admin listener, body as text.
+    /// `http://127.0.0.1:{admin_port}{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// `GET` on the admin listener (with the admin token, when there is one), body as text.
     pub async fn admin_get(&self, path: &str) -> String {
-        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
-        match reqwest::get(url).await {
+        let mut req = reqwest::Client::new().get(self.admin_url(path));
+        if let Some(t) = &self.admin_token {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         }
+    }
+
+    /// `POST` (no body) on the admin listener with the admin token, when there is one: status
+    /// and body as text.
+    pub async fn admin_post(&self, path: &str) -> (u16, String) {
+        let mut req = reqwest::Client::new().post(self.admin_url(path));
+        if let Some(t) = &self.admin_token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("admin POST");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
     /// Waits (bounded) for a log line containing `needle`; the access log is written after the

@@ -11,6 +11,14 @@ pub struct RawConfig {
     pub listen: Option<String>,
     /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/admin/*`).
     pub admin_listen: Option<String>,
+    /// Environment variable holding the admin token: admin endpoints then need
+    /// `Authorization: Bearer <token>`. A non-loopback `admin_listen` needs a token.
+    pub admin_token_env: Option<String>,
+    /// File holding the admin token instead (one trailing newline ignored; reread on every
+    /// reload, so a rotated token needs no restart).
+    pub admin_token_file: Option<String>,
+    /// `/metrics` answers without the admin token (default true; `false` needs a token).
+    pub admin_public_metrics: Option<bool>,
     /// Largest accepted request body, in bytes (default 16 MiB). Larger bodies get 413.
     pub max_body_bytes: Option<u64>,
     /// Open client connections on the public listener at most (default 8192); past it a new

@@ -104,6 +104,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     if listen == admin_listen && listen.port() != 0 {
         errs.push("admin_listen", "must differ from `listen`");
     }
+    let (admin_token, admin_public_metrics) = admin_auth(&mut errs, &raw, admin_listen);
     let max_body_bytes = match raw.max_body_bytes {
         Some(0) => {
             errs.push("max_body_bytes", "must be greater than 0");
@@ -220,6 +221,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             async_jobs,
             listen,
             admin_listen,
+            admin_token,
+            admin_public_metrics,
             max_body_bytes,
             max_connections,
             client_header_timeout,
@@ -235,6 +238,79 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     } else {
         Err(errs.0)
     }
+}
+
+/// The admin token (from `admin_token_env` or `admin_token_file`) and whether `/metrics` is
+/// open. A listener others can reach must have a token.
+fn admin_auth(
+    errs: &mut Errors,
+    raw: &RawConfig,
+    admin_listen: SocketAddr,
+) -> (Option<AdminToken>, bool) {
+    // One trailing newline is what `echo` and editors add; anything else is part of the token.
+    let trim = |t: String| -> String {
+        let t = t.strip_suffix('\n').unwrap_or(&t);
+        t.strip_suffix('\r').unwrap_or(t).to_string()
+    };
+    let (path, token) = match (&raw.admin_token_env, &raw.admin_token_file) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                "admin_token_file",
+                "give either admin_token_env or admin_token_file",
+            );
+            ("admin_token_file", Err(()))
+        }
+        (Some(var), None) => match std::env::var(var) {
+            Ok(t) => ("admin_token_env", Ok(Some(trim(t)))),
+            Err(_) => {
+                errs.push(
+                    "admin_token_env",
+                    format!("`{var}` is not set in the gateway's environment"),
+                );
+                ("admin_token_env", Err(()))
+            }
+        },
+        (None, Some(file)) => match std::fs::read_to_string(file) {
+            Ok(t) => ("admin_token_file", Ok(Some(trim(t)))),
+            Err(e) => {
+                errs.push("admin_token_file", format!("`{file}`: {e}"));
+                ("admin_token_file", Err(()))
+            }
+        },
+        (None, None) => ("admin_token_env", Ok(None)),
+    };
+    let token = match token {
+        Ok(Some(t)) if t.is_empty() => {
+            errs.push(path, "the admin token is empty");
+            Err(())
+        }
+        // It travels as `Authorization: Bearer <token>`: visible ASCII only.
+        Ok(Some(t)) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            errs.push(
+                path,
+                "the admin token must be printable ASCII without spaces",
+            );
+            Err(())
+        }
+        Ok(t) => Ok(t.map(|t| AdminToken::new(&t))),
+        Err(()) => Err(()),
+    };
+    let public_metrics = raw.admin_public_metrics.unwrap_or(true);
+    if let Ok(None) = token {
+        if !admin_listen.ip().is_loopback() {
+            errs.push(
+                "admin_listen",
+                format!("`{admin_listen}` is not a loopback address: set admin_token_env or admin_token_file, or anyone who can connect may purge the cache, reload and steer canaries"),
+            );
+        }
+        if !public_metrics {
+            errs.push(
+                "admin_public_metrics",
+                "`false` needs admin_token_env or admin_token_file",
+            );
+        }
+    }
+    (token.ok().flatten(), public_metrics)
 }
 
 fn canary(

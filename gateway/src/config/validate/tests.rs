@@ -543,4 +543,83 @@ fn job_bounds_and_the_callback_allowlist_validate() {
             "async_jobs.max_bytes: must be greater than 0",
         ]
     );
+
+// --- Admin authentication -------------------------------------------------------------------
+
+const ADMIN_ROUTES: &str =
+    "upstreams: [{name: u, endpoints: [\"127.0.0.1:1\"]}]\nroutes: [{model: m, upstream: u}]\n";
+
+#[test]
+fn a_non_loopback_admin_listener_needs_a_token() {
+    for addr in ["0.0.0.0:9090", "10.0.0.5:9090", "[::]:9090"] {
+        let e = errors(&format!("admin_listen: \"{addr}\"\n{ADMIN_ROUTES}"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("admin_listen: "), "{e:?}");
+        assert!(e[0].contains("admin_token_env"), "{e:?}");
+    }
+    // Loopback without a token stays allowed (the default), and `/metrics` open.
+    for addr in ["127.0.0.1:9090", "[::1]:9090"] {
+        let c = parse(&format!("admin_listen: \"{addr}\"\n{ADMIN_ROUTES}")).unwrap();
+        assert!(c.admin_token.is_none());
+        assert!(c.admin_public_metrics);
+    }
+    let e = errors(&format!("admin_public_metrics: false\n{ADMIN_ROUTES}"));
+    assert!(e[0].starts_with("admin_public_metrics: "), "{e:?}");
+}
+
+#[test]
+fn the_admin_token_comes_from_a_file_or_the_environment() {
+    let dir = std::env::temp_dir().join(format!("rg-admin-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    // One trailing newline is dropped; the rest is the token.
+    std::fs::write(&file, "tok-from-file\n").unwrap();
+    let c = parse(&format!(
+        "admin_listen: 0.0.0.0:9090\nadmin_token_file: {}\nadmin_public_metrics: false\n{ADMIN_ROUTES}",
+        file.display()
+    ))
+    .unwrap();
+    let token = c.admin_token.expect("token");
+    assert!(token.matches(b"tok-from-file"));
+    assert!(!token.matches(b"tok-from-file\n"));
+    assert!(!c.admin_public_metrics);
+    assert!(!format!("{:?}", token).contains("tok-from-file"));
+
+    std::env::set_var("RG_TEST_CONFIG_ADMIN_TOKEN", "tok-from-env");
+    let c = parse(&format!(
+        "admin_token_env: RG_TEST_CONFIG_ADMIN_TOKEN\n{ADMIN_ROUTES}"
+    ))
+    .unwrap();
+    assert!(c.admin_token.expect("token").matches(b"tok-from-env"));
+
+    let yaml = |extra: &str| format!("admin_listen: 0.0.0.0:9090\n{extra}\n{ADMIN_ROUTES}");
+    std::fs::write(&file, "\n").unwrap();
+    let e = errors(&yaml(&format!("admin_token_file: {}", file.display())));
+    assert_eq!(e, ["admin_token_file: the admin token is empty"]);
+    std::fs::write(&file, "two words\n").unwrap();
+    let e = errors(&yaml(&format!("admin_token_file: {}", file.display())));
+    assert!(
+        e[0].starts_with("admin_token_file: the admin token must be printable"),
+        "{e:?}"
+    );
+    let e = errors(&yaml("admin_token_file: /nonexistent/admin-token"));
+    assert!(
+        e[0].starts_with("admin_token_file: `/nonexistent/admin-token`"),
+        "{e:?}"
+    );
+    let e = errors(&yaml("admin_token_env: RG_TEST_CONFIG_ADMIN_TOKEN_UNSET"));
+    assert!(
+        e[0].starts_with("admin_token_env: `RG_TEST_CONFIG_ADMIN_TOKEN_UNSET` is not set"),
+        "{e:?}"
+    );
+    let e = errors(&yaml(&format!(
+        "admin_token_env: RG_TEST_CONFIG_ADMIN_TOKEN\nadmin_token_file: {}",
+        file.display()
+    )));
+    assert_eq!(
+        e,
+        ["admin_token_file: give either admin_token_env or admin_token_file"]
+    );
+    // A broken token is one error: not also "non-loopback without a token".
+    let _ = std::fs::remove_dir_all(&dir);
 }
