@@ -124,6 +124,8 @@ pub struct Metrics {
     /// Tenant headers ignored because the peer is not a trusted proxy (or, for the internal
     /// job header, because its secret did not match), by header name.
     pub tenant_headers_ignored_total: IntCounterVec,
+    /// Fresh answers not stored over a shared partition's live entry, by route.
+    pub cache_shared_refreshes_ignored_total: IntCounterVec,
     /// Async jobs finished, by result (succeeded|failed|cancelled).
     pub async_jobs_total: IntCounterVec,
     /// Async job callback attempts, by result (delivered|failed).
@@ -449,6 +451,11 @@ impl Metrics {
             "Requests whose tenant header was ignored, by header: cache.tenant_header from a peer not in cache.trusted_proxies, or the gateway's internal job-tenant header without its secret. The tenant then comes from the request's credentials.",
             &["header"],
         );
+        let cache_shared_refreshes_ignored_total = counter(
+            "cache_shared_refreshes_ignored_total",
+            "Fresh answers (Cache-Control: no-cache or x-reasoning-cache: bypass) on a route shared across tenants, not stored because the partition already held a live entry for the problem: one tenant cannot replace what every tenant is served.",
+            &["route"],
+        );
         let async_jobs_total = counter(
             "async_jobs_total",
             "Async jobs finished, by result: succeeded, failed, cancelled.",
@@ -473,6 +480,7 @@ impl Metrics {
             cache_evictions_total,
             cache_suspect_hits_total,
             tenant_headers_ignored_total,
+            cache_shared_refreshes_ignored_total,
             gateway_overhead_seconds,
             config_reloads_total,
             canary_rollbacks_total,

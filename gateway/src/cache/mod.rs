@@ -490,7 +490,13 @@ impl Cache {
                 .insert_if_absent(record, partition, exact, vector, max)
             {
                 Some(removed) => removed,
-                None => return,
+                None => {
+                    metrics
+                        .cache_shared_refreshes_ignored_total
+                        .with_label_values(&[pending.route.as_str()])
+                        .inc();
+                    return;
+                }
             }
         } else {
             self.store.insert(record, partition, exact, vector, max)
