@@ -168,7 +168,16 @@ mod tests {
 
     #[test]
     fn malformed_networks_are_refused() {
-        for bad in ["", "10.0.0", "10.0.0.0/33", "fd00::/129", "10.0.0.0/-1", "hosts", "10.0.0.0/8/8", "10.0.0.0/"] {
+        for bad in [
+            "",
+            "10.0.0",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0.0/-1",
+            "hosts",
+            "10.0.0.0/8/8",
+            "10.0.0.0/",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad} parsed");
         }
         assert!(matches!(

@@ -208,12 +208,20 @@ mod tests {
     fn credentials_are_a_bearer_token_or_an_api_key() {
         let relay = Relay::new();
         let p = Policy::default();
-        let bearer = derive(&headers(&[("authorization", "Bearer sk-a")]), None, &p, &relay);
+        let bearer = derive(
+            &headers(&[("authorization", "Bearer sk-a")]),
+            None,
+            &p,
+            &relay,
+        );
         let api_key = derive(&headers(&[("x-api-key", "sk-a")]), None, &p, &relay);
         assert!(bearer.tenant.is_some());
         assert_eq!(bearer.tenant, api_key.tenant);
         // Compatible with the admin purge's `api_key` parameter and existing snapshots.
-        assert_eq!(bearer.tenant.as_deref(), Some(tenant_id(Some("Bearer sk-a")).as_str()));
+        assert_eq!(
+            bearer.tenant.as_deref(),
+            Some(tenant_id(Some("Bearer sk-a")).as_str())
+        );
         let other = derive(&headers(&[("x-api-key", "sk-b")]), None, &p, &relay);
         assert_ne!(bearer.tenant, other.tenant);
         for none in [
@@ -236,7 +244,10 @@ mod tests {
             tenant_header: Some("x-tenant"),
             trusted_proxies: &nets,
         };
-        let h = headers(&[("x-tenant", "victim"), ("authorization", "Bearer sk-attacker")]);
+        let h = headers(&[
+            ("x-tenant", "victim"),
+            ("authorization", "Bearer sk-attacker"),
+        ]);
         let from_proxy = derive(&h, ip("10.1.2.3"), &p, &relay);
         assert_eq!(from_proxy.tenant, Some(tenant_id(Some("victim"))));
         assert_eq!(from_proxy.ignored, None);
@@ -247,7 +258,12 @@ mod tests {
             assert_eq!(d.tenant, Some(tenant_id(Some("Bearer sk-attacker"))));
             assert_eq!(d.ignored.as_deref(), Some("x-tenant"));
         }
-        let keyless = derive(&headers(&[("x-tenant", "victim")]), ip("127.0.0.1"), &p, &relay);
+        let keyless = derive(
+            &headers(&[("x-tenant", "victim")]),
+            ip("127.0.0.1"),
+            &p,
+            &relay,
+        );
         assert_eq!(keyless.tenant, None);
     }
 

@@ -850,7 +850,10 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
     }
     // Believed from anyone, a tenant header lets any client read any tenant's answers; silently
     // ignoring it instead would turn the cache off for every client behind the proxy.
-    if tenant_header.is_some() && c.and_then(|c| c.trusted_proxies.as_ref()).is_none_or(Vec::is_empty) {
+    if tenant_header.is_some()
+        && c.and_then(|c| c.trusted_proxies.as_ref())
+            .is_none_or(Vec::is_empty)
+    {
         errs.push(
             "cache.tenant_header",
             "is honoured only from `cache.trusted_proxies`: list the proxies (CIDRs) that set it",

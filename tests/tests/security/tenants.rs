@@ -68,10 +68,14 @@ async fn ask_from(
             .get(n)
             .map(|v| v.to_str().unwrap().to_string())
     };
-    Reply {
+    let reply = Reply {
         cache: h("x-reasoning-cache").unwrap_or_default(),
         upstream: h("x-upstream-id"),
-    }
+    };
+    // Read to the end: a client gone before the last byte is an aborted answer, never stored.
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("The answer is 4"), "{body}");
+    reply
 }
 
 async fn ask(gw: &GatewayProc, question: &str, headers: &[(&str, &str)]) -> Reply {
@@ -141,7 +145,10 @@ async fn a_keyless_clients_answer_is_not_served_to_another_keyless_client() {
     // A key is a tenant: the same question with one is cached for that key only.
     assert_eq!(ask(&gw, q, &[("x-api-key", "sk-a")]).await.cache, "miss");
     stored(&gw, 1.0).await;
-    assert_eq!(ask(&gw, q, &[("authorization", "Bearer sk-a")]).await.cache, "hit");
+    assert_eq!(
+        ask(&gw, q, &[("authorization", "Bearer sk-a")]).await.cache,
+        "hit"
+    );
     assert_eq!(ask(&gw, q, &[("x-api-key", "sk-b")]).await.cache, "miss");
     // A route shared across tenants caches keyless requests, on purpose.
     let shared = |gw: &GatewayProc| {
@@ -154,7 +161,12 @@ async fn a_keyless_clients_answer_is_not_served_to_another_keyless_client() {
                 .send()
                 .await
                 .unwrap();
-            r.headers()["x-reasoning-cache"].to_str().unwrap().to_string()
+            let cache = r.headers()["x-reasoning-cache"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            r.bytes().await.unwrap();
+            cache
         }
     };
     assert_eq!(shared(&gw).await, "miss");
@@ -178,7 +190,10 @@ async fn a_spoofed_tenant_header_from_an_untrusted_peer_does_not_reach_the_victi
     let gw = GatewayProc::start(&config(cache, &[&up], "upstream: up0, cache: {}"), WAIT);
     let q = "Summarise the quarterly revenue figures of our biggest client.";
     let victim = [("x-tenant", "victim-corp")];
-    assert_eq!(ask_from(&gw, Some("127.0.0.2"), q, &victim).await.cache, "miss");
+    assert_eq!(
+        ask_from(&gw, Some("127.0.0.2"), q, &victim).await.cache,
+        "miss"
+    );
     stored(&gw, 1.0).await;
     assert_eq!(
         ask_from(&gw, Some("127.0.0.2"), q, &victim).await.cache,
@@ -187,9 +202,15 @@ async fn a_spoofed_tenant_header_from_an_untrusted_peer_does_not_reach_the_victi
     );
     // The attacker connects directly (127.0.0.1), with and without a key of its own.
     let spoofed = ask_from(&gw, Some("127.0.0.1"), q, &victim).await;
-    assert_eq!(spoofed.cache, "bypass", "spoofed header served the victim's entry");
+    assert_eq!(
+        spoofed.cache, "bypass",
+        "spoofed header served the victim's entry"
+    );
     let with_key = [("x-tenant", "victim-corp"), ("x-api-key", "sk-attacker")];
-    assert_eq!(ask_from(&gw, Some("127.0.0.1"), q, &with_key).await.cache, "miss");
+    assert_eq!(
+        ask_from(&gw, Some("127.0.0.1"), q, &with_key).await.cache,
+        "miss"
+    );
     assert_eq!(
         metric(
             &gw,
@@ -202,7 +223,10 @@ async fn a_spoofed_tenant_header_from_an_untrusted_peer_does_not_reach_the_victi
     let victim_id = reasoning_gateway::cache::key::tenant_id(Some("victim-corp"));
     let forged = format!("{} {victim_id}", "0".repeat(64));
     let relay = [("x-reasoning-gateway-tenant", forged.as_str())];
-    assert_eq!(ask_from(&gw, Some("127.0.0.1"), q, &relay).await.cache, "bypass");
+    assert_eq!(
+        ask_from(&gw, Some("127.0.0.1"), q, &relay).await.cache,
+        "bypass"
+    );
     assert_eq!(
         metric(
             &gw,
@@ -295,7 +319,10 @@ async fn a_job_does_not_get_or_seed_another_tenants_entries() {
 /// the old answers are not replayed.
 #[tokio::test]
 async fn after_a_reload_to_another_upstream_or_model_old_answers_are_not_replayed() {
-    let (a, b) = (FakeUpstream::start("a").await, FakeUpstream::start("b").await);
+    let (a, b) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+    );
     let key = [("x-api-key", "sk-a")];
     let q = "Prove that the square root of two is irrational.";
     let gw = GatewayProc::start(&config("", &[&a, &b], "upstream: up0, cache: {}"), WAIT);
@@ -306,7 +333,10 @@ async fn after_a_reload_to_another_upstream_or_model_old_answers_are_not_replaye
     let to_b = config("", &[&a, &b], "upstream: up1, cache: {}");
     reload(&gw, &to_b).await;
     let r = ask(&gw, q, &key).await;
-    assert_eq!(r.cache, "miss", "upstream a's answer replayed for upstream b");
+    assert_eq!(
+        r.cache, "miss",
+        "upstream a's answer replayed for upstream b"
+    );
     assert_eq!(r.upstream.as_deref(), Some("b"));
     stored(&gw, 2.0).await;
     assert_eq!(ask(&gw, q, &key).await.cache, "hit");
@@ -350,13 +380,22 @@ async fn a_canary_variant_does_not_replay_stables_answers() {
 async fn no_cache_on_a_shared_route_does_not_overwrite_the_entry() {
     let up = FakeUpstream::start("u").await;
     let gw = GatewayProc::start(
-        &config("", &[&up], "upstream: up0, cache: {shared_across_tenants: true}"),
+        &config(
+            "",
+            &[&up],
+            "upstream: up0, cache: {shared_across_tenants: true}",
+        ),
         WAIT,
     );
     let q = "What is the boiling point of water at the top of Everest?";
     assert_eq!(ask(&gw, q, &[("x-api-key", "sk-a")]).await.cache, "miss");
     stored(&gw, 1.0).await;
-    let r = ask(&gw, q, &[("x-api-key", "sk-attacker"), ("cache-control", "no-cache")]).await;
+    let r = ask(
+        &gw,
+        q,
+        &[("x-api-key", "sk-attacker"), ("cache-control", "no-cache")],
+    )
+    .await;
     assert_eq!(r.cache, "bypass");
     assert_eq!(r.upstream.as_deref(), Some("u"));
     // The fresh answer is offered for storage after the response; wait until it was refused.
