@@ -57,7 +57,7 @@ fn cache(c: &mut Criterion) {
         {"role": "user", "content": Q1}]});
     let map = req.as_object().unwrap().clone();
     c.bench_function("key: partition + exact digest of a request", |bench| {
-        bench.iter(|| request_key("r", black_box(&map), "tenant"))
+        bench.iter(|| request_key("r", &Default::default(), black_box(&map), "tenant"))
     });
     for n in [1000usize, 4096] {
         let store = Store::new();

@@ -353,6 +353,8 @@ pub struct CacheSettings {
     pub embed_timeout: Duration,
     /// Header naming the tenant; by default a digest of the API key is the tenant.
     pub tenant_header: Option<String>,
+    /// Peers whose `tenant_header` is believed (from others it is ignored and counted).
+    pub trusted_proxies: Vec<crate::cidr::Cidr>,
 }
 
 /// Async jobs (a restart applies changes).

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod cache;
 pub mod canary;
 pub mod capacity;
+pub mod cidr;
 pub mod config;
 #[cfg(feature = "engine")]
 pub mod engine;

@@ -123,6 +123,11 @@ pub struct Metrics {
     /// Hits followed by the same request again with the cache bypassed (a client refusing the
     /// replayed answer): a false-hit signal.
     pub cache_suspect_hits_total: IntCounterVec,
+    /// Tenant headers ignored because the peer is not a trusted proxy (or, for the internal
+    /// job header, because its secret did not match), by header name.
+    pub tenant_headers_ignored_total: IntCounterVec,
+    /// Fresh answers not stored over a shared partition's live entry, by route.
+    pub cache_shared_refreshes_ignored_total: IntCounterVec,
     /// Async jobs finished, by result (succeeded|failed|cancelled).
     pub async_jobs_total: IntCounterVec,
     /// Async job callback attempts, by result (delivered|failed).
@@ -401,7 +406,7 @@ impl Metrics {
         );
         let cache_requests_total = counter(
             "cache_requests_total",
-            "Reasoning-cache lookups by route and result: hit, miss, bypass (client asked), uncacheable (tools, n>1, no user message last), error (embedding failed or timed out; served as a miss).",
+            "Reasoning-cache lookups by route and result: hit, miss, bypass (client asked), uncacheable (tools, n>1, no user message last), no_credentials (no API key on a route not shared across tenants: neither looked up nor stored), error (embedding failed or timed out; served as a miss).",
             &["route", "result"],
         );
         let cache_similarity = histogram(
@@ -450,6 +455,16 @@ impl Metrics {
             "Cache hits the same tenant re-asked within 10 minutes with the cache bypassed (Cache-Control: no-cache or x-reasoning-cache: bypass): likely wrong or unwanted replays.",
             &["route"],
         );
+        let tenant_headers_ignored_total = counter(
+            "tenant_headers_ignored_total",
+            "Requests whose tenant header was ignored, by header: cache.tenant_header from a peer not in cache.trusted_proxies, or the gateway's internal job-tenant header without its secret. The tenant then comes from the request's credentials.",
+            &["header"],
+        );
+        let cache_shared_refreshes_ignored_total = counter(
+            "cache_shared_refreshes_ignored_total",
+            "Fresh answers (Cache-Control: no-cache or x-reasoning-cache: bypass) on a route shared across tenants, not stored because the partition already held a live entry for the problem: one tenant cannot replace what every tenant is served.",
+            &["route"],
+        );
         let async_jobs_total = counter(
             "async_jobs_total",
             "Async jobs finished, by result: succeeded, failed, cancelled.",
@@ -482,6 +497,8 @@ impl Metrics {
             cache_inserts_total,
             cache_evictions_total,
             cache_suspect_hits_total,
+            tenant_headers_ignored_total,
+            cache_shared_refreshes_ignored_total,
             gateway_overhead_seconds,
             config_reloads_total,
             canary_rollbacks_total,

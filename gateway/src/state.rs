@@ -59,6 +59,8 @@ pub struct Gateway {
     pub cache: std::sync::OnceLock<Arc<crate::cache::Cache>>,
     /// Async jobs.
     pub jobs: Arc<crate::jobs::Jobs>,
+    /// Seals the tenant a job runs as (see `cache::tenant`); random per process.
+    pub tenant_relay: crate::cache::tenant::Relay,
     ready: AtomicBool,
 }
 
@@ -73,6 +75,7 @@ impl Gateway {
             reload_lock: std::sync::Mutex::new(()),
             canary: Default::default(),
             cache: std::sync::OnceLock::new(),
+            tenant_relay: crate::cache::tenant::Relay::new(),
             ready: AtomicBool::new(false),
         })
     }

@@ -44,6 +44,7 @@ async fn cache_workload(gw: &GatewayProc, client: &reqwest::Client, url: &str) -
     let ask = |q: &'static str, bypass: bool| {
         let mut req = client
             .post(url)
+            .bearer_auth("sk-prometheus")
             .json(&json!({"model": "cached", "messages": [{"role": "user", "content": q}]}));
         if bypass {
             req = req.header("cache-control", "no-cache");

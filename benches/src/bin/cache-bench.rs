@@ -71,6 +71,7 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
         ann_ef_search: 32,
         embed_timeout: Duration::from_secs(5),
         tenant_header: None,
+        trusted_proxies: Vec::new(),
     };
     let (md, o) = (settings.model_dir.clone(), settings.onnxruntime.clone());
     let file = settings.model_file.clone();
@@ -120,8 +121,10 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
                 .lookup(
                     &metrics,
                     "bench",
+                    &Default::default(),
                     &route,
                     &body(p["a"].as_str().unwrap()),
+                    Some("bench-tenant"),
                     &no_headers,
                 )
                 .await;
@@ -171,7 +174,15 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
                     };
                     let started = Instant::now();
                     let l = cache
-                        .lookup(&metrics, "bench", &route, &body(q), &no_headers)
+                        .lookup(
+                            &metrics,
+                            "bench",
+                            &Default::default(),
+                            &route,
+                            &body(q),
+                            Some("bench-tenant"),
+                            &no_headers,
+                        )
                         .await;
                     if let Lookup::Hit { entry, .. } = &l {
                         let shape = Shape {

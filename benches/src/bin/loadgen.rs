@@ -69,6 +69,8 @@ async fn main() -> anyhow::Result<()> {
             let run = async {
                 let req = hyper::Request::post(url)
                     .header("content-type", "application/json")
+                    // As OpenAI clients do; a gateway caches only requests with credentials.
+                    .header("authorization", "Bearer sk-bench")
                     .body(Full::new(body))
                     .ok()?;
                 let resp = client.request(req).await.ok()?;

@@ -1,6 +1,7 @@
 //! What a cached answer is keyed on. The problem (the last user message) is embedded; everything
-//! else that changes the answer must match exactly and forms the partition key: route, model,
-//! system prompt and earlier turns, sampling parameters and tenant.
+//! else that changes the answer must match exactly and forms the partition key: route, what
+//! serves it (upstream pool, canary variant, upstream model), model, system prompt and earlier
+//! turns, sampling parameters and tenant.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -40,6 +41,18 @@ pub struct RequestKey {
     pub problem: String,
 }
 
+/// What answers a request: another upstream, canary variant or upstream model is another
+/// partition, so a reload or a canary never replays another model's answers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Served<'a> {
+    /// The upstream pool's name.
+    pub upstream: &'a str,
+    /// The canary variant, if the route has a canary.
+    pub variant: Option<&'a str>,
+    /// The model name sent upstream (`upstream_model`, else the client's).
+    pub model: &'a str,
+}
+
 /// The tenant id for an API key or tenant header value.
 pub fn tenant_id(secret: Option<&str>) -> String {
     match secret {
@@ -51,6 +64,7 @@ pub fn tenant_id(secret: Option<&str>) -> String {
 /// Builds the key for a chat request body.
 pub fn request_key(
     route: &str,
+    served: &Served<'_>,
     body: &Map<String, Value>,
     tenant: &str,
 ) -> Result<RequestKey, Uncacheable> {
@@ -94,6 +108,12 @@ pub fn request_key(
     let partition = digest(&[
         b"partition\0",
         route.as_bytes(),
+        b"\0",
+        served.upstream.as_bytes(),
+        b"\0",
+        served.variant.unwrap_or_default().as_bytes(),
+        b"\0",
+        served.model.as_bytes(),
         b"\0",
         tenant.as_bytes(),
         b"\0",
@@ -194,7 +214,40 @@ mod tests {
     use serde_json::json;
 
     fn key(body: Value, tenant: &str) -> Result<RequestKey, Uncacheable> {
-        request_key("r", body.as_object().unwrap(), tenant)
+        let served = Served {
+            upstream: "u",
+            variant: None,
+            model: "m",
+        };
+        request_key("r", &served, body.as_object().unwrap(), tenant)
+    }
+
+    #[test]
+    fn another_upstream_variant_or_upstream_model_is_another_partition() {
+        let body = json!({"model":"m","messages":[{"role":"user","content":"Q"}]});
+        let body = body.as_object().unwrap();
+        let base = Served {
+            upstream: "u",
+            variant: None,
+            model: "m",
+        };
+        let p = request_key("r", &base, body, "t").unwrap().partition;
+        for other in [
+            Served {
+                upstream: "u2",
+                ..base
+            },
+            Served {
+                variant: Some("canary"),
+                ..base
+            },
+            Served {
+                model: "m-next",
+                ..base
+            },
+        ] {
+            assert_ne!(p, request_key("r", &other, body, "t").unwrap().partition);
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The reasoning cache: replays a stored reasoning chain and answer when the same problem comes
 //! again, and refuses near-misses.
 //!
-//! Lookup: bypass headers → key (tenant, partition, problem) → exact tier (same problem text,
+//! Lookup: tenant (none: not cached, see `tenant`) → bypass headers → key (tenant, partition,
+//! problem) → exact tier (same problem text,
 //! spacing aside) → embedding (dedicated threads, bounded wait) → nearest entries of the
 //! partition (HNSW or an exact scan) → threshold → guard. Only complete, verified responses are
 //! stored (see `proxy::log`).
@@ -13,6 +14,7 @@ pub mod key;
 pub mod replay;
 pub mod snapshot;
 pub mod store;
+pub mod tenant;
 mod vector;
 
 use std::collections::{HashMap, VecDeque};
@@ -65,6 +67,9 @@ pub enum Lookup {
     Bypass(Option<Pending>),
     /// The request cannot be answered from a cache (tools, n > 1, no user message last, …).
     Uncacheable,
+    /// The request has no credentials and the route is not shared across tenants: it is
+    /// neither looked up nor stored (keyless clients would otherwise share one partition).
+    NoCredentials,
 }
 
 impl Lookup {
@@ -73,7 +78,7 @@ impl Lookup {
         match self {
             Lookup::Hit { .. } => "hit",
             Lookup::Miss { .. } => "miss",
-            Lookup::Bypass(_) | Lookup::Uncacheable => "bypass",
+            Lookup::Bypass(_) | Lookup::Uncacheable | Lookup::NoCredentials => "bypass",
         }
     }
 }
@@ -89,6 +94,9 @@ pub struct Pending {
     pub vector: Option<Vec<f32>>,
     /// The route's settings at lookup time.
     pub settings: RouteCacheConfig,
+    /// Store only if the partition has no live entry for this exact problem (a shared
+    /// partition refreshed with `Cache-Control: no-cache`: other tenants' entry stays).
+    pub keep_existing: bool,
 }
 
 /// The completed response offered for storage.
@@ -235,18 +243,22 @@ impl Cache {
         &self.embedder
     }
 
-    /// Looks a chat request up. `header` reads request headers (lower-case names).
+    /// Looks a chat request up. `tenant` is the request's ([`tenant::derive`]; `None`: no
+    /// credentials); `header` reads request headers (lower-case names).
+    #[allow(clippy::too_many_arguments)]
     pub async fn lookup(
         &self,
         metrics: &Metrics,
         route: &str,
+        served: &key::Served<'_>,
         settings: &RouteCacheConfig,
         body: &Map<String, Value>,
+        tenant: Option<&str>,
         header: &(dyn Fn(&str) -> Option<String> + Sync),
     ) -> Lookup {
         let started = Instant::now();
         let result = self
-            .lookup_inner(metrics, route, settings, body, header)
+            .lookup_inner(metrics, route, served, settings, body, tenant, header)
             .await;
         let label = match &result {
             Lookup::Hit { .. } => "hit",
@@ -254,6 +266,7 @@ impl Cache {
             Lookup::Miss { .. } => "miss",
             Lookup::Bypass(_) => "bypass",
             Lookup::Uncacheable => "uncacheable",
+            Lookup::NoCredentials => "no_credentials",
         };
         metrics
             .cache_requests_total
@@ -266,26 +279,24 @@ impl Cache {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn lookup_inner(
         &self,
         metrics: &Metrics,
         route: &str,
+        served: &key::Served<'_>,
         settings: &RouteCacheConfig,
         body: &Map<String, Value>,
+        tenant: Option<&str>,
         header: &(dyn Fn(&str) -> Option<String> + Sync),
     ) -> Lookup {
-        let tenant = if settings.shared_across_tenants {
-            "shared".to_string()
-        } else {
-            let secret = self
-                .settings
-                .tenant_header
-                .as_deref()
-                .and_then(header)
-                .or_else(|| header("authorization"));
-            key::tenant_id(secret.as_deref())
+        let shared = settings.shared_across_tenants;
+        let tenant = match tenant {
+            _ if shared => "shared",
+            Some(t) => t,
+            None => return Lookup::NoCredentials,
         };
-        let Ok(key) = key::request_key(route, body, &tenant) else {
+        let Ok(key) = key::request_key(route, served, body, tenant) else {
             return Lookup::Uncacheable;
         };
         let pending = Pending {
@@ -293,6 +304,7 @@ impl Cache {
             key,
             vector: None,
             settings: settings.clone(),
+            keep_existing: false,
         };
         let cache_control = header("cache-control")
             .unwrap_or_default()
@@ -308,6 +320,12 @@ impl Cache {
                     .inc();
             }
             let store = !cache_control.contains("no-store");
+            // One tenant asking for a fresh answer must not replace what every tenant of a
+            // shared partition is served.
+            let pending = Pending {
+                keep_existing: shared,
+                ..pending
+            };
             return Lookup::Bypass(store.then_some(pending));
         }
         let now = now_unix();
@@ -461,13 +479,28 @@ impl Cache {
             created: now,
             expires: now + pending.settings.ttl.as_secs().max(1),
         };
-        let removed = self.store.insert(
-            record,
+        let (partition, exact, max) = (
             pending.key.partition,
             pending.key.exact,
-            vector,
             pending.settings.max_entries,
         );
+        let removed = if pending.keep_existing {
+            match self
+                .store
+                .insert_if_absent(record, partition, exact, vector, max)
+            {
+                Some(removed) => removed,
+                None => {
+                    metrics
+                        .cache_shared_refreshes_ignored_total
+                        .with_label_values(&[pending.route.as_str()])
+                        .inc();
+                    return;
+                }
+            }
+        } else {
+            self.store.insert(record, partition, exact, vector, max)
+        };
         metrics
             .cache_inserts_total
             .with_label_values(&[pending.route.as_str()])

@@ -847,12 +847,46 @@ impl Store {
         vector: Vec<f32>,
         max_entries: usize,
     ) -> Vec<Removal> {
+        self.insert_with(record, partition, exact, vector, max_entries, true)
+            .unwrap_or_default()
+    }
+
+    /// [`Store::insert`], unless a live entry with the same exact key exists (`None`: nothing
+    /// stored). A shared partition's refresh must not replace what other tenants are served.
+    pub fn insert_if_absent(
+        &self,
+        record: Record,
+        partition: Digest128,
+        exact: Digest128,
+        vector: Vec<f32>,
+        max_entries: usize,
+    ) -> Option<Vec<Removal>> {
+        self.insert_with(record, partition, exact, vector, max_entries, false)
+    }
+
+    fn insert_with(
+        &self,
+        record: Record,
+        partition: Digest128,
+        exact: Digest128,
+        vector: Vec<f32>,
+        max_entries: usize,
+        replace: bool,
+    ) -> Option<Vec<Removal>> {
         let mut removed = Vec::new();
         let features = guard::features(&record.problem);
         let route = record.route.clone();
+        let now = record.created;
         let (id, entry) = {
             let mut inner = self.write();
             if let Some(old) = inner.exact.get(&exact).copied() {
+                let live = inner
+                    .entries
+                    .get(&old)
+                    .is_some_and(|e| e.record.expires > now);
+                if live && !replace {
+                    return None;
+                }
                 inner.remove(old);
                 removed.push(Removal::Replaced);
             }
@@ -880,7 +914,7 @@ impl Store {
         let graph = self.graph_vector(&entry.vector);
         let index = self.index.load();
         index.insert(&graph, id, self.ef_search.load(Ordering::Relaxed));
-        removed
+        Some(removed)
     }
 
     /// Removes expired entries; returns how many.

@@ -290,6 +290,9 @@ pub struct RawCacheSettings {
     pub ann_ef_search: Option<usize>,
     pub embed_timeout: Option<String>,
     pub tenant_header: Option<String>,
+    /// Peers (CIDRs or addresses) whose `tenant_header` is believed; from any other peer the
+    /// header is ignored and the tenant comes from the request's credentials.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// A route's `cache:` section.

@@ -935,6 +935,29 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
             errs.push("cache.tenant_header", format!("`{h}` is not a header name"));
         }
     }
+    let mut trusted_proxies = Vec::new();
+    for (i, t) in c
+        .and_then(|c| c.trusted_proxies.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match t.parse::<crate::cidr::Cidr>() {
+            Ok(n) => trusted_proxies.push(n),
+            Err(e) => errs.push(&format!("cache.trusted_proxies[{i}]"), e),
+        }
+    }
+    // Believed from anyone, a tenant header lets any client read any tenant's answers; silently
+    // ignoring it instead would turn the cache off for every client behind the proxy.
+    if tenant_header.is_some()
+        && c.and_then(|c| c.trusted_proxies.as_ref())
+            .is_none_or(Vec::is_empty)
+    {
+        errs.push(
+            "cache.tenant_header",
+            "is honoured only from `cache.trusted_proxies`: list the proxies (CIDRs) that set it",
+        );
+    }
     CacheSettings {
         model_dir,
         model_file,
@@ -959,6 +982,7 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
             Duration::from_millis(50),
         ),
         tenant_header: tenant_header.map(|h| h.to_ascii_lowercase()),
+        trusted_proxies,
     }
 }
 

@@ -175,6 +175,12 @@ async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<(Value,
     if let Some(a) = &job.authorization {
         builder = builder.header("authorization", a.as_str());
     }
+    // The submitter's tenant, whatever it was derived from (x-api-key, a trusted proxy's
+    // tenant header); sealed so no client can claim one this way.
+    builder = builder.header(
+        crate::cache::tenant::RELAY_HEADER,
+        gw.tenant_relay.seal(&job.tenant),
+    );
     let request = builder
         .body(Full::new(Bytes::from(
             serde_json::to_vec(&body).unwrap_or_default(),

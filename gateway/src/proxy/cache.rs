@@ -29,12 +29,29 @@ pub async fn lookup(
     }
     let lookup = {
         let header = |name: &str| super::intake::request_header(session, name);
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let tenant = crate::cache::tenant::of_request(gw, &header, peer);
+        let served = crate::cache::key::Served {
+            upstream: &routed.pool.config.name,
+            variant: routed.variant.as_deref(),
+            model: routed
+                .info
+                .body
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        };
         cache
             .lookup(
                 &gw.metrics,
                 &routed.route.name,
+                &served,
                 settings,
                 &routed.info.body,
+                tenant.tenant.as_deref(),
                 &header,
             )
             .await
@@ -88,7 +105,7 @@ pub async fn lookup(
             ctx.cache_pending = pending;
             Ok(false)
         }
-        Lookup::Uncacheable => Ok(false),
+        Lookup::Uncacheable | Lookup::NoCredentials => Ok(false),
     }
 }
 

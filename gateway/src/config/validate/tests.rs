@@ -622,4 +622,30 @@ fn the_admin_token_comes_from_a_file_or_the_environment() {
     );
     // A broken token is one error: not also "non-loopback without a token".
     let _ = std::fs::remove_dir_all(&dir);
+
+fn trusted_proxies_are_networks_and_a_tenant_header_needs_them() {
+    let e = errors(
+        "cache: {model_dir: /nonexistent/minilm, tenant_header: x-tenant, trusted_proxies: ['10.0.0.0/8', '10.0.0.1/8', 'proxy.internal', 'fd00::/200']}\nupstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\nroutes: [{model: m, upstream: u}]\n",
+    );
+    for want in [
+        "cache.trusted_proxies[1]:",
+        "cache.trusted_proxies[2]:",
+        "cache.trusted_proxies[3]:",
+    ] {
+        assert!(
+            e.iter().any(|l| l.starts_with(want)),
+            "missing {want:?} in {e:#?}"
+        );
+    }
+    assert!(!e.iter().any(|l| l.starts_with("cache.trusted_proxies[0]")));
+    assert!(!e.iter().any(|l| l.starts_with("cache.tenant_header")));
+    // Believed from anyone, the header would let any client name any tenant.
+    let e = errors(
+        "cache: {model_dir: /nonexistent/minilm, tenant_header: x-tenant}\nupstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\nroutes: [{model: m, upstream: u}]\n",
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("cache.tenant_header:") && l.contains("trusted_proxies")),
+        "{e:#?}"
+    );
 }
