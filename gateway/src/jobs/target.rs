@@ -11,47 +11,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// An address block, `10.0.0.0/8` or `fd00::/8` (a bare address is a block of one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `ADDR/PREFIX` or `ADDR`; IPv4-mapped IPv6 blocks are taken as IPv4.
-    pub fn parse(text: &str) -> Option<Cidr> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
-            None => (text.parse::<IpAddr>().ok()?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        if prefix > max {
-            return None;
-        }
-        Some(Cidr { addr, prefix })
-    }
-
-    /// Whether `ip` is inside the block (IPv4-mapped IPv6 addresses match IPv4 blocks).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
+pub use crate::cidr::Cidr;
 
 /// One `callback_allow` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +26,7 @@ impl Allow {
     /// Parses an entry: a CIDR block, an address, or a host name.
     pub fn parse(text: &str) -> Result<Allow, String> {
         let t = text.trim();
-        if let Some(c) = Cidr::parse(t) {
+        if let Ok(c) = t.parse::<Cidr>() {
             return Ok(Allow::Net(c));
         }
         let host = t.trim_end_matches('.').to_ascii_lowercase();

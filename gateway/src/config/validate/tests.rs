@@ -543,6 +543,7 @@ fn job_bounds_and_the_callback_allowlist_validate() {
             "async_jobs.max_bytes: must be greater than 0",
         ]
     );
+}
 
 // --- Admin authentication -------------------------------------------------------------------
 
@@ -622,7 +623,9 @@ fn the_admin_token_comes_from_a_file_or_the_environment() {
     );
     // A broken token is one error: not also "non-loopback without a token".
     let _ = std::fs::remove_dir_all(&dir);
+}
 
+#[test]
 fn trusted_proxies_are_networks_and_a_tenant_header_needs_them() {
     let e = errors(
         "cache: {model_dir: /nonexistent/minilm, tenant_header: x-tenant, trusted_proxies: ['10.0.0.0/8', '10.0.0.1/8', 'proxy.internal', 'fd00::/200']}\nupstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\nroutes: [{model: m, upstream: u}]\n",
