@@ -209,6 +209,9 @@ pub struct Jobs {
     gw: OnceLock<std::sync::Weak<Gateway>>,
     /// TLS for `https://` callbacks, built at the first one.
     callback_tls: OnceLock<crate::upstream::connect::TlsClient>,
+    /// Stored jobs are in the store: until then the gateway is not ready (a client asking for
+    /// its job right after a restart would get 404).
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Jobs {
@@ -223,6 +226,7 @@ impl Jobs {
             runtime: OnceLock::new(),
             gw: OnceLock::new(),
             callback_tls: OnceLock::new(),
+            loaded: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -246,10 +250,22 @@ impl Jobs {
         self.gw.get().and_then(std::sync::Weak::upgrade)
     }
 
+    /// Whether stored jobs are loaded (part of readiness).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Binds the store to a runtime and the gateway; loads stored jobs and resumes them.
     pub fn resume(self: &Arc<Self>, gw: &Arc<Gateway>, handle: tokio::runtime::Handle) {
         let _ = self.runtime.set(handle);
         let _ = self.gw.set(Arc::downgrade(gw));
+        self.load_stored();
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Loads the job files of `settings.dir`, restarts unfinished jobs and owed callbacks.
+    fn load_stored(self: &Arc<Self>) {
         let Some(dir) = self.settings.dir.clone() else {
             return;
         };

@@ -80,9 +80,9 @@ impl Gateway {
         })
     }
 
-    /// Whether the gateway can serve (engine loaded, listeners up).
+    /// Whether the gateway can serve (engine loaded, listeners up, stored async jobs loaded).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.jobs.is_loaded()
     }
 
     /// Marks the gateway ready or not.
