@@ -287,6 +287,37 @@ impl GatewayProc {
         }
     }
 
+    /// Polls async job `id` as the client holding `key` until `done` holds (bounded); returns
+    /// the job's view.
+    pub async fn wait_for_job(
+        &self,
+        id: &str,
+        key: &str,
+        within: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let j: serde_json::Value = reqwest::Client::new()
+                .get(format!("{}/async/jobs/{id}", self.base_url()))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("the gateway answers")
+                .json()
+                .await
+                .expect("a JSON job view");
+            if done(&j) {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never got there within {within:?}: {j:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `SIGTERM` (graceful shutdown); waits (bounded) for the process to exit.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
         self.send_sigterm();

@@ -47,15 +47,7 @@ async fn job(gw: &GatewayProc, id: &str, key: &str) -> (u16, Value) {
 
 /// Polls the job (bounded) until `done` holds; returns it.
 async fn job_until(gw: &GatewayProc, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, j) = job(gw, id, "sk-a").await;
-        if done(&j) {
-            return j;
-        }
-        assert!(Instant::now() < deadline, "job never got there: {j:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_for_job(id, "sk-a", WAIT, done).await
 }
 
 async fn until(what: &str, cond: impl Fn() -> bool) {

@@ -189,23 +189,11 @@ async fn an_async_job_records_the_outcome_its_request_had() {
         ids.push((model, v["id"].as_str().unwrap().to_string()));
     }
     for (model, id) in ids {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let job = loop {
-            let j: Value = client
-                .get(format!("{}/async/jobs/{id}", gw.base_url()))
-                .bearer_auth("sk-a")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if j["outcome"].is_string() {
-                break j;
-            }
-            assert!(Instant::now() < deadline, "{model}: no outcome: {j}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let job = gw
+            .wait_for_job(&id, "sk-a", Duration::from_secs(20), |j| {
+                j["outcome"].is_string()
+            })
+            .await;
         let expected = if model == "cut" {
             "upstream_error"
         } else {

@@ -40,23 +40,7 @@ async fn submit(gw: &GatewayProc, callback_url: &str) -> (u16, Value) {
 }
 
 async fn job_until(gw: &GatewayProc, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let j: Value = reqwest::Client::new()
-            .get(format!("{}/async/jobs/{id}", gw.base_url()))
-            .bearer_auth("sk-attacker")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if done(&j) {
-            return j;
-        }
-        assert!(Instant::now() < deadline, "job never got there: {j:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_for_job(id, "sk-attacker", WAIT, done).await
 }
 
 async fn metric(gw: &GatewayProc, prefix: &str) -> f64 {
