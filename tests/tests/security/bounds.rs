@@ -277,7 +277,12 @@ async fn a_declared_content_length_reserves_nothing_before_bytes_arrive() {
 async fn a_generation_the_upstream_died_on_is_not_run_twice() {
     let up = FakeUpstream::start("a").await;
     let gw = GatewayProc::start(&config(&up, ""), READY);
-    let client = reqwest::Client::new();
+    // A new client connection per request: what is pooled here is the gateway's upstream
+    // side. (A client connection kept alive across a 502 was seen reset: see the closing note.)
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let send = |model: &'static str| {
         let client = client.clone();
         let url = format!("{}/chat/completions", gw.base_url());
