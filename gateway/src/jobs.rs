@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::cache::now_unix;
+use crate::util::now_unix;
 use crate::config::AsyncJobsConfig;
 use crate::openai::{ApiError, ErrorKind};
 use crate::outcome::Outcome;

@@ -24,3 +24,4 @@ pub mod shadow;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
+pub mod util;

@@ -18,7 +18,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::Jobs;
-use crate::cache::now_unix;
+use crate::util::now_unix;
 
 /// Header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "x-reasoning-gateway-signature";
@@ -95,7 +95,7 @@ pub fn signature(secret: &str, t: u64, body: &[u8]) -> String {
     msg.extend_from_slice(body);
     format!(
         "t={t},v1={}",
-        crate::cache::key::hex(&hmac_sha256(secret.as_bytes(), &msg))
+        crate::util::hex(&hmac_sha256(secret.as_bytes(), &msg))
     )
 }
 
@@ -250,7 +250,7 @@ mod tests {
     fn hmac_matches_rfc_4231_case_2() {
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
         assert_eq!(
-            crate::cache::key::hex(&mac),
+            crate::util::hex(&mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }

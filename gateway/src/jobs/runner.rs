@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use super::{keep_tail, Checkpoint, Jobs, Status, MAX_CHECKPOINTS, MAX_PROGRESS_BYTES};
-use crate::cache::now_unix;
+use crate::util::now_unix;
 use crate::config::OutputField;
 use crate::outcome::Outcome;
 use crate::reasoning::aggregate::Aggregator;

@@ -258,7 +258,7 @@ pub fn repeated_ngram_ratio(text: &str, n: usize) -> f64 {
     // over every word of every window, and rehashing as it grows) at the end of every stream.
     let word_hashes: Vec<u64> = words
         .iter()
-        .map(|w| crate::routing::variant::fnv1a(w.as_bytes()))
+        .map(|w| crate::util::fnv1a(w.as_bytes()))
         .collect();
     let mut grams: Vec<u64> = word_hashes
         .windows(n)

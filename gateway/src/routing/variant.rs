@@ -68,7 +68,7 @@ pub fn pick(
         .as_deref()
         .map_or_else(|| header("authorization"), header);
     let (point, reason) = match sticky {
-        Some(key) if !key.is_empty() => (fnv1a(key.as_bytes()) % total, Reason::Sticky),
+        Some(key) if !key.is_empty() => (crate::util::fnv1a(key.as_bytes()) % total, Reason::Sticky),
         _ => (
             ((random * total as f64) as u64).min(total - 1),
             Reason::Weighted,
@@ -82,14 +82,6 @@ pub fn pick(
         }
     }
     (0, reason)
-}
-
-/// FNV-1a: stable across processes and versions (unlike `DefaultHasher`), so stickiness
-/// survives restarts.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]
