@@ -1,6 +1,21 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`. Every request passes
-//! [`guard::vet`] first; handlers that write (reload, purge, snapshot, canary) run on the
-//! blocking pool so the probes and the scrape never wait behind them.
+//! The admin listener. Its endpoints (tokens and refusals: [`guard`]; reference:
+//! `docs/operations.md`):
+//!
+//! - `GET /metrics`: every metric, Prometheus text format (token only with
+//!   `admin_public_metrics: false`).
+//! - `GET /healthz`: 200 while the process runs (never a token).
+//! - `GET /readyz`: 200 once the engine and stored jobs are loaded, 503 before and while
+//!   draining (never a token).
+//! - `GET /admin/config`: generation, routes, pools with endpoint health, admission state.
+//! - `POST /admin/reload`: reloads the config file; 400 with every error, 409 without a file.
+//! - `GET /admin/cache`: the reasoning cache's statistics.
+//! - `POST /admin/cache/purge`: removes entries by `route`, `tenant` or `api_key` (none: all).
+//! - `POST /admin/cache/snapshot`: writes a cache snapshot now.
+//! - `GET /admin/canary`: each variant's window, rollback state and promotion step.
+//! - `POST /admin/canary/enable?route=R&variant=V`: re-enables a rolled-back variant.
+//!
+//! Every request passes [`guard::vet`] first; handlers that write (reload, purge, snapshot,
+//! canary enable) run on the blocking pool so the probes and the scrape never wait behind them.
 
 pub mod guard;
 
