@@ -17,7 +17,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::json;
 
-use crate::openai::{ApiError, ErrorKind};
+use crate::openai::{ApiError, ErrorCode};
 use crate::state::Gateway;
 use guard::{Endpoint, Policy, Reason, Refusal};
 
@@ -48,12 +48,7 @@ fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response
 /// The answer to a refused request: OpenAI-shaped, `WWW-Authenticate` on a 401, `Allow` on
 /// a 405.
 pub fn refusal_response(refusal: &Refusal) -> Response<Full<Bytes>> {
-    let err = ApiError::new(
-        refusal.status,
-        ErrorKind::InvalidRequest,
-        refusal.code,
-        refusal.message,
-    );
+    let err = ApiError::new(refusal.code, refusal.message);
     let mut builder = Response::builder()
         .status(refusal.status)
         .header("content-type", "application/json");
@@ -104,12 +99,7 @@ pub async fn serve<B>(gw: Arc<Gateway>, req: &Request<B>) -> Response<Full<Bytes
         Ok(resp) => resp,
         Err(e) => {
             tracing::error!(error = %e, "An admin handler failed.");
-            let err = ApiError::new(
-                500,
-                ErrorKind::Server,
-                "internal_error",
-                "The admin handler failed.",
-            );
+            let err = ApiError::new(ErrorCode::InternalError, "The admin handler failed.");
             response(500, "application/json", err.body())
         }
     }

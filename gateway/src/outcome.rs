@@ -76,18 +76,19 @@ impl Outcome {
     /// alone says: the gateway's own aborts, and a failed upstream. Used by [`decide`] and by
     /// the async job runner, which sees only the error event.
     pub fn of_error_code(code: &str) -> Option<Outcome> {
-        Some(match code {
-            "reasoning_budget_exceeded" => Outcome::BudgetExceeded,
-            "verification_failed" => Outcome::VerificationAborted,
-            "step_timeout" => Outcome::StepTimeout,
-            "upstream_timeout" => Outcome::Timeout,
-            "upstream_unreachable"
-            | "upstream_tls_error"
-            | "upstream_protocol_error"
-            | "upstream_disconnected"
-            | "upstream_unavailable"
-            | "no_healthy_upstream"
-            | "gateway_out_of_resources" => Outcome::UpstreamError,
+        use crate::openai::ErrorCode as C;
+        Some(match C::parse(code)? {
+            C::ReasoningBudgetExceeded => Outcome::BudgetExceeded,
+            C::VerificationFailed => Outcome::VerificationAborted,
+            C::StepTimeout => Outcome::StepTimeout,
+            C::UpstreamTimeout => Outcome::Timeout,
+            C::UpstreamUnreachable
+            | C::UpstreamTlsError
+            | C::UpstreamProtocolError
+            | C::UpstreamDisconnected
+            | C::UpstreamUnavailable
+            | C::NoHealthyUpstream
+            | C::GatewayOutOfResources => Outcome::UpstreamError,
             _ => return None,
         })
     }

@@ -20,7 +20,7 @@ use pingora::{Error, ErrorType};
 
 pub use context::RequestCtx;
 
-use crate::openai::{models_body, ApiError, Endpoint, ErrorKind};
+use crate::openai::{models_body, ApiError, Endpoint, ErrorCode};
 use crate::reasoning::ResponseRewriter;
 use crate::state::Gateway;
 
@@ -212,9 +212,7 @@ impl ProxyHttp for GatewayProxy {
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
         let Some((index, guard)) = pool.pick(&ctx.tried) else {
             let err = ApiError::new(
-                503,
-                ErrorKind::Server,
-                "no_healthy_upstream",
+                ErrorCode::NoHealthyUpstream,
                 format!(
                     "No healthy endpoint left in upstream `{}`.",
                     pool.config.name

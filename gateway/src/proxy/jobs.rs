@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::context::RequestCtx;
 use super::{intake, respond};
-use crate::openai::{parse_request, ApiError, Endpoint, ErrorKind};
+use crate::openai::{parse_request, ApiError, Endpoint, ErrorCode};
 use crate::state::Gateway;
 
 /// Answers one async API request.
@@ -29,14 +29,8 @@ pub async fn handle(
             .id()
             .to_string()
     };
-    let not_found = |id: &str| {
-        ApiError::new(
-            404,
-            ErrorKind::InvalidRequest,
-            "job_not_found",
-            format!("No async job `{id}`."),
-        )
-    };
+    let not_found =
+        |id: &str| ApiError::new(ErrorCode::JobNotFound, format!("No async job `{id}`."));
     match (method.as_str(), path.as_str()) {
         ("POST", "/v1/async/chat/completions") => {
             let snapshot = gw.snapshot.load_full();
@@ -101,9 +95,7 @@ async fn submit(
 ) -> Result<Value, ApiError> {
     let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
-            400,
-            ErrorKind::InvalidRequest,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("The request body is not valid JSON: {e}"),
         )
     })?;

@@ -5,6 +5,7 @@ use pingora::proxy::Session;
 use pingora::Error;
 
 use super::context::RequestCtx;
+use crate::openai::ErrorCode;
 use crate::outcome::{decide, Facts, Headers, Outcome, UpstreamFailure};
 use crate::state::Gateway;
 
@@ -119,10 +120,12 @@ pub fn record(
     if let Some(code) = ctx.error.as_ref().map(|e| e.code) {
         if matches!(
             code,
-            "reasoning_budget_exceeded" | "verification_failed" | "step_timeout"
+            ErrorCode::ReasoningBudgetExceeded
+                | ErrorCode::VerificationFailed
+                | ErrorCode::StepTimeout
         ) {
             m.reasoning_aborts_total
-                .with_label_values(&[route, upstream, code])
+                .with_label_values(&[route, upstream, code.as_str()])
                 .inc();
         }
     }
@@ -180,7 +183,7 @@ pub fn record(
         .endpoint_guard
         .as_ref()
         .map(|g| g.endpoint.addr.to_string());
-    let error_code = ctx.error.as_ref().map(|err| err.code);
+    let error_code = ctx.error.as_ref().map(|err| err.code.as_str());
     let proxy_error = e.map(|err| err.etype().as_str());
     tracing::info!(
         target: "access",
@@ -234,9 +237,9 @@ fn outcome(session: &Session, e: Option<&Error>, ctx: &RequestCtx, status: u16) 
         upstream: ctx
             .upstream_error
             .map(|kind| (UpstreamFailure::of_kind(kind), headers)),
-        step_timeout_abort: code == Some("step_timeout"),
-        budget_exceeded: code == Some("reasoning_budget_exceeded"),
-        verification_aborted: code == Some("verification_failed"),
+        step_timeout_abort: code == Some(ErrorCode::StepTimeout),
+        budget_exceeded: code == Some(ErrorCode::ReasoningBudgetExceeded),
+        verification_aborted: code == Some(ErrorCode::VerificationFailed),
         client_gone: e.is_some_and(|e| e.esource() == &pingora::ErrorSource::Downstream),
         cache_hit: ctx.cache_header == Some("hit"),
     })

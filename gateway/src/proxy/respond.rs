@@ -6,7 +6,7 @@ use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use super::context::RequestCtx;
-use crate::openai::{ApiError, ErrorKind};
+use crate::openai::{ApiError, ErrorCode};
 use crate::reasoning::ResponseRewriter;
 
 /// The client got a complete response, so the connection could serve its next request.
@@ -45,11 +45,7 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
         && ctx.rewriter.as_ref().is_some_and(|rw| rw.in_reasoning())
     {
         ctx.step_timeouts += 1;
-        ctx.error = Some(ApiError::new(
-            504,
-            ErrorKind::Server,
-            "step_timeout",
-            "No token arrived within the route's step_timeout while reasoning; generation was stopped.",
+        ctx.error = Some(ApiError::new(ErrorCode::StepTimeout, "No token arrived within the route's step_timeout while reasoning; generation was stopped.",
         ));
     }
     let classified = match ctx.error.clone() {
@@ -77,7 +73,7 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
         if let Some(agg) = ctx.aggregator.as_mut() {
             // The client waits for one JSON body. A step timeout ends it like the budget does
             // (what arrived, `finish_reason: length`); any other failure is the error itself.
-            let body = if err.code == "step_timeout" {
+            let body = if err.code == ErrorCode::StepTimeout {
                 if let Some(rw) = ctx.rewriter.as_mut() {
                     agg.feed(&rw.abort());
                 }
@@ -204,45 +200,35 @@ pub fn connect_failure_kind(e: &Error) -> &'static str {
 /// What went wrong talking to the upstream, as an OpenAI error and an `upstream_errors_total` kind.
 pub fn classify(e: &Error) -> Option<(ApiError, &'static str)> {
     use ErrorType::*;
-    let upstream = |status, code, kind, msg: &str| {
-        Some((
-            ApiError::new(status, ErrorKind::Server, code, msg.to_string()),
-            kind,
-        ))
-    };
+    let upstream = |code, kind, msg: &str| Some((ApiError::new(code, msg), kind));
     match e.etype() {
         HTTPStatus(code) => Some((
             ApiError::new(
-                *code,
-                ErrorKind::Server,
-                "gateway_error",
+                ErrorCode::GatewayError,
                 format!("The gateway answered {code}."),
-            ),
+            )
+            .with_status(*code),
             "status",
         )),
         InternalError if e.esource() == &ErrorSource::Upstream => upstream(
-            503,
-            "gateway_out_of_resources",
+            ErrorCode::GatewayOutOfResources,
             "local_resources",
             "The gateway could not open a connection to the upstream (out of sockets or memory); retry later.",
         ),
         TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
         | TLSWantX509Lookup => upstream(
-            502,
-            "upstream_tls_error",
+            ErrorCode::UpstreamTlsError,
             "tls",
             "The TLS handshake with the upstream failed (certificate not trusted, another name, or no TLS there); the gateway log has the reason.",
         ),
         ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError
         | BindError => upstream(
-            502,
-            "upstream_unreachable",
+            ErrorCode::UpstreamUnreachable,
             "connect",
             "The upstream could not be reached.",
         ),
         ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => upstream(
-            504,
-            "upstream_timeout",
+            ErrorCode::UpstreamTimeout,
             "timeout",
             "The upstream did not answer in time.",
         ),
@@ -250,26 +236,20 @@ pub fn classify(e: &Error) -> Option<(ApiError, &'static str)> {
             if e.esource() == &ErrorSource::Upstream =>
         {
             upstream(
-                502,
-                "upstream_protocol_error",
+                ErrorCode::UpstreamProtocolError,
                 "protocol",
                 "The upstream sent an invalid HTTP response.",
             )
         }
         _ if e.esource() == &ErrorSource::Upstream => upstream(
-            502,
-            "upstream_disconnected",
+            ErrorCode::UpstreamDisconnected,
             "disconnect",
             "The upstream closed the connection before the response was complete.",
         ),
         // The client went away or sent garbage: nothing useful can be written back.
         _ if e.esource() == &ErrorSource::Downstream => None,
         _ => Some((
-            ApiError::new(
-                500,
-                ErrorKind::Server,
-                "internal_error",
-                "The gateway failed to handle the request.",
+            ApiError::new(ErrorCode::InternalError, "The gateway failed to handle the request.",
             ),
             "internal",
         )),
@@ -299,7 +279,7 @@ mod tests {
         let (err, kind) = classify(&e).unwrap();
         assert_eq!(
             (err.status, err.code, kind),
-            (503, "gateway_out_of_resources", "local_resources")
+            (503, ErrorCode::GatewayOutOfResources, "local_resources")
         );
 
         let refused = Error::explain(ErrorType::ConnectRefused, "Fail to connect").into_up();
@@ -307,7 +287,7 @@ mod tests {
         let (err, kind) = classify(&refused).unwrap();
         assert_eq!(
             (err.status, err.code, kind),
-            (502, "upstream_unreachable", "connect")
+            (502, ErrorCode::UpstreamUnreachable, "connect")
         );
 
         let untrusted = Error::explain(
@@ -317,6 +297,6 @@ mod tests {
         .into_up();
         assert_eq!(connect_failure_kind(&untrusted), "tls");
         let (err, _) = classify(&untrusted).unwrap();
-        assert_eq!((err.status, err.code), (502, "upstream_tls_error"));
+        assert_eq!((err.status, err.code), (502, ErrorCode::UpstreamTlsError));
     }
 }
