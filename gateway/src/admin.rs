@@ -17,6 +17,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::json;
 
+use crate::metrics::labels::ReloadTrigger;
 use crate::openai::{ApiError, ErrorCode};
 use crate::state::Gateway;
 use guard::{Endpoint, Policy, Reason, Refusal};
@@ -79,10 +80,7 @@ pub async fn serve<B>(gw: Arc<Gateway>, req: &Request<B>) -> Response<Full<Bytes
     let endpoint = match vetted {
         Ok(e) => e,
         Err(refusal) => {
-            gw.metrics
-                .admin_refusals_total
-                .with_label_values(&[refusal.reason.label()])
-                .inc();
+            gw.metrics.admin_refusals_total.with(&refusal.reason).inc();
             if refusal.reason != Reason::NotFound {
                 tracing::warn!(path = %req.uri().path(), method = %req.method(), reason = refusal.reason.label(), "An admin request was refused.");
             }
@@ -209,7 +207,7 @@ pub fn handle(gw: &Gateway, endpoint: Endpoint, query: Option<&str>) -> Response
                     r#"{"error":"no config file to reload"}"#,
                 );
             };
-            match crate::reload::reload(gw, path, "admin") {
+            match crate::reload::reload(gw, path, ReloadTrigger::Admin) {
                 Ok(r) => {
                     let body = json!({"reloaded": true, "generation": r.generation, "restart_required": r.restart_required});
                     response(
@@ -281,10 +279,7 @@ impl BackgroundService for AdminService {
         };
         // Every refusal reason is exported from the start, at zero.
         for reason in Reason::ALL {
-            self.gw
-                .metrics
-                .admin_refusals_total
-                .with_label_values(&[reason.label()]);
+            self.gw.metrics.admin_refusals_total.with(&reason);
         }
         let listener = match std_listener
             .set_nonblocking(true)

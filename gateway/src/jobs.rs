@@ -371,10 +371,7 @@ impl Jobs {
         let request_bytes = json_len(&Value::Object(body.clone()));
         if let Err((reason, e)) = self.admit(&tenant, request_bytes) {
             if let Some(gw) = self.gateway() {
-                gw.metrics
-                    .async_job_rejections_total
-                    .with_label_values(&[reason.label()])
-                    .inc();
+                gw.metrics.async_job_rejections_total.with(&reason).inc();
             }
             return Err(e);
         }
@@ -582,7 +579,7 @@ impl Jobs {
                 if let Some(gw) = self.gateway() {
                     gw.metrics
                         .async_job_rejections_total
-                        .with_label_values(&[Rejection::MemoryFull.label()])
+                        .with(&Rejection::MemoryFull)
                         .inc();
                 }
             }

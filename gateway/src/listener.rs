@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::labels::ClientRejection;
 use crate::state::Gateway;
 
 /// The answer to a connection over `max_connections`: written raw, since no request was read.
@@ -85,7 +86,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
                 self.gw
                     .metrics
                     .client_rejections_total
-                    .with_label_values(&["max_connections"])
+                    .with(&ClientRejection::MaxConnections)
                     .inc();
                 tracing::warn!(
                     max_connections = self.limits.max_connections,
@@ -192,7 +193,7 @@ impl AsyncRead for GuardedStream {
                 this.gw
                     .metrics
                     .client_rejections_total
-                    .with_label_values(&["header_timeout"])
+                    .with(&ClientRejection::HeaderTimeout)
                     .inc();
                 Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,

@@ -7,6 +7,7 @@ use pingora::proxy::Session;
 use serde_json::Value;
 
 use crate::config::{CanaryConfig, RouteConfig};
+use crate::metrics::labels::ClientRejection;
 use crate::openai::{parse_request, ApiError, Endpoint, ErrorCode, RequestInfo};
 use crate::state::Snapshot;
 
@@ -67,7 +68,7 @@ pub async fn read_body(
         Err(_) => {
             metrics
                 .client_rejections_total
-                .with_label_values(&["body_timeout"])
+                .with(&ClientRejection::BodyTimeout)
                 .inc();
             Err(ApiError::new(
                 ErrorCode::RequestTimeout,

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::context::RequestCtx;
 use super::{intake, respond};
+use crate::metrics::labels::JobResult;
 use crate::openai::{parse_request, ApiError, Endpoint, ErrorCode};
 use crate::state::Gateway;
 
@@ -55,7 +56,7 @@ pub async fn handle(
                     if v.as_ref().and_then(|v| v["status"].as_str()) == Some("cancelled") {
                         gw.metrics
                             .async_jobs_total
-                            .with_label_values(&["cancelled"])
+                            .with(&JobResult::Cancelled)
                             .inc();
                     }
                     v

@@ -7,6 +7,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use super::context::RequestCtx;
 use crate::openai::{ApiError, ErrorCode};
+use crate::outcome::UpstreamErrorKind;
 use crate::reasoning::ResponseRewriter;
 
 /// The client got a complete response, so the connection could serve its next request.
@@ -49,7 +50,7 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
         ));
     }
     let classified = match ctx.error.clone() {
-        Some(err) => Some((err, ctx.upstream_error.unwrap_or("status"))),
+        Some(err) => Some((err, ctx.upstream_error)),
         None => classify(e),
     };
     let Some((err, kind)) = classified else {
@@ -58,8 +59,8 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
             can_reuse_downstream: false,
         };
     };
-    if kind != "status" && kind != "internal" {
-        ctx.upstream_error = Some(kind);
+    if kind.is_some() {
+        ctx.upstream_error = kind;
     }
     let code = err.status;
     let written = if session.response_written().is_some() {
@@ -190,17 +191,21 @@ pub async fn error(
 /// The `upstream_errors_total` kind of a failure to connect: `local_resources` when it was the
 /// gateway's own (Pingora reports a socket it could not create, out of file descriptors,
 /// buffers or memory, or bind as `InternalError`), `tls` for a failed handshake, else `connect`.
-pub fn connect_failure_kind(e: &Error) -> &'static str {
+pub fn connect_failure_kind(e: &Error) -> UpstreamErrorKind {
     match classify(e) {
-        Some((_, kind @ ("local_resources" | "tls"))) => kind,
-        _ => "connect",
+        Some((_, Some(kind @ (UpstreamErrorKind::LocalResources | UpstreamErrorKind::Tls)))) => {
+            kind
+        }
+        _ => UpstreamErrorKind::Connect,
     }
 }
 
-/// What went wrong talking to the upstream, as an OpenAI error and an `upstream_errors_total` kind.
-pub fn classify(e: &Error) -> Option<(ApiError, &'static str)> {
+/// What went wrong, as an OpenAI error and, when the upstream side failed, an
+/// `upstream_errors_total` kind (none for a status Pingora decided or the gateway's own failure).
+pub fn classify(e: &Error) -> Option<(ApiError, Option<UpstreamErrorKind>)> {
     use ErrorType::*;
-    let upstream = |code, kind, msg: &str| Some((ApiError::new(code, msg), kind));
+    use UpstreamErrorKind as Kind;
+    let upstream = |code, kind, msg: &str| Some((ApiError::new(code, msg), Some(kind)));
     match e.etype() {
         HTTPStatus(code) => Some((
             ApiError::new(
@@ -208,28 +213,28 @@ pub fn classify(e: &Error) -> Option<(ApiError, &'static str)> {
                 format!("The gateway answered {code}."),
             )
             .with_status(*code),
-            "status",
+            None,
         )),
         InternalError if e.esource() == &ErrorSource::Upstream => upstream(
             ErrorCode::GatewayOutOfResources,
-            "local_resources",
+            Kind::LocalResources,
             "The gateway could not open a connection to the upstream (out of sockets or memory); retry later.",
         ),
         TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
         | TLSWantX509Lookup => upstream(
             ErrorCode::UpstreamTlsError,
-            "tls",
+            Kind::Tls,
             "The TLS handshake with the upstream failed (certificate not trusted, another name, or no TLS there); the gateway log has the reason.",
         ),
         ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError
         | BindError => upstream(
             ErrorCode::UpstreamUnreachable,
-            "connect",
+            Kind::Connect,
             "The upstream could not be reached.",
         ),
         ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => upstream(
             ErrorCode::UpstreamTimeout,
-            "timeout",
+            Kind::Timeout,
             "The upstream did not answer in time.",
         ),
         InvalidHTTPHeader | H1Error | H2Error | InvalidH2
@@ -237,13 +242,13 @@ pub fn classify(e: &Error) -> Option<(ApiError, &'static str)> {
         {
             upstream(
                 ErrorCode::UpstreamProtocolError,
-                "protocol",
+                Kind::Protocol,
                 "The upstream sent an invalid HTTP response.",
             )
         }
         _ if e.esource() == &ErrorSource::Upstream => upstream(
             ErrorCode::UpstreamDisconnected,
-            "disconnect",
+            Kind::Disconnect,
             "The upstream closed the connection before the response was complete.",
         ),
         // The client went away or sent garbage: nothing useful can be written back.
@@ -251,7 +256,7 @@ pub fn classify(e: &Error) -> Option<(ApiError, &'static str)> {
         _ => Some((
             ApiError::new(ErrorCode::InternalError, "The gateway failed to handle the request.",
             ),
-            "internal",
+            None,
         )),
     }
 }
@@ -275,19 +280,27 @@ mod tests {
     #[test]
     fn running_out_of_sockets_is_the_gateways_503_not_a_dead_upstream() {
         let e = socket_exhausted();
-        assert_eq!(connect_failure_kind(&e), "local_resources");
+        assert_eq!(connect_failure_kind(&e), UpstreamErrorKind::LocalResources);
         let (err, kind) = classify(&e).unwrap();
         assert_eq!(
             (err.status, err.code, kind),
-            (503, ErrorCode::GatewayOutOfResources, "local_resources")
+            (
+                503,
+                ErrorCode::GatewayOutOfResources,
+                Some(UpstreamErrorKind::LocalResources)
+            )
         );
 
         let refused = Error::explain(ErrorType::ConnectRefused, "Fail to connect").into_up();
-        assert_eq!(connect_failure_kind(&refused), "connect");
+        assert_eq!(connect_failure_kind(&refused), UpstreamErrorKind::Connect);
         let (err, kind) = classify(&refused).unwrap();
         assert_eq!(
             (err.status, err.code, kind),
-            (502, ErrorCode::UpstreamUnreachable, "connect")
+            (
+                502,
+                ErrorCode::UpstreamUnreachable,
+                Some(UpstreamErrorKind::Connect)
+            )
         );
 
         let untrusted = Error::explain(
@@ -295,7 +308,7 @@ mod tests {
             "invalid peer certificate: UnknownIssuer",
         )
         .into_up();
-        assert_eq!(connect_failure_kind(&untrusted), "tls");
+        assert_eq!(connect_failure_kind(&untrusted), UpstreamErrorKind::Tls);
         let (err, _) = classify(&untrusted).unwrap();
         assert_eq!((err.status, err.code), (502, ErrorCode::UpstreamTlsError));
     }
