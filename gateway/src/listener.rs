@@ -298,3 +298,21 @@ impl Peek for GuardedStream {
         self.inner.try_peek(buf).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::openai::ErrorCode;
+
+    /// The raw refusal is written before any request is read, so it is not built from an
+    /// `ApiError`; it must still say what the error table says.
+    #[test]
+    fn the_raw_refusal_agrees_with_the_error_table() {
+        let raw = String::from_utf8(super::refusal()).unwrap();
+        let code = ErrorCode::TooManyConnections;
+        assert!(raw.starts_with(&format!("HTTP/1.1 {} ", code.status())));
+        let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], code.as_str());
+        assert_eq!(v["error"]["type"], code.kind().as_str());
+    }
+}

@@ -83,6 +83,8 @@ pub enum ErrorCode {
     GatewayError,
     /// The gateway failed to handle the request.
     InternalError,
+    /// `max_connections` client connections are open (written raw at accept by the listener).
+    TooManyConnections,
     /// The reasoning went over `max_reasoning_tokens`: generation stopped (sent in-stream).
     ReasoningBudgetExceeded,
     /// The reasoning failed an `abort` verification check: generation stopped (in-stream).
@@ -101,7 +103,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 35] = [
         ErrorCode::InvalidValue,
         ErrorCode::MissingRequiredParameter,
         ErrorCode::InvalidJson,
@@ -129,6 +131,7 @@ impl ErrorCode {
         ErrorCode::GatewayOutOfResources,
         ErrorCode::GatewayError,
         ErrorCode::InternalError,
+        ErrorCode::TooManyConnections,
         ErrorCode::ReasoningBudgetExceeded,
         ErrorCode::VerificationFailed,
         ErrorCode::StepTimeout,
@@ -201,6 +204,7 @@ impl ErrorCode {
             ErrorCode::GatewayOutOfResources => ("gateway_out_of_resources", 503, Server),
             ErrorCode::GatewayError => ("gateway_error", 502, Server),
             ErrorCode::InternalError => ("internal_error", 500, Server),
+            ErrorCode::TooManyConnections => ("too_many_connections", 503, Server),
             ErrorCode::ReasoningBudgetExceeded => ("reasoning_budget_exceeded", 200, Server),
             ErrorCode::VerificationFailed => ("verification_failed", 200, Server),
             ErrorCode::StepTimeout => ("step_timeout", 504, Server),
@@ -391,6 +395,12 @@ mod tests {
             ),
             (ErrorCode::GatewayError, "gateway_error", 502, S),
             (ErrorCode::InternalError, "internal_error", 500, S),
+            (
+                ErrorCode::TooManyConnections,
+                "too_many_connections",
+                503,
+                S,
+            ),
             (
                 ErrorCode::ReasoningBudgetExceeded,
                 "reasoning_budget_exceeded",
