@@ -32,7 +32,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::json;
 
-use crate::openai::{ApiError, ErrorKind};
+use crate::metrics::labels::ReloadTrigger;
+use crate::openai::{ApiError, ErrorCode};
 use crate::state::Gateway;
 use guard::{Endpoint, Policy, Reason, Refusal};
 
@@ -63,12 +64,7 @@ fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response
 /// The answer to a refused request: OpenAI-shaped, `WWW-Authenticate` on a 401, `Allow` on
 /// a 405.
 pub fn refusal_response(refusal: &Refusal) -> Response<Full<Bytes>> {
-    let err = ApiError::new(
-        refusal.status,
-        ErrorKind::InvalidRequest,
-        refusal.code,
-        refusal.message,
-    );
+    let err = ApiError::new(refusal.code, refusal.message);
     let mut builder = Response::builder()
         .status(refusal.status)
         .header("content-type", "application/json");
@@ -99,10 +95,7 @@ pub async fn serve<B>(gw: Arc<Gateway>, req: &Request<B>) -> Response<Full<Bytes
     let endpoint = match vetted {
         Ok(e) => e,
         Err(refusal) => {
-            gw.metrics
-                .admin_refusals_total
-                .with_label_values(&[refusal.reason.label()])
-                .inc();
+            gw.metrics.admin_refusals_total.with(&refusal.reason).inc();
             if refusal.reason != Reason::NotFound {
                 tracing::warn!(path = %req.uri().path(), method = %req.method(), reason = refusal.reason.label(), "An admin request was refused.");
             }
@@ -119,12 +112,7 @@ pub async fn serve<B>(gw: Arc<Gateway>, req: &Request<B>) -> Response<Full<Bytes
         Ok(resp) => resp,
         Err(e) => {
             tracing::error!(error = %e, "An admin handler failed.");
-            let err = ApiError::new(
-                500,
-                ErrorKind::Server,
-                "internal_error",
-                "The admin handler failed.",
-            );
+            let err = ApiError::new(ErrorCode::InternalError, "The admin handler failed.");
             response(500, "application/json", err.body())
         }
     }
@@ -234,7 +222,7 @@ pub fn handle(gw: &Gateway, endpoint: Endpoint, query: Option<&str>) -> Response
                     r#"{"error":"no config file to reload"}"#,
                 );
             };
-            match crate::reload::reload(gw, path, "admin") {
+            match crate::reload::reload(gw, path, ReloadTrigger::Admin) {
                 Ok(r) => {
                     let body = json!({"reloaded": true, "generation": r.generation, "restart_required": r.restart_required});
                     response(
@@ -306,10 +294,7 @@ impl BackgroundService for AdminService {
         };
         // Every refusal reason is exported from the start, at zero.
         for reason in Reason::ALL {
-            self.gw
-                .metrics
-                .admin_refusals_total
-                .with_label_values(&[reason.label()]);
+            self.gw.metrics.admin_refusals_total.with(&reason);
         }
         let listener = match std_listener
             .set_nonblocking(true)

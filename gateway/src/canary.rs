@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::config::{CanaryConfig, RollbackConfig, RouteConfig};
+use crate::metrics::labels::RouteVariant;
 use crate::metrics::Metrics;
 
 /// What a recorded outcome changed.
@@ -218,6 +219,31 @@ impl CanaryState {
         None
     }
 
+    /// Records an outcome and acts on the change it caused: a rollback or promotion is counted,
+    /// logged, and the route's traffic shares are published again.
+    pub fn judge(
+        &self,
+        metrics: &Metrics,
+        route: &str,
+        canary: &CanaryConfig,
+        variant: &str,
+        o: Outcome,
+    ) {
+        let labels = RouteVariant { route, variant };
+        match self.record(route, canary, variant, o) {
+            Some(Change::RolledBack(reason)) => {
+                metrics.canary_rollbacks_total.with(&labels).inc();
+                tracing::warn!(route, variant = %variant, reason = %reason, "Canary variant rolled back: it gets no traffic until re-enabled with POST /admin/canary/enable.");
+            }
+            Some(Change::Promoted(percent)) => {
+                metrics.canary_promotions_total.with(&labels).inc();
+                tracing::info!(route, variant = %variant, percent, "Canary variant promoted to the next step: it now gets this percentage of the route's weighted traffic.");
+            }
+            None => return,
+        }
+        self.publish(metrics, route, canary);
+    }
+
     /// The served variants' weights now: configured, or the promotion step's; rolled-back
     /// variants get 0.
     pub fn weights(&self, route: &str, canary: &CanaryConfig) -> Vec<u32> {
@@ -249,9 +275,10 @@ impl CanaryState {
     pub fn publish(&self, metrics: &Metrics, route: &str, canary: &CanaryConfig) {
         let shares = shares(&self.weights(route, canary));
         for (v, share) in canary.variants.iter().zip(shares) {
+            let variant = &v.name;
             metrics
                 .canary_traffic_share
-                .with_label_values(&[route, &v.name])
+                .with(&RouteVariant { route, variant })
                 .set(share);
         }
     }

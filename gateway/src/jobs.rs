@@ -21,11 +21,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::util::now_unix;
 use crate::config::AsyncJobsConfig;
-use crate::openai::{ApiError, ErrorKind};
+use crate::openai::{ApiError, ErrorCode};
 use crate::outcome::Outcome;
 use crate::state::Gateway;
+use crate::util::now_unix;
 use quota::json_len;
 pub use quota::Rejection;
 
@@ -342,15 +342,7 @@ impl Jobs {
         tenant: String,
         authorization: Option<String>,
     ) -> Result<Value, ApiError> {
-        let invalid = |message: String| ApiError {
-            param: Some("callback_url"),
-            ..ApiError::new(
-                400,
-                ErrorKind::InvalidRequest,
-                "invalid_callback_url",
-                message,
-            )
-        };
+        let invalid = |message: String| ApiError::new(ErrorCode::InvalidCallbackUrl, message);
         let callback = match body.remove("callback_url") {
             None | Some(Value::Null) => None,
             Some(Value::String(u)) => {
@@ -379,10 +371,7 @@ impl Jobs {
         let request_bytes = json_len(&Value::Object(body.clone()));
         if let Err((reason, e)) = self.admit(&tenant, request_bytes) {
             if let Some(gw) = self.gateway() {
-                gw.metrics
-                    .async_job_rejections_total
-                    .with_label_values(&[reason.label()])
-                    .inc();
+                gw.metrics.async_job_rejections_total.with(&reason).inc();
             }
             return Err(e);
         }
@@ -583,14 +572,14 @@ impl Jobs {
                 e.job.result = None;
                 e.job.outcome = Some(Outcome::Rejected);
                 e.job.error = Some(json!({
-                    "code": "job_memory_full",
+                    "code": ErrorCode::JobMemoryFull.as_str(),
                     "message": "The result did not fit in the memory async jobs may hold (async_jobs.max_bytes).",
                 }));
                 e.measure_outcome();
                 if let Some(gw) = self.gateway() {
                     gw.metrics
                         .async_job_rejections_total
-                        .with_label_values(&[Rejection::MemoryFull.label()])
+                        .with(&Rejection::MemoryFull)
                         .inc();
                 }
             }

@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::labels::ClientRejection;
 use crate::state::Gateway;
 
 /// The answer to a connection over `max_connections`: written raw, since no request was read.
@@ -85,7 +86,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
                 self.gw
                     .metrics
                     .client_rejections_total
-                    .with_label_values(&["max_connections"])
+                    .with(&ClientRejection::MaxConnections)
                     .inc();
                 tracing::warn!(
                     max_connections = self.limits.max_connections,
@@ -192,7 +193,7 @@ impl AsyncRead for GuardedStream {
                 this.gw
                     .metrics
                     .client_rejections_total
-                    .with_label_values(&["header_timeout"])
+                    .with(&ClientRejection::HeaderTimeout)
                     .inc();
                 Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -295,5 +296,23 @@ impl GetSocketDigest for GuardedStream {
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::openai::ErrorCode;
+
+    /// The raw refusal is written before any request is read, so it is not built from an
+    /// `ApiError`; it must still say what the error table says.
+    #[test]
+    fn the_raw_refusal_agrees_with_the_error_table() {
+        let raw = String::from_utf8(super::refusal()).unwrap();
+        let code = ErrorCode::TooManyConnections;
+        assert!(raw.starts_with(&format!("HTTP/1.1 {} ", code.status())));
+        let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], code.as_str());
+        assert_eq!(v["error"]["type"], code.kind().as_str());
     }
 }

@@ -1,9 +1,23 @@
 //! Every metric the gateway exports, defined once with its help text.
 //! Label values come from config names and fixed enums, never from request text.
 
+use std::marker::PhantomData;
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
+};
+
+pub mod labels;
+
+use crate::admin::guard::Reason as AdminRefusal;
+use crate::jobs::Rejection;
+use crate::upstream::Refused;
+use labels::{
+    Abort, CallbackResult, ClientRejection, Durations, FailedCheck, JobResult, LabelSet, Reload,
+    Requests, Route, RouteReasoningLength, RouteUpstream, RouteVariant, Shadow, ShadowFailedCheck,
+    TokenUsage, Upstream, UpstreamError, UpstreamRejection, Verification,
 };
 
 const PREFIX: &str = "reasoning_gateway";
@@ -33,77 +47,187 @@ pub fn reasoning_length_class(tokens: u64) -> &'static str {
     }
 }
 
+/// A metric family whose series are selected by one label set `L` (see [`labels`]): only an
+/// `L` (with any borrows) selects a series, so a swapped or missing label does not compile.
+pub struct Family<V, L> {
+    vec: V,
+    labels: PhantomData<fn(&L)>,
+}
+
+/// Counters keyed by `L`.
+pub type CounterFamily<L> = Family<IntCounterVec, L>;
+/// Histograms keyed by `L`.
+pub type HistogramFamily<L> = Family<HistogramVec, L>;
+/// Float gauges keyed by `L`.
+pub type GaugeFamily<L> = Family<GaugeVec, L>;
+/// Integer gauges keyed by `L`.
+pub type IntGaugeFamily<L> = Family<IntGaugeVec, L>;
+
+impl<B: MetricVecBuilder, L> Family<MetricVec<B>, L> {
+    /// The series of `labels` (created at zero on first use).
+    pub fn with<S: LabelSet<Key = L>>(&self, labels: &S) -> B::M {
+        labels.with_values(|values| self.vec.with_label_values(values))
+    }
+}
+
+/// Registers each metric kind on one registry, label names from the label set. Definitions are
+/// constants and each is registered once, so a failure is a bug caught at start-up.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<C: Collector + Clone + 'static>(&self, c: Result<C, prometheus::Error>) -> C {
+        let c = c.expect("metric definition is valid");
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("metric is registered once");
+        c
+    }
+
+    fn family<V, L>(&self, vec: Result<V, prometheus::Error>) -> Family<V, L>
+    where
+        V: Collector + Clone + 'static,
+    {
+        Family {
+            vec: self.add(vec),
+            labels: PhantomData,
+        }
+    }
+
+    fn counter<L: LabelSet<Key = L>>(&self, name: &str, help: &str) -> CounterFamily<L> {
+        self.family(IntCounterVec::new(
+            Opts::new(name, help).namespace(PREFIX),
+            L::NAMES,
+        ))
+    }
+
+    fn gauge<L: LabelSet<Key = L>>(&self, name: &str, help: &str) -> GaugeFamily<L> {
+        self.family(GaugeVec::new(
+            Opts::new(name, help).namespace(PREFIX),
+            L::NAMES,
+        ))
+    }
+
+    fn int_gauge<L: LabelSet<Key = L>>(&self, name: &str, help: &str) -> IntGaugeFamily<L> {
+        self.family(IntGaugeVec::new(
+            Opts::new(name, help).namespace(PREFIX),
+            L::NAMES,
+        ))
+    }
+
+    fn histogram<L: LabelSet<Key = L>>(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> HistogramFamily<L> {
+        let opts = HistogramOpts::new(name, help).namespace(PREFIX);
+        self.family(HistogramVec::new(opts.buckets(buckets.to_vec()), L::NAMES))
+    }
+
+    /// An OpenTelemetry GenAI histogram: its own name, without the gateway's prefix.
+    fn gen_ai<L: LabelSet<Key = L>>(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> HistogramFamily<L> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.family(HistogramVec::new(opts, L::NAMES))
+    }
+
+    fn plain_gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::with_opts(Opts::new(name, help).namespace(PREFIX)))
+    }
+
+    /// The standard process-collector names (no prefix), so existing fd dashboards and alerts
+    /// apply: clients and upstream connections each hold a descriptor.
+    fn process_gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::with_opts(Opts::new(name, help)))
+    }
+}
+
+/// Queue-wait buckets (seconds).
+const QUEUE_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Gateway-overhead buckets (seconds): tens of microseconds up.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+];
+
 /// The gateway's metrics and the registry they live in.
 pub struct Metrics {
     registry: Registry,
     /// Requests answered, by route, upstream, endpoint kind and HTTP status.
-    pub requests_total: IntCounterVec,
+    pub requests_total: CounterFamily<Requests<'static>>,
     /// Whole-request latency.
-    pub request_duration_seconds: HistogramVec,
+    pub request_duration_seconds: HistogramFamily<Durations<'static>>,
     /// Time from request start to the first response byte from upstream.
-    pub time_to_first_token_seconds: HistogramVec,
+    pub time_to_first_token_seconds: HistogramFamily<RouteUpstream<'static>>,
     /// Upstream failures by kind.
-    pub upstream_errors_total: IntCounterVec,
+    pub upstream_errors_total: CounterFamily<UpstreamError<'static>>,
     /// Requests being handled right now.
     pub inflight_requests: IntGauge,
     /// Client connections open on the public listener.
     pub client_connections: IntGauge,
     /// Client connections and requests refused by the listener's bounds, by reason.
-    pub client_rejections_total: IntCounterVec,
+    pub client_rejections_total: CounterFamily<ClientRejection>,
     /// Admin requests refused by the admin listener's guard, by reason.
-    pub admin_refusals_total: IntCounterVec,
+    pub admin_refusals_total: CounterFamily<AdminRefusal>,
     /// Open file descriptors (standard process-collector name), read at each scrape.
     process_open_fds: IntGauge,
     /// The soft open-file limit (standard process-collector name), read at each scrape.
     process_max_fds: IntGauge,
     /// Time to first answer token (the thinking time).
-    pub time_to_first_answer_token_seconds: HistogramVec,
+    pub time_to_first_answer_token_seconds: HistogramFamily<RouteUpstream<'static>>,
     /// The same TTFT under its OpenTelemetry GenAI name.
-    pub gen_ai_server_time_to_first_token_seconds: HistogramVec,
+    pub gen_ai_server_time_to_first_token_seconds: HistogramFamily<Route<'static>>,
     /// OpenTelemetry GenAI `gen_ai.client.token.usage`: input and output tokens per request.
-    pub gen_ai_client_token_usage: HistogramVec,
+    pub gen_ai_client_token_usage: HistogramFamily<TokenUsage<'static>>,
     /// OpenTelemetry GenAI `gen_ai.server.request.duration`.
-    pub gen_ai_server_request_duration_seconds: HistogramVec,
+    pub gen_ai_server_request_duration_seconds: HistogramFamily<Route<'static>>,
     /// Reasoning tokens per response.
-    pub reasoning_tokens: HistogramVec,
+    pub reasoning_tokens: HistogramFamily<RouteUpstream<'static>>,
     /// Answer tokens per response.
-    pub answer_tokens: HistogramVec,
+    pub answer_tokens: HistogramFamily<RouteUpstream<'static>>,
     /// Reasoning steps per response.
-    pub reasoning_steps: HistogramVec,
+    pub reasoning_steps: HistogramFamily<RouteUpstream<'static>>,
     /// Self-corrections in reasoning.
-    pub self_corrections_total: IntCounterVec,
+    pub self_corrections_total: CounterFamily<RouteUpstream<'static>>,
     /// Verification checks run, by check and result.
-    pub verifications_total: IntCounterVec,
+    pub verifications_total: CounterFamily<Verification<'static>>,
     /// Verification checks failed, by check.
-    pub verification_failures_total: IntCounterVec,
+    pub verification_failures_total: CounterFamily<FailedCheck<'static>>,
     /// Request duration by reasoning-length class: reasoning length against latency.
-    pub request_duration_by_reasoning_length_seconds: HistogramVec,
+    pub request_duration_by_reasoning_length_seconds:
+        HistogramFamily<RouteReasoningLength<'static>>,
     /// Gaps between tokens while reasoning longer than the route's `step_timeout`.
-    pub step_timeouts_total: IntCounterVec,
+    pub step_timeouts_total: CounterFamily<RouteUpstream<'static>>,
     /// Streams the gateway ended itself, by reason (budget|verification).
-    pub reasoning_aborts_total: IntCounterVec,
+    pub reasoning_aborts_total: CounterFamily<Abort<'static>>,
     /// Config reloads by result (ok|error) and trigger (admin|sighup|watch).
-    pub config_reloads_total: IntCounterVec,
+    pub config_reloads_total: CounterFamily<Reload>,
     /// Time spent in the gateway per request, upstream waits excluded.
-    pub gateway_overhead_seconds: HistogramVec,
+    pub gateway_overhead_seconds: HistogramFamily<Route<'static>>,
     /// Canary variants rolled back automatically.
-    pub canary_rollbacks_total: IntCounterVec,
+    pub canary_rollbacks_total: CounterFamily<RouteVariant<'static>>,
     /// Requests waiting for a slot in a pool with `max_inflight` (see [`Metrics::bounded_pool`]).
-    pub upstream_queued_requests: IntGaugeVec,
+    pub upstream_queued_requests: IntGaugeFamily<Upstream<'static>>,
     /// Time requests waited for a pool slot (only those that had to wait).
-    pub upstream_queue_wait_seconds: HistogramVec,
+    pub upstream_queue_wait_seconds: HistogramFamily<Upstream<'static>>,
     /// Requests refused a pool slot, by reason (queue_full, queue_timeout).
-    pub upstream_rejections_total: IntCounterVec,
+    pub upstream_rejections_total: CounterFamily<UpstreamRejection<'static>>,
     /// Promotion steps taken by canary variants.
-    pub canary_promotions_total: IntCounterVec,
+    pub canary_promotions_total: CounterFamily<RouteVariant<'static>>,
     /// Each served variant's share of the route's weighted traffic now.
-    pub canary_traffic_share: GaugeVec,
+    pub canary_traffic_share: GaugeFamily<RouteVariant<'static>>,
     /// Shadow requests by result (ok|error|skipped).
-    pub shadow_requests_total: IntCounterVec,
+    pub shadow_requests_total: CounterFamily<Shadow<'static>>,
     /// Shadow request duration.
-    pub shadow_request_duration_seconds: HistogramVec,
+    pub shadow_request_duration_seconds: HistogramFamily<RouteVariant<'static>>,
     /// Verification checks the shadow's answers failed.
-    pub shadow_verification_failures_total: IntCounterVec,
+    pub shadow_verification_failures_total: CounterFamily<ShadowFailedCheck<'static>>,
     /// Cache lookups by route and result (hit|miss|bypass|uncacheable|error).
     pub cache_requests_total: IntCounterVec,
     /// Similarity of the best candidate per lookup, by outcome (hit|rejected|below_threshold).
@@ -129,29 +253,31 @@ pub struct Metrics {
     /// Fresh answers not stored over a shared partition's live entry, by route.
     pub cache_shared_refreshes_ignored_total: IntCounterVec,
     /// Async jobs finished, by result (succeeded|failed|cancelled).
-    pub async_jobs_total: IntCounterVec,
+    pub async_jobs_total: CounterFamily<JobResult>,
     /// Async job callback attempts, by result (delivered|failed).
-    pub async_job_callbacks_total: IntCounterVec,
+    pub async_job_callbacks_total: CounterFamily<CallbackResult>,
     /// Async jobs refused for lack of room, by reason (store_full|tenant_quota|memory_full).
-    pub async_job_rejections_total: IntCounterVec,
+    pub async_job_rejections_total: CounterFamily<Rejection>,
 }
 
 impl Metrics {
     /// Exports a bounded pool's admission series at 0 before anything waits or is refused, so
     /// `rate()` and alert rules see them from the start.
     pub fn bounded_pool(&self, upstream: &str) {
-        self.upstream_queued_requests.with_label_values(&[upstream]);
+        self.upstream_queued_requests.with(&Upstream { upstream });
         self.upstream_queue_wait_seconds
-            .with_label_values(&[upstream]);
-        for reason in ["queue_full", "queue_timeout"] {
+            .with(&Upstream { upstream });
+        for reason in [Refused::QueueFull, Refused::Timeout] {
             self.upstream_rejections_total
-                .with_label_values(&[upstream, reason]);
+                .with(&UpstreamRejection { upstream, reason });
         }
     }
 
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
+        let r = Registrar(&registry);
+        // The cache's metrics, registered with their label names spelled out.
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help).namespace(PREFIX), labels)
                 .expect("metric definition is valid");
@@ -162,14 +288,6 @@ impl Metrics {
         };
         let int_gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help).namespace(PREFIX), labels)
-                .expect("metric definition is valid");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric is registered once");
-            g
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = GaugeVec::new(Opts::new(name, help).namespace(PREFIX), labels)
                 .expect("metric definition is valid");
             registry
                 .register(Box::new(g.clone()))
@@ -189,221 +307,6 @@ impl Metrics {
                 .expect("metric is registered once");
             h
         };
-        let requests_total = counter(
-            "requests_total",
-            "Requests answered by the gateway, by route, canary variant, upstream, API endpoint, HTTP status and outcome (how the response really ended: a stream cut after its 200 is upstream_error).",
-            &["route", "variant", "upstream", "endpoint", "status", "outcome"],
-        );
-        let request_duration_seconds = histogram(
-            "request_duration_seconds",
-            "Time from receiving a request to sending the last response byte, by outcome.",
-            &["route", "variant", "upstream", "stream", "outcome"],
-            LATENCY_BUCKETS,
-        );
-        let time_to_first_token_seconds = histogram(
-            "time_to_first_token_seconds",
-            "Time from receiving a request to the first response body byte from the upstream (reasoning or answer).",
-            &["route", "upstream"],
-            LATENCY_BUCKETS,
-        );
-        let upstream_errors_total = counter(
-            "upstream_errors_total",
-            "Upstream failures: connect (refused or timed out), tls (handshake failed), local_resources (the gateway could not open a socket), no_healthy_endpoint, status_5xx, disconnect (closed mid-response), timeout, protocol (not HTTP).",
-            &["upstream", "kind"],
-        );
-        let plain_gauge = |name: &str, help: &str| {
-            let g = IntGauge::with_opts(Opts::new(name, help).namespace(PREFIX))
-                .expect("metric definition is valid");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric is registered once");
-            g
-        };
-        let inflight_requests =
-            plain_gauge("inflight_requests", "Requests currently being handled.");
-        let client_connections = plain_gauge(
-            "client_connections",
-            "Client connections open on the public listener (at most max_connections).",
-        );
-        let client_rejections_total = counter(
-            "client_rejections_total",
-            "Client connections or requests refused by the public listener's bounds: max_connections (503 at accept), header_timeout (no whole request header within client_header_timeout: closed), body_timeout (no whole body within client_body_timeout: 408).",
-            &["reason"],
-        );
-        let admin_refusals_total = counter(
-            "admin_refusals_total",
-            "Requests refused by the admin listener: unauthorized (no or wrong admin token: 401), method (405), origin (an Origin header: 403), content_type (a form or text/plain body: 415), host (a Host that is not an IP or localhost: 403), not_found (404).",
-            &["reason"],
-        );
-        // The standard process-collector names (no prefix), so existing fd dashboards and alerts
-        // apply: clients and upstream connections each hold a descriptor.
-        let process_gauge = |name: &str, help: &str| {
-            let g = IntGauge::with_opts(Opts::new(name, help)).expect("metric definition is valid");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric is registered once");
-            g
-        };
-        let process_open_fds =
-            process_gauge("process_open_fds", "Number of open file descriptors.");
-        let process_max_fds = process_gauge(
-            "process_max_fds",
-            "Maximum number of open file descriptors (the soft limit; raised to the hard limit at start-up).",
-        );
-        let rl = &["route", "upstream"];
-        let time_to_first_answer_token_seconds = histogram(
-            "time_to_first_answer_token_seconds",
-            "Time from receiving a request to the first answer (not reasoning) text sent: the thinking time.",
-            rl,
-            LATENCY_BUCKETS,
-        );
-        let gen_ai_server_time_to_first_token_seconds = {
-            let h = HistogramVec::new(
-                HistogramOpts::new(
-                    "gen_ai_server_time_to_first_token_seconds",
-                    "OpenTelemetry GenAI gen_ai.server.time_to_first_token: time to the first response byte from the model server.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["route"],
-            )
-            .expect("metric definition is valid");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("metric is registered once");
-            h
-        };
-        let gen_ai = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                labels,
-            )
-            .expect("metric definition is valid");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("metric is registered once");
-            h
-        };
-        let gen_ai_client_token_usage = gen_ai(
-            "gen_ai_client_token_usage",
-            "OpenTelemetry GenAI gen_ai.client.token.usage: tokens per request by gen_ai_token_type (input|output), from upstream usage.",
-            &["route", "gen_ai_token_type"],
-            TOKEN_BUCKETS,
-        );
-        let gen_ai_server_request_duration_seconds = gen_ai(
-            "gen_ai_server_request_duration_seconds",
-            "OpenTelemetry GenAI gen_ai.server.request.duration: time from request to the last response byte.",
-            &["route"],
-            LATENCY_BUCKETS,
-        );
-        let reasoning_tokens = histogram(
-            "reasoning_tokens",
-            "Reasoning tokens per response (upstream usage when given, else counted by the gateway).",
-            rl,
-            TOKEN_BUCKETS,
-        );
-        let answer_tokens = histogram(
-            "answer_tokens",
-            "Answer tokens per response (completion tokens minus reasoning tokens).",
-            rl,
-            TOKEN_BUCKETS,
-        );
-        let reasoning_steps = histogram(
-            "reasoning_steps",
-            "Reasoning steps per response: paragraphs, numbered items and `Step N` lines.",
-            rl,
-            STEP_BUCKETS,
-        );
-        let self_corrections_total = counter(
-            "self_corrections_total",
-            "Self-correction markers (wait, actually, …) at sentence starts in reasoning.",
-            rl,
-        );
-        let verifications_total = counter(
-            "verifications_total",
-            "Verification checks run on finished responses, by check and result (pass|fail).",
-            &["route", "upstream", "check", "result"],
-        );
-        let verification_failures_total = counter(
-            "verification_failures_total",
-            "Verification checks that failed, by check.",
-            &["route", "upstream", "check"],
-        );
-        let request_duration_by_reasoning_length_seconds = histogram(
-            "request_duration_by_reasoning_length_seconds",
-            "Request duration by reasoning-length class (reasoning tokens): how reasoning length drives latency.",
-            &["route", "reasoning_length"],
-            LATENCY_BUCKETS,
-        );
-        let step_timeouts_total = counter(
-            "step_timeouts_total",
-            "Gaps between tokens while reasoning longer than the route's step_timeout.",
-            rl,
-        );
-        let reasoning_aborts_total = counter(
-            "reasoning_aborts_total",
-            "Streams the gateway ended itself: reasoning_budget_exceeded, verification_failed, step_timeout.",
-            &["route", "upstream", "reason"],
-        );
-        let config_reloads_total = counter(
-            "config_reloads_total",
-            "Config reloads by result (ok: swapped in; error: invalid, the running config stayed) and trigger (admin, sighup, watch).",
-            &["result", "trigger"],
-        );
-        let canary_rollbacks_total = counter(
-            "canary_rollbacks_total",
-            "Canary variants rolled back automatically (weight 0 until re-enabled on the admin API).",
-            &["route", "variant"],
-        );
-        let upstream_queued_requests = int_gauge(
-            "upstream_queued_requests",
-            "Requests waiting for a slot in a pool with max_inflight (its queue).",
-            &["upstream"],
-        );
-        let upstream_queue_wait_seconds = histogram(
-            "upstream_queue_wait_seconds",
-            "Time admitted requests waited for a pool slot (max_inflight), counting only those that had to wait.",
-            &["upstream"],
-            &[
-                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ],
-        );
-        let upstream_rejections_total = counter(
-            "upstream_rejections_total",
-            "Requests refused with 429 because a pool with max_inflight was full: queue_full (max_queue already waiting) or queue_timeout.",
-            &["upstream", "reason"],
-        );
-        let canary_promotions_total = counter(
-            "canary_promotions_total",
-            "Promotion steps canary variants took (their rollback comparison with stable passed for the step's interval).",
-            &["route", "variant"],
-        );
-        let canary_traffic_share = gauge(
-            "canary_traffic_share",
-            "Share of the route's weighted traffic each served variant gets now (configured weights or the promotion step; 0 when rolled back). Requests forcing a variant by header are not weighted.",
-            &["route", "variant"],
-        );
-        let shadow_requests_total = counter(
-            "shadow_requests_total",
-            "Copies sent to shadow variants by result: ok, error, skipped (concurrency bound).",
-            &["route", "variant", "result"],
-        );
-        let shadow_request_duration_seconds = histogram(
-            "shadow_request_duration_seconds",
-            "Duration of shadow requests (measured, never served).",
-            &["route", "variant"],
-            LATENCY_BUCKETS,
-        );
-        let shadow_verification_failures_total = counter(
-            "shadow_verification_failures_total",
-            "Verification checks failed by shadow answers, by check.",
-            &["route", "variant", "check"],
-        );
-        let gateway_overhead_seconds = histogram(
-            "gateway_overhead_seconds",
-            "Time the gateway itself spent on a proxied request (intake, routing, parsing and rewriting the response), upstream waits excluded.",
-            &["route"],
-            &[0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1],
-        );
         let cache_requests_total = counter(
             "cache_requests_total",
             "Reasoning-cache lookups by route and result: hit, miss, bypass (client asked), uncacheable (tools, n>1, no user message last), no_credentials (no API key on a route not shared across tenants: neither looked up nor stored), error (embedding failed or timed out; served as a miss).",
@@ -465,28 +368,109 @@ impl Metrics {
             "Fresh answers (Cache-Control: no-cache or x-reasoning-cache: bypass) on a route shared across tenants, not stored because the partition already held a live entry for the problem: one tenant cannot replace what every tenant is served.",
             &["route"],
         );
-        let async_jobs_total = counter(
-            "async_jobs_total",
-            "Async jobs finished, by result: succeeded, failed, cancelled.",
-            &["result"],
-        );
-        let async_job_callbacks_total = counter(
-            "async_job_callbacks_total",
-            "Async job callback attempts, by result: delivered (2xx) or failed (retried with backoff).",
-            &["result"],
-        );
-        let async_job_rejections_total = counter(
+        let async_job_rejections_total = r.counter(
             "async_job_rejections_total",
             "Async jobs refused for lack of room, by reason: store_full (async_jobs.max_jobs), tenant_quota (max_jobs_per_tenant), memory_full (max_bytes; at submission or a result that did not fit).",
-            &["reason"],
         );
-        for reason in ["store_full", "tenant_quota", "memory_full"] {
-            async_job_rejections_total.with_label_values(&[reason]);
+        for reason in [
+            Rejection::StoreFull,
+            Rejection::TenantQuota,
+            Rejection::MemoryFull,
+        ] {
+            async_job_rejections_total.with(&reason);
         }
         Metrics {
-            registry,
-            async_jobs_total,
-            async_job_callbacks_total,
+            requests_total: r.counter("requests_total", "Requests answered by the gateway, by route, canary variant, upstream, API endpoint, HTTP status and outcome (how the response really ended: a stream cut after its 200 is upstream_error)."),
+            request_duration_seconds: r.histogram(
+                "request_duration_seconds",
+                "Time from receiving a request to sending the last response byte, by outcome.",
+                LATENCY_BUCKETS,
+            ),
+            time_to_first_token_seconds: r.histogram(
+                "time_to_first_token_seconds",
+                "Time from receiving a request to the first response body byte from the upstream (reasoning or answer).",
+                LATENCY_BUCKETS,
+            ),
+            upstream_errors_total: r.counter("upstream_errors_total", "Upstream failures: connect (refused or timed out), tls (handshake failed), local_resources (the gateway could not open a socket), no_healthy_endpoint, status_5xx, disconnect (closed mid-response), timeout, protocol (not HTTP)."),
+            inflight_requests: r.plain_gauge("inflight_requests", "Requests currently being handled."),
+            client_connections: r.plain_gauge("client_connections", "Client connections open on the public listener (at most max_connections)."),
+            client_rejections_total: r.counter("client_rejections_total", "Client connections or requests refused by the public listener's bounds: max_connections (503 at accept), header_timeout (no whole request header within client_header_timeout: closed), body_timeout (no whole body within client_body_timeout: 408)."),
+            admin_refusals_total: r.counter("admin_refusals_total", "Requests refused by the admin listener: unauthorized (no or wrong admin token: 401), method (405), origin (an Origin header: 403), content_type (a form or text/plain body: 415), host (a Host that is not an IP or localhost: 403), not_found (404)."),
+            process_open_fds: r.process_gauge("process_open_fds", "Number of open file descriptors."),
+            process_max_fds: r.process_gauge("process_max_fds", "Maximum number of open file descriptors (the soft limit; raised to the hard limit at start-up)."),
+            time_to_first_answer_token_seconds: r.histogram(
+                "time_to_first_answer_token_seconds",
+                "Time from receiving a request to the first answer (not reasoning) text sent: the thinking time.",
+                LATENCY_BUCKETS,
+            ),
+            gen_ai_server_time_to_first_token_seconds: r.gen_ai(
+                "gen_ai_server_time_to_first_token_seconds",
+                "OpenTelemetry GenAI gen_ai.server.time_to_first_token: time to the first response byte from the model server.",
+                LATENCY_BUCKETS,
+            ),
+            gen_ai_client_token_usage: r.gen_ai(
+                "gen_ai_client_token_usage",
+                "OpenTelemetry GenAI gen_ai.client.token.usage: tokens per request by gen_ai_token_type (input|output), from upstream usage.",
+                TOKEN_BUCKETS,
+            ),
+            gen_ai_server_request_duration_seconds: r.gen_ai(
+                "gen_ai_server_request_duration_seconds",
+                "OpenTelemetry GenAI gen_ai.server.request.duration: time from request to the last response byte.",
+                LATENCY_BUCKETS,
+            ),
+            reasoning_tokens: r.histogram("reasoning_tokens", "Reasoning tokens per response (upstream usage when given, else counted by the gateway).", TOKEN_BUCKETS),
+            answer_tokens: r.histogram("answer_tokens", "Answer tokens per response (completion tokens minus reasoning tokens).", TOKEN_BUCKETS),
+            reasoning_steps: r.histogram("reasoning_steps", "Reasoning steps per response: paragraphs, numbered items and `Step N` lines.", STEP_BUCKETS),
+            self_corrections_total: r.counter("self_corrections_total", "Self-correction markers (wait, actually, …) at sentence starts in reasoning."),
+            verifications_total: r.counter("verifications_total", "Verification checks run on finished responses, by check and result (pass|fail)."),
+            verification_failures_total: r.counter(
+                "verification_failures_total",
+                "Verification checks that failed, by check.",
+            ),
+            request_duration_by_reasoning_length_seconds: r.histogram(
+                "request_duration_by_reasoning_length_seconds",
+                "Request duration by reasoning-length class (reasoning tokens): how reasoning length drives latency.",
+                LATENCY_BUCKETS,
+            ),
+            step_timeouts_total: r.counter("step_timeouts_total", "Gaps between tokens while reasoning longer than the route's step_timeout."),
+            reasoning_aborts_total: r.counter("reasoning_aborts_total", "Streams the gateway ended itself: reasoning_budget_exceeded, verification_failed, step_timeout."),
+            config_reloads_total: r.counter("config_reloads_total", "Config reloads by result (ok: swapped in; error: invalid, the running config stayed) and trigger (admin, sighup, watch)."),
+            canary_rollbacks_total: r.counter("canary_rollbacks_total", "Canary variants rolled back automatically (weight 0 until re-enabled on the admin API)."),
+            upstream_queued_requests: r.int_gauge(
+                "upstream_queued_requests",
+                "Requests waiting for a slot in a pool with max_inflight (its queue).",
+            ),
+            upstream_queue_wait_seconds: r.histogram(
+                "upstream_queue_wait_seconds",
+                "Time admitted requests waited for a pool slot (max_inflight), counting only those that had to wait.",
+                QUEUE_BUCKETS,
+            ),
+            upstream_rejections_total: r.counter(
+                "upstream_rejections_total",
+                "Requests refused with 429 because a pool with max_inflight was full: queue_full (max_queue already waiting) or queue_timeout.",
+            ),
+            canary_promotions_total: r.counter("canary_promotions_total", "Promotion steps canary variants took (their rollback comparison with stable passed for the step's interval)."),
+            canary_traffic_share: r.gauge("canary_traffic_share", "Share of the route's weighted traffic each served variant gets now (configured weights or the promotion step; 0 when rolled back). Requests forcing a variant by header are not weighted."),
+            shadow_requests_total: r.counter("shadow_requests_total", "Copies sent to shadow variants by result: ok, error, skipped (concurrency bound)."),
+            shadow_request_duration_seconds: r.histogram(
+                "shadow_request_duration_seconds",
+                "Duration of shadow requests (measured, never served).",
+                LATENCY_BUCKETS,
+            ),
+            shadow_verification_failures_total: r.counter(
+                "shadow_verification_failures_total",
+                "Verification checks failed by shadow answers, by check.",
+            ),
+            gateway_overhead_seconds: r.histogram(
+                "gateway_overhead_seconds",
+                "Time the gateway itself spent on a proxied request (intake, routing, parsing and rewriting the response), upstream waits excluded.",
+                OVERHEAD_BUCKETS,
+            ),
+            async_jobs_total: r.counter("async_jobs_total", "Async jobs finished, by result: succeeded, failed, cancelled."),
+            async_job_callbacks_total: r.counter(
+                "async_job_callbacks_total",
+                "Async job callback attempts, by result: delivered (2xx) or failed (retried with backoff).",
+            ),
             async_job_rejections_total,
             cache_requests_total,
             cache_similarity,
@@ -499,43 +483,9 @@ impl Metrics {
             cache_suspect_hits_total,
             tenant_headers_ignored_total,
             cache_shared_refreshes_ignored_total,
-            gateway_overhead_seconds,
-            config_reloads_total,
-            canary_rollbacks_total,
-            canary_promotions_total,
-            canary_traffic_share,
-            upstream_queued_requests,
-            upstream_queue_wait_seconds,
-            upstream_rejections_total,
-            shadow_requests_total,
-            shadow_request_duration_seconds,
-            shadow_verification_failures_total,
-            step_timeouts_total,
-            reasoning_aborts_total,
-            time_to_first_answer_token_seconds,
-            gen_ai_server_time_to_first_token_seconds,
-            gen_ai_client_token_usage,
-            gen_ai_server_request_duration_seconds,
-            reasoning_tokens,
-            answer_tokens,
-            reasoning_steps,
-            self_corrections_total,
-            verifications_total,
-            verification_failures_total,
-            request_duration_by_reasoning_length_seconds,
-            requests_total,
-            request_duration_seconds,
-            time_to_first_token_seconds,
-            upstream_errors_total,
-            inflight_requests,
-            client_connections,
-            client_rejections_total,
-            admin_refusals_total,
-            process_open_fds,
-            process_max_fds,
+            registry,
         }
     }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         if let Some(n) = crate::fdlimit::open_count() {
@@ -554,5 +504,161 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A family's registered name and label names, checked against the published ones (those
+    /// the registrations spelled out before the label sets: dashboards and alerts use them).
+    fn check<V: Collector, L>(family: &Family<V, L>, name: &str, labels: &[&str]) {
+        let desc = &family.vec.desc()[0];
+        assert_eq!(desc.fq_name, name);
+        assert_eq!(desc.variable_labels, labels, "{name}");
+    }
+
+    #[test]
+    fn families_keep_their_names_and_label_names() {
+        let m = Metrics::new();
+        let ru = ["route", "upstream"];
+        let rv = ["route", "variant"];
+        let p = |s: &str| format!("{PREFIX}_{s}");
+        check(
+            &m.requests_total,
+            &p("requests_total"),
+            &[
+                "route", "variant", "upstream", "endpoint", "status", "outcome",
+            ],
+        );
+        check(
+            &m.request_duration_seconds,
+            &p("request_duration_seconds"),
+            &["route", "variant", "upstream", "stream", "outcome"],
+        );
+        check(
+            &m.time_to_first_token_seconds,
+            &p("time_to_first_token_seconds"),
+            &ru,
+        );
+        check(
+            &m.upstream_errors_total,
+            &p("upstream_errors_total"),
+            &["upstream", "kind"],
+        );
+        check(
+            &m.client_rejections_total,
+            &p("client_rejections_total"),
+            &["reason"],
+        );
+        check(
+            &m.admin_refusals_total,
+            &p("admin_refusals_total"),
+            &["reason"],
+        );
+        check(
+            &m.time_to_first_answer_token_seconds,
+            &p("time_to_first_answer_token_seconds"),
+            &ru,
+        );
+        check(
+            &m.gen_ai_server_time_to_first_token_seconds,
+            "gen_ai_server_time_to_first_token_seconds",
+            &["route"],
+        );
+        check(
+            &m.gen_ai_client_token_usage,
+            "gen_ai_client_token_usage",
+            &["route", "gen_ai_token_type"],
+        );
+        check(
+            &m.gen_ai_server_request_duration_seconds,
+            "gen_ai_server_request_duration_seconds",
+            &["route"],
+        );
+        check(&m.reasoning_tokens, &p("reasoning_tokens"), &ru);
+        check(&m.answer_tokens, &p("answer_tokens"), &ru);
+        check(&m.reasoning_steps, &p("reasoning_steps"), &ru);
+        check(&m.self_corrections_total, &p("self_corrections_total"), &ru);
+        check(
+            &m.verifications_total,
+            &p("verifications_total"),
+            &["route", "upstream", "check", "result"],
+        );
+        check(
+            &m.verification_failures_total,
+            &p("verification_failures_total"),
+            &["route", "upstream", "check"],
+        );
+        check(
+            &m.request_duration_by_reasoning_length_seconds,
+            &p("request_duration_by_reasoning_length_seconds"),
+            &["route", "reasoning_length"],
+        );
+        check(&m.step_timeouts_total, &p("step_timeouts_total"), &ru);
+        check(
+            &m.reasoning_aborts_total,
+            &p("reasoning_aborts_total"),
+            &["route", "upstream", "reason"],
+        );
+        check(
+            &m.config_reloads_total,
+            &p("config_reloads_total"),
+            &["result", "trigger"],
+        );
+        check(
+            &m.gateway_overhead_seconds,
+            &p("gateway_overhead_seconds"),
+            &["route"],
+        );
+        check(&m.canary_rollbacks_total, &p("canary_rollbacks_total"), &rv);
+        check(
+            &m.upstream_queued_requests,
+            &p("upstream_queued_requests"),
+            &["upstream"],
+        );
+        check(
+            &m.upstream_queue_wait_seconds,
+            &p("upstream_queue_wait_seconds"),
+            &["upstream"],
+        );
+        check(
+            &m.upstream_rejections_total,
+            &p("upstream_rejections_total"),
+            &["upstream", "reason"],
+        );
+        check(
+            &m.canary_promotions_total,
+            &p("canary_promotions_total"),
+            &rv,
+        );
+        check(&m.canary_traffic_share, &p("canary_traffic_share"), &rv);
+        check(
+            &m.shadow_requests_total,
+            &p("shadow_requests_total"),
+            &["route", "variant", "result"],
+        );
+        check(
+            &m.shadow_request_duration_seconds,
+            &p("shadow_request_duration_seconds"),
+            &rv,
+        );
+        check(
+            &m.shadow_verification_failures_total,
+            &p("shadow_verification_failures_total"),
+            &["route", "variant", "check"],
+        );
+        check(&m.async_jobs_total, &p("async_jobs_total"), &["result"]);
+        check(
+            &m.async_job_callbacks_total,
+            &p("async_job_callbacks_total"),
+            &["result"],
+        );
+        check(
+            &m.async_job_rejections_total,
+            &p("async_job_rejections_total"),
+            &["reason"],
+        );
     }
 }

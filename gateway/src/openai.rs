@@ -2,6 +2,10 @@
 
 use serde_json::{json, Map, Value};
 
+mod error;
+
+pub use error::{ApiError, ErrorCode, ErrorKind};
+
 /// The API endpoints the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -77,132 +81,6 @@ pub fn model_id_of_path(path: &str) -> Option<String> {
     String::from_utf8(out).ok().filter(|id| !id.is_empty())
 }
 
-/// OpenAI error `type` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The client's request is wrong.
-    InvalidRequest,
-    /// Something failed on the server or upstream side.
-    Server,
-    /// Too many requests for the capacity configured: retry later.
-    RateLimit,
-}
-
-impl ErrorKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::InvalidRequest => "invalid_request_error",
-            ErrorKind::Server => "server_error",
-            ErrorKind::RateLimit => "rate_limit_error",
-        }
-    }
-}
-
-/// An error answered to the client in OpenAI shape.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{status} {code}: {message}")]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: u16,
-    /// OpenAI `type`.
-    pub kind: ErrorKind,
-    /// OpenAI `code` (a fixed identifier, also used as a log field).
-    pub code: &'static str,
-    /// Human-readable message.
-    pub message: String,
-    /// The request field at fault.
-    pub param: Option<&'static str>,
-}
-
-impl ApiError {
-    /// A new error without `param`.
-    pub fn new(
-        status: u16,
-        kind: ErrorKind,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        ApiError {
-            status,
-            kind,
-            code,
-            message: message.into(),
-            param: None,
-        }
-    }
-
-    /// A 400 about one request field.
-    pub fn invalid_param(param: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            param: Some(param),
-            ..ApiError::new(400, ErrorKind::InvalidRequest, "invalid_value", message)
-        }
-    }
-
-    /// 404 for a path the gateway does not serve.
-    pub fn unknown_url(method: &str, path: &str) -> Self {
-        ApiError::new(
-            404,
-            ErrorKind::InvalidRequest,
-            "unknown_url",
-            format!("Invalid URL ({method} {path})"),
-        )
-    }
-
-    /// 405 for a known path asked with another method; `allowed` names the right one(s).
-    pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {
-        ApiError::new(
-            405,
-            ErrorKind::InvalidRequest,
-            "method_not_allowed",
-            format!("{method} is not allowed on {path}; use {allowed}"),
-        )
-    }
-
-    /// 404 for a model no route matches.
-    pub fn model_not_found(model: &str) -> Self {
-        ApiError {
-            param: Some("model"),
-            ..ApiError::new(
-                404,
-                ErrorKind::InvalidRequest,
-                "model_not_found",
-                format!("The model `{model}` does not exist or you do not have access to it."),
-            )
-        }
-    }
-
-    /// 413 for a body over the limit.
-    pub fn body_too_large(limit: usize) -> Self {
-        ApiError::new(
-            413,
-            ErrorKind::InvalidRequest,
-            "request_too_large",
-            format!("The request body exceeds the gateway's limit of {limit} bytes."),
-        )
-    }
-
-    /// The JSON body `{"error":{…}}`.
-    pub fn body(&self) -> Vec<u8> {
-        let v = json!({"error": {
-            "message": self.message,
-            "type": self.kind.as_str(),
-            "param": self.param,
-            "code": self.code,
-        }});
-        // Serialising a `json!` value cannot fail.
-        serde_json::to_vec(&v).unwrap_or_default()
-    }
-
-    /// The same error as one SSE event followed by `[DONE]`, for streams already under way.
-    pub fn sse_event(&self) -> Vec<u8> {
-        let mut out = b"data: ".to_vec();
-        out.extend_from_slice(&self.body());
-        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
-        out
-    }
-}
-
 /// What the gateway needs to know about a request body.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
@@ -218,27 +96,23 @@ pub struct RequestInfo {
 pub fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<RequestInfo, ApiError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
-            400,
-            ErrorKind::InvalidRequest,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("We could not parse the JSON body of your request: {e}"),
         )
     })?;
     let Value::Object(body) = value else {
         return Err(ApiError::new(
-            400,
-            ErrorKind::InvalidRequest,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             "The request body must be a JSON object.",
         ));
     };
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         Some(Value::String(_)) | None | Some(Value::Null) => {
-            return Err(ApiError {
-                code: "missing_required_parameter",
-                ..ApiError::invalid_param("model", "you must provide a model parameter")
-            })
+            return Err(ApiError::new(
+                ErrorCode::MissingRequiredParameter,
+                "you must provide a model parameter",
+            ))
         }
         Some(_) => return Err(ApiError::invalid_param("model", "`model` must be a string")),
     };

@@ -76,18 +76,19 @@ impl Outcome {
     /// alone says: the gateway's own aborts, and a failed upstream. Used by [`decide`] and by
     /// the async job runner, which sees only the error event.
     pub fn of_error_code(code: &str) -> Option<Outcome> {
-        Some(match code {
-            "reasoning_budget_exceeded" => Outcome::BudgetExceeded,
-            "verification_failed" => Outcome::VerificationAborted,
-            "step_timeout" => Outcome::StepTimeout,
-            "upstream_timeout" => Outcome::Timeout,
-            "upstream_unreachable"
-            | "upstream_tls_error"
-            | "upstream_protocol_error"
-            | "upstream_disconnected"
-            | "upstream_unavailable"
-            | "no_healthy_upstream"
-            | "gateway_out_of_resources" => Outcome::UpstreamError,
+        use crate::openai::ErrorCode as C;
+        Some(match C::parse(code)? {
+            C::ReasoningBudgetExceeded => Outcome::BudgetExceeded,
+            C::VerificationFailed => Outcome::VerificationAborted,
+            C::StepTimeout => Outcome::StepTimeout,
+            C::UpstreamTimeout => Outcome::Timeout,
+            C::UpstreamUnreachable
+            | C::UpstreamTlsError
+            | C::UpstreamProtocolError
+            | C::UpstreamDisconnected
+            | C::UpstreamUnavailable
+            | C::NoHealthyUpstream
+            | C::GatewayOutOfResources => Outcome::UpstreamError,
             _ => return None,
         })
     }
@@ -110,12 +111,69 @@ pub enum UpstreamFailure {
 
 impl UpstreamFailure {
     /// From an `upstream_errors_total` kind.
-    pub fn of_kind(kind: &str) -> UpstreamFailure {
-        if kind == "timeout" {
+    pub fn of_kind(kind: UpstreamErrorKind) -> UpstreamFailure {
+        if kind == UpstreamErrorKind::Timeout {
             UpstreamFailure::Timeout
         } else {
             UpstreamFailure::Failed
         }
+    }
+}
+
+/// What went wrong talking to the upstream: the `kind` label of `upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// Refused or timed out connecting.
+    Connect,
+    /// The TLS handshake failed.
+    Tls,
+    /// The gateway could not open a socket (file descriptors or memory): not the upstream's fault.
+    LocalResources,
+    /// No healthy endpoint left in the pool.
+    NoHealthyEndpoint,
+    /// The upstream answered 5xx.
+    Status5xx,
+    /// The connection closed mid-response.
+    Disconnect,
+    /// The read (or write) timed out.
+    Timeout,
+    /// The upstream sent something that is not HTTP.
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    /// Every kind, in label order.
+    pub const ALL: &'static [UpstreamErrorKind] = &[
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Tls,
+        UpstreamErrorKind::LocalResources,
+        UpstreamErrorKind::NoHealthyEndpoint,
+        UpstreamErrorKind::Status5xx,
+        UpstreamErrorKind::Disconnect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Protocol,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Tls => "tls",
+            UpstreamErrorKind::LocalResources => "local_resources",
+            UpstreamErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
+            UpstreamErrorKind::Status5xx => "status_5xx",
+            UpstreamErrorKind::Disconnect => "disconnect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+
+    /// Counted per connect attempt (in `fail_to_connect`), not once per request.
+    pub fn per_attempt(self) -> bool {
+        matches!(
+            self,
+            UpstreamErrorKind::Connect | UpstreamErrorKind::LocalResources | UpstreamErrorKind::Tls
+        )
     }
 }
 

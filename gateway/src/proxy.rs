@@ -7,6 +7,7 @@ pub mod intake;
 mod jobs;
 mod log;
 mod respond;
+mod verdict;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,9 @@ use pingora::{Error, ErrorType};
 
 pub use context::RequestCtx;
 
-use crate::openai::{models_body, ApiError, Endpoint, ErrorKind};
+use crate::metrics::labels::{Upstream, UpstreamError, UpstreamRejection};
+use crate::openai::{models_body, ApiError, Endpoint, ErrorCode};
+use crate::outcome::UpstreamErrorKind;
 use crate::reasoning::ResponseRewriter;
 use crate::state::Gateway;
 
@@ -45,7 +48,9 @@ impl GatewayProxy {
         let slot = match admission.try_admit() {
             Some(slot) => slot,
             None => {
-                let queued = m.upstream_queued_requests.with_label_values(&[name]);
+                let queued = m
+                    .upstream_queued_requests
+                    .with(&Upstream { upstream: name });
                 queued.inc();
                 let since = Instant::now();
                 let slot = admission.wait().await;
@@ -53,12 +58,15 @@ impl GatewayProxy {
                 ctx.queue_wait = since.elapsed();
                 let slot = slot.map_err(|why| {
                     m.upstream_rejections_total
-                        .with_label_values(&[name, why.label()])
+                        .with(&UpstreamRejection {
+                            upstream: name,
+                            reason: why,
+                        })
                         .inc();
                     why.error(name, &admission.config)
                 })?;
                 m.upstream_queue_wait_seconds
-                    .with_label_values(&[name])
+                    .with(&Upstream { upstream: name })
                     .observe(ctx.queue_wait.as_secs_f64());
                 slot
             }
@@ -212,16 +220,14 @@ impl ProxyHttp for GatewayProxy {
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
         let Some((index, guard)) = pool.pick(&ctx.tried) else {
             let err = ApiError::new(
-                503,
-                ErrorKind::Server,
-                "no_healthy_upstream",
+                ErrorCode::NoHealthyUpstream,
                 format!(
                     "No healthy endpoint left in upstream `{}`.",
                     pool.config.name
                 ),
             );
             ctx.error = Some(err);
-            ctx.upstream_error = Some("no_healthy_endpoint");
+            ctx.upstream_error = Some(UpstreamErrorKind::NoHealthyEndpoint);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 "no healthy upstream endpoint",
@@ -262,11 +268,14 @@ impl ProxyHttp for GatewayProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let kind = respond::connect_failure_kind(&e);
-        let local = kind == "local_resources";
+        let local = kind == UpstreamErrorKind::LocalResources;
         self.gw
             .metrics
             .upstream_errors_total
-            .with_label_values(&[ctx.upstream_label(), kind])
+            .with(&UpstreamError {
+                upstream: ctx.upstream_label(),
+                kind,
+            })
             .inc();
         if let Some(guard) = ctx.endpoint_guard.take() {
             if local {
@@ -380,7 +389,7 @@ impl ProxyHttp for GatewayProxy {
         let status = resp.status.as_u16();
         ctx.upstream_status = Some(status);
         if status >= 500 {
-            ctx.upstream_error = Some("status_5xx");
+            ctx.upstream_error = Some(UpstreamErrorKind::Status5xx);
         }
         let content_type = resp
             .headers
@@ -449,8 +458,9 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let report = log::record(&self.gw, session, e, ctx);
-        cache::store(&self.gw, ctx, report.as_ref());
+        let finished = log::record(&self.gw, session, e, ctx);
+        verdict::record(&self.gw, ctx, &finished);
+        cache::store(&self.gw, ctx, finished.report.as_ref());
         if let Some(guard) = crate::listener::GuardedStream::of(session.stream()) {
             guard.await_next_header();
         }

@@ -13,6 +13,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{self, ENGINE_UPSTREAM};
+use crate::metrics::labels::{Reload, ReloadResult, ReloadTrigger};
 use crate::state::{Gateway, Snapshot};
 
 /// What a reload did.
@@ -25,7 +26,7 @@ pub struct Reloaded {
 }
 
 /// Reloads `path` into `gw`. On error nothing changes and every error is returned.
-pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reloaded, Vec<String>> {
+pub fn reload(gw: &Gateway, path: &Path, trigger: ReloadTrigger) -> Result<Reloaded, Vec<String>> {
     let _writer = gw.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
     let old = gw.snapshot.load_full();
     let result = config::load(path)
@@ -36,9 +37,12 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
         Err(errors) => {
             gw.metrics
                 .config_reloads_total
-                .with_label_values(&["error", trigger])
+                .with(&Reload {
+                    result: ReloadResult::Error,
+                    trigger,
+                })
                 .inc();
-            tracing::error!(trigger, errors = %errors.join("; "), "The new config is invalid and was not applied; the running config stays.");
+            tracing::error!(trigger = trigger.label(), errors = %errors.join("; "), "The new config is invalid and was not applied; the running config stays.");
             return Err(errors);
         }
     };
@@ -116,12 +120,20 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: &'static str) -> Result<Reload
     gw.snapshot.store(Arc::new(snapshot));
     gw.metrics
         .config_reloads_total
-        .with_label_values(&["ok", trigger])
+        .with(&Reload {
+            result: ReloadResult::Ok,
+            trigger,
+        })
         .inc();
     if restart_required.is_empty() {
-        tracing::info!(trigger, generation, routes, "Config reloaded.");
+        tracing::info!(
+            trigger = trigger.label(),
+            generation,
+            routes,
+            "Config reloaded."
+        );
     } else {
-        tracing::warn!(trigger, generation, routes, restart_required = ?restart_required, "Config reloaded; some changed settings only take effect after a restart.");
+        tracing::warn!(trigger = trigger.label(), generation, routes, restart_required = ?restart_required, "Config reloaded; some changed settings only take effect after a restart.");
     }
     Ok(Reloaded {
         generation,
@@ -251,14 +263,14 @@ impl BackgroundService for ReloadService {
         loop {
             let trigger = tokio::select! {
                 _ = shutdown.changed() => return,
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "sighup",
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => ReloadTrigger::Sighup,
                 _ = tick.tick() => {
                     let now = fingerprint(&self.path);
                     if now.is_some() && now != seen {
                         seen = now;
-                        "watch"
+                        ReloadTrigger::Watch
                     } else if self.dns_due(&mut dns_checked).await {
-                        "dns"
+                        ReloadTrigger::Dns
                     } else {
                         continue;
                     }

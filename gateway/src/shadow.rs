@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::canary::Outcome;
 use crate::config::RouteConfig;
+use crate::metrics::labels::{RouteVariant, Shadow, ShadowFailedCheck, ShadowResult};
 use crate::openai::Endpoint;
 use crate::reasoning::ResponseRewriter;
 use crate::state::Gateway;
@@ -47,7 +48,11 @@ pub fn spawn(gw: Arc<Gateway>, req: ShadowRequest) {
     let skipped = || {
         gw.metrics
             .shadow_requests_total
-            .with_label_values(&[labels[0].as_str(), labels[1].as_str(), "skipped"])
+            .with(&Shadow {
+                route: &labels[0],
+                variant: &labels[1],
+                result: ShadowResult::Skipped,
+            })
             .inc();
     };
     // The pool's own bound first: a backend sized for `max_inflight` requests gets no more
@@ -80,22 +85,32 @@ pub fn spawn(gw: Arc<Gateway>, req: ShadowRequest) {
                 (false, None)
             }
         };
+        let (route, variant) = (labels[0].as_str(), labels[1].as_str());
+        let result = if ok {
+            ShadowResult::Ok
+        } else {
+            ShadowResult::Error
+        };
         m.shadow_requests_total
-            .with_label_values(&[
-                labels[0].as_str(),
-                labels[1].as_str(),
-                if ok { "ok" } else { "error" },
-            ])
+            .with(&Shadow {
+                route,
+                variant,
+                result,
+            })
             .inc();
         m.shadow_request_duration_seconds
-            .with_label_values(&[&labels[0], &labels[1]])
+            .with(&RouteVariant { route, variant })
             .observe(elapsed.as_secs_f64());
         let mut verification_failed = false;
         if let Some(r) = &report {
             for check in r.failed() {
                 verification_failed = true;
                 m.shadow_verification_failures_total
-                    .with_label_values(&[labels[0].as_str(), labels[1].as_str(), check.label()])
+                    .with(&ShadowFailedCheck {
+                        route,
+                        variant,
+                        check,
+                    })
                     .inc();
             }
         }

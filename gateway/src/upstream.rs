@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{AdmissionConfig, Balance, UpstreamConfig};
-use crate::openai::{ApiError, ErrorKind};
+use crate::openai::{ApiError, ErrorCode};
 
 /// One backend address with its live state.
 #[derive(Debug)]
@@ -144,16 +144,16 @@ impl Refused {
     /// The 429 a refused request gets from pool `name` with limits `a`.
     pub fn error(self, name: &str, a: &AdmissionConfig) -> ApiError {
         let (code, message) = match self {
-            Refused::QueueFull => ("upstream_queue_full", format!(
+            Refused::QueueFull => (ErrorCode::UpstreamQueueFull, format!(
                 "Upstream `{name}` is at its limit of {} requests in flight and {} more are waiting; retry later.",
                 a.max_inflight, a.max_queue
             )),
-            Refused::Timeout => ("upstream_queue_timeout", format!(
+            Refused::Timeout => (ErrorCode::UpstreamQueueTimeout, format!(
                 "Upstream `{name}` had no free slot (max_inflight {}) within {:?}; retry later.",
                 a.max_inflight, a.queue_timeout
             )),
         };
-        ApiError::new(429, ErrorKind::RateLimit, code, message)
+        ApiError::new(code, message)
     }
 }
 

@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use http::{HeaderMap, Method};
 
 use crate::config::AdminToken;
+use crate::openai::ErrorCode;
 
 /// The endpoints the admin listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +138,8 @@ pub struct Refusal {
     pub status: u16,
     /// Why.
     pub reason: Reason,
-    /// OpenAI error `code`.
-    pub code: &'static str,
+    /// OpenAI error `code` (it gives the status and `type`).
+    pub code: ErrorCode,
     /// Human-readable message.
     pub message: &'static str,
     /// The `Allow` header of a 405.
@@ -147,32 +148,28 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(reason: Reason) -> Refusal {
-        let (status, code, message) = match reason {
+        let (code, message) = match reason {
             Reason::Unauthorized => (
-                401,
-                "invalid_admin_token",
+                ErrorCode::InvalidAdminToken,
                 "This admin endpoint needs `Authorization: Bearer <admin token>`.",
             ),
-            Reason::Method => (405, "method_not_allowed", "Method not allowed on this endpoint."),
+            Reason::Method => (ErrorCode::MethodNotAllowed, "Method not allowed on this endpoint."),
             Reason::Origin => (
-                403,
-                "origin_not_allowed",
+                ErrorCode::OriginNotAllowed,
                 "Admin endpoints refuse requests from web pages (an Origin header).",
             ),
             Reason::ContentType => (
-                415,
-                "unsupported_content_type",
+                ErrorCode::UnsupportedContentType,
                 "Admin endpoints refuse form and text/plain bodies; send no body or application/json.",
             ),
             Reason::Host => (
-                403,
-                "host_not_allowed",
+                ErrorCode::HostNotAllowed,
                 "Admin endpoints answer only a Host that is an IP address or localhost.",
             ),
-            Reason::NotFound => (404, "unknown_url", "No such admin endpoint."),
+            Reason::NotFound => (ErrorCode::UnknownUrl, "No such admin endpoint."),
         };
         Refusal {
-            status,
+            status: code.status(),
             reason,
             code,
             message,

@@ -18,6 +18,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::Jobs;
+use crate::metrics::labels::CallbackResult;
 use crate::util::now_unix;
 
 /// Header carrying the signature.
@@ -138,11 +139,12 @@ pub async fn deliver(jobs: Arc<Jobs>, id: String) {
         let delivered = matches!(result, Ok(s) if (200..300).contains(&s));
         // Counted before the job shows the attempt, so a reader who sees it sees the count.
         if let Some(gw) = jobs.gateway() {
-            let label = if delivered { "delivered" } else { "failed" };
-            gw.metrics
-                .async_job_callbacks_total
-                .with_label_values(&[label])
-                .inc();
+            let result = if delivered {
+                CallbackResult::Delivered
+            } else {
+                CallbackResult::Failed
+            };
+            gw.metrics.async_job_callbacks_total.with(&result).inc();
         }
         let n = attempts;
         jobs.update_callback(&id, |c| {

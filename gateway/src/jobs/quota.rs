@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::config::AsyncJobsConfig;
-use crate::openai::{ApiError, ErrorKind};
+use crate::openai::{ApiError, ErrorCode};
 
 /// Why a submission was refused for lack of room (the `reason` label of
 /// `async_job_rejections_total`).
@@ -51,9 +51,7 @@ pub fn check(
         Err((
             Rejection::StoreFull,
             ApiError::new(
-                429,
-                ErrorKind::InvalidRequest,
-                "too_many_jobs",
+                ErrorCode::TooManyJobs,
                 format!(
                     "{} async jobs are stored (async_jobs.max_jobs); retry when some expire.",
                     u.stored
@@ -63,11 +61,7 @@ pub fn check(
     } else if u.tenant >= s.max_jobs_per_tenant {
         Err((
             Rejection::TenantQuota,
-            ApiError::new(
-                429,
-                ErrorKind::RateLimit,
-                "tenant_job_quota_exceeded",
-                format!(
+            ApiError::new(ErrorCode::TenantJobQuotaExceeded, format!(
                     "You have {} async jobs stored (async_jobs.max_jobs_per_tenant); retry when some finish and expire.",
                     u.tenant
                 ),
@@ -76,11 +70,7 @@ pub fn check(
     } else if u.held.saturating_add(request_bytes) > s.max_bytes {
         Err((
             Rejection::MemoryFull,
-            ApiError::new(
-                429,
-                ErrorKind::RateLimit,
-                "job_memory_full",
-                "Async jobs hold as many bytes as the gateway allows (async_jobs.max_bytes); retry when some expire.",
+            ApiError::new(ErrorCode::JobMemoryFull, "Async jobs hold as many bytes as the gateway allows (async_jobs.max_bytes); retry when some expire.",
             ),
         ))
     } else {
@@ -118,10 +108,8 @@ mod tests {
         }
     }
 
-    fn refusal(u: Usage, bytes: u64) -> Option<(Rejection, String)> {
-        check(&settings(), u, bytes)
-            .err()
-            .map(|(r, e)| (r, e.code.to_string()))
+    fn refusal(u: Usage, bytes: u64) -> Option<(Rejection, ErrorCode)> {
+        check(&settings(), u, bytes).err().map(|(r, e)| (r, e.code))
     }
 
     #[test]
@@ -134,15 +122,15 @@ mod tests {
         assert_eq!(refusal(ok, 500), None);
         assert_eq!(
             refusal(Usage { stored: 10, ..ok }, 1),
-            Some((Rejection::StoreFull, "too_many_jobs".into()))
+            Some((Rejection::StoreFull, ErrorCode::TooManyJobs))
         );
         assert_eq!(
             refusal(Usage { tenant: 3, ..ok }, 1),
-            Some((Rejection::TenantQuota, "tenant_job_quota_exceeded".into()))
+            Some((Rejection::TenantQuota, ErrorCode::TenantJobQuotaExceeded))
         );
         assert_eq!(
             refusal(ok, 501),
-            Some((Rejection::MemoryFull, "job_memory_full".into()))
+            Some((Rejection::MemoryFull, ErrorCode::JobMemoryFull))
         );
         assert_eq!(
             refusal(
@@ -152,7 +140,7 @@ mod tests {
                 },
                 u64::MAX
             ),
-            Some((Rejection::MemoryFull, "job_memory_full".into()))
+            Some((Rejection::MemoryFull, ErrorCode::JobMemoryFull))
         );
     }
 

@@ -9,11 +9,12 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use super::{keep_tail, Checkpoint, Jobs, Status, MAX_CHECKPOINTS, MAX_PROGRESS_BYTES};
-use crate::util::now_unix;
 use crate::config::OutputField;
+use crate::metrics::labels::JobResult;
 use crate::outcome::Outcome;
 use crate::reasoning::aggregate::Aggregator;
 use crate::reasoning::sse::SseDecoder;
+use crate::util::now_unix;
 
 /// How long a job waits for the gateway's listener at start-up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
@@ -94,14 +95,11 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
     if finished {
         if let Some(gw) = jobs.gateway() {
             let status = jobs.snapshot(&id).map(|j| j.status);
-            let label = match status {
-                Some(Status::Succeeded) => "succeeded",
-                _ => "failed",
+            let result = match status {
+                Some(Status::Succeeded) => JobResult::Succeeded,
+                _ => JobResult::Failed,
             };
-            gw.metrics
-                .async_jobs_total
-                .with_label_values(&[label])
-                .inc();
+            gw.metrics.async_jobs_total.with(&result).inc();
         }
         jobs.deliver(id);
     }

@@ -19,13 +19,13 @@ fn valid_chat_requests_parse() {
 fn bad_requests_get_400_with_the_faulty_param() {
     let chat = Endpoint::ChatCompletions;
     let e = err(chat, "{not json");
-    assert_eq!((e.status, e.code), (400, "invalid_json"));
+    assert_eq!((e.status, e.code), (400, ErrorCode::InvalidJson));
     let e = err(chat, "[1,2]");
-    assert_eq!((e.status, e.code), (400, "invalid_json"));
+    assert_eq!((e.status, e.code), (400, ErrorCode::InvalidJson));
     let e = err(chat, r#"{"messages":[{"role":"user","content":"x"}]}"#);
     assert_eq!(
         (e.status, e.code, e.param),
-        (400, "missing_required_parameter", Some("model"))
+        (400, ErrorCode::MissingRequiredParameter, Some("model"))
     );
     let e = err(
         chat,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::context::RequestCtx;
-use crate::openai::{ApiError, ErrorKind};
+use crate::openai::{ApiError, ErrorCode};
 use crate::reasoning::Alert;
 
 /// Rewrites one body chunk in place and applies the route's reasoning policies.
@@ -46,15 +46,11 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
         let err = match alert {
             Alert::Warned(_) => continue,
             Alert::BudgetExceeded => ApiError::new(
-                200,
-                ErrorKind::Server,
-                "reasoning_budget_exceeded",
+                ErrorCode::ReasoningBudgetExceeded,
                 "The reasoning exceeded the route's max_reasoning_tokens; generation was stopped.",
             ),
             Alert::Abort(check) => ApiError::new(
-                200,
-                ErrorKind::Server,
-                "verification_failed",
+                ErrorCode::VerificationFailed,
                 format!(
                     "The reasoning failed the `{}` check; generation was stopped.",
                     check.label()

@@ -77,7 +77,7 @@ pub struct RequestCtx {
     /// The error answered (or appended to a stream).
     pub error: Option<ApiError>,
     /// Upstream failure kind counted in `upstream_errors_total`.
-    pub upstream_error: Option<&'static str>,
+    pub upstream_error: Option<crate::outcome::UpstreamErrorKind>,
     /// Rewrites the response body (reasoning split); `None` forwards it untouched.
     pub rewriter: Option<ResponseRewriter>,
     /// The request's `response_format`, handed to the rewriter for the `json` check.

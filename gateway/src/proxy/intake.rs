@@ -7,7 +7,8 @@ use pingora::proxy::Session;
 use serde_json::Value;
 
 use crate::config::{CanaryConfig, RouteConfig};
-use crate::openai::{parse_request, ApiError, Endpoint, ErrorKind, RequestInfo};
+use crate::metrics::labels::ClientRejection;
+use crate::openai::{parse_request, ApiError, Endpoint, ErrorCode, RequestInfo};
 use crate::state::Snapshot;
 
 /// Pingora replays a body read before proxying only through its retry buffer, which holds
@@ -67,12 +68,10 @@ pub async fn read_body(
         Err(_) => {
             metrics
                 .client_rejections_total
-                .with_label_values(&["body_timeout"])
+                .with(&ClientRejection::BodyTimeout)
                 .inc();
             Err(ApiError::new(
-                408,
-                ErrorKind::InvalidRequest,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 format!(
                     "The request body did not arrive within {}s (client_body_timeout).",
                     within.as_secs_f64()
@@ -91,9 +90,7 @@ async fn read_body_bounded(session: &mut Session, limit: usize) -> Result<Bytes,
     let declared = match declared {
         Some(None) => {
             return Err(ApiError::new(
-                400,
-                ErrorKind::InvalidRequest,
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "Invalid Content-Length header.",
             ))
         }
@@ -112,9 +109,7 @@ async fn read_body_bounded(session: &mut Session, limit: usize) -> Result<Bytes,
             .await
             .map_err(|e| {
                 ApiError::new(
-                    400,
-                    ErrorKind::InvalidRequest,
-                    "invalid_request",
+                    ErrorCode::InvalidRequest,
                     format!("100 Continue could not be sent: {}", e.etype().as_str()),
                 )
             })?;
@@ -138,20 +133,14 @@ async fn read_body_bounded(session: &mut Session, limit: usize) -> Result<Bytes,
             Ok(None) => break,
             Err(e) => {
                 return Err(ApiError::new(
-                    400,
-                    ErrorKind::InvalidRequest,
-                    "invalid_request",
+                    ErrorCode::InvalidRequest,
                     format!("The request body could not be read: {}", e.etype().as_str()),
                 ))
             }
         }
     }
     if session.as_downstream().retry_buffer_truncated() {
-        return Err(ApiError::new(
-            411,
-            ErrorKind::InvalidRequest,
-            "length_required",
-            format!("Chunked request bodies over {RETRY_BUFFER_BYTES} bytes need a Content-Length header."),
+        return Err(ApiError::new(ErrorCode::LengthRequired, format!("Chunked request bodies over {RETRY_BUFFER_BYTES} bytes need a Content-Length header."),
         ));
     }
     Ok(buf.freeze())
@@ -194,9 +183,7 @@ fn pool_of(
 ) -> Result<std::sync::Arc<crate::upstream::Pool>, ApiError> {
     snapshot.pools.get(name).cloned().ok_or_else(|| {
         ApiError::new(
-            503,
-            ErrorKind::Server,
-            "upstream_unavailable",
+            ErrorCode::UpstreamUnavailable,
             format!("Upstream `{name}` is not running."),
         )
     })
@@ -205,9 +192,7 @@ fn pool_of(
 fn encode(body: &serde_json::Map<String, Value>) -> Result<Bytes, ApiError> {
     serde_json::to_vec(body).map(Bytes::from).map_err(|e| {
         ApiError::new(
-            500,
-            ErrorKind::Server,
-            "internal_error",
+            ErrorCode::InternalError,
             format!("re-encoding the request failed: {e}"),
         )
     })
@@ -298,9 +283,7 @@ fn route_to(
     if !pool.any_healthy() {
         return Err(NotRouted {
             error: ApiError::new(
-                503,
-                ErrorKind::Server,
-                "no_healthy_upstream",
+                ErrorCode::NoHealthyUpstream,
                 format!("No healthy endpoint in upstream `{upstream}`."),
             ),
             route: None,

@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 
 use super::context::RequestCtx;
 use super::{intake, respond};
-use crate::openai::{parse_request, ApiError, Endpoint, ErrorKind};
+use crate::metrics::labels::JobResult;
+use crate::openai::{parse_request, ApiError, Endpoint, ErrorCode};
 use crate::state::Gateway;
 
 /// Answers one async API request.
@@ -29,14 +30,8 @@ pub async fn handle(
             .id()
             .to_string()
     };
-    let not_found = |id: &str| {
-        ApiError::new(
-            404,
-            ErrorKind::InvalidRequest,
-            "job_not_found",
-            format!("No async job `{id}`."),
-        )
-    };
+    let not_found =
+        |id: &str| ApiError::new(ErrorCode::JobNotFound, format!("No async job `{id}`."));
     match (method.as_str(), path.as_str()) {
         ("POST", "/v1/async/chat/completions") => {
             let snapshot = gw.snapshot.load_full();
@@ -61,7 +56,7 @@ pub async fn handle(
                     if v.as_ref().and_then(|v| v["status"].as_str()) == Some("cancelled") {
                         gw.metrics
                             .async_jobs_total
-                            .with_label_values(&["cancelled"])
+                            .with(&JobResult::Cancelled)
                             .inc();
                     }
                     v
@@ -101,9 +96,7 @@ async fn submit(
 ) -> Result<Value, ApiError> {
     let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
-            400,
-            ErrorKind::InvalidRequest,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("The request body is not valid JSON: {e}"),
         )
     })?;

@@ -1,21 +1,33 @@
 //! The end of every request: metrics recorded once and one structured access-log line.
 //! Header values (Authorization and the rest) are never logged.
 
+use std::time::Duration;
+
 use pingora::proxy::Session;
 use pingora::Error;
 
 use super::context::RequestCtx;
+use crate::metrics::labels::{
+    Abort, AbortReason, CheckResult, Durations, FailedCheck, ReasoningLength, Requests, Route,
+    RouteReasoningLength, RouteUpstream, TokenType, TokenUsage, UpstreamError, Verification,
+};
+use crate::openai::ErrorCode;
 use crate::outcome::{decide, Facts, Headers, Outcome, UpstreamFailure};
+use crate::reasoning::Report;
 use crate::state::Gateway;
 
-/// Records metrics and writes the access log for a finished request; returns the reasoning
-/// report (for the cache).
-pub fn record(
-    gw: &Gateway,
-    session: &Session,
-    e: Option<&Error>,
-    ctx: &RequestCtx,
-) -> Option<crate::reasoning::Report> {
+/// What the end of a request found, for the phases after it (canary verdict, cache store).
+pub struct Finished {
+    /// How the request really ended.
+    pub outcome: Outcome,
+    /// From arrival to now.
+    pub elapsed: Duration,
+    /// The reasoning report, when the response was parsed.
+    pub report: Option<Report>,
+}
+
+/// Records metrics and writes the access log for a finished request.
+pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestCtx) -> Finished {
     let status = ctx
         .local_status
         .or_else(|| session.response_written().map(|r| r.status.as_u16()))
@@ -23,155 +35,123 @@ pub fn record(
     let elapsed = ctx.start.elapsed();
     let route = ctx.route_label();
     let upstream = ctx.upstream_label();
-    let endpoint = ctx.endpoint.map_or("other", |e| e.label());
     let variant = ctx.variant_label();
     let outcome = outcome(session, e, ctx, status);
     let m = &gw.metrics;
     m.requests_total
-        .with_label_values(&[
+        .with(&Requests {
             route,
             variant,
             upstream,
-            endpoint,
-            &status.to_string(),
-            outcome.as_str(),
-        ])
+            endpoint: ctx.endpoint,
+            status,
+            outcome,
+        })
         .inc();
-    let stream = if ctx.stream_requested {
-        "true"
-    } else {
-        "false"
-    };
     m.request_duration_seconds
-        .with_label_values(&[route, variant, upstream, stream, outcome.as_str()])
+        .with(&Durations {
+            route,
+            variant,
+            upstream,
+            stream: ctx.stream_requested,
+            outcome,
+        })
         .observe(elapsed.as_secs_f64());
     m.gen_ai_server_request_duration_seconds
-        .with_label_values(&[route])
+        .with(&Route { route })
         .observe(elapsed.as_secs_f64());
     let ttft = ctx.first_byte_at.map(|t| t.duration_since(ctx.start));
     if ctx.attempts() > 0 {
         m.gateway_overhead_seconds
-            .with_label_values(&[route])
+            .with(&Route { route })
             .observe(ctx.overhead.as_secs_f64());
     }
+    let ru = RouteUpstream { route, upstream };
     if let Some(t) = ttft {
         m.time_to_first_token_seconds
-            .with_label_values(&[route, upstream])
+            .with(&ru)
             .observe(t.as_secs_f64());
     }
     if let Some(t) = ttft {
         m.gen_ai_server_time_to_first_token_seconds
-            .with_label_values(&[route])
+            .with(&Route { route })
             .observe(t.as_secs_f64());
     }
     let ttfat = ctx.first_answer_at.map(|t| t.duration_since(ctx.start));
     if let Some(t) = ttfat {
         m.time_to_first_answer_token_seconds
-            .with_label_values(&[route, upstream])
+            .with(&ru)
             .observe(t.as_secs_f64());
     }
     let report = ctx.rewriter.as_ref().map(|rw| rw.report());
     if let Some(r) = &report {
-        let labels = [route, upstream];
         m.reasoning_tokens
-            .with_label_values(&labels)
+            .with(&ru)
             .observe(r.reasoning_tokens as f64);
-        m.answer_tokens
-            .with_label_values(&labels)
-            .observe(r.answer_tokens as f64);
+        m.answer_tokens.with(&ru).observe(r.answer_tokens as f64);
         if let Some(p) = r.prompt_tokens {
+            let usage = |token_type| TokenUsage { route, token_type };
             m.gen_ai_client_token_usage
-                .with_label_values(&[route, "input"])
+                .with(&usage(TokenType::Input))
                 .observe(p as f64);
             m.gen_ai_client_token_usage
-                .with_label_values(&[route, "output"])
+                .with(&usage(TokenType::Output))
                 .observe((r.reasoning_tokens + r.answer_tokens) as f64);
         }
-        m.reasoning_steps
-            .with_label_values(&labels)
-            .observe(r.steps as f64);
+        m.reasoning_steps.with(&ru).observe(r.steps as f64);
         m.self_corrections_total
-            .with_label_values(&labels)
+            .with(&ru)
             .inc_by(r.corrections as u64);
-        for (check, passed) in &r.verifications {
-            let result = if *passed { "pass" } else { "fail" };
+        for &(check, passed) in &r.verifications {
+            let result = if passed {
+                CheckResult::Pass
+            } else {
+                CheckResult::Fail
+            };
             m.verifications_total
-                .with_label_values(&[route, upstream, check.label(), result])
+                .with(&Verification {
+                    route,
+                    upstream,
+                    check,
+                    result,
+                })
                 .inc();
             if !passed {
                 m.verification_failures_total
-                    .with_label_values(&[route, upstream, check.label()])
+                    .with(&FailedCheck {
+                        route,
+                        upstream,
+                        check,
+                    })
                     .inc();
             }
         }
         m.request_duration_by_reasoning_length_seconds
-            .with_label_values(&[
+            .with(&RouteReasoningLength {
                 route,
-                crate::metrics::reasoning_length_class(r.reasoning_tokens),
-            ])
+                reasoning_length: ReasoningLength(r.reasoning_tokens),
+            })
             .observe(elapsed.as_secs_f64());
     }
     if report.is_some() || ctx.step_timeouts > 0 {
         m.step_timeouts_total
-            .with_label_values(&[route, upstream])
+            .with(&ru)
             .inc_by(ctx.step_timeouts as u64);
     }
-    if let Some(code) = ctx.error.as_ref().map(|e| e.code) {
-        if matches!(
-            code,
-            "reasoning_budget_exceeded" | "verification_failed" | "step_timeout"
-        ) {
-            m.reasoning_aborts_total
-                .with_label_values(&[route, upstream, code])
-                .inc();
-        }
-    }
-    // A variant a client forced, or a cache replay, says nothing about the variant's health:
-    // counting them would let a client roll back a healthy canary or keep a failing one alive.
-    let counted = !ctx.variant_forced && outcome != Outcome::CacheHit;
-    if let (Some(r), Some(v), true) = (&ctx.route, &ctx.variant, counted) {
-        if let Some(canary) = &r.canary {
-            let outcome = crate::canary::Outcome {
-                at: std::time::Instant::now(),
-                ok: !outcome.is_error()
-                    && !matches!(
-                        outcome,
-                        Outcome::BudgetExceeded | Outcome::VerificationAborted
-                    ),
-                latency: elapsed,
-                verification_failed: report
-                    .as_ref()
-                    .is_some_and(|rep| rep.failed().next().is_some()),
-                step_timeout: ctx.step_timeouts > 0,
-            };
-            let change = gw.canary.record(&r.name, canary, v, outcome);
-            match &change {
-                Some(crate::canary::Change::RolledBack(reason)) => {
-                    m.canary_rollbacks_total
-                        .with_label_values(&[route, v])
-                        .inc();
-                    tracing::warn!(route, variant = %v, reason = %reason, "Canary variant rolled back: it gets no traffic until re-enabled with POST /admin/canary/enable.");
-                }
-                Some(crate::canary::Change::Promoted(percent)) => {
-                    m.canary_promotions_total
-                        .with_label_values(&[route, v])
-                        .inc();
-                    tracing::info!(route, variant = %v, percent, "Canary variant promoted to the next step: it now gets this percentage of the route's weighted traffic.");
-                }
-                None => {}
-            }
-            if change.is_some() {
-                gw.canary.publish(m, &r.name, canary);
-            }
-        }
+    let abort = ctx.error.as_ref().and_then(|e| AbortReason::of(e.code));
+    if let Some(reason) = abort {
+        m.reasoning_aborts_total
+            .with(&Abort {
+                route,
+                upstream,
+                reason,
+            })
+            .inc();
     }
     // Connect failures are counted per attempt in `fail_to_connect`.
-    if let Some(kind) = ctx
-        .upstream_error
-        .filter(|k| !matches!(*k, "connect" | "local_resources" | "tls"))
-    {
+    if let Some(kind) = ctx.upstream_error.filter(|k| !k.per_attempt()) {
         m.upstream_errors_total
-            .with_label_values(&[upstream, kind])
+            .with(&UpstreamError { upstream, kind })
             .inc();
     }
 
@@ -180,7 +160,7 @@ pub fn record(
         .endpoint_guard
         .as_ref()
         .map(|g| g.endpoint.addr.to_string());
-    let error_code = ctx.error.as_ref().map(|err| err.code);
+    let error_code = ctx.error.as_ref().map(|err| err.code.as_str());
     let proxy_error = e.map(|err| err.etype().as_str());
     tracing::info!(
         target: "access",
@@ -215,7 +195,11 @@ pub fn record(
         cache_similarity = ctx.cache_similarity,
         "Request finished."
     );
-    report
+    Finished {
+        outcome,
+        elapsed,
+        report,
+    }
 }
 
 /// How the request really ended, from what its context observed (see [`crate::outcome`]).
@@ -234,9 +218,9 @@ fn outcome(session: &Session, e: Option<&Error>, ctx: &RequestCtx, status: u16) 
         upstream: ctx
             .upstream_error
             .map(|kind| (UpstreamFailure::of_kind(kind), headers)),
-        step_timeout_abort: code == Some("step_timeout"),
-        budget_exceeded: code == Some("reasoning_budget_exceeded"),
-        verification_aborted: code == Some("verification_failed"),
+        step_timeout_abort: code == Some(ErrorCode::StepTimeout),
+        budget_exceeded: code == Some(ErrorCode::ReasoningBudgetExceeded),
+        verification_aborted: code == Some(ErrorCode::VerificationFailed),
         client_gone: e.is_some_and(|e| e.esource() == &pingora::ErrorSource::Downstream),
         cache_hit: ctx.cache_header == Some("hit"),
     })

@@ -6,7 +6,8 @@ use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use super::context::RequestCtx;
-use crate::openai::{ApiError, ErrorKind};
+use crate::openai::{ApiError, ErrorCode};
+use crate::outcome::UpstreamErrorKind;
 use crate::reasoning::ResponseRewriter;
 
 /// The client got a complete response, so the connection could serve its next request.
@@ -45,15 +46,11 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
         && ctx.rewriter.as_ref().is_some_and(|rw| rw.in_reasoning())
     {
         ctx.step_timeouts += 1;
-        ctx.error = Some(ApiError::new(
-            504,
-            ErrorKind::Server,
-            "step_timeout",
-            "No token arrived within the route's step_timeout while reasoning; generation was stopped.",
+        ctx.error = Some(ApiError::new(ErrorCode::StepTimeout, "No token arrived within the route's step_timeout while reasoning; generation was stopped.",
         ));
     }
     let classified = match ctx.error.clone() {
-        Some(err) => Some((err, ctx.upstream_error.unwrap_or("status"))),
+        Some(err) => Some((err, ctx.upstream_error)),
         None => classify(e),
     };
     let Some((err, kind)) = classified else {
@@ -62,8 +59,8 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
             can_reuse_downstream: false,
         };
     };
-    if kind != "status" && kind != "internal" {
-        ctx.upstream_error = Some(kind);
+    if kind.is_some() {
+        ctx.upstream_error = kind;
     }
     let code = err.status;
     let written = if session.response_written().is_some() {
@@ -77,7 +74,7 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
         if let Some(agg) = ctx.aggregator.as_mut() {
             // The client waits for one JSON body. A step timeout ends it like the budget does
             // (what arrived, `finish_reason: length`); any other failure is the error itself.
-            let body = if err.code == "step_timeout" {
+            let body = if err.code == ErrorCode::StepTimeout {
                 if let Some(rw) = ctx.rewriter.as_mut() {
                     agg.feed(&rw.abort());
                 }
@@ -194,84 +191,72 @@ pub async fn error(
 /// The `upstream_errors_total` kind of a failure to connect: `local_resources` when it was the
 /// gateway's own (Pingora reports a socket it could not create, out of file descriptors,
 /// buffers or memory, or bind as `InternalError`), `tls` for a failed handshake, else `connect`.
-pub fn connect_failure_kind(e: &Error) -> &'static str {
+pub fn connect_failure_kind(e: &Error) -> UpstreamErrorKind {
     match classify(e) {
-        Some((_, kind @ ("local_resources" | "tls"))) => kind,
-        _ => "connect",
+        Some((_, Some(kind @ (UpstreamErrorKind::LocalResources | UpstreamErrorKind::Tls)))) => {
+            kind
+        }
+        _ => UpstreamErrorKind::Connect,
     }
 }
 
-/// What went wrong talking to the upstream, as an OpenAI error and an `upstream_errors_total` kind.
-pub fn classify(e: &Error) -> Option<(ApiError, &'static str)> {
+/// What went wrong, as an OpenAI error and, when the upstream side failed, an
+/// `upstream_errors_total` kind (none for a status Pingora decided or the gateway's own failure).
+pub fn classify(e: &Error) -> Option<(ApiError, Option<UpstreamErrorKind>)> {
     use ErrorType::*;
-    let upstream = |status, code, kind, msg: &str| {
-        Some((
-            ApiError::new(status, ErrorKind::Server, code, msg.to_string()),
-            kind,
-        ))
-    };
+    use UpstreamErrorKind as Kind;
+    let upstream = |code, kind, msg: &str| Some((ApiError::new(code, msg), Some(kind)));
     match e.etype() {
         HTTPStatus(code) => Some((
             ApiError::new(
-                *code,
-                ErrorKind::Server,
-                "gateway_error",
+                ErrorCode::GatewayError,
                 format!("The gateway answered {code}."),
-            ),
-            "status",
+            )
+            .with_status(*code),
+            None,
         )),
         InternalError if e.esource() == &ErrorSource::Upstream => upstream(
-            503,
-            "gateway_out_of_resources",
-            "local_resources",
+            ErrorCode::GatewayOutOfResources,
+            Kind::LocalResources,
             "The gateway could not open a connection to the upstream (out of sockets or memory); retry later.",
         ),
         TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
         | TLSWantX509Lookup => upstream(
-            502,
-            "upstream_tls_error",
-            "tls",
+            ErrorCode::UpstreamTlsError,
+            Kind::Tls,
             "The TLS handshake with the upstream failed (certificate not trusted, another name, or no TLS there); the gateway log has the reason.",
         ),
         ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError
         | BindError => upstream(
-            502,
-            "upstream_unreachable",
-            "connect",
+            ErrorCode::UpstreamUnreachable,
+            Kind::Connect,
             "The upstream could not be reached.",
         ),
         ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => upstream(
-            504,
-            "upstream_timeout",
-            "timeout",
+            ErrorCode::UpstreamTimeout,
+            Kind::Timeout,
             "The upstream did not answer in time.",
         ),
         InvalidHTTPHeader | H1Error | H2Error | InvalidH2
             if e.esource() == &ErrorSource::Upstream =>
         {
             upstream(
-                502,
-                "upstream_protocol_error",
-                "protocol",
+                ErrorCode::UpstreamProtocolError,
+                Kind::Protocol,
                 "The upstream sent an invalid HTTP response.",
             )
         }
         _ if e.esource() == &ErrorSource::Upstream => upstream(
-            502,
-            "upstream_disconnected",
-            "disconnect",
+            ErrorCode::UpstreamDisconnected,
+            Kind::Disconnect,
             "The upstream closed the connection before the response was complete.",
         ),
         // The client went away or sent garbage: nothing useful can be written back.
         _ if e.esource() == &ErrorSource::Downstream => None,
         _ => Some((
-            ApiError::new(
-                500,
-                ErrorKind::Server,
-                "internal_error",
-                "The gateway failed to handle the request.",
+            ApiError::new(ErrorCode::InternalError, "The gateway failed to handle the request.",
             ),
-            "internal",
+            None,
         )),
     }
 }
@@ -295,19 +280,27 @@ mod tests {
     #[test]
     fn running_out_of_sockets_is_the_gateways_503_not_a_dead_upstream() {
         let e = socket_exhausted();
-        assert_eq!(connect_failure_kind(&e), "local_resources");
+        assert_eq!(connect_failure_kind(&e), UpstreamErrorKind::LocalResources);
         let (err, kind) = classify(&e).unwrap();
         assert_eq!(
             (err.status, err.code, kind),
-            (503, "gateway_out_of_resources", "local_resources")
+            (
+                503,
+                ErrorCode::GatewayOutOfResources,
+                Some(UpstreamErrorKind::LocalResources)
+            )
         );
 
         let refused = Error::explain(ErrorType::ConnectRefused, "Fail to connect").into_up();
-        assert_eq!(connect_failure_kind(&refused), "connect");
+        assert_eq!(connect_failure_kind(&refused), UpstreamErrorKind::Connect);
         let (err, kind) = classify(&refused).unwrap();
         assert_eq!(
             (err.status, err.code, kind),
-            (502, "upstream_unreachable", "connect")
+            (
+                502,
+                ErrorCode::UpstreamUnreachable,
+                Some(UpstreamErrorKind::Connect)
+            )
         );
 
         let untrusted = Error::explain(
@@ -315,8 +308,8 @@ mod tests {
             "invalid peer certificate: UnknownIssuer",
         )
         .into_up();
-        assert_eq!(connect_failure_kind(&untrusted), "tls");
+        assert_eq!(connect_failure_kind(&untrusted), UpstreamErrorKind::Tls);
         let (err, _) = classify(&untrusted).unwrap();
-        assert_eq!((err.status, err.code), (502, "upstream_tls_error"));
+        assert_eq!((err.status, err.code), (502, ErrorCode::UpstreamTlsError));
     }
 }
