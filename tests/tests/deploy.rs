@@ -268,6 +268,95 @@ fn the_schema_check_rejects_what_kubernetes_would() {
     }
 }
 
+/// A volume mount of the gateway container under its working directory.
+struct Mount {
+    /// Relative to the working directory.
+    rel: String,
+    /// `secret` or `emptyDir`.
+    kind: &'static str,
+    read_only: bool,
+    /// An init container mounts the same volume (it fills it).
+    filled: bool,
+}
+
+/// The gateway container's working directory as in the pod, under `dir`: what the image holds
+/// (models/minilm, models/onnxruntime), then each mount (the Secret's keys as deploy/README.md
+/// creates them, emptyDirs, the GGUF the init container fetches). Asserts the ConfigMap is
+/// mounted as a directory.
+fn pod_layout(r: &Rendered, dir: &Path) -> (PathBuf, Vec<Mount>) {
+    let root = repo_root();
+    let pod = r.pod();
+    let gw = r.gateway();
+    assert_eq!(gw["workingDir"], WORKDIR, "{}: workingDir", r.name);
+    let volumes = pod["volumes"].as_array().unwrap();
+    let volume = |name: &Value| volumes.iter().find(|v| v["name"] == *name).unwrap();
+    // The pod's working directory: what the image holds, then each mount under it.
+    let work = dir.join(format!("{}-pod", r.name.replace('/', "-")));
+    std::fs::create_dir_all(work.join("models")).unwrap();
+    for m in ["minilm", "onnxruntime"] {
+        std::os::unix::fs::symlink(root.join("models").join(m), work.join("models").join(m))
+            .unwrap();
+    }
+    let mut mounts = Vec::new();
+    for m in gw["volumeMounts"].as_array().unwrap() {
+        let path = m["mountPath"].as_str().unwrap();
+        let v = volume(&m["name"]);
+        if path == "/etc/reasoning-gateway" {
+            assert!(
+                m.get("subPath").is_none(),
+                "{}: the config must be mounted as a directory",
+                r.name
+            );
+            continue;
+        }
+        let Some(rel) = path
+            .strip_prefix(WORKDIR)
+            .map(|p| p.trim_start_matches('/'))
+        else {
+            continue;
+        };
+        let kind = if v.get("secret").is_some() {
+            "secret"
+        } else if v.get("emptyDir").is_some() {
+            "emptyDir"
+        } else {
+            panic!("{}: unexpected volume {v}", r.name)
+        };
+        let filled = pod["initContainers"].as_array().is_some_and(|ics| {
+            ics.iter().any(|ic| {
+                ic["volumeMounts"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|im| im["name"] == m["name"]))
+            })
+        });
+        let read_only = m["readOnly"] == true;
+        std::fs::create_dir_all(work.join(rel)).unwrap();
+        if kind == "secret" {
+            // The keys deploy/README.md tells users to create.
+            for key in ["admin-token", "backend-api-key"] {
+                std::fs::write(work.join(rel).join(key), "test-secret\n").unwrap();
+            }
+        }
+        if filled {
+            // What the init container fetches (overlays/engine): the GGUF as `make models`
+            // fetched it.
+            let gguf = r.config["engine"]["gguf"].as_str().unwrap();
+            std::os::unix::fs::symlink(
+                root.join("models/smollm2").join(gguf),
+                work.join(rel).join(gguf),
+            )
+            .unwrap();
+        }
+        mounts.push(Mount {
+            rel: rel.to_string(),
+            kind,
+            read_only,
+            filled,
+        });
+    }
+    (work, mounts)
+}
+
 /// The gateway config each kustomization deploys passes `reasoning-gateway check` with the
 /// working directory laid out as in the pod: the image's models, the Secret's files and the
 /// writable volumes where the Deployment mounts them. Every path the config names is under a
@@ -276,77 +365,12 @@ fn the_schema_check_rejects_what_kubernetes_would() {
 #[test]
 fn the_configmap_config_passes_check_in_the_pods_layout() {
     let dir = TempDir::new("deploy-check");
-    let root = repo_root();
     for r in render_all(&dir.0) {
-        let pod = r.pod();
-        let gw = r.gateway();
-        assert_eq!(gw["workingDir"], WORKDIR, "{}: workingDir", r.name);
-        let volumes = pod["volumes"].as_array().unwrap();
-        let volume = |name: &Value| volumes.iter().find(|v| v["name"] == *name).unwrap();
-        // The pod's working directory: what the image holds, then each mount under it.
-        let work = dir.0.join(format!("{}-pod", r.name.replace('/', "-")));
-        std::fs::create_dir_all(work.join("models")).unwrap();
-        for m in ["minilm", "onnxruntime"] {
-            std::os::unix::fs::symlink(root.join("models").join(m), work.join("models").join(m))
-                .unwrap();
-        }
-        // (relative path, volume kind, read-only, filled by an init container)
-        let mut mounts: Vec<(String, &'static str, bool, bool)> = Vec::new();
-        for m in gw["volumeMounts"].as_array().unwrap() {
-            let path = m["mountPath"].as_str().unwrap();
-            let v = volume(&m["name"]);
-            if path == "/etc/reasoning-gateway" {
-                assert!(
-                    m.get("subPath").is_none(),
-                    "{}: the config must be mounted as a directory",
-                    r.name
-                );
-                continue;
-            }
-            let Some(rel) = path
-                .strip_prefix(WORKDIR)
-                .map(|p| p.trim_start_matches('/'))
-            else {
-                continue;
-            };
-            let kind = if v.get("secret").is_some() {
-                "secret"
-            } else if v.get("emptyDir").is_some() {
-                "emptyDir"
-            } else {
-                panic!("{}: unexpected volume {v}", r.name)
-            };
-            let filled = pod["initContainers"].as_array().is_some_and(|ics| {
-                ics.iter().any(|ic| {
-                    ic["volumeMounts"]
-                        .as_array()
-                        .is_some_and(|ms| ms.iter().any(|im| im["name"] == m["name"]))
-                })
-            });
-            let read_only = m["readOnly"] == true;
-            std::fs::create_dir_all(work.join(rel)).unwrap();
-            if kind == "secret" {
-                // The keys deploy/README.md tells users to create.
-                for key in ["admin-token", "backend-api-key"] {
-                    std::fs::write(work.join(rel).join(key), "test-secret\n").unwrap();
-                }
-            }
-            if filled {
-                // What the init container fetches (overlays/engine): the GGUF as `make models`
-                // fetched it.
-                let gguf = r.config["engine"]["gguf"].as_str().unwrap();
-                std::os::unix::fs::symlink(
-                    root.join("models/smollm2").join(gguf),
-                    work.join(rel).join(gguf),
-                )
-                .unwrap();
-            }
-            mounts.push((rel.to_string(), kind, read_only, filled));
-        }
+        let (work, mounts) = pod_layout(&r, &dir.0);
         let under = |p: &str| {
             mounts
                 .iter()
-                .find(|(m, ..)| Path::new(p).starts_with(m))
+                .find(|m| Path::new(p).starts_with(&m.rel))
                 .unwrap_or_else(|| {
                     panic!(
                         "{}: `{p}` is on the read-only image, under no mount",
@@ -364,7 +388,7 @@ fn the_configmap_config_passes_check_in_the_pods_layout() {
         }
         for s in secrets {
             assert_eq!(
-                under(s).1,
+                under(s).kind,
                 "secret",
                 "{}: {s} is not from the Secret",
                 r.name
@@ -379,10 +403,18 @@ fn the_configmap_config_passes_check_in_the_pods_layout() {
         }
         for w in writable {
             let m = under(w);
-            assert!(m.1 == "emptyDir" && !m.2, "{}: {w} is not writable", r.name);
+            assert!(
+                m.kind == "emptyDir" && !m.read_only,
+                "{}: {w} is not writable",
+                r.name
+            );
         }
         if let Some(model_dir) = c["engine"]["model_dir"].as_str() {
-            assert!(under(model_dir).3, "{}: nothing fills {model_dir}", r.name);
+            assert!(
+                under(model_dir).filled,
+                "{}: nothing fills {model_dir}",
+                r.name
+            );
         }
         let config = dir
             .0
@@ -401,6 +433,180 @@ fn the_configmap_config_passes_check_in_the_pods_layout() {
             text(&out)
         );
     }
+}
+
+/// Every file under `dir` (symlinks not followed), relative.
+fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                todo.push(e.path());
+            }
+            out.insert(e.path().strip_prefix(dir).unwrap().to_path_buf());
+        }
+    }
+    out
+}
+
+/// The base's sidecar config, run as in the pod (its working directory laid out by
+/// [`pod_layout`]; only the listeners moved to loopback and the backend to a fake one): it gets
+/// ready, sends the Secret's backend key upstream, and on SIGTERM drains and exits 0, having
+/// written only under its writable volume (the image's root is read-only).
+#[tokio::test]
+async fn the_sidecar_config_serves_and_writes_only_its_volumes() {
+    let dir = TempDir::new("deploy-serve");
+    let r = render_all(&dir.0).remove(0);
+    assert_eq!(r.name, "base");
+    let (work, mounts) = pod_layout(&r, &dir.0);
+    let upstream = gateway_tests::fake_upstream::FakeUpstream::start("vllm").await;
+    let (port, admin) = (free_port(), free_port());
+    let config = r
+        .config_text
+        .replace("listen: 0.0.0.0:8080", &format!("listen: 127.0.0.1:{port}"))
+        .replace(
+            "admin_listen: 0.0.0.0:9090",
+            &format!("admin_listen: 127.0.0.1:{admin}"),
+        )
+        .replace("127.0.0.1:8000", &upstream.addr.to_string())
+        // A test route to the fake backend's reasoning model: an answer the cache stores.
+        .replace(
+            "\nroutes:\n",
+            "\nroutes:\n  - {model: think, upstream: backend, upstream_model: think, cache: {}}\n",
+        );
+    assert_ne!(config, r.config_text);
+    let config_file = dir.0.join("etc-gateway.yaml");
+    std::fs::write(&config_file, &config).unwrap();
+    let before = files_under(&work);
+    let log = dir.0.join("gateway.log");
+    /// Kills the gateway if the test fails before it exits.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        Command::new(gateway_bin())
+            .args(["serve", "--config"])
+            .arg(&config_file)
+            .current_dir(&work)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Ready, and the proxy listener accepting (it may bind just after the admin one).
+    while http_status(admin, "/readyz") != Some(200)
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "exited:\n{}",
+            log_text()
+        );
+        assert!(Instant::now() < deadline, "not ready:\n{}", log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body: Value = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "deepseek-r1", "messages": [{"role": "user", "content": "2+2?"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["echo"]["authorization"], "Bearer test-secret",
+        "{body}"
+    );
+    let client = reqwest::Client::new();
+    let ask = |model: &str, path: &str| {
+        client
+            .post(format!("http://127.0.0.1:{port}/v1/{path}"))
+            .bearer_auth("sk-deploy")
+            .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "What is 2+2?"}]}))
+            .send()
+    };
+    let answer: Value = ask("think", "chat/completions")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["choices"][0]["message"].is_object(), "{answer}");
+    // An async job: stored under state/jobs.
+    let created: Value = ask("think", "async/chat/completions")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let j: Value = client
+            .get(format!("http://127.0.0.1:{port}/v1/async/jobs/{id}"))
+            .bearer_auth("sk-deploy")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if j["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job not done: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit after SIGTERM:\n{}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}:\n{}", log_text());
+    let writable: Vec<&Mount> = mounts
+        .iter()
+        .filter(|m| m.kind == "emptyDir" && !m.read_only)
+        .collect();
+    let after = files_under(&work);
+    let new: Vec<&PathBuf> = after.difference(&before).collect();
+    for f in &new {
+        assert!(
+            writable.iter().any(|m| f.starts_with(&m.rel)),
+            "{} written outside the writable volumes ({:?})",
+            f.display(),
+            writable.iter().map(|m| &m.rel).collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        new.iter().any(|f| f.starts_with("state/jobs/")),
+        "no job stored in state/jobs: {new:?}\n{}",
+        log_text()
+    );
+    assert!(
+        new.iter().any(|f| f.starts_with("state/cache/")),
+        "no cache snapshot in state/cache after the drain: {new:?}\n{}",
+        log_text()
+    );
 }
 
 /// preStop and terminationGracePeriodSeconds follow the config's `drain_timeout`; the probes and
