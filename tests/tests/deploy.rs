@@ -873,6 +873,100 @@ fn the_health_check_command_reads_readyz() {
     assert!(!probe(free_port()), "probe passed on a closed port");
 }
 
+/// deploy/Containerfile agrees with the Deployment and the configs: the working directory, the
+/// user, the ports, the embedder and ONNX Runtime where the config's relative `models/minilm`
+/// finds them, the default config being the engine overlay's, an exec-form entrypoint (no shell
+/// as PID 1), and nothing it copies from the build context excluded by its .dockerignore.
+#[test]
+fn the_containerfile_agrees_with_the_pod() {
+    let root = repo_root();
+    let file = std::fs::read_to_string(root.join("deploy/Containerfile")).unwrap();
+    // The runtime stage: after the last FROM.
+    let runtime = &file[file.rfind("\nFROM ").expect("a runtime stage")..];
+    let directive = |name: &str| -> Vec<&str> {
+        runtime
+            .lines()
+            .filter_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .collect()
+    };
+    let dir = TempDir::new("deploy-containerfile");
+    let r = render_all(&dir.0).remove(1);
+    assert_eq!(r.name, "overlays/engine");
+    let pod = r.pod();
+    assert_eq!(
+        directive("WORKDIR"),
+        [r.gateway()["workingDir"].as_str().unwrap()]
+    );
+    assert_eq!(
+        directive("USER"),
+        [format!(
+            "{}:{}",
+            pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]
+        )]
+    );
+    let expose: Vec<u64> = directive("EXPOSE")[0]
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(
+        expose,
+        [
+            port_of(&r.config["listen"]),
+            port_of(&r.config["admin_listen"])
+        ]
+    );
+    let entry: Vec<String> = serde_json::from_str(directive("ENTRYPOINT")[0]).expect("exec form");
+    assert_eq!(entry, ["/usr/local/bin/reasoning-gateway"]);
+    let cmd: Vec<String> = serde_json::from_str(directive("CMD")[0]).expect("exec form");
+    assert_eq!(
+        cmd,
+        ["serve", "--config", "/etc/reasoning-gateway/gateway.yaml"]
+    );
+    // COPY [--from=build] SRC DEST
+    let copies: Vec<(bool, &str, &str)> = directive("COPY")
+        .iter()
+        .map(|c| {
+            let from_build = c.starts_with("--from=build ");
+            let mut parts = c.trim_start_matches("--from=build ").split_whitespace();
+            (from_build, parts.next().unwrap(), parts.next().unwrap())
+        })
+        .collect();
+    let workdir = Path::new(WORKDIR);
+    let model_dir = workdir.join(r.config["cache"]["model_dir"].as_str().unwrap());
+    let dests: Vec<&str> = copies.iter().map(|c| c.2).collect();
+    assert!(dests.contains(&model_dir.to_str().unwrap()), "{dests:?}");
+    // The cache's default ONNX Runtime path: beside the model directory.
+    let ort = model_dir
+        .parent()
+        .unwrap()
+        .join("onnxruntime/libonnxruntime.so");
+    assert!(dests.contains(&ort.to_str().unwrap()), "{dests:?}");
+    let ignored: Vec<String> =
+        std::fs::read_to_string(root.join("deploy/Containerfile.dockerignore"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+    for (from_build, src, dest) in &copies {
+        if *from_build {
+            continue;
+        }
+        assert!(root.join(src).is_file(), "COPY {src}: no such file");
+        assert!(
+            !ignored.iter().any(|i| Path::new(src).starts_with(i)),
+            "COPY {src}: excluded by the .dockerignore"
+        );
+        if *dest == "/etc/reasoning-gateway/gateway.yaml" {
+            assert_eq!(
+                std::fs::read_to_string(root.join(src)).unwrap(),
+                r.config_text,
+                "the image's default config is not the engine overlay's"
+            );
+        }
+    }
+}
+
 /// A container engine that answers (`docker info` / `podman info`), if any.
 fn container_engine() -> Result<&'static str, String> {
     let mut why = Vec::new();
