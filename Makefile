@@ -51,6 +51,9 @@ models:
 venv:
 	@test -x $(RG_PYTHON) || python3 -m venv $(VENV)
 	@$(RG_PYTHON) -c 'import openai' 2>/dev/null || $(RG_PYTHON) -m pip install --quiet 'openai>=1.50,<3'
+	@# The Kubernetes JSON schemas (strict) that tests/tests/deploy.rs validates deploy/ against.
+	@$(RG_PYTHON) -c 'import importlib.metadata as m; assert m.version("kubernetes-validate") == "1.37.0"' 2>/dev/null \
+	  || $(RG_PYTHON) -m pip install --quiet 'kubernetes-validate==1.37.0'
 
 build:
 	cargo build --release --workspace --all-targets
@@ -121,3 +124,20 @@ fuzz:
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
 	  CARGO_TARGET_DIR=$(HOME)/.cache/reasoning-gateway/fuzz-target \
 	    cargo fuzz run -s none $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+
+# Container image and Kubernetes manifests (deploy/README.md). The image builds where a container
+# engine runs (docker or podman; CONTAINER_ENGINE to choose); `image-cuda` is the GPU engine.
+# `k8s-manifests` regenerates the PrometheusRule and the dashboards ConfigMap from
+# configs/alerts.yml and dashboards/*.json (tests/tests/deploy.rs fails when they differ).
+CONTAINER_ENGINE ?= $(shell command -v docker >/dev/null && echo docker || echo podman)
+IMAGE ?= reasoning-gateway
+CUDA_VERSION ?= 12.6.3
+.PHONY: image image-cuda k8s-manifests
+image:
+	$(CONTAINER_ENGINE) build -f deploy/Containerfile -t $(IMAGE):latest .
+image-cuda:
+	$(CONTAINER_ENGINE) build -f deploy/Containerfile -t $(IMAGE):latest-cuda --build-arg FEATURES=cuda \
+	  --build-arg BUILD_IMAGE=nvidia/cuda:$(CUDA_VERSION)-devel-ubuntu24.04 \
+	  --build-arg RUNTIME_IMAGE=nvidia/cuda:$(CUDA_VERSION)-runtime-ubuntu24.04 .
+k8s-manifests: venv
+	$(RG_PYTHON) scripts/gen-k8s-monitoring.py deploy/kubernetes/base
