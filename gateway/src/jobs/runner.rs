@@ -9,11 +9,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use super::{keep_tail, Checkpoint, Jobs, Status, MAX_CHECKPOINTS, MAX_PROGRESS_BYTES};
-use crate::util::now_unix;
 use crate::config::OutputField;
 use crate::outcome::Outcome;
 use crate::reasoning::aggregate::Aggregator;
 use crate::reasoning::sse::SseDecoder;
+use crate::util::now_unix;
 
 /// How long a job waits for the gateway's listener at start-up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
@@ -178,7 +178,7 @@ async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<(Value,
     // The submitter's tenant, whatever it was derived from (x-api-key, a trusted proxy's
     // tenant header); sealed so no client can claim one this way.
     builder = builder.header(
-        crate::cache::tenant::RELAY_HEADER,
+        crate::tenant::RELAY_HEADER,
         gw.tenant_relay.seal(&job.tenant),
     );
     let request = builder
