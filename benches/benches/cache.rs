@@ -3,12 +3,11 @@
 //! (Embedding, graph search and whole lookups: `cache-bench`, see BENCHMARKS.md.)
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use reasoning_gateway::cache::embed::normalise;
-use reasoning_gateway::cache::key::request_key;
-use reasoning_gateway::cache::replay::{body, Shape};
-use reasoning_gateway::cache::store::{Record, Store};
-use reasoning_gateway::cache::{guard, key::hex};
-use reasoning_gateway::config::OutputField;
+use reasoning_cache::embed::normalise;
+use reasoning_cache::key::request_key;
+use reasoning_cache::replay::{body, Shape};
+use reasoning_cache::store::{Record, Store};
+use reasoning_cache::{guard, util::hex};
 use serde_json::json;
 
 const Q1: &str = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?";
@@ -79,7 +78,7 @@ fn cache(c: &mut Criterion) {
     let shape = Shape {
         stream: true,
         include_usage: true,
-        field: OutputField::ReasoningContent,
+        reasoning_fields: &["reasoning_content"],
         model: "m",
         id: "chatcmpl-x",
         created: 0,

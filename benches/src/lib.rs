@@ -6,19 +6,18 @@ use std::path::Path;
 /// (e.g. `model.onnx`, the model as fetched), else the gateway's default. Printed, so every
 /// result names the model it came from.
 pub fn model_file(model_dir: &Path) -> String {
-    let file = std::env::var("MODEL_FILE").unwrap_or_else(|_| {
-        reasoning_gateway::cache::embed::default_model_file(model_dir).to_string()
-    });
+    let file = std::env::var("MODEL_FILE")
+        .unwrap_or_else(|_| reasoning_cache::embed::default_model_file(model_dir).to_string());
     eprintln!("embedding model: {}", model_dir.join(&file).display());
     file
 }
 
 /// Embeds `texts` in batches of 64 and says how long it took (stderr).
 pub fn embed_all(
-    model: &mut reasoning_gateway::cache::embed::MiniLm,
+    model: &mut reasoning_cache::embed::MiniLm,
     texts: &[String],
 ) -> anyhow::Result<Vec<Vec<f32>>> {
-    use reasoning_gateway::cache::embed::TextEmbed;
+    use reasoning_cache::embed::TextEmbed;
     let started = std::time::Instant::now();
     let mut vectors = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(64) {

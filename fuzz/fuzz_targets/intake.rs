@@ -70,12 +70,12 @@ fuzz_target!(|data: &[u8]| {
         rolled_back: vec![false; c.variants.len()],
     };
     if let Ok(routed) = intake::route(snapshot(), endpoint, Bytes::copy_from_slice(body), &header, &weights) {
-        let tenant = reasoning_gateway::cache::tenant::from_credentials(&header);
-        let served = reasoning_gateway::cache::key::Served {
+        let tenant = reasoning_gateway::tenant::from_credentials(&header);
+        let served = reasoning_cache::key::Served {
             upstream: &routed.pool.config.name,
             variant: routed.variant.as_deref(),
             model: routed.info.body.get("model").and_then(|m| m.as_str()).unwrap_or_default(),
         };
-        let _ = reasoning_gateway::cache::key::request_key(&routed.route.name, &served, &routed.info.body, tenant.as_deref().unwrap_or("shared"));
+        let _ = reasoning_cache::key::request_key(&routed.route.name, &served, &routed.info.body, tenant.as_deref().unwrap_or("shared"));
     }
 });

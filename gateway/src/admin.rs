@@ -151,15 +151,11 @@ pub fn handle(gw: &Gateway, endpoint: Endpoint, query: Option<&str>) -> Response
             // `tenant` is a tenant id as `GET /admin/cache` and the access log show it;
             // `api_key` is hashed the way requests are.
             let tenant = param("tenant").or_else(|| {
-                param("api_key").map(|k| crate::cache::key::tenant_id(Some(&format!("Bearer {k}"))))
+                param("api_key")
+                    .map(|k| reasoning_cache::key::tenant_id(Some(&format!("Bearer {k}"))))
             });
             let route = param("route");
-            let removed = cache.store.purge(route.as_deref(), tenant.as_deref());
-            crate::cache::count_removals(
-                &gw.metrics,
-                &vec![crate::cache::store::Removal::Purge; removed],
-            );
-            cache.set_entries(&gw.metrics);
+            let removed = cache.purge(route.as_deref(), tenant.as_deref());
             tracing::info!(route = ?route, tenant = ?tenant, removed, "Reasoning cache purged by an operator.");
             json_response(
                 200,

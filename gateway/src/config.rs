@@ -242,6 +242,17 @@ pub enum OutputField {
     Both,
 }
 
+impl OutputField {
+    /// The response field name(s) reasoning goes to.
+    pub fn names(self) -> &'static [&'static str] {
+        match self {
+            OutputField::ReasoningContent => &["reasoning_content"],
+            OutputField::Reasoning => &["reasoning"],
+            OutputField::Both => &["reasoning_content", "reasoning"],
+        }
+    }
+}
+
 /// Reasoning settings of a route.
 #[derive(Debug, Clone)]
 pub struct ReasoningConfig {
@@ -324,33 +335,14 @@ pub struct RouteConfig {
     /// Canary split, when configured.
     pub canary: Option<CanaryConfig>,
     /// Reasoning cache, when enabled for the route.
-    pub cache: Option<RouteCacheConfig>,
+    pub cache: Option<reasoning_cache::RouteSettings>,
 }
 
 /// Process-wide reasoning-cache settings (a restart applies changes).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheSettings {
-    /// Directory with the embedding model and its tokenizer files.
-    pub model_dir: PathBuf,
-    /// The ONNX file inside `model_dir` (default: the int8-MatMul copy `make models` derives,
-    /// else `model.onnx`).
-    pub model_file: String,
-    /// ONNX Runtime shared library.
-    pub onnxruntime: PathBuf,
-    /// Where snapshots go; `None`: the cache lives in memory only.
-    pub snapshot_dir: Option<PathBuf>,
-    /// How often a changed cache is written.
-    pub snapshot_interval: Duration,
-    /// Embedding threads (each embeds one batch at a time).
-    pub embed_threads: usize,
-    /// ONNX Runtime threads per embedding (2 halves a long problem's latency on 2 cores).
-    pub embed_intra_threads: usize,
-    /// Let ONNX Runtime threads spin between work items (lower latency, more CPU; default on).
-    pub embed_spin: bool,
-    /// Candidate list of the graph search (recall against time; partitions over 4 096 entries).
-    pub ann_ef_search: usize,
-    /// Longest wait for an embedding before the request goes on as a miss.
-    pub embed_timeout: Duration,
+    /// What the cache itself is started with (model, snapshots, embedding threads, search).
+    pub cache: reasoning_cache::Settings,
     /// Header naming the tenant; by default a digest of the API key is the tenant.
     pub tenant_header: Option<String>,
     /// Peers whose `tenant_header` is believed (from others it is ignored and counted).
@@ -384,21 +376,6 @@ pub struct AsyncJobsConfig {
     pub max_jobs_per_tenant: usize,
     /// Bytes all jobs may hold (request bodies, progress, results).
     pub max_bytes: u64,
-}
-
-/// A route's cache settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteCacheConfig {
-    /// Cosine similarity needed for a hit.
-    pub threshold: f32,
-    /// How long an entry is served.
-    pub ttl: Duration,
-    /// Entries kept for the route (oldest evicted first).
-    pub max_entries: usize,
-    /// Run the near-miss guard (off only to measure plain cosine).
-    pub guard: bool,
-    /// Serve entries across tenants (off by default).
-    pub shared_across_tenants: bool,
 }
 
 /// A route's canary split.

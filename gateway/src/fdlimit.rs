@@ -6,6 +6,8 @@
 /// Soft limits below this get a warning at start-up: about half of it in concurrent streams.
 pub const LOW_LIMIT: u64 = 4096;
 
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
 /// What start-up did to the open-file limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Raised {
@@ -19,29 +21,14 @@ pub struct Raised {
 
 /// The current (soft, hard) limits on open files.
 pub fn current() -> std::io::Result<(u64, u64)> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((rl.rlim_cur, rl.rlim_max))
+    Ok(getrlimit(Resource::RLIMIT_NOFILE)?)
 }
 
 /// Raises the soft open-file limit to the hard limit.
 pub fn raise() -> std::io::Result<Raised> {
     let (soft, hard) = current()?;
     if soft < hard {
-        let rl = libc::rlimit {
-            rlim_cur: hard,
-            rlim_max: hard,
-        };
-        // SAFETY: `rl` is a valid rlimit; raising the soft limit up to the hard one is allowed.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
     let (after, hard) = current()?;
     Ok(Raised {

@@ -621,10 +621,14 @@ impl Jobs {
         let latest = self.snapshot(&job.id);
         let job = latest.as_ref().unwrap_or(job);
         let write = || -> std::io::Result<()> {
-            crate::fsutil::create_private_dir(dir)?;
+            reasoning_cache::files::create_private_dir(dir)?;
             let bytes = serde_json::to_vec(job).unwrap_or_default();
             // Job files hold request bodies and Authorization headers.
-            crate::fsutil::write_atomic(&dir.join(format!("{}.json", job.id)), &bytes, Some(0o600))
+            reasoning_cache::files::write_atomic(
+                &dir.join(format!("{}.json", job.id)),
+                &bytes,
+                Some(0o600),
+            )
         };
         if let Err(e) = write() {
             tracing::error!(job = %job.id, error = %e, "Async job could not be saved.");

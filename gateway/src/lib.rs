@@ -1,7 +1,6 @@
 //! reasoning-gateway: a Pingora sidecar proxy and observability layer for reasoning LLMs.
 
 pub mod admin;
-pub mod cache;
 pub mod canary;
 pub mod capacity;
 pub mod cidr;
@@ -9,7 +8,6 @@ pub mod config;
 #[cfg(feature = "engine")]
 pub mod engine;
 pub mod fdlimit;
-pub mod fsutil;
 pub mod jobs;
 pub mod listener;
 pub mod metrics;
@@ -23,5 +21,6 @@ pub mod server;
 pub mod shadow;
 pub mod state;
 pub mod telemetry;
+pub mod tenant;
 pub mod upstream;
 pub mod util;

@@ -17,7 +17,7 @@ use crate::upstream::Refused;
 use labels::{
     Abort, CallbackResult, ClientRejection, Durations, FailedCheck, JobResult, LabelSet, Reload,
     Requests, Route, RouteReasoningLength, RouteUpstream, RouteVariant, Shadow, ShadowFailedCheck,
-    TokenUsage, Upstream, UpstreamError, UpstreamRejection, Verification,
+    TenantHeader, TokenUsage, Upstream, UpstreamError, UpstreamRejection, Verification,
 };
 
 const PREFIX: &str = "reasoning_gateway";
@@ -228,30 +228,11 @@ pub struct Metrics {
     pub shadow_request_duration_seconds: HistogramFamily<RouteVariant<'static>>,
     /// Verification checks the shadow's answers failed.
     pub shadow_verification_failures_total: CounterFamily<ShadowFailedCheck<'static>>,
-    /// Cache lookups by route and result (hit|miss|bypass|uncacheable|error).
-    pub cache_requests_total: IntCounterVec,
-    /// Similarity of the best candidate per lookup, by outcome (hit|rejected|below_threshold).
-    pub cache_similarity: HistogramVec,
-    /// Live cache entries per route.
-    pub cache_entries: IntGaugeVec,
-    /// Time for a whole lookup (exact tier, embedding, search, guard), by result.
-    pub cache_lookup_duration_seconds: HistogramVec,
-    /// Time to embed one problem (queue wait included).
-    pub cache_embedding_duration_seconds: HistogramVec,
-    /// Candidates above the threshold the guard rejected, by reason.
-    pub cache_guard_rejections_total: IntCounterVec,
-    /// Entries stored.
-    pub cache_inserts_total: IntCounterVec,
-    /// Entries removed, by reason (expired|capacity|purge|replaced).
-    pub cache_evictions_total: IntCounterVec,
-    /// Hits followed by the same request again with the cache bypassed (a client refusing the
-    /// replayed answer): a false-hit signal.
-    pub cache_suspect_hits_total: IntCounterVec,
+    /// The reasoning cache's metrics (defined in the `reasoning-cache` crate, same registry).
+    pub cache: reasoning_cache::Metrics,
     /// Tenant headers ignored because the peer is not a trusted proxy (or, for the internal
     /// job header, because its secret did not match), by header name.
-    pub tenant_headers_ignored_total: IntCounterVec,
-    /// Fresh answers not stored over a shared partition's live entry, by route.
-    pub cache_shared_refreshes_ignored_total: IntCounterVec,
+    pub tenant_headers_ignored_total: CounterFamily<TenantHeader<'static>>,
     /// Async jobs finished, by result (succeeded|failed|cancelled).
     pub async_jobs_total: CounterFamily<JobResult>,
     /// Async job callback attempts, by result (delivered|failed).
@@ -277,97 +258,13 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let r = Registrar(&registry);
-        // The cache's metrics, registered with their label names spelled out.
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help).namespace(PREFIX), labels)
-                .expect("metric definition is valid");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric is registered once");
-            c
-        };
-        let int_gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help).namespace(PREFIX), labels)
-                .expect("metric definition is valid");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric is registered once");
-            g
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help)
-                    .namespace(PREFIX)
-                    .buckets(buckets.to_vec()),
-                labels,
-            )
-            .expect("metric definition is valid");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("metric is registered once");
-            h
-        };
-        let cache_requests_total = counter(
-            "cache_requests_total",
-            "Reasoning-cache lookups by route and result: hit, miss, bypass (client asked), uncacheable (tools, n>1, no user message last), no_credentials (no API key on a route not shared across tenants: neither looked up nor stored), error (embedding failed or timed out; served as a miss).",
-            &["route", "result"],
-        );
-        let cache_similarity = histogram(
-            "cache_similarity",
-            "Cosine similarity of the best cache candidate per lookup, by outcome: hit, rejected (guard), below_threshold.",
-            &["route", "outcome"],
-            &[0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.875, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0],
-        );
-        let cache_entries = int_gauge(
-            "cache_entries",
-            "Live reasoning-cache entries per route.",
-            &["route"],
-        );
-        let fast_buckets = &[
-            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.012, 0.02, 0.05, 0.1, 0.25, 1.0,
-        ];
-        let cache_lookup_duration_seconds = histogram(
-            "cache_lookup_duration_seconds",
-            "Time for a whole cache lookup (exact tier, embedding, search, guard) by result.",
-            &["route", "result"],
-            fast_buckets,
-        );
-        let cache_embedding_duration_seconds = histogram(
-            "cache_embedding_duration_seconds",
-            "Time to embed one problem, queue wait included.",
-            &["route"],
-            fast_buckets,
-        );
-        let cache_guard_rejections_total = counter(
-            "cache_guard_rejections_total",
-            "Cache candidates above the similarity threshold that the guard rejected, by reason (number, unit, negation, polarity, entity, content).",
-            &["route", "reason"],
-        );
-        let cache_inserts_total = counter(
-            "cache_inserts_total",
-            "Complete, verified responses stored in the reasoning cache.",
-            &["route"],
-        );
-        let cache_evictions_total = counter(
-            "cache_evictions_total",
-            "Reasoning-cache entries removed, by reason: expired, capacity, purge, replaced.",
-            &["reason"],
-        );
-        let cache_suspect_hits_total = counter(
-            "cache_suspect_hits_total",
-            "Cache hits the same tenant re-asked within 10 minutes with the cache bypassed (Cache-Control: no-cache or x-reasoning-cache: bypass): likely wrong or unwanted replays.",
-            &["route"],
-        );
-        let tenant_headers_ignored_total = counter(
+        let tenant_headers_ignored_total = r.counter(
             "tenant_headers_ignored_total",
             "Requests whose tenant header was ignored, by header: cache.tenant_header from a peer not in cache.trusted_proxies, or the gateway's internal job-tenant header without its secret. The tenant then comes from the request's credentials.",
-            &["header"],
         );
-        let cache_shared_refreshes_ignored_total = counter(
-            "cache_shared_refreshes_ignored_total",
-            "Fresh answers (Cache-Control: no-cache or x-reasoning-cache: bypass) on a route shared across tenants, not stored because the partition already held a live entry for the problem: one tenant cannot replace what every tenant is served.",
-            &["route"],
-        );
+        // Registering fixed, valid definitions once on a fresh registry cannot fail.
+        let cache = reasoning_cache::Metrics::register(&registry, PREFIX)
+            .expect("cache metrics are registered once");
         let async_job_rejections_total = r.counter(
             "async_job_rejections_total",
             "Async jobs refused for lack of room, by reason: store_full (async_jobs.max_jobs), tenant_quota (max_jobs_per_tenant), memory_full (max_bytes; at submission or a result that did not fit).",
@@ -472,17 +369,8 @@ impl Metrics {
                 "Async job callback attempts, by result: delivered (2xx) or failed (retried with backoff).",
             ),
             async_job_rejections_total,
-            cache_requests_total,
-            cache_similarity,
-            cache_entries,
-            cache_lookup_duration_seconds,
-            cache_embedding_duration_seconds,
-            cache_guard_rejections_total,
-            cache_inserts_total,
-            cache_evictions_total,
-            cache_suspect_hits_total,
             tenant_headers_ignored_total,
-            cache_shared_refreshes_ignored_total,
+            cache,
             registry,
         }
     }

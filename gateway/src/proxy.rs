@@ -365,7 +365,7 @@ impl ProxyHttp for GatewayProxy {
         req.insert_header("content-length", ctx.upstream_body.len().to_string())?;
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
         // The job tenant seal is the gateway's own secret, never the upstream's business.
-        req.remove_header(crate::cache::tenant::RELAY_HEADER);
+        req.remove_header(crate::tenant::RELAY_HEADER);
         // The reasoning parser reads the response, so it must arrive uncompressed.
         req.remove_header("accept-encoding");
         // The gateway answered it when it read the body, which it sends in one go.

@@ -80,32 +80,25 @@ fn engine_pool(addr: SocketAddr, admission: Option<config::AdmissionConfig>) -> 
 /// a dedicated thread takes it with `sigwait`, so Pingora's own SIGINT handler never runs. The
 /// gateway starts no child processes, which would inherit the blocked signal.
 pub fn ctrl_c_stops_gracefully() {
-    // SAFETY: plain libc signal-set calls on a local set; `pthread_sigmask` changes only this
-    // thread's mask (and that of the threads it starts afterwards).
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return;
-        }
-        set
-    };
+    use nix::sys::signal::{kill, pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    // Changes only this thread's mask (and that of the threads it starts afterwards).
+    if pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).is_err() {
+        return;
+    }
     let waiter = move || {
         let mut presses = 0u32;
         loop {
-            let mut signal = 0;
-            // SAFETY: waits for a signal of `set`, which every thread blocks.
-            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+            // Waits for a signal of `set`, which every thread blocks.
+            if set.wait().is_err() {
                 continue;
             }
             presses += 1;
             if presses == 1 {
                 tracing::info!("Ctrl-C: stopping as on SIGTERM (requests in flight finish, the cache is saved); press Ctrl-C again to stop at once.");
-                // SAFETY: sends SIGTERM to this process, which Pingora handles.
-                unsafe {
-                    libc::kill(libc::getpid(), libc::SIGTERM);
-                }
+                // SIGTERM to this process, which Pingora handles.
+                let _ = kill(nix::unistd::Pid::this(), Signal::SIGTERM);
             } else {
                 tracing::warn!("Second Ctrl-C: stopping at once.");
                 std::process::exit(130);
@@ -118,10 +111,7 @@ pub fn ctrl_c_stops_gracefully() {
     {
         // Without the waiter a blocked SIGINT would be ignored: unblock it, keep Pingora's way.
         tracing::warn!(error = %e, "Ctrl-C handler not started; Ctrl-C stops without draining.");
-        // SAFETY: as above.
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        }
+        let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
     }
 }
 
@@ -160,9 +150,9 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     let gw = Gateway::new(snapshot, Some(config_path.to_path_buf()));
     gw.export_config_series(&gw.snapshot.load());
     if let Some(settings) = &config.cache {
-        let cache = crate::cache::Cache::start(settings.clone())
-            .map_err(|e| StartError::Cache(format!("{e:#}")))?;
-        cache.set_entries(&gw.metrics);
+        let cache = reasoning_cache::Cache::start(settings.cache.clone(), gw.metrics.cache.clone())
+            .map_err(|e| StartError::Cache(e.to_string()))?;
+        cache.set_entries();
         let _ = gw.cache.set(cache);
     }
 
@@ -368,8 +358,8 @@ impl BackgroundService for CacheMaintenance {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            let (c, gw) = (cache.clone(), self.gw.clone());
-            let _ = tokio::task::spawn_blocking(move || c.maintain(&gw.metrics)).await;
+            let c = cache.clone();
+            let _ = tokio::task::spawn_blocking(move || c.maintain()).await;
             if last_snapshot.elapsed() >= cache.settings.snapshot_interval {
                 write_cache_snapshot(&self.gw);
                 last_snapshot = Instant::now();

@@ -56,11 +56,11 @@ pub struct Gateway {
     /// Canary windows and rollbacks (kept across reloads).
     pub canary: crate::canary::CanaryState,
     /// The reasoning cache, when the config enables it (started once, kept across reloads).
-    pub cache: std::sync::OnceLock<Arc<crate::cache::Cache>>,
+    pub cache: std::sync::OnceLock<Arc<reasoning_cache::Cache>>,
     /// Async jobs.
     pub jobs: Arc<crate::jobs::Jobs>,
-    /// Seals the tenant a job runs as (see `cache::tenant`); random per process.
-    pub tenant_relay: crate::cache::tenant::Relay,
+    /// Seals the tenant a job runs as (see [`crate::tenant`]); random per process.
+    pub tenant_relay: crate::tenant::Relay,
     ready: AtomicBool,
 }
 
@@ -75,7 +75,7 @@ impl Gateway {
             reload_lock: std::sync::Mutex::new(()),
             canary: Default::default(),
             cache: std::sync::OnceLock::new(),
-            tenant_relay: crate::cache::tenant::Relay::new(),
+            tenant_relay: crate::tenant::Relay::new(),
             ready: AtomicBool::new(false),
         })
     }

@@ -142,7 +142,10 @@ impl GatewayProc {
         std::fs::write(&path, config).expect("write config");
         let log = dir.0.join("gateway.log");
         let mut cmd = Command::new(gateway_bin());
-        // A killed test run must not leave gateways (and engines) behind.
+        // A killed test run must not leave gateways (and engines) behind. `pre_exec` is `unsafe`
+        // by nature (it runs between fork and exec); the closure makes two async-signal-safe
+        // calls only. The one `unsafe` outside the cache's index module.
+        #[allow(unsafe_code)]
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(move || {
@@ -331,8 +334,11 @@ impl GatewayProc {
 
     /// Sends `signal` (e.g. `libc::SIGINT`, what Ctrl-C sends) and returns at once.
     pub fn send_signal(&self, signal: i32) {
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
+        if let (Ok(pid), Ok(signal)) = (
+            i32::try_from(self.child.id()),
+            nix::sys::signal::Signal::try_from(signal),
+        ) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
         }
     }
 

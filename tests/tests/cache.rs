@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gateway_tests::fake_upstream::{FakeUpstream, THINK_ANSWER, THINK_REASONING};
 use gateway_tests::harness::{repo_root, required_metric, run_python, GatewayProc, TempDir};
-use reasoning_gateway::cache::store::dot;
+use reasoning_cache::index::dot;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -434,9 +434,9 @@ async fn the_openai_sdk_reads_replays_in_both_modes() {
 }
 
 /// Loads one of the cache's embedding models from `models/minilm` (one ONNX Runtime thread).
-fn embedder(file: &str) -> reasoning_gateway::cache::embed::MiniLm {
+fn embedder(file: &str) -> reasoning_cache::embed::MiniLm {
     let root = repo_root();
-    reasoning_gateway::cache::embed::MiniLm::load(
+    reasoning_cache::embed::MiniLm::load(
         &root.join("models/minilm"),
         file,
         &root.join("models/onnxruntime/libonnxruntime.so"),
@@ -451,7 +451,7 @@ fn embedder(file: &str) -> reasoning_gateway::cache::embed::MiniLm {
 /// pair's similarity moves by less than 0.03.
 #[test]
 fn the_derived_int8_model_embeds_like_the_fetched_one() {
-    use reasoning_gateway::cache::embed::{TextEmbed, DERIVED_MODEL, SOURCE_MODEL};
+    use reasoning_cache::embed::{TextEmbed, DERIVED_MODEL, SOURCE_MODEL};
     let pairs = [
         ("Is the clinic open on Sundays?", "Is the clinic closed on Sundays?"),
         ("What is the capital of France?", "Name the capital city of France."),
@@ -495,7 +495,7 @@ fn the_derived_int8_model_embeds_like_the_fetched_one() {
 /// new model's similarity, and the next snapshot records the new model.
 #[tokio::test]
 async fn a_snapshot_from_another_embedding_model_is_embedded_again() {
-    use reasoning_gateway::cache::embed::{TextEmbed, DERIVED_MODEL, SOURCE_MODEL};
+    use reasoning_cache::embed::{TextEmbed, DERIVED_MODEL, SOURCE_MODEL};
     let up = FakeUpstream::start("a").await;
     let dir = TempDir::new("cache-model-switch");
     let with_model = |file: &str| {

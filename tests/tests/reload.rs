@@ -111,7 +111,11 @@ async fn reloads_under_load_lose_no_request_and_keep_invalid_configs_out() {
 
     // 3. SIGHUP reloads too (same file: a new generation, same routes).
     let pid = gw.pid();
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
     wait_generation(&gw, 3).await;
 
     // Let the load see the new routes, then stop it.

@@ -13,16 +13,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gateway_benches::{embed_all, model_file};
-use reasoning_gateway::cache::embed::{normalise, Embedder, MiniLm, TextEmbed};
-use reasoning_gateway::cache::key::hex;
-use reasoning_gateway::cache::replay::{self, Shape};
-use reasoning_gateway::cache::store::{
+use reasoning_cache::embed::{normalise, Embedder, MiniLm, TextEmbed};
+use reasoning_cache::replay::{self, Shape};
+use reasoning_cache::store::{
     dot, Record, Store, GRAPH_CANDIDATES, GRAPH_DIMS, HNSW_EF_CONSTRUCTION, HNSW_M, RECOPY_AFTER,
     SHARD_PROBE_MARGIN, SHARD_TARGET,
 };
-use reasoning_gateway::cache::{Cache, Lookup};
-use reasoning_gateway::config::{CacheSettings, OutputField, RouteCacheConfig};
-use reasoning_gateway::metrics::Metrics;
+use reasoning_cache::util::hex;
+use reasoning_cache::{Cache, Lookup};
+use reasoning_cache::{Metrics, Query, RouteSettings, Settings};
 use serde_json::{json, Value};
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -59,7 +58,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<()> {
     let pairs = pairs(pairs_path)?;
-    let settings = CacheSettings {
+    let settings = Settings {
         model_dir: model_dir.into(),
         model_file: model_file(Path::new(model_dir)),
         onnxruntime: ort.into(),
@@ -70,8 +69,6 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
         embed_spin: true,
         ann_ef_search: 32,
         embed_timeout: Duration::from_secs(5),
-        tenant_header: None,
-        trusted_proxies: Vec::new(),
     };
     let (md, o) = (settings.model_dir.clone(), settings.onnxruntime.clone());
     let file = settings.model_file.clone();
@@ -90,9 +87,8 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
     let embedder = Embedder::start(1, settings.embed_timeout, move || {
         Ok(Box::new(MiniLm::load(&md, &file, &o, intra, spin)?) as Box<dyn TextEmbed>)
     })?;
-    let cache = Cache::with_embedder(settings, embedder);
-    let metrics = Metrics::new();
-    let route = RouteCacheConfig {
+    let cache = Cache::with_embedder(settings, Metrics::unregistered(), embedder);
+    let route = RouteSettings {
         threshold: 0.85,
         ttl: Duration::from_secs(3600),
         max_entries: 1_000_000,
@@ -118,15 +114,14 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
         let reasoning = "Let me work through this step by step. ".repeat(50);
         for p in &selected {
             let l = cache
-                .lookup(
-                    &metrics,
-                    "bench",
-                    &Default::default(),
-                    &route,
-                    &body(p["a"].as_str().unwrap()),
-                    Some("bench-tenant"),
-                    &no_headers,
-                )
+                .lookup(&Query {
+                    route: "bench",
+                    served: Default::default(),
+                    settings: &route,
+                    body: &body(p["a"].as_str().unwrap()),
+                    tenant: Some("bench-tenant"),
+                    header: &no_headers,
+                })
                 .await;
             let Lookup::Miss { pending, .. } = l else {
                 continue;
@@ -174,21 +169,20 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
                     };
                     let started = Instant::now();
                     let l = cache
-                        .lookup(
-                            &metrics,
-                            "bench",
-                            &Default::default(),
-                            &route,
-                            &body(q),
-                            Some("bench-tenant"),
-                            &no_headers,
-                        )
+                        .lookup(&Query {
+                            route: "bench",
+                            served: Default::default(),
+                            settings: &route,
+                            body: &body(q),
+                            tenant: Some("bench-tenant"),
+                            header: &no_headers,
+                        })
                         .await;
                     if let Lookup::Hit { entry, .. } = &l {
                         let shape = Shape {
                             stream: true,
                             include_usage: false,
-                            field: OutputField::ReasoningContent,
+                            reasoning_fields: &["reasoning_content"],
                             model: "m",
                             id: "chatcmpl-bench",
                             created: 0,

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use gateway_benches::{embed_all, model_file};
-use reasoning_gateway::cache::embed::MiniLm;
-use reasoning_gateway::cache::guard;
-use reasoning_gateway::cache::store::dot;
+use reasoning_cache::embed::MiniLm;
+use reasoning_cache::guard;
+use reasoning_cache::index::dot;
 use serde_json::Value;
 
 /// A pair's similarity and the guard's refusal, if any.

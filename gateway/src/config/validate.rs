@@ -845,7 +845,11 @@ fn analysis(errs: &mut Errors, path: &str, r: &RawReasoning) -> AnalysisConfig {
 #[cfg(test)]
 mod tests;
 
-fn route_cache(errs: &mut Errors, path: &str, c: &RawRouteCache) -> Option<RouteCacheConfig> {
+fn route_cache(
+    errs: &mut Errors,
+    path: &str,
+    c: &RawRouteCache,
+) -> Option<reasoning_cache::RouteSettings> {
     let threshold = c.threshold.unwrap_or(0.85);
     if !(threshold > 0.0 && threshold <= 1.0) {
         errs.push(&format!("{path}.threshold"), "must be in (0, 1]");
@@ -859,7 +863,7 @@ fn route_cache(errs: &mut Errors, path: &str, c: &RawRouteCache) -> Option<Route
     if c.enabled == Some(false) {
         return None;
     }
-    Some(RouteCacheConfig {
+    Some(reasoning_cache::RouteSettings {
         threshold: threshold as f32,
         ttl,
         max_entries,
@@ -876,7 +880,7 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
     let explicit_file = c.and_then(|c| c.model_file.clone());
     let model_file = explicit_file
         .clone()
-        .unwrap_or_else(|| crate::cache::embed::default_model_file(&model_dir).to_string());
+        .unwrap_or_else(|| reasoning_cache::embed::default_model_file(&model_dir).to_string());
     if model_dir.is_dir() {
         if !model_dir.join(&model_file).is_file() {
             let path = if explicit_file.is_some() {
@@ -892,7 +896,7 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
                 ),
             );
         }
-        for f in crate::cache::embed::TOKENIZER_FILES {
+        for f in reasoning_cache::embed::TOKENIZER_FILES {
             if !model_dir.join(f).is_file() {
                 errs.push(
                     "cache.model_dir",
@@ -912,7 +916,7 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
     let onnxruntime = c
         .and_then(|c| c.onnxruntime.clone())
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::cache::embed::default_onnxruntime(&model_dir));
+        .unwrap_or_else(|| reasoning_cache::embed::default_onnxruntime(&model_dir));
     if !onnxruntime.is_file() {
         errs.push(
             "cache.onnxruntime",
@@ -959,28 +963,30 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
         );
     }
     CacheSettings {
-        model_dir,
-        model_file,
-        onnxruntime,
-        snapshot_dir: c.and_then(|c| c.snapshot_dir.clone()).map(PathBuf::from),
-        snapshot_interval: errs.duration(
-            "cache.snapshot_interval",
-            &c.and_then(|c| c.snapshot_interval.clone()),
-            Duration::from_secs(30),
-        ),
-        embed_threads,
-        embed_intra_threads,
-        embed_spin: c.and_then(|c| c.embed_spin).unwrap_or(true),
-        ann_ef_search: errs.positive(
-            "cache.ann_ef_search",
-            c.and_then(|c| c.ann_ef_search),
-            crate::cache::store::HNSW_EF_SEARCH,
-        ),
-        embed_timeout: errs.duration(
-            "cache.embed_timeout",
-            &c.and_then(|c| c.embed_timeout.clone()),
-            Duration::from_millis(50),
-        ),
+        cache: reasoning_cache::Settings {
+            model_dir,
+            model_file,
+            onnxruntime,
+            snapshot_dir: c.and_then(|c| c.snapshot_dir.clone()).map(PathBuf::from),
+            snapshot_interval: errs.duration(
+                "cache.snapshot_interval",
+                &c.and_then(|c| c.snapshot_interval.clone()),
+                Duration::from_secs(30),
+            ),
+            embed_threads,
+            embed_intra_threads,
+            embed_spin: c.and_then(|c| c.embed_spin).unwrap_or(true),
+            ann_ef_search: errs.positive(
+                "cache.ann_ef_search",
+                c.and_then(|c| c.ann_ef_search),
+                reasoning_cache::index::shards::HNSW_EF_SEARCH,
+            ),
+            embed_timeout: errs.duration(
+                "cache.embed_timeout",
+                &c.and_then(|c| c.embed_timeout.clone()),
+                Duration::from_millis(50),
+            ),
+        },
         tenant_header: tenant_header.map(|h| h.to_ascii_lowercase()),
         trusted_proxies,
     }

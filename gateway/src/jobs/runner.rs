@@ -176,7 +176,7 @@ async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<(Value,
     // The submitter's tenant, whatever it was derived from (x-api-key, a trusted proxy's
     // tenant header); sealed so no client can claim one this way.
     builder = builder.header(
-        crate::cache::tenant::RELAY_HEADER,
+        crate::tenant::RELAY_HEADER,
         gw.tenant_relay.seal(&job.tenant),
     );
     let request = builder

@@ -152,6 +152,11 @@ label_set! {
 }
 
 label_set! {
+    /// `tenant_headers_ignored_total`: the header's name (a config name or the gateway's own).
+    TenantHeader { header: &'a str => "header" }
+}
+
+label_set! {
     /// Per upstream pool: its admission queue.
     Upstream { upstream: &'a str => "upstream" }
 }

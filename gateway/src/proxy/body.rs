@@ -86,9 +86,6 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
 /// pooled after an error, so the descriptor cannot belong to anyone else yet.
 fn stop_upstream(ctx: &RequestCtx) {
     if let Some(fd) = ctx.upstream_fd {
-        // SAFETY: shutdown(2) on a descriptor this request holds open; no memory is involved.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_RDWR);
-        }
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
     }
 }

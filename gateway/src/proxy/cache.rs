@@ -8,10 +8,10 @@ use serde_json::Value;
 
 use super::context::RequestCtx;
 use super::respond;
-use crate::cache::{replay, Completed, Lookup};
 use crate::openai::Endpoint;
 use crate::reasoning::Report;
 use crate::state::Gateway;
+use reasoning_cache::{replay, Completed, Lookup, Query};
 
 /// Looks the routed request up; `Ok(true)` when a hit was replayed.
 pub async fn lookup(
@@ -33,8 +33,8 @@ pub async fn lookup(
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let tenant = crate::cache::tenant::of_request(gw, &header, peer);
-        let served = crate::cache::key::Served {
+        let tenant = crate::tenant::of_request(gw, &header, peer);
+        let served = reasoning_cache::key::Served {
             upstream: &routed.pool.config.name,
             variant: routed.variant.as_deref(),
             model: routed
@@ -45,15 +45,14 @@ pub async fn lookup(
                 .unwrap_or_default(),
         };
         cache
-            .lookup(
-                &gw.metrics,
-                &routed.route.name,
-                &served,
+            .lookup(&Query {
+                route: &routed.route.name,
+                served,
                 settings,
-                &routed.info.body,
-                tenant.tenant.as_deref(),
-                &header,
-            )
+                body: &routed.info.body,
+                tenant: tenant.tenant.as_deref(),
+                header: &header,
+            })
             .await
     };
     ctx.cache_header = Some(lookup.header());
@@ -77,10 +76,10 @@ pub async fn lookup(
             let shape = replay::Shape {
                 stream: routed.info.stream,
                 include_usage,
-                field: routed.route.reasoning.output_field,
+                reasoning_fields: routed.route.reasoning.output_field.names(),
                 model,
                 id: &id,
-                created: crate::cache::now_unix(),
+                created: crate::util::now_unix(),
             };
             let body = replay::body(&entry.record, &shape);
             let content_type = if routed.info.stream {
@@ -135,7 +134,7 @@ pub fn store(gw: &Arc<Gateway>, ctx: &mut RequestCtx, report: Option<&Report>) {
     if answer.trim().is_empty() {
         return;
     }
-    let usage = report.prompt_tokens.map(|p| crate::cache::store::Usage {
+    let usage = report.prompt_tokens.map(|p| reasoning_cache::store::Usage {
         prompt_tokens: p,
         completion_tokens: report.reasoning_tokens + report.answer_tokens,
         reasoning_tokens: report.reasoning_tokens,
@@ -146,5 +145,5 @@ pub fn store(gw: &Arc<Gateway>, ctx: &mut RequestCtx, report: Option<&Report>) {
         model: rw.response_model().unwrap_or_default(),
         usage,
     };
-    cache.insert(gw.clone(), pending, done);
+    cache.insert(pending, done);
 }

@@ -108,9 +108,9 @@ pub struct RequestCtx {
     /// Similarity of the hit, or of the best candidate of a miss.
     pub cache_similarity: Option<f32>,
     /// Why the best candidate above the threshold was refused.
-    pub cache_rejected: Option<crate::cache::guard::Reject>,
+    pub cache_rejected: Option<reasoning_cache::guard::Reject>,
     /// Where to store the response if it qualifies.
-    pub cache_pending: Option<crate::cache::Pending>,
+    pub cache_pending: Option<reasoning_cache::Pending>,
     /// Steps between `reasoning_checkpoint` chunks the streaming client asked for (0: none).
     pub checkpoints: u32,
 }

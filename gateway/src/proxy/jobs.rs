@@ -19,14 +19,14 @@ pub async fn handle(
     let method = session.req_header().method.as_str().to_string();
     let path = session.req_header().uri.path().to_string();
     let authorization = intake::request_header(session, "authorization");
-    // The same tenant the cache would see: the job later runs as it (see `cache::tenant`).
+    // The same tenant the cache would see: the job later runs as it (see `crate::tenant`).
     let tenant = {
         let header = |name: &str| intake::request_header(session, name);
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        crate::cache::tenant::of_request(gw, &header, peer)
+        crate::tenant::of_request(gw, &header, peer)
             .id()
             .to_string()
     };

@@ -420,12 +420,7 @@ impl ResponseRewriter {
         let mut s = String::with_capacity(data.len() + split.reasoning.len() * 2 + 40);
         s.push_str(&data[..chunk.member.start]);
         if !split.reasoning.is_empty() {
-            let names: &[&str] = match self.field {
-                OutputField::ReasoningContent => &["reasoning_content"],
-                OutputField::Reasoning => &["reasoning"],
-                OutputField::Both => &["reasoning_content", "reasoning"],
-            };
-            for name in names {
+            for name in self.field.names() {
                 s.push('"');
                 s.push_str(name);
                 s.push_str("\":");

@@ -68,7 +68,9 @@ pub fn pick(
         .as_deref()
         .map_or_else(|| header("authorization"), header);
     let (point, reason) = match sticky {
-        Some(key) if !key.is_empty() => (crate::util::fnv1a(key.as_bytes()) % total, Reason::Sticky),
+        Some(key) if !key.is_empty() => {
+            (crate::util::fnv1a(key.as_bytes()) % total, Reason::Sticky)
+        }
         _ => (
             ((random * total as f64) as u64).min(total - 1),
             Reason::Weighted,

@@ -410,8 +410,7 @@ async fn a_stuck_reload_does_not_stall_healthz_or_metrics() {
     );
     gw.admin_token = Some(TOKEN.into());
     std::fs::remove_file(&file).unwrap();
-    let c_path = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
 
     let reload = tokio::spawn({
         let url = gw.admin_url("/admin/reload");

@@ -220,7 +220,7 @@ async fn a_spoofed_tenant_header_from_an_untrusted_peer_does_not_reach_the_victi
         2.0
     );
     // The header the gateway uses for its own job runs, forged with the victim's tenant id.
-    let victim_id = reasoning_gateway::cache::key::tenant_id(Some("victim-corp"));
+    let victim_id = reasoning_cache::key::tenant_id(Some("victim-corp"));
     let forged = format!("{} {victim_id}", "0".repeat(64));
     let relay = [("x-reasoning-gateway-tenant", forged.as_str())];
     assert_eq!(

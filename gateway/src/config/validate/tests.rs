@@ -193,7 +193,7 @@ fn every_count_refuses_zero_by_its_path() {
 
 #[test]
 fn the_embedding_model_file_defaults_to_the_derived_copy_when_there_is_one() {
-    use crate::cache::embed::{DERIVED_MODEL, SOURCE_MODEL, TOKENIZER_FILES};
+    use reasoning_cache::embed::{DERIVED_MODEL, SOURCE_MODEL, TOKENIZER_FILES};
     let dir = std::env::temp_dir().join(format!("rg-model-file-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -209,7 +209,7 @@ fn the_embedding_model_file_defaults_to_the_derived_copy_when_there_is_one() {
             ort.display()
         )
     };
-    let file = |extra: &str| parse(&yaml(extra)).unwrap().cache.unwrap().model_file;
+    let file = |extra: &str| parse(&yaml(extra)).unwrap().cache.unwrap().cache.model_file;
     // Only the fetched model: that one.
     assert_eq!(file(""), SOURCE_MODEL);
     // `make models` has derived the int8-MatMul copy: the default moves to it.

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use crate::cidr::Cidr;
 use crate::config::CacheSettings;
 
-use super::key::tenant_id;
+use reasoning_cache::key::tenant_id;
 
 /// The internal header carrying a job's tenant from the runner to the proxy.
 pub const RELAY_HEADER: &str = "x-reasoning-gateway-tenant";
@@ -85,7 +85,7 @@ impl Relay {
     pub fn new() -> Self {
         let bytes: [u8; 32] = rand::random();
         Relay {
-            secret: super::key::hex(&bytes),
+            secret: crate::util::hex(&bytes),
         }
     }
 
@@ -181,7 +181,9 @@ pub fn of_request(
     if let Some(name) = &derived.ignored {
         gw.metrics
             .tenant_headers_ignored_total
-            .with_label_values(&[name.as_str()])
+            .with(&crate::metrics::labels::TenantHeader {
+                header: name.as_str(),
+            })
             .inc();
     }
     derived

@@ -182,7 +182,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::store::tests::unit;
+    use crate::store::tests::unit;
 
     fn plain(a: &[f32], b: &[f32]) -> f64 {
         a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()

@@ -6,6 +6,8 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::util::hex;
+
 /// A 128-bit digest (partition and exact-match keys, tenant ids).
 pub type Digest128 = [u8; 16];
 
@@ -201,11 +203,6 @@ fn digest(parts: &[&[u8]]) -> Digest128 {
     let mut out = [0u8; 16];
     out.copy_from_slice(&full[..16]);
     out
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

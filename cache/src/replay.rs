@@ -3,8 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::store::Record;
-use crate::config::OutputField;
+use crate::store::Record;
 
 /// Bytes of text per replayed delta (cut at a whitespace or character boundary).
 const DELTA_BYTES: usize = 48;
@@ -16,22 +15,14 @@ pub struct Shape<'a> {
     pub stream: bool,
     /// `stream_options.include_usage: true`.
     pub include_usage: bool,
-    /// The route's reasoning field(s).
-    pub field: OutputField,
+    /// The field(s) that carry reasoning to this client (`reasoning_content`, `reasoning`).
+    pub reasoning_fields: &'a [&'a str],
     /// The `model` the client asked for.
     pub model: &'a str,
     /// The response id.
     pub id: &'a str,
     /// Unix seconds.
     pub created: u64,
-}
-
-fn reasoning_fields(field: OutputField) -> &'static [&'static str] {
-    match field {
-        OutputField::ReasoningContent => &["reasoning_content"],
-        OutputField::Reasoning => &["reasoning"],
-        OutputField::Both => &["reasoning_content", "reasoning"],
-    }
 }
 
 fn usage(record: &Record) -> Option<Value> {
@@ -63,7 +54,7 @@ fn json_body(record: &Record, shape: &Shape) -> Vec<u8> {
     } else {
         json!(record.reasoning)
     };
-    for f in reasoning_fields(shape.field) {
+    for f in shape.reasoning_fields {
         message.insert((*f).into(), reasoning.clone());
     }
     let mut resp = json!({
@@ -103,7 +94,7 @@ fn sse(record: &Record, shape: &Shape) -> Vec<u8> {
     );
     for piece in pieces(&record.reasoning) {
         let mut d = Map::new();
-        for f in reasoning_fields(shape.field) {
+        for f in shape.reasoning_fields {
             d.insert((*f).into(), json!(piece));
         }
         chunk(Value::Object(d), Value::Null, &mut out);
@@ -174,7 +165,7 @@ mod tests {
             reasoning: "Two plus two. That makes four, no doubt about it at all, really — ünïcödé ✓ padding padding".into(),
             answer: "4".into(),
             model: "m".into(),
-            usage: Some(super::super::store::Usage {
+            usage: Some(crate::store::Usage {
                 prompt_tokens: 10,
                 completion_tokens: 20,
                 reasoning_tokens: 15,
@@ -188,7 +179,7 @@ mod tests {
         Shape {
             stream,
             include_usage: true,
-            field: OutputField::ReasoningContent,
+            reasoning_fields: &["reasoning_content"],
             model: "asked",
             id: "chatcmpl-x",
             created: 7,

@@ -18,8 +18,8 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::prelude::Hnsw;
 
-use super::store::{insert_top, makes_top};
-use super::vector::{dot, dot4};
+use super::simd::{dot, dot4};
+use super::topk::{insert_top, makes_top};
 
 /// Starts loading `v` into the cache, a 64-byte line at a time.
 #[inline]
@@ -491,8 +491,8 @@ impl FlatGraph {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::store::tests::unit;
-    use crate::cache::store::UnitCosine;
+    use crate::index::shards::UnitCosine;
+    use crate::store::tests::unit;
 
     fn graph(points: &[Vec<f32>]) -> Hnsw<'static, f32, UnitCosine> {
         let g = Hnsw::new(16, points.len(), 16, 200, UnitCosine);

@@ -37,7 +37,7 @@ pub fn model_id(model_dir: &Path, model_file: &str) -> String {
         Ok(h.finalize())
     });
     match digest {
-        Ok(d) => format!("{model_file} sha256:{}", super::key::hex(&d[..8])),
+        Ok(d) => format!("{model_file} sha256:{}", crate::util::hex(&d[..8])),
         Err(_) => model_file.to_string(),
     }
 }
@@ -59,10 +59,38 @@ const QUEUE: usize = 16;
 /// Requests one thread embeds in one batch.
 const BATCH: usize = 16;
 
+/// Any error an embedding model reports.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the embedder could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A model or tokenizer file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// ONNX Runtime is missing or would not load.
+    #[error("{0}")]
+    Runtime(String),
+    /// The model would not load.
+    #[error("cannot load the embedding model: {0}")]
+    Model(String),
+    /// An embedding thread could not be started.
+    #[error("cannot start an embedding thread: {0}")]
+    Thread(#[from] std::io::Error),
+    /// An embedding thread stopped before its model was ready.
+    #[error("the embedding thread stopped while loading")]
+    Stopped,
+}
+
 /// Something that turns texts into unit vectors.
 pub trait TextEmbed: Send {
     /// One vector per text, each normalised to length 1.
-    fn embed(&mut self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>>;
+    fn embed(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, BoxError>;
 }
 
 /// fastembed's `TextEmbedding` over the local MiniLM files.
@@ -77,11 +105,11 @@ impl MiniLm {
         onnxruntime: &Path,
         intra_threads: usize,
         spin: bool,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, LoadError> {
         init_ort(onnxruntime)?;
-        let read = |name: &str| -> anyhow::Result<Vec<u8>> {
-            let p = model_dir.join(name);
-            std::fs::read(&p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+        let read = |name: &str| -> Result<Vec<u8>, LoadError> {
+            let path = model_dir.join(name);
+            std::fs::read(&path).map_err(|source| LoadError::Read { path, source })
         };
         let tokenizer = fastembed::TokenizerFiles {
             tokenizer_file: read("tokenizer.json")?,
@@ -101,17 +129,17 @@ impl MiniLm {
                 if spin { "1" } else { "0" },
             );
         let te = fastembed::TextEmbedding::try_new_from_user_defined(model, options)
-            .map_err(|e| anyhow::anyhow!("cannot load the embedding model: {e}"))?;
+            .map_err(|e| LoadError::Model(e.to_string()))?;
         Ok(MiniLm(te))
     }
 }
 
 impl TextEmbed for MiniLm {
-    fn embed(&mut self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn embed(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, BoxError> {
         let mut out = self
             .0
             .embed(texts, Some(BATCH))
-            .map_err(|e| anyhow::anyhow!("embedding failed: {e}"))?;
+            .map_err(|e| format!("embedding failed: {e}"))?;
         for v in &mut out {
             normalise(v);
         }
@@ -130,7 +158,7 @@ pub fn normalise(v: &mut [f32]) {
 static ORT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
 
 /// Points ONNX Runtime at its shared library, once per process.
-fn init_ort(path: &Path) -> anyhow::Result<()> {
+fn init_ort(path: &Path) -> Result<(), LoadError> {
     let res = ORT.get_or_init(|| {
         if !path.is_file() {
             return Err(format!(
@@ -143,7 +171,7 @@ fn init_ort(path: &Path) -> anyhow::Result<()> {
             .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
         Ok(())
     });
-    res.clone().map_err(|e| anyhow::anyhow!(e))
+    res.clone().map_err(LoadError::Runtime)
 }
 
 /// Embedding failures a request sees (all served as cache misses).
@@ -179,9 +207,9 @@ impl Embedder {
     /// the CPUs are idle embeddings run as fast as before; when they are contended — more
     /// lookups than the embedder can take — the proxy's threads come first and the cache's work
     /// waits (and times out into a plain miss), instead of the embedder starving the traffic.
-    pub fn start<F>(threads: usize, timeout: Duration, make: F) -> anyhow::Result<Arc<Self>>
+    pub fn start<F>(threads: usize, timeout: Duration, make: F) -> Result<Arc<Self>, LoadError>
     where
-        F: Fn() -> anyhow::Result<Box<dyn TextEmbed>> + Send + Sync + 'static,
+        F: Fn() -> Result<Box<dyn TextEmbed>, LoadError> + Send + Sync + 'static,
     {
         let (tx, rx) = sync_channel::<Job>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
@@ -203,9 +231,7 @@ impl Embedder {
                         }
                     }
                 })?;
-            ready_rx
-                .recv()
-                .map_err(|_| anyhow::anyhow!("the embedding thread stopped while loading"))??;
+            ready_rx.recv().map_err(|_| LoadError::Stopped)??;
         }
         Ok(Arc::new(Embedder { tx, timeout }))
     }
@@ -267,11 +293,9 @@ pub const EMBED_NICE: i32 = 10;
 
 /// Lowers the calling thread's priority to [`EMBED_NICE`] (Linux priorities are per thread).
 fn lower_priority() {
-    // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
-    let ok = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, EMBED_NICE) == 0
-    };
+    // Linux priorities are per thread: `setpriority(PRIO_PROCESS, tid)` changes this one.
+    let ok =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), EMBED_NICE).is_ok();
     if !ok {
         tracing::warn!(
             "Could not lower the embedding threads' priority; they compete with the proxy."
@@ -344,7 +368,7 @@ mod tests {
     struct Slow(Duration);
 
     impl TextEmbed for Slow {
-        fn embed(&mut self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+        fn embed(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, BoxError> {
             std::thread::sleep(self.0);
             Ok(texts.iter().map(|t| vec![t.len() as f32, 1.0]).collect())
         }
@@ -375,13 +399,7 @@ mod tests {
     #[test]
     fn the_model_is_built_on_a_low_priority_thread_whose_threads_inherit_it() {
         fn nice() -> i32 {
-            // SAFETY: reads the calling thread's own priority.
-            unsafe {
-                libc::getpriority(
-                    libc::PRIO_PROCESS,
-                    libc::syscall(libc::SYS_gettid) as libc::id_t,
-                )
-            }
+            rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(0)
         }
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::key::Digest128;
-use super::store::{Entry, Record};
+use crate::key::Digest128;
+use crate::store::{Entry, Record};
 
 const MAGIC: &[u8; 8] = b"RGCACHE2";
 /// Version 1: no model id.
@@ -38,7 +38,7 @@ pub fn path(dir: &Path) -> PathBuf {
 
 /// Writes every entry atomically, with the id of the model that made their vectors.
 pub fn write(dir: &Path, model: &str, entries: &[std::sync::Arc<Entry>]) -> std::io::Result<()> {
-    crate::fsutil::create_private_dir(dir)?;
+    crate::files::create_private_dir(dir)?;
     let mut buf = Vec::with_capacity(entries.len() * 2048 + 64 + model.len());
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&(model.len() as u32).to_le_bytes());
@@ -56,7 +56,7 @@ pub fn write(dir: &Path, model: &str, entries: &[std::sync::Arc<Entry>]) -> std:
     let digest = Sha256::digest(&buf);
     buf.extend_from_slice(&digest);
     // Cached prompts and answers: the gateway's user only.
-    crate::fsutil::write_atomic(&path(dir), &buf, Some(0o600))
+    crate::files::write_atomic(&path(dir), &buf, Some(0o600))
 }
 
 /// Why a snapshot was not used.
@@ -162,9 +162,9 @@ fn unhex(s: &str) -> Option<Digest128> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::key::hex;
-    use super::super::store::Store;
     use super::*;
+    use crate::store::Store;
+    use crate::util::hex;
 
     fn record(problem: &str, expires: u64) -> Record {
         Record {

@@ -1,0 +1,36 @@
+//! reasoning-cache: replays a stored reasoning chain and answer when the same problem comes
+//! again, and refuses near-misses. The gateway (`reasoning-gateway`) is its only user: it
+//! derives the tenant, builds [`Settings`] from its config, gives a Prometheus registry for
+//! [`Metrics`], and calls [`Cache::lookup`] before going upstream and [`Cache::insert`] after a
+//! complete, verified response. Nothing here depends on the gateway.
+//!
+//! - [`cache`]: the process-wide [`Cache`]: start, insert, sweep, purge, snapshot, stats;
+//! - [`lookup`]: one request's way through the tiers: key → exact → embedding → search →
+//!   threshold → [`guard`];
+//! - [`key`]: the tenant, partition and exact keys of a chat request, and its problem text;
+//! - [`embed`]: sentence embeddings on dedicated, low-priority threads, bounded in time;
+//! - [`store`]: entries, partitions and the exact tier, over the [`index`] (sharded HNSW
+//!   graphs searched through flat copies; the only `unsafe` code);
+//! - [`guard`]: refuses a similar problem whose answer differs (numbers, units, negation, …);
+//! - [`replay`]: a hit written as the client asked (SSE chunks or JSON);
+//! - [`snapshot`]: entries persisted across restarts; [`files`]: atomic, private writes;
+//! - [`settings`], [`metrics`], [`util`].
+
+pub mod cache;
+pub mod embed;
+pub mod files;
+pub mod guard;
+pub mod index;
+pub mod key;
+pub mod lookup;
+pub mod metrics;
+pub mod replay;
+pub mod settings;
+pub mod snapshot;
+pub mod store;
+pub mod util;
+
+pub use cache::{Cache, Completed};
+pub use lookup::{Lookup, Pending, Query};
+pub use metrics::Metrics;
+pub use settings::{RouteSettings, Settings};

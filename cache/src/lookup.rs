@@ -1,0 +1,285 @@
+//! A lookup: tenant → bypass headers → key (tenant, partition, problem) → exact tier (same
+//! problem text, spacing aside) → embedding (dedicated threads, bounded wait) → nearest entries
+//! of the partition (HNSW or an exact scan) → threshold → guard.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::cache::Cache;
+use crate::guard::{self, Reject};
+use crate::key::{self, Digest128, RequestKey};
+use crate::metrics::{Candidacy, LookupResult};
+use crate::settings::RouteSettings;
+use crate::store::{Candidate, Entry};
+use crate::util::now_unix;
+
+/// Candidates examined per lookup.
+const CANDIDATES: usize = 8;
+/// How long a hit is remembered for the suspect-hit signal.
+const SUSPECT_WINDOW: Duration = Duration::from_secs(600);
+/// Hits remembered for the suspect-hit signal.
+const SUSPECT_MEMORY: usize = 10_000;
+
+/// One request as the cache sees it.
+#[derive(Clone, Copy)]
+pub struct Query<'a> {
+    /// Route name (partitions entries; the metrics' `route` label).
+    pub route: &'a str,
+    /// Which upstream, variant and model would answer (part of the partition).
+    pub served: key::Served<'a>,
+    /// The route's cache settings.
+    pub settings: &'a RouteSettings,
+    /// The chat request body.
+    pub body: &'a Map<String, Value>,
+    /// The request's tenant (`None`: no credentials; see the gateway's tenant derivation).
+    pub tenant: Option<&'a str>,
+    /// Reads a request header (lower-case name).
+    pub header: &'a (dyn Fn(&str) -> Option<String> + Sync),
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Replay this entry.
+    Hit {
+        /// The entry.
+        entry: Arc<Entry>,
+        /// Its similarity (1 for the exact tier).
+        similarity: f32,
+    },
+    /// Go upstream; store the response if it qualifies.
+    Miss {
+        /// What to store under.
+        pending: Pending,
+        /// Best candidate's similarity, if there was one.
+        best: Option<f32>,
+        /// Why the best candidate above the threshold was refused.
+        rejected: Option<Reject>,
+    },
+    /// The client asked to skip the cache (`store`: whether the fresh answer may be stored).
+    Bypass(Option<Pending>),
+    /// The request cannot be answered from a cache (tools, n > 1, no user message last, …).
+    Uncacheable,
+    /// The request has no credentials and the route is not shared across tenants: it is
+    /// neither looked up nor stored (keyless clients would otherwise share one partition).
+    NoCredentials,
+}
+
+impl Lookup {
+    /// The `x-reasoning-cache` header value.
+    pub fn header(&self) -> &'static str {
+        match self {
+            Lookup::Hit { .. } => "hit",
+            Lookup::Miss { .. } => "miss",
+            Lookup::Bypass(_) | Lookup::Uncacheable | Lookup::NoCredentials => "bypass",
+        }
+    }
+}
+
+/// A miss waiting for its response.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Route name.
+    pub route: String,
+    /// Keys and problem.
+    pub key: RequestKey,
+    /// The embedding, when the lookup computed one.
+    pub vector: Option<Vec<f32>>,
+    /// The route's settings at lookup time.
+    pub settings: RouteSettings,
+    /// Store only if the partition has no live entry for this exact problem (a shared
+    /// partition refreshed with `Cache-Control: no-cache`: other tenants' entry stays).
+    pub keep_existing: bool,
+}
+
+impl Cache {
+    /// Looks a chat request up (records `cache_requests_total` and the lookup's duration).
+    pub async fn lookup(&self, q: &Query<'_>) -> Lookup {
+        let started = Instant::now();
+        let result = self.lookup_inner(q).await;
+        let label = match &result {
+            Lookup::Hit { .. } => LookupResult::Hit,
+            Lookup::Miss { pending, .. } if pending.vector.is_none() => LookupResult::Error,
+            Lookup::Miss { .. } => LookupResult::Miss,
+            Lookup::Bypass(_) => LookupResult::Bypass,
+            Lookup::Uncacheable => LookupResult::Uncacheable,
+            Lookup::NoCredentials => LookupResult::NoCredentials,
+        };
+        self.metrics.lookup(q.route, label, started.elapsed());
+        result
+    }
+
+    async fn lookup_inner(&self, q: &Query<'_>) -> Lookup {
+        let Query {
+            route,
+            served,
+            settings,
+            body,
+            tenant,
+            header,
+        } = *q;
+        let shared = settings.shared_across_tenants;
+        let tenant = match tenant {
+            _ if shared => "shared",
+            Some(t) => t,
+            None => return Lookup::NoCredentials,
+        };
+        let Ok(key) = key::request_key(route, &served, body, tenant) else {
+            return Lookup::Uncacheable;
+        };
+        let pending = Pending {
+            route: route.to_string(),
+            key,
+            vector: None,
+            settings: *settings,
+            keep_existing: false,
+        };
+        let cache_control = header("cache-control")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let bypass = cache_control.contains("no-cache")
+            || cache_control.contains("no-store")
+            || header("x-reasoning-cache").is_some_and(|v| v.eq_ignore_ascii_case("bypass"));
+        if bypass {
+            if self.was_recent_hit(&pending.key.exact) {
+                self.metrics.suspect_hit(route);
+            }
+            let store = !cache_control.contains("no-store");
+            // One tenant asking for a fresh answer must not replace what every tenant of a
+            // shared partition is served.
+            let pending = Pending {
+                keep_existing: shared,
+                ..pending
+            };
+            return Lookup::Bypass(store.then_some(pending));
+        }
+        let now = now_unix();
+        if let Some(entry) = self.store.exact(&pending.key.exact, now) {
+            self.metrics.similarity(route, Candidacy::Hit, 1.0);
+            self.remember_hit(pending.key.exact);
+            return Lookup::Hit {
+                entry,
+                similarity: 1.0,
+            };
+        }
+        let embed_started = Instant::now();
+        let vector = match self.embedder.embed(&pending.key.problem).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "Cache lookup without an embedding.");
+                return Lookup::Miss {
+                    pending,
+                    best: None,
+                    rejected: None,
+                };
+            }
+        };
+        self.metrics.embedding(route, embed_started.elapsed());
+        let candidates = self
+            .store
+            .search(&vector, &pending.key.partition, now, CANDIDATES);
+        let decision = decide(&pending.key.problem, &candidates, settings);
+        let best = candidates.first().map(|c| c.similarity);
+        let candidacy = match &decision {
+            Decision::Hit(_) => Candidacy::Hit,
+            Decision::Rejected(_) => Candidacy::Rejected,
+            Decision::Below => Candidacy::BelowThreshold,
+        };
+        if let Some(b) = best {
+            self.metrics.similarity(route, candidacy, b);
+        }
+        match decision {
+            Decision::Hit(c) => {
+                self.remember_hit(pending.key.exact);
+                Lookup::Hit {
+                    entry: c.entry.clone(),
+                    similarity: c.similarity,
+                }
+            }
+            Decision::Rejected(reason) => {
+                self.metrics.guard_rejection(route, reason);
+                Lookup::Miss {
+                    pending: Pending {
+                        vector: Some(vector),
+                        ..pending
+                    },
+                    best,
+                    rejected: Some(reason),
+                }
+            }
+            Decision::Below => Lookup::Miss {
+                pending: Pending {
+                    vector: Some(vector),
+                    ..pending
+                },
+                best,
+                rejected: None,
+            },
+        }
+    }
+
+    fn remember_hit(&self, exact: Digest128) {
+        let Ok(mut g) = self.recent_hits.lock() else {
+            return;
+        };
+        let (map, order) = &mut *g;
+        if map.insert(exact, Instant::now()).is_none() {
+            order.push_back(exact);
+        }
+        while order.len() > SUSPECT_MEMORY {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    fn was_recent_hit(&self, exact: &Digest128) -> bool {
+        let Ok(mut g) = self.recent_hits.lock() else {
+            return false;
+        };
+        match g.0.get(exact) {
+            Some(t) if t.elapsed() <= SUSPECT_WINDOW => {
+                g.0.remove(exact);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+enum Decision<'a> {
+    Hit(&'a Candidate),
+    Rejected(Reject),
+    Below,
+}
+
+/// The first candidate above the threshold that the guard accepts.
+fn decide<'a>(
+    problem: &str,
+    candidates: &'a [Candidate],
+    settings: &RouteSettings,
+) -> Decision<'a> {
+    let mut rejected = None;
+    let mut features = None;
+    for c in candidates {
+        if c.similarity < settings.threshold {
+            break;
+        }
+        if !settings.guard {
+            return Decision::Hit(c);
+        }
+        let f = features.get_or_insert_with(|| guard::features(problem));
+        match guard::check(f, &c.entry.features) {
+            Ok(()) => return Decision::Hit(c),
+            Err(r) => {
+                rejected.get_or_insert(r);
+            }
+        }
+    }
+    match rejected {
+        Some(r) => Decision::Rejected(r),
+        None => Decision::Below,
+    }
+}
