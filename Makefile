@@ -7,6 +7,8 @@ export RG_PYTHON ?= $(VENV)/bin/python
 CONFIG ?= configs/engine.yaml
 BIN := $(CARGO_TARGET_DIR)/release/reasoning-gateway
 
+
+.PHONY: lint-all
 .PHONY: run test deps deps-run deps-gateway doctor gateway models venv build check lint bench-parser bench-engine dashboard-png bench-proxy bench-cache fuzz
 
 run: deps-run models build
@@ -58,7 +60,13 @@ venv:
 build:
 	cargo build --release --workspace --all-targets
 
+# Formatting and clippy (the workspace's [workspace.lints]) on the cache, the gateway and the tests;
+# CI runs it before `make test`. The engine and the benches are left out: checking them means
+# checking mistral.rs and candle too, minutes of CI for two thin crates (`make lint-all` does it).
 lint:
+	cargo fmt --all --check
+	cargo clippy --release -p reasoning-cache -p reasoning-gateway --no-default-features -p gateway-tests --all-targets -- -D warnings
+lint-all:
 	cargo fmt --all --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 

@@ -174,7 +174,10 @@ impl CanaryState {
         variant: &str,
         o: Outcome,
     ) -> Option<Change> {
-        let mut all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let window = canary.rollback.window;
         let key = (route.to_string(), variant.to_string());
         let entry = all.entry(key.clone()).or_default();
@@ -247,14 +250,20 @@ impl CanaryState {
     /// The served variants' weights now: configured, or the promotion step's; rolled-back
     /// variants get 0.
     pub fn weights(&self, route: &str, canary: &CanaryConfig) -> Vec<u32> {
-        let all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let all = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         weights_in(&all, route, canary)
     }
 
     /// The served variants now, for [`crate::routing::variant::pick`]: the weights in force
     /// and which are rolled back (those cannot be forced by a header).
     pub fn live(&self, route: &str, canary: &CanaryConfig) -> Live {
-        let all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let all = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rolled_back = canary
             .variants
             .iter()
@@ -285,7 +294,10 @@ impl CanaryState {
 
     /// Clears a rollback; returns whether there was one.
     pub fn enable(&self, route: &str, variant: &str) -> bool {
-        let mut all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match all.get_mut(&(route.to_string(), variant.to_string())) {
             Some(w) if w.rolled_back.is_some() => {
                 // Re-enabled: a fresh window, and promotion starts again from its first step.
@@ -299,7 +311,10 @@ impl CanaryState {
     /// State for `GET /admin/canary`: each variant's window and rollback, and, for routes of the
     /// live config `routes`, the weight and traffic share in force and the promotion step.
     pub fn report(&self, routes: &[RouteConfig]) -> Value {
-        let all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let all = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out: Vec<Value> = all
             .iter()
             .map(|((route, variant), w)| {

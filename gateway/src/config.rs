@@ -294,7 +294,7 @@ impl Default for AnalysisConfig {
         AnalysisConfig {
             correction_markers: crate::reasoning::corrections::DEFAULT_MARKERS
                 .iter()
-                .map(|m| m.to_string())
+                .map(std::string::ToString::to_string)
                 .collect(),
             verify: Default::default(),
             stats: false,

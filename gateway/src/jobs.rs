@@ -243,7 +243,9 @@ impl Jobs {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn gateway(&self) -> Option<Arc<Gateway>> {
@@ -617,7 +619,10 @@ impl Jobs {
         let Some(dir) = &self.settings.dir else {
             return;
         };
-        let _one_at_a_time = self.persisting.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self
+            .persisting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let latest = self.snapshot(&job.id);
         let job = latest.as_ref().unwrap_or(job);
         let write = || -> std::io::Result<()> {

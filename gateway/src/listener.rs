@@ -110,7 +110,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await
+        self.inner.cleanup().await;
     }
 }
 
@@ -238,7 +238,7 @@ impl AsyncWrite for GuardedStream {
 #[async_trait]
 impl Shutdown for GuardedStream {
     async fn shutdown(&mut self) {
-        Shutdown::shutdown(self.inner.as_mut()).await
+        Shutdown::shutdown(self.inner.as_mut()).await;
     }
 }
 
@@ -278,7 +278,7 @@ impl GetProxyDigest for GuardedStream {
     }
 
     fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest)
+        self.inner.set_proxy_digest(digest);
     }
 }
 
@@ -288,7 +288,7 @@ impl GetSocketDigest for GuardedStream {
     }
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest)
+        self.inner.set_socket_digest(digest);
     }
 }
 

@@ -108,7 +108,7 @@ pub fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<RequestInfo, Ap
     };
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(Value::String(_)) | None | Some(Value::Null) => {
+        Some(Value::String(_) | Value::Null) | None => {
             return Err(ApiError::new(
                 ErrorCode::MissingRequiredParameter,
                 "you must provide a model parameter",

@@ -27,7 +27,10 @@ pub struct Reloaded {
 
 /// Reloads `path` into `gw`. On error nothing changes and every error is returned.
 pub fn reload(gw: &Gateway, path: &Path, trigger: ReloadTrigger) -> Result<Reloaded, Vec<String>> {
-    let _writer = gw.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let _writer = gw
+        .reload_lock
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let old = gw.snapshot.load_full();
     let result = config::load(path)
         .map_err(|e| e.to_string().lines().map(str::to_owned).collect::<Vec<_>>())
@@ -96,7 +99,7 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: ReloadTrigger) -> Result<Reloa
     // Health is a fact about an address, not about a config generation: keep what is known.
     // An unchanged admission bound carries over too, so the slots requests in flight hold (and
     // the line of waiting ones) stay counted.
-    for (name, pool) in snapshot.pools.iter_mut() {
+    for (name, pool) in &mut snapshot.pools {
         if let Some(old_pool) = old.pools.get(name) {
             if pool.config.admission.is_some() && old_pool.config.admission == pool.config.admission
             {
@@ -210,7 +213,7 @@ pub fn moved_endpoints(
 /// The system resolver (blocking).
 fn system_resolve(name: &str) -> Vec<SocketAddr> {
     name.to_socket_addrs()
-        .map(|a| a.collect())
+        .map(std::iter::Iterator::collect)
         .unwrap_or_default()
 }
 

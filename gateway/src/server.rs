@@ -212,7 +212,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
 
     match (&config.engine, engine_listener) {
         (Some(engine), Some(listener)) => {
-            add_engine(&mut server, gw.clone(), engine.clone(), listener)?
+            add_engine(&mut server, gw.clone(), engine.clone(), listener)?;
         }
         _ => gw.set_ready(true),
     }

@@ -337,10 +337,10 @@ pub async fn check_pool(pool: &Pool) {
         if ep.set_healthy_since(seen, result.is_ok()) {
             match result {
                 Ok(()) => {
-                    tracing::info!(upstream = %pool.config.name, endpoint = %ep.name, "Upstream endpoint is healthy again.")
+                    tracing::info!(upstream = %pool.config.name, endpoint = %ep.name, "Upstream endpoint is healthy again.");
                 }
                 Err(reason) => {
-                    tracing::warn!(upstream = %pool.config.name, endpoint = %ep.name, %reason, "Upstream endpoint failed its health check and is out of rotation.")
+                    tracing::warn!(upstream = %pool.config.name, endpoint = %ep.name, %reason, "Upstream endpoint failed its health check and is out of rotation.");
                 }
             }
         }

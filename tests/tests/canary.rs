@@ -464,7 +464,7 @@ async fn a_canary_whose_pool_is_down_is_rolled_back() {
             assert!(
                 l.contains("upstream=\"dead\"") && l.contains("variant=\"canary\""),
                 "{l}"
-            )
+            );
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();

@@ -749,7 +749,9 @@ async fn a_low_soft_open_file_limit_is_raised_so_hundreds_of_streams_complete() 
     // All of them open at once, held by the upstream mid-reasoning.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while up.gated_waiting.load(Ordering::SeqCst) < STREAMS {
-        if streams.iter().any(|s| s.is_finished()) || std::time::Instant::now() > deadline {
+        if streams.iter().any(tokio::task::JoinHandle::is_finished)
+            || std::time::Instant::now() > deadline
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

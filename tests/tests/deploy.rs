@@ -569,7 +569,11 @@ async fn the_sidecar_config_serves_and_writes_only_its_volumes() {
         assert!(Instant::now() < deadline, "job not done: {j}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
     let deadline = Instant::now() + Duration::from_secs(45);
     let status = loop {
         if let Some(s) = child.0.try_wait().unwrap() {

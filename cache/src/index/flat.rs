@@ -42,7 +42,7 @@ fn prefetch_bytes(p: *const u8, len: usize) {
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
                 p.wrapping_add(offset).cast(),
-            )
+            );
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -346,7 +346,7 @@ impl FlatGraph {
             Vec::new()
         };
         let points: Vec<&(&[f32], usize)> = points.iter().chain(&own).collect();
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let part = points.len().div_ceil(threads).max(1);
         std::thread::scope(|scope| {
             points
@@ -372,6 +372,11 @@ impl FlatGraph {
     /// Points in the copy.
     pub fn len(&self) -> usize {
         self.ids.len()
+    }
+
+    /// Whether the copy has no points.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 
     /// The ids of the points in the copy, by node.

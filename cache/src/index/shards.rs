@@ -179,7 +179,7 @@ impl Index {
         let shard = self.shard_of(g);
         let _writing = self.writers[shard]
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.shards[shard].insert_slice((g, id));
         let due = {
             let mut side = self.side_mut(shard);
@@ -256,11 +256,15 @@ impl Index {
     }
 
     pub(crate) fn side(&self, shard: usize) -> std::sync::RwLockReadGuard<'_, Side> {
-        self.sides[shard].read().unwrap_or_else(|p| p.into_inner())
+        self.sides[shard]
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn side_mut(&self, shard: usize) -> std::sync::RwLockWriteGuard<'_, Side> {
-        self.sides[shard].write().unwrap_or_else(|p| p.into_inner())
+        self.sides[shard]
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Entry ids from a graph search (width `ef`) of each of `shards` for `g`: the flat copy
@@ -278,7 +282,7 @@ impl Index {
             let flat = self.side(s).flat.clone();
             match (flat, keep) {
                 (Some(flat), _) => {
-                    out.extend(flat.search(g, k, ef, keep).into_iter().map(|(_, id)| id))
+                    out.extend(flat.search(g, k, ef, keep).into_iter().map(|(_, id)| id));
                 }
                 (None, None) => out.extend(self.shards[s].search(g, k, ef).iter().map(|n| n.d_id)),
                 (None, Some(f)) => {
@@ -288,7 +292,7 @@ impl Index {
                             .search_filter(g, k, ef, Some(&filter))
                             .iter()
                             .map(|n| n.d_id),
-                    )
+                    );
                 }
             }
         }
@@ -315,7 +319,10 @@ impl Index {
 
     /// Points per shard.
     pub(crate) fn sizes(&self) -> Vec<usize> {
-        self.shards.iter().map(|h| h.get_nb_point()).collect()
+        self.shards
+            .iter()
+            .map(hnsw_rs::hnsw::Hnsw::get_nb_point)
+            .collect()
     }
 }
 

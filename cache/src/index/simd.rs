@@ -40,7 +40,7 @@ pub fn dot4(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
     ))]
     {
         // SAFETY: `q` and every row hold at least `n` floats; features enabled at compile time.
-        unsafe { avx2::dot4(q.as_ptr(), rows.map(|r| r.as_ptr()), n) }
+        unsafe { avx2::dot4(q.as_ptr(), rows.map(<[f32]>::as_ptr), n) }
     }
     #[cfg(not(all(
         target_arch = "x86_64",

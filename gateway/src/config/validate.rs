@@ -128,7 +128,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         &raw.client_body_timeout,
         DEFAULT_CLIENT_BODY_TIMEOUT,
     );
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let threads = errs.positive("threads", raw.threads, cpus);
     let drain_timeout =
         errs.duration_or_zero("drain_timeout", &raw.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
@@ -218,7 +218,6 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let async_jobs = async_jobs(&mut errs, raw.async_jobs.as_ref());
     if errs.0.is_empty() {
         Ok(Config {
-            async_jobs,
             listen,
             admin_listen,
             admin_token,
@@ -232,6 +231,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             dns_refresh,
             engine,
             cache,
+            async_jobs,
             upstreams,
             routes,
         })
@@ -927,7 +927,7 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
         );
     }
     let embed_threads = errs.positive("cache.embed_threads", c.and_then(|c| c.embed_threads), 1);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let embed_intra_threads = errs.positive(
         "cache.embed_intra_threads",
         c.and_then(|c| c.embed_intra_threads),

@@ -198,7 +198,7 @@ async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<(Value,
         let bytes = body
             .collect()
             .await
-            .map(|b| b.to_bytes())
+            .map(http_body_util::Collected::to_bytes)
             .unwrap_or_default();
         let err = serde_json::from_slice::<Value>(&bytes)
             .ok()

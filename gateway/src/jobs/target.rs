@@ -87,8 +87,7 @@ fn classify_v4(ip: Ipv4Addr) -> Option<Class> {
         (224..=239, _, _) => Class::Multicast,
         _ if ip.is_broadcast() => Class::Broadcast,
         (240..=255, _, _)
-        | (192, 0, 0)
-        | (192, 0, 2)
+        | (192, 0, 0 | 2)
         | (198, 18..=19, _)
         | (198, 51, 100)
         | (203, 0, 113) => Class::Reserved,

@@ -403,7 +403,7 @@ mod tests {
     use super::*;
 
     fn values<L: LabelSet>(l: &L) -> Vec<String> {
-        l.with_values(|v| v.iter().map(|s| s.to_string()).collect())
+        l.with_values(|v| v.iter().map(std::string::ToString::to_string).collect())
     }
 
     fn labels<T: Copy>(all: &[T], label: fn(T) -> &'static str) -> Vec<&'static str> {

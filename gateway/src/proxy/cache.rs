@@ -32,7 +32,7 @@ pub async fn lookup(
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+            .map(std::net::SocketAddr::ip);
         let tenant = crate::tenant::of_request(gw, &header, peer);
         let served = reasoning_cache::key::Served {
             upstream: &routed.pool.config.name,

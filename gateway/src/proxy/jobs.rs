@@ -25,7 +25,7 @@ pub async fn handle(
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+            .map(std::net::SocketAddr::ip);
         crate::tenant::of_request(gw, &header, peer)
             .id()
             .to_string()

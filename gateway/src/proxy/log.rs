@@ -83,7 +83,10 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
             .with(&ru)
             .observe(t.as_secs_f64());
     }
-    let report = ctx.rewriter.as_ref().map(|rw| rw.report());
+    let report = ctx
+        .rewriter
+        .as_ref()
+        .map(super::super::reasoning::rewrite::ResponseRewriter::report);
     if let Some(r) = &report {
         m.reasoning_tokens
             .with(&ru)
@@ -190,7 +193,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         reasoning_steps = report.as_ref().map(|r| r.steps),
         self_corrections = report.as_ref().map(|r| r.corrections),
         unterminated = report.as_ref().map(|r| r.unterminated),
-        verification_failures = report.as_ref().map(|r| r.failed().map(|c| c.label()).collect::<Vec<_>>().join(",")),
+        verification_failures = report.as_ref().map(|r| r.failed().map(super::super::reasoning::verify::Check::label).collect::<Vec<_>>().join(",")),
         cache = ctx.cache_header,
         cache_similarity = ctx.cache_similarity,
         "Request finished."

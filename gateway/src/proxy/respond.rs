@@ -43,7 +43,10 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
         .is_some_and(|r| r.reasoning.step_timeout_abort);
     if step_abort
         && e.etype() == &ErrorType::ReadTimedout
-        && ctx.rewriter.as_ref().is_some_and(|rw| rw.in_reasoning())
+        && ctx
+            .rewriter
+            .as_ref()
+            .is_some_and(super::super::reasoning::rewrite::ResponseRewriter::in_reasoning)
     {
         ctx.step_timeouts += 1;
         ctx.error = Some(ApiError::new(ErrorCode::StepTimeout, "No token arrived within the route's step_timeout while reasoning; generation was stopped.",
@@ -93,7 +96,7 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
             let mut tail = ctx
                 .rewriter
                 .as_mut()
-                .map(|rw| rw.abort())
+                .map(super::super::reasoning::rewrite::ResponseRewriter::abort)
                 .unwrap_or_default();
             tail.extend_from_slice(&err.sse_event());
             ok = write_last(session, ctx, tail).await;

@@ -44,7 +44,7 @@ pub fn count_corrections(reasoning: &str, markers: &[String]) -> u32 {
         }
         let b = bytes[i];
         let ends_sentence = matches!(b, b'.' | b'!' | b'?')
-            && bytes.get(i + 1).is_some_and(|n| n.is_ascii_whitespace());
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_whitespace);
         if b == b'\n' || ends_sentence {
             at_start = true;
         }
@@ -66,7 +66,10 @@ mod tests {
     use super::*;
 
     fn markers() -> Vec<String> {
-        DEFAULT_MARKERS.iter().map(|m| m.to_string()).collect()
+        DEFAULT_MARKERS
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect()
     }
 
     #[test]

@@ -354,7 +354,7 @@ impl ResponseRewriter {
         let usage_only = chunk
             .get("choices")
             .and_then(Value::as_array)
-            .is_some_and(|c| c.is_empty())
+            .is_some_and(std::vec::Vec::is_empty)
             && chunk.get("usage").is_some_and(|u| !u.is_null());
         if usage_only {
             // Generation is over: release held-back text before the usage that counts it.

@@ -35,7 +35,7 @@ async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, bool
     let mut buf = [0u8; 4096];
     loop {
         match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into(), true),
+            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&out).into(), true),
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
             Err(_) => return (String::from_utf8_lossy(&out).into(), false),
         }

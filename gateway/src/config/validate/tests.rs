@@ -50,7 +50,7 @@ fn unknown_keys_are_errors_with_their_path() {
 #[test]
 fn every_validation_error_is_reported_at_once() {
     let e = errors(
-        r#"
+        r"
 listen: nowhere
 upstreams:
   - name: engine
@@ -63,7 +63,7 @@ routes:
     reasoning: { parser: magic, output_field: thoughts }
   - model: e
     upstream: engine
-"#,
+",
     );
     let expect = [
         "listen: `nowhere`",
@@ -584,7 +584,7 @@ fn the_admin_token_comes_from_a_file_or_the_environment() {
     assert!(token.matches(b"tok-from-file"));
     assert!(!token.matches(b"tok-from-file\n"));
     assert!(!c.admin_public_metrics);
-    assert!(!format!("{:?}", token).contains("tok-from-file"));
+    assert!(!format!("{token:?}").contains("tok-from-file"));
 
     std::env::set_var("RG_TEST_CONFIG_ADMIN_TOKEN", "tok-from-env");
     let c = parse(&format!(
