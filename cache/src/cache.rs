@@ -1,5 +1,5 @@
 //! The process-wide cache: started once with its [`Settings`] and [`Metrics`], it stores
-//! completed responses, sweeps and snapshots itself, and answers lookups (see [`crate::lookup`]).
+//! completed responses, sweeps and snapshots itself, and answers lookups (`lookup.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -9,25 +9,12 @@ use serde_json::{json, Value};
 
 use crate::embed::{self, EmbedError, Embedder};
 use crate::key::Digest128;
-use crate::lookup::Pending;
 use crate::metrics::Metrics;
+use crate::pending::{Completed, Pending};
 use crate::settings::Settings;
 use crate::snapshot;
-use crate::store::{Record, Removal, Store, Usage};
+use crate::store::{Record, Removal, Store};
 use crate::util::now_unix;
-
-/// The completed response offered for storage.
-#[derive(Debug, Clone)]
-pub struct Completed {
-    /// Reasoning text.
-    pub reasoning: String,
-    /// Answer text.
-    pub answer: String,
-    /// Response `model`.
-    pub model: String,
-    /// Token usage.
-    pub usage: Option<Usage>,
-}
 
 /// The process-wide cache.
 pub struct Cache {
@@ -39,7 +26,7 @@ pub struct Cache {
     /// Entries and index.
     pub store: Store,
     pub(crate) metrics: Metrics,
-    /// Recent hits by exact key, for the suspect-hit signal (see [`crate::lookup`]).
+    /// Recent hits by exact key, for the suspect-hit signal (see `lookup.rs`).
     pub(crate) recent_hits: Mutex<(HashMap<Digest128, Instant>, VecDeque<Digest128>)>,
 }
 

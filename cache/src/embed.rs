@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+mod priority;
+
 /// The model as fetched: int8 weights, float compute.
 pub const SOURCE_MODEL: &str = "model.onnx";
 /// The copy `make models` derives from it with int8 MatMuls (`scripts/quantize-embedder.py`):
@@ -294,8 +296,7 @@ pub const EMBED_NICE: i32 = 10;
 /// Lowers the calling thread's priority to [`EMBED_NICE`] (Linux priorities are per thread).
 fn lower_priority() {
     // Linux priorities are per thread: `setpriority(PRIO_PROCESS, tid)` changes this one.
-    let ok =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), EMBED_NICE).is_ok();
+    let ok = priority::set_own(EMBED_NICE);
     if !ok {
         tracing::warn!(
             "Could not lower the embedding threads' priority; they compete with the proxy."
@@ -399,7 +400,7 @@ mod tests {
     #[test]
     fn the_model_is_built_on_a_low_priority_thread_whose_threads_inherit_it() {
         fn nice() -> i32 {
-            rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(0)
+            super::priority::own()
         }
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();

@@ -1,5 +1,5 @@
-//! The nearest-neighbour index behind the cache's similarity search, and the only place in the
-//! workspace with `unsafe` code (SIMD dot products, prefetches, `madvise` for huge pages); each
+//! The nearest-neighbour index behind the cache's similarity search, and the main place in the
+//! workspace with `unsafe` code (the other is `embed/priority.rs`): SIMD dot products, prefetches, `madvise` for huge pages; each
 //! block carries its own `SAFETY` note.
 //!
 //! - [`shards`]: one hnsw_rs graph per shard (spherical k-means centroids pick the shard),

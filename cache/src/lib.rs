@@ -10,8 +10,9 @@
 //! - [`key`]: the tenant, partition and exact keys of a chat request, and its problem text;
 //! - [`embed`]: sentence embeddings on dedicated, low-priority threads, bounded in time;
 //! - [`store`]: entries, partitions and the exact tier, over the [`index`] (sharded HNSW
-//!   graphs searched through flat copies; the only `unsafe` code);
+//!   graphs searched through flat copies; with `embed/priority.rs` the only `unsafe` code);
 //! - [`guard`]: refuses a similar problem whose answer differs (numbers, units, negation, …);
+//! - [`pending`]: a miss waiting for its response, and the completed response;
 //! - [`replay`]: a hit written as the client asked (SSE chunks or JSON);
 //! - [`snapshot`]: entries persisted across restarts; [`files`]: atomic, private writes;
 //! - [`settings`], [`metrics`], [`util`].
@@ -24,13 +25,15 @@ pub mod index;
 pub mod key;
 pub mod lookup;
 pub mod metrics;
+pub mod pending;
 pub mod replay;
 pub mod settings;
 pub mod snapshot;
 pub mod store;
 pub mod util;
 
-pub use cache::{Cache, Completed};
-pub use lookup::{Lookup, Pending, Query};
+pub use cache::Cache;
+pub use lookup::{Lookup, Query};
 pub use metrics::Metrics;
+pub use pending::{Completed, Pending};
 pub use settings::{RouteSettings, Settings};

@@ -9,8 +9,9 @@ use serde_json::{Map, Value};
 
 use crate::cache::Cache;
 use crate::guard::{self, Reject};
-use crate::key::{self, Digest128, RequestKey};
+use crate::key::{self, Digest128};
 use crate::metrics::{Candidacy, LookupResult};
+use crate::pending::Pending;
 use crate::settings::RouteSettings;
 use crate::store::{Candidate, Entry};
 use crate::util::now_unix;
@@ -76,22 +77,6 @@ impl Lookup {
             Lookup::Bypass(_) | Lookup::Uncacheable | Lookup::NoCredentials => "bypass",
         }
     }
-}
-
-/// A miss waiting for its response.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    /// Route name.
-    pub route: String,
-    /// Keys and problem.
-    pub key: RequestKey,
-    /// The embedding, when the lookup computed one.
-    pub vector: Option<Vec<f32>>,
-    /// The route's settings at lookup time.
-    pub settings: RouteSettings,
-    /// Store only if the partition has no live entry for this exact problem (a shared
-    /// partition refreshed with `Cache-Control: no-cache`: other tenants' entry stays).
-    pub keep_existing: bool,
 }
 
 impl Cache {

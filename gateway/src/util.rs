@@ -1,19 +1,8 @@
 //! Small helpers several modules share (clock, hex, a stable hash). Nothing here depends on
 //! another module of the crate, so any module may use it without creating an import cycle.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Unix seconds now.
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+// The clock and hex are the cache crate's (one copy in the workspace; the gateway depends on it).
+pub use reasoning_cache::util::{hex, now_unix};
 
 /// FNV-1a: stable across processes and versions (unlike `DefaultHasher`), so stickiness and
 /// anything else hashed survives restarts.
