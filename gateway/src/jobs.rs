@@ -9,7 +9,7 @@
 //! reason), undelivered callbacks are retried.
 
 pub mod callback;
-mod quota;
+pub mod quota;
 mod runner;
 pub mod target;
 
@@ -24,7 +24,6 @@ use serde_json::{json, Value};
 use crate::config::AsyncJobsConfig;
 use crate::openai::{ApiError, ErrorCode};
 use crate::outcome::Outcome;
-use crate::state::Gateway;
 use crate::util::now_unix;
 use quota::json_len;
 pub use quota::Rejection;
@@ -197,6 +196,17 @@ impl Entry {
     }
 }
 
+/// What jobs need of the gateway that runs them. `state::Gateway` implements it, so this module
+/// never names the aggregate that owns the job store (which would be an import cycle).
+pub trait Host: Send + Sync {
+    /// The metrics.
+    fn metrics(&self) -> &crate::metrics::Metrics;
+    /// The config now (the listener jobs call, the callback policy).
+    fn config(&self) -> Arc<crate::config::Config>;
+    /// The header value that makes a job's request run as `tenant` (see [`crate::tenant`]).
+    fn seal_tenant(&self, tenant: &str) -> String;
+}
+
 /// The job store and runner.
 pub struct Jobs {
     /// Settings.
@@ -206,7 +216,7 @@ pub struct Jobs {
     persisting: Mutex<()>,
     slots: Arc<tokio::sync::Semaphore>,
     runtime: OnceLock<tokio::runtime::Handle>,
-    gw: OnceLock<std::sync::Weak<Gateway>>,
+    gw: OnceLock<std::sync::Weak<dyn Host>>,
     /// TLS for `https://` callbacks, built at the first one.
     callback_tls: OnceLock<crate::upstream::connect::TlsClient>,
     /// Stored jobs are in the store: until then the gateway is not ready (a client asking for
@@ -248,7 +258,7 @@ impl Jobs {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn gateway(&self) -> Option<Arc<Gateway>> {
+    fn gateway(&self) -> Option<Arc<dyn Host>> {
         self.gw.get().and_then(std::sync::Weak::upgrade)
     }
 
@@ -258,9 +268,14 @@ impl Jobs {
     }
 
     /// Binds the store to a runtime and the gateway; loads stored jobs and resumes them.
-    pub fn resume(self: &Arc<Self>, gw: &Arc<Gateway>, handle: tokio::runtime::Handle) {
+    pub fn resume<H: Host + 'static>(
+        self: &Arc<Self>,
+        gw: &Arc<H>,
+        handle: tokio::runtime::Handle,
+    ) {
         let _ = self.runtime.set(handle);
-        let _ = self.gw.set(Arc::downgrade(gw));
+        let host: std::sync::Weak<dyn Host> = Arc::downgrade(gw) as std::sync::Weak<H>;
+        let _ = self.gw.set(host);
         self.load_stored();
         self.loaded
             .store(true, std::sync::atomic::Ordering::Release);
@@ -373,7 +388,7 @@ impl Jobs {
         let request_bytes = json_len(&Value::Object(body.clone()));
         if let Err((reason, e)) = self.admit(&tenant, request_bytes) {
             if let Some(gw) = self.gateway() {
-                gw.metrics.async_job_rejections_total.with(&reason).inc();
+                gw.metrics().async_job_rejections_total.with(&reason).inc();
             }
             return Err(e);
         }
@@ -579,7 +594,7 @@ impl Jobs {
                 }));
                 e.measure_outcome();
                 if let Some(gw) = self.gateway() {
-                    gw.metrics
+                    gw.metrics()
                         .async_job_rejections_total
                         .with(&Rejection::MemoryFull)
                         .inc();
@@ -647,8 +662,8 @@ impl Jobs {
 }
 
 /// Where the gateway's own listener is, for jobs to call.
-fn self_addr(gw: &Gateway) -> std::net::SocketAddr {
-    let mut a = gw.snapshot.load().config.listen;
+fn self_addr(gw: &dyn Host) -> std::net::SocketAddr {
+    let mut a = gw.config().listen;
     if a.ip().is_unspecified() {
         a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

@@ -12,7 +12,7 @@ use prometheus::{
 pub mod labels;
 
 use crate::admin::guard::Reason as AdminRefusal;
-use crate::jobs::Rejection;
+use crate::jobs::quota::Rejection;
 use crate::upstream::Refused;
 use labels::{
     Abort, CallbackResult, ClientRejection, Durations, FailedCheck, JobResult, LabelSet, Reload,

@@ -80,6 +80,31 @@ impl Gateway {
         })
     }
 
+    /// The request's tenant ([`crate::tenant::derive`] with the current settings), counting an
+    /// ignored tenant header in `tenant_headers_ignored_total`.
+    pub fn tenant_of(
+        &self,
+        header: &dyn Fn(&str) -> Option<String>,
+        peer: Option<std::net::IpAddr>,
+    ) -> crate::tenant::Derived {
+        let snapshot = self.snapshot.load();
+        let derived = crate::tenant::derive(
+            header,
+            peer,
+            &crate::tenant::Policy::of(snapshot.config.cache.as_ref()),
+            &self.tenant_relay,
+        );
+        if let Some(name) = &derived.ignored {
+            self.metrics
+                .tenant_headers_ignored_total
+                .with(&crate::metrics::labels::TenantHeader {
+                    header: name.as_str(),
+                })
+                .inc();
+        }
+        derived
+    }
+
     /// Whether the gateway can serve (engine loaded, listeners up, stored async jobs loaded).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && self.jobs.is_loaded()
@@ -103,5 +128,19 @@ impl Gateway {
                 self.canary.publish(&self.metrics, &route.name, canary);
             }
         }
+    }
+}
+
+impl crate::jobs::Host for Gateway {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.snapshot.load().config.clone()
+    }
+
+    fn seal_tenant(&self, tenant: &str) -> String {
+        self.tenant_relay.seal(tenant)
     }
 }

@@ -164,31 +164,6 @@ pub fn derive(
     }
 }
 
-/// [`derive`] with the gateway's current settings, counting an ignored header in
-/// `tenant_headers_ignored_total`.
-pub fn of_request(
-    gw: &crate::state::Gateway,
-    header: &dyn Fn(&str) -> Option<String>,
-    peer: Option<IpAddr>,
-) -> Derived {
-    let snapshot = gw.snapshot.load();
-    let derived = derive(
-        header,
-        peer,
-        &Policy::of(snapshot.config.cache.as_ref()),
-        &gw.tenant_relay,
-    );
-    if let Some(name) = &derived.ignored {
-        gw.metrics
-            .tenant_headers_ignored_total
-            .with(&crate::metrics::labels::TenantHeader {
-                header: name.as_str(),
-            })
-            .inc();
-    }
-    derived
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

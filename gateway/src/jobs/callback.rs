@@ -144,7 +144,7 @@ pub async fn deliver(jobs: Arc<Jobs>, id: String) {
             } else {
                 CallbackResult::Failed
             };
-            gw.metrics.async_job_callbacks_total.with(&result).inc();
+            gw.metrics().async_job_callbacks_total.with(&result).inc();
         }
         let n = attempts;
         jobs.update_callback(&id, |c| {
@@ -193,7 +193,7 @@ async fn post(jobs: &Jobs, url: &CallbackUrl, id: &str, body: &Bytes) -> Result<
     let gw = jobs
         .gateway()
         .ok_or_else(|| Failure::Transport("the gateway is stopping".into()))?;
-    let policy = jobs.policy(&gw.snapshot.load().config);
+    let policy = jobs.policy(&gw.config());
     let addrs =
         super::target::resolve(&policy, &url.host, url.port, jobs.settings.callback_timeout)
             .await

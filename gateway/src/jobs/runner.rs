@@ -99,7 +99,7 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
                 Some(Status::Succeeded) => JobResult::Succeeded,
                 _ => JobResult::Failed,
             };
-            gw.metrics.async_jobs_total.with(&result).inc();
+            gw.metrics().async_jobs_total.with(&result).inc();
         }
         jobs.deliver(id);
     }
@@ -148,7 +148,7 @@ async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<(Value,
     let gw = jobs
         .gateway()
         .ok_or_else(|| failure("internal", "the gateway is shutting down"))?;
-    let addr = super::self_addr(&gw);
+    let addr = super::self_addr(&*gw);
     let mut body = job.request.clone();
     if let Some(o) = body.as_object_mut() {
         o.insert("stream".into(), Value::Bool(true));
@@ -175,10 +175,7 @@ async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<(Value,
     }
     // The submitter's tenant, whatever it was derived from (x-api-key, a trusted proxy's
     // tenant header); sealed so no client can claim one this way.
-    builder = builder.header(
-        crate::tenant::RELAY_HEADER,
-        gw.tenant_relay.seal(&job.tenant),
-    );
+    builder = builder.header(crate::tenant::RELAY_HEADER, gw.seal_tenant(&job.tenant));
     let request = builder
         .body(Full::new(Bytes::from(
             serde_json::to_vec(&body).unwrap_or_default(),

@@ -4,7 +4,7 @@
 //! (route, variant, upstream) or closed enums, never request text.
 
 use crate::admin::guard::Reason as AdminRefusal;
-use crate::jobs::Rejection;
+use crate::jobs::quota::Rejection;
 use crate::openai::{Endpoint, ErrorCode};
 use crate::outcome::{Outcome, UpstreamErrorKind};
 use crate::reasoning::verify::Check;

@@ -33,7 +33,7 @@ pub async fn lookup(
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(std::net::SocketAddr::ip);
-        let tenant = crate::tenant::of_request(gw, &header, peer);
+        let tenant = gw.tenant_of(&header, peer);
         let served = reasoning_cache::key::Served {
             upstream: &routed.pool.config.name,
             variant: routed.variant.as_deref(),

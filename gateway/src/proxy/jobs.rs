@@ -26,9 +26,7 @@ pub async fn handle(
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(std::net::SocketAddr::ip);
-        crate::tenant::of_request(gw, &header, peer)
-            .id()
-            .to_string()
+        gw.tenant_of(&header, peer).id().to_string()
     };
     let not_found =
         |id: &str| ApiError::new(ErrorCode::JobNotFound, format!("No async job `{id}`."));
