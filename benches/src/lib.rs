@@ -21,7 +21,7 @@ pub fn embed_all(
     let started = std::time::Instant::now();
     let mut vectors = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(64) {
-        vectors.extend(model.embed(chunk)?);
+        vectors.extend(model.embed(chunk).map_err(|e| anyhow::anyhow!(e))?);
     }
     eprintln!(
         "embedded {} texts in {:.1?}",
