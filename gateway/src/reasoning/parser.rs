@@ -2,7 +2,7 @@
 //!
 //! Pure: no I/O, no clocks. Any chunking of the same text gives the same joined output.
 //!
-//! Grammar (documented in the README, "Reasoning split"):
+//! Grammar (documented in docs/behaviour.md, "Reasoning split"):
 //! - `<think>` opens reasoning only as the first non-whitespace text of the output (whitespace
 //!   before it is dropped). Output that starts with anything else is an answer, and tags in it
 //!   are literal text: content already sent cannot be taken back, and models that do not reason

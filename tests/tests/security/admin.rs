@@ -208,7 +208,7 @@ async fn a_browser_on_the_host_cannot_purge_the_loopback_admin() {
     assert_eq!(refusals(&gw, "content_type").await, 2.0);
     assert_eq!(refusals(&gw, "host").await, 1.0);
 
-    // What the README tells operators to run.
+    // What docs/operations.md tells operators to run.
     let (status, body) = gw.admin_post(path).await;
     assert_eq!(status, 200, "{body}");
 }
