@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use gateway_benches::{embed_all, model_file};
 use reasoning_cache::embed::{normalise, Embedder, MiniLm, TextEmbed};
-use reasoning_cache::replay::{self, Shape};
 use reasoning_cache::index::dot;
 use reasoning_cache::index::shards::{
     GRAPH_CANDIDATES, GRAPH_DIMS, HNSW_EF_CONSTRUCTION, HNSW_M, RECOPY_AFTER, SHARD_PROBE_MARGIN,
     SHARD_TARGET,
 };
+use reasoning_cache::replay::{self, Shape};
 use reasoning_cache::store::{Record, Store};
 use reasoning_cache::util::hex;
 use reasoning_cache::{Cache, Lookup};
