@@ -46,6 +46,9 @@ row pip           "run test"         "python3 -c 'import pip'"      "python3 -c 
 row promtool      "test"             "have promtool"                "promtool --version"      "apt prometheus"
 row prometheus    "test"             "have prometheus"              "prometheus --version"    "apt prometheus"
 row cargo-nextest "test"             "cargo nextest --version"      "cargo nextest --version" "cargo cargo-nextest"
+# tests/tests/deploy.rs renders deploy/kubernetes with kubectl's built-in kustomize. Debian has no
+# kubectl package, and no registry this project uses ships it: make deps can only say how.
+row kubectl       "test"             "have kubectl"                 "kubectl version --client" "manual curl -fsSLo /usr/local/bin/kubectl https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubectl && chmod +x /usr/local/bin/kubectl   (or your distribution's kubectl >= 1.27)"
 
 TARGETS=(gateway run test)
 

@@ -24,6 +24,7 @@ const TOOLS: &[&str] = &[
     "promtool",
     "prometheus",
     "cargo-nextest",
+    "kubectl",
 ];
 
 /// The pseudo-tools hidden inside Python: its `venv` module (Debian's python3-venv) and pip.
@@ -41,6 +42,7 @@ fn install_command(item: &str) -> &'static str {
         "pip" => "apt-get install -y python3-pip",
         "cargo-nextest" => "cargo install --locked cargo-nextest",
         "cargo" => "sh.rustup.rs | sh   (rustup",
+        "kubectl" => "dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubectl",
         other => panic!("no install command expected for {other}"),
     }
 }
@@ -183,7 +185,7 @@ fn verdict<'a>(text: &'a str, target: &str) -> &'a str {
 }
 
 const BUILD_TOOLS: &[&str] = &["cmake", "pkg-config", "curl", "python3-venv", "pip"];
-const TEST_TOOLS: &[&str] = &["cargo-nextest", "promtool", "prometheus"];
+const TEST_TOOLS: &[&str] = &["cargo-nextest", "promtool", "prometheus", "kubectl"];
 
 #[test]
 fn deps_lists_each_missing_prerequisite_with_its_install_command_and_fails() {
