@@ -55,10 +55,13 @@ pub struct Served<'a> {
     pub model: &'a str,
 }
 
+/// The tenant id of no credentials (real ids are hex digests, so it cannot collide with one).
+pub const ANONYMOUS: &str = "anonymous";
+
 /// The tenant id for an API key or tenant header value.
 pub fn tenant_id(secret: Option<&str>) -> String {
     match secret {
-        None | Some("") => "anonymous".to_string(),
+        None | Some("") => ANONYMOUS.to_string(),
         Some(s) => hex(&digest(&[b"tenant\0", s.as_bytes()])),
     }
 }

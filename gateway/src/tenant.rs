@@ -20,9 +20,9 @@ use reasoning_cache::key::tenant_id;
 /// The internal header carrying a job's tenant from the runner to the proxy.
 pub const RELAY_HEADER: &str = "x-reasoning-gateway-tenant";
 
-/// The tenant id of requests without credentials where an id is needed (async job ownership).
-/// Real ids are hex digests, so it cannot collide with one.
-pub const ANONYMOUS: &str = "anonymous";
+/// The tenant id of requests without credentials where an id is needed (async job ownership):
+/// the same id the cache's key derivation gives no credentials.
+pub use reasoning_cache::key::ANONYMOUS;
 
 /// The outcome of [`derive`].
 #[derive(Debug, Clone, PartialEq, Eq)]
