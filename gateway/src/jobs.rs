@@ -274,7 +274,7 @@ impl Jobs {
         handle: tokio::runtime::Handle,
     ) {
         let _ = self.runtime.set(handle);
-        let host: std::sync::Weak<dyn Host> = Arc::downgrade(gw) as std::sync::Weak<H>;
+        let host: std::sync::Weak<H> = Arc::downgrade(gw);
         let _ = self.gw.set(host);
         self.load_stored();
         self.loaded
