@@ -26,6 +26,33 @@ def modules(root):
     return out
 
 
+def expand_groups(code):
+    """`crate::{a::X, b::{c, d}}` → `crate::a::X crate::b::c crate::b::d` (any depth), so grouped
+    imports are seen like single ones."""
+    out, i = [], 0
+    pattern = re.compile(r"\b((?:crate|super)(?:::[a-z_][a-z_0-9]*)*)::\{")
+    while True:
+        m = pattern.search(code, i)
+        if not m:
+            out.append(code[i:])
+            return "".join(out)
+        out.append(code[i : m.start()])
+        depth, j = 1, m.end()
+        while j < len(code) and depth:
+            depth += {"{": 1, "}": -1}.get(code[j], 0)
+            j += 1
+        inner, parts, depth, start = code[m.end() : j - 1], [], 0, 0
+        for k, ch in enumerate(inner):
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            if ch == "," and depth == 0:
+                parts.append(inner[start:k])
+                start = k + 1
+        parts.append(inner[start:])
+        items = [p.strip() for p in parts if p.strip() and p.strip() != "self"]
+        out.append(" ".join(expand_groups(f"{m.group(1)}::{p}") for p in items) + " ")
+        i = j
+
+
 def graph(root):
     files = modules(root)
 
@@ -40,7 +67,7 @@ def graph(root):
     for m, p in files.items():
         text = open(p).read()
         code = re.sub(r"#\[cfg\(test\)\]\s*mod tests \{.*", "", text, flags=re.S)
-        code = re.sub(r"//.*", "", code)
+        code = expand_groups(re.sub(r"//.*", "", code))
         deps = set()
         for x in re.findall(r"\bcrate::([a-z_][a-z_0-9]*(?:::[a-z_][a-z_0-9]*)*)", code):
             deps.add(resolve(x))
