@@ -50,10 +50,15 @@ async fn ask(gw: &GatewayProc) -> String {
         .await
         .expect("request");
     assert_eq!(resp.status(), 200);
-    resp.headers()
+    let cache = resp
+        .headers()
         .get("x-reasoning-cache")
         .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // Read the answer to its end: a client that hangs up early is a cancelled request, and the
+    // cache stores only complete ones (dropping the body here made the fill step flaky).
+    resp.bytes().await.expect("body");
+    cache
 }
 
 /// Fills the cache with one entry and waits until it is counted (the embedding may be slow
