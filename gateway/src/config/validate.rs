@@ -850,7 +850,9 @@ fn route_cache(
     path: &str,
     c: &RawRouteCache,
 ) -> Option<reasoning_cache::RouteSettings> {
-    let threshold = c.threshold.unwrap_or(0.85);
+    let threshold = c
+        .threshold
+        .unwrap_or(f64::from(reasoning_cache::settings::DEFAULT_THRESHOLD));
     if !(threshold > 0.0 && threshold <= 1.0) {
         errs.push(&format!("{path}.threshold"), "must be in (0, 1]");
     }
