@@ -186,4 +186,6 @@ fn partial_suffix(text: &str, tag: &str) -> usize {
 }
 
 #[cfg(test)]
+mod parity;
+#[cfg(test)]
 mod tests;
