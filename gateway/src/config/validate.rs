@@ -772,6 +772,8 @@ fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig
     if r.checkpoint_every == Some(0) {
         errs.push(&format!("{path}.checkpoint_every"), "must be at least 1");
     }
+    let mut analysis = analysis(errs, path, r);
+    analysis.verify.tags = tags.clone();
     ReasoningConfig {
         parser,
         start_in_reasoning: r.start_in_reasoning.unwrap_or(false),
@@ -785,7 +787,7 @@ fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig
             .checkpoint_every
             .unwrap_or(DEFAULT_CHECKPOINT_EVERY)
             .max(1),
-        analysis: std::sync::Arc::new(analysis(errs, path, r)),
+        analysis: std::sync::Arc::new(analysis),
     }
 }
 
