@@ -22,7 +22,7 @@ TARGET_WRONG = 0.015
 L2 = 1e-2
 STEPS = 4000
 RATE = 0.5
-NAMES = ["cosine", "content_edits/n", "short_edits/n", "typo", "blocks", "reordered", "single_small_edit"]
+NAMES = ["cosine", "content_edits/n", "short_edits/n", "typo", "blocks", "reordered", "single_small_edit", "wrapped"]
 
 rows = [json.loads(line) for line in open(sys.argv[1])]
 rows = [r for r in rows if r["split"] == "dev"]
