@@ -223,14 +223,14 @@ async fn hits_misses_bypasses_and_near_misses() {
         assert_eq!(b.cache, "bypass");
     }
     assert_eq!(up.requests.load(Ordering::SeqCst), calls + 5);
-    gw.wait_for_requests(9, WAIT).await;
+    gw.wait_for_requests(10, WAIT).await;
     let m = metrics(&gw).await;
     assert_eq!(
         required_metric(
             &m,
             "reasoning_gateway_cache_requests_total{result=\"hit\",route=\"think\"}"
         ),
-        3.0
+        4.0
     );
     assert_eq!(
         required_metric(
@@ -257,7 +257,7 @@ async fn hits_misses_bypasses_and_near_misses() {
         required_metric(
             &m,
             "reasoning_gateway_cache_similarity_count{outcome=\"hit\",route=\"think\"}"
-        ) >= 3.0
+        ) >= 4.0
     );
     assert!(
         required_metric(
