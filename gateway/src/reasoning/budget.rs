@@ -75,9 +75,9 @@ pub fn assistant_prefix(
 ///
 /// Caveats for the proxy, from the templates themselves: the DeepSeek-R1 template renders only
 /// the text after `</think>` of an assistant message, so the reasoning would be lost from the
-/// prefix; the Qwen3 template re-renders the last assistant message as `<think>\n…\n</think>\n\n`
-/// + answer, so an `Extend` prefix (no `</think>`) would land after an empty think block. Such
-/// routes need the completions endpoint with the rendered prompt instead.
+/// prefix; the Qwen3 template re-renders the last assistant message as a think block followed
+/// by the answer, so an `Extend` prefix (no `</think>`) would land after an empty think block.
+/// Such routes need the completions endpoint with the rendered prompt instead.
 pub fn chat_continuation(request: &Value, prefix: &str, used: u64) -> Result<Value, ContinueError> {
     let mut body: Map<String, Value> = request.as_object().cloned().unwrap_or_default();
     let Some(Value::Array(messages)) = body.get_mut("messages") else {
