@@ -1,6 +1,7 @@
 //! Splitting reasoning from the answer: the pure parser, SSE framing and response rewriting.
 
 pub mod aggregate;
+pub mod budget;
 pub mod corrections;
 pub mod fastpath;
 pub mod parser;

@@ -18,6 +18,9 @@
 
 use std::borrow::Cow;
 
+const THINK_OPEN: &str = "<think>";
+const THINK_CLOSE: &str = "</think>";
+
 /// The tags around reasoning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tags {
@@ -28,8 +31,8 @@ pub struct Tags {
 impl Tags {
     /// `<think>` / `</think>`.
     pub const THINK: Tags = Tags {
-        open: Cow::Borrowed("<think>"),
-        close: Cow::Borrowed("</think>"),
+        open: Cow::Borrowed(THINK_OPEN),
+        close: Cow::Borrowed(THINK_CLOSE),
     };
 
     /// Other tags; the config layer has checked them (non-empty, distinct, neither inside the
@@ -121,6 +124,8 @@ pub struct ThinkParser {
     saw_reasoning: bool,
     closed: bool,
     anywhere: bool,
+    /// The tags are `<think>`/`</think>` (the fast path).
+    think: bool,
     tags: Tags,
 }
 
@@ -147,6 +152,7 @@ impl ThinkParser {
             saw_reasoning: options.start_in_reasoning,
             closed: false,
             anywhere: options.open_tag == OpenTag::Anywhere,
+            think: options.tags == Tags::THINK,
             tags: options.tags,
         }
     }
@@ -159,22 +165,33 @@ impl ThinkParser {
             saw_reasoning: false,
             closed: false,
             anywhere: false,
+            think: true,
             tags: Tags::THINK,
         }
     }
 
     /// Feeds one content delta; appends what can be decided to `out`.
     pub fn feed(&mut self, text: &str, out: &mut Split) {
-        // Moved out and back (the placeholder is the borrowed `<think>` pair): no allocation.
-        let tags = std::mem::take(&mut self.tags);
+        if self.think {
+            // Constant tags: the compiler specialises the search for the common case.
+            self.feed_with(THINK_OPEN, THINK_CLOSE, text, out);
+        } else {
+            // Moved out and back (the placeholder is the borrowed `<think>` pair): no allocation.
+            let tags = std::mem::take(&mut self.tags);
+            self.feed_with(tags.open(), tags.close(), text, out);
+            self.tags = tags;
+        }
+    }
+
+    #[inline(always)]
+    fn feed_with(&mut self, open: &str, close: &str, text: &str, out: &mut Split) {
         if self.pending.is_empty() {
-            self.run(&tags, text, out);
+            self.run(open, close, text, out);
         } else {
             let mut joined = std::mem::take(&mut self.pending);
             joined.push_str(text);
-            self.run(&tags, &joined, out);
+            self.run(open, close, &joined, out);
         }
-        self.tags = tags;
     }
 
     /// Ends the output: held-back text is released as what it was.
@@ -201,8 +218,8 @@ impl ThinkParser {
         self.closed
     }
 
-    fn run(&mut self, tags: &Tags, mut text: &str, out: &mut Split) {
-        let (open, close) = (tags.open(), tags.close());
+    #[inline(always)]
+    fn run(&mut self, open: &str, close: &str, mut text: &str, out: &mut Split) {
         while !text.is_empty() {
             match self.state {
                 State::Plain => {
@@ -286,6 +303,7 @@ impl ThinkParser {
 
 /// First occurrence of `tag`: memchr to each occurrence of its first byte, then compare.
 /// Much cheaper than a substring searcher for the short deltas streamed one by one.
+#[inline(always)]
 fn find_tag(text: &str, tag: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     let first = *tag.as_bytes().first()?;
@@ -293,6 +311,7 @@ fn find_tag(text: &str, tag: &str) -> Option<usize> {
 }
 
 /// Length of the longest suffix of `text` that is a proper prefix of `tag`.
+#[inline(always)]
 fn partial_suffix(text: &str, tag: &str) -> usize {
     let Some(&first) = tag.as_bytes().first() else {
         return 0;

@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::{Alert, ResponseRewriter, Stats};
+use crate::config::OutputField;
 use crate::reasoning::corrections::count_corrections;
 use crate::reasoning::report::Report;
 use crate::reasoning::sse::Event;
@@ -208,17 +209,18 @@ impl ResponseRewriter {
                 .copied()
                 .unwrap_or(text.len())
                 .clamp(start, text.len());
-            let summary = summarise(text.get(start..end).unwrap_or_default());
+            let mut checkpoint = serde_json::json!({
+                "step": k,
+                "reasoning_chars": c.reasoning_chars,
+            });
+            // `output_field: none`: the step's text is reasoning, which clients must not see.
+            if self.field != OutputField::None {
+                checkpoint["summary"] =
+                    Value::from(summarise(text.get(start..end).unwrap_or_default()));
+            }
             let mut chunk = self.template.clone();
             chunk.insert("choices".into(), Value::Array(Vec::new()));
-            chunk.insert(
-                "reasoning_checkpoint".into(),
-                serde_json::json!({
-                    "step": k,
-                    "summary": summary,
-                    "reasoning_chars": c.reasoning_chars,
-                }),
-            );
+            chunk.insert("reasoning_checkpoint".into(), checkpoint);
             Event {
                 data: Some(serde_json::to_string(&chunk).unwrap_or_default()),
                 ..Event::default()

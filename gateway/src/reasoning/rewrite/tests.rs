@@ -454,3 +454,32 @@ fn route_tags_are_split_across_chunks_like_think() {
         assert_eq!(a, "c", "piece {piece}");
     }
 }
+
+#[test]
+fn checkpoints_under_output_field_none_carry_no_reasoning_text() {
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::None);
+    let mut input = sse_chunk("<think>");
+    for i in 1..=6 {
+        input.push_str(&sse_chunk(&format!("Step {i}: secret {i}.\n\n")));
+    }
+    input.push_str(&sse_chunk("</think>Done."));
+    input.push_str(&finish_chunk());
+    input.push_str("data: [DONE]\n\n");
+    let mut rw =
+        ResponseRewriter::for_response(&c, Endpoint::ChatCompletions, 200, "text/event-stream")
+            .unwrap()
+            .with_checkpoints(5);
+    let mut out = rw.feed(input.as_bytes());
+    out.extend(rw.finish());
+    let text = String::from_utf8(out).unwrap();
+    assert!(!text.contains("secret"), "{text}");
+    let checkpoint = text
+        .split("\n\n")
+        .filter_map(|b| b.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .find_map(|v| v.get("reasoning_checkpoint").cloned())
+        .expect("the checkpoint itself still comes");
+    assert_eq!(checkpoint["step"], 5);
+    assert!(checkpoint.get("summary").is_none(), "{checkpoint}");
+}
