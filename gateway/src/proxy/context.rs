@@ -113,6 +113,14 @@ pub struct RequestCtx {
     pub cache_pending: Option<reasoning_cache::Pending>,
     /// Steps between `reasoning_checkpoint` chunks the streaming client asked for (0: none).
     pub checkpoints: u32,
+    /// The API the client spoke, once recognised.
+    pub api: Option<crate::api::Api>,
+    /// Writes the chat output in the client's API (Responses, Messages); `None` for chat.
+    pub codec: Option<crate::api::Codec>,
+    /// The client's own reasoning budget, when smaller than the route's.
+    pub reasoning_budget: Option<u64>,
+    /// The request is forwarded in its own API to an upstream that speaks it.
+    pub passthrough: bool,
 }
 
 impl RequestCtx {
@@ -159,6 +167,10 @@ impl RequestCtx {
             cache_rejected: None,
             cache_pending: None,
             checkpoints: 0,
+            api: None,
+            codec: None,
+            reasoning_budget: None,
+            passthrough: false,
             overhead: std::time::Duration::ZERO,
         }
     }

@@ -46,6 +46,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
             endpoint: ctx.endpoint,
             status,
             outcome,
+            api: ctx.api,
         })
         .inc();
     m.request_duration_seconds
