@@ -15,6 +15,9 @@
 //! |                 | it finds it closed with the request unread (reset), counted              |
 //! | `die-after-read`| reads the whole request, then closes without answering (a crash while   |
 //! |                 | generating), counted in `died`                                            |
+//! | `tool`          | reasoning, then a `get_weather` tool call; once the request carries the   |
+//! |                 | tool's result (a `tool` message), the `think` reasoning and answer        |
+//! | `echo-chat`     | the echo below, with the request body, as a chat completion's content     |
 //! | anything else   | echo: JSON describing what arrived (body length, checksum, model, auth)   |
 //!
 //! Every response carries `x-upstream-id` so tests can tell endpoints apart.
@@ -60,6 +63,9 @@ pub const ANALYSED_TOKENS: &[&str] = &[
     "</think>",
     "\n\n{\"answer\": 4",
 ];
+
+/// The id of the `tool` model's call.
+pub const TOOL_CALL_ID: &str = "call_weather_1";
 
 /// The reasoning in [`THINK_TOKENS`].
 pub const THINK_REASONING: &str = "Let me add 2 and 2.\n\nWait, check: 4.";
@@ -430,6 +436,62 @@ async fn serve_connection<S: Conn>(
                 )
                 .await?;
             }
+            "tool" => {
+                let answered = body["messages"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+                let (events, message, finish) = if answered {
+                    let text: String = THINK_TOKENS.concat();
+                    (
+                        content_events(&model, THINK_TOKENS),
+                        json!({"role": "assistant", "content": text}),
+                        "stop",
+                    )
+                } else {
+                    let call = |args: &str, first: bool| {
+                        let mut c = json!({"index": 0, "function": {"arguments": args}});
+                        if first {
+                            c["id"] = json!(TOOL_CALL_ID);
+                            c["type"] = json!("function");
+                            c["function"]["name"] = json!("get_weather");
+                        }
+                        c
+                    };
+                    let events = vec![
+                        chunk(
+                            &model,
+                            json!({"content": "<think>I need the weather.</think>"}),
+                            None,
+                        ),
+                        chunk(
+                            &model,
+                            json!({"tool_calls": [call("{\"city\": ", true)]}),
+                            None,
+                        ),
+                        chunk(
+                            &model,
+                            json!({"tool_calls": [call("\"Paris\"}", false)]}),
+                            None,
+                        ),
+                    ];
+                    let message = json!({"role": "assistant",
+                        "content": "<think>I need the weather.</think>",
+                        "tool_calls": [{"id": TOOL_CALL_ID, "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]});
+                    (events, message, "tool_calls")
+                };
+                if stream_wanted {
+                    let delivery = Delivery {
+                        finish,
+                        ..Delivery::whole(include_usage)
+                    };
+                    write_stream(&mut stream, id, &model, events, delivery).await?;
+                } else {
+                    let mut v = completion(&model, message);
+                    v["choices"][0]["finish_reason"] = json!(finish);
+                    write_json(&mut stream, id, 200, &v).await?;
+                }
+            }
             "split-fields" if stream_wanted => {
                 let mut events = vec![
                     chunk(&model, json!({"role": "assistant", "content": ""}), None),
@@ -495,6 +557,15 @@ async fn serve_connection<S: Conn>(
                     .map(|(_, v)| v.clone());
                 let echo = json!({"echo": {"body_len": req.body.len(), "checksum": checksum, "model": model,
                     "authorization": auth, "request_id": rid, "path": req.path, "expect": expect}});
+                if model == "echo-chat" {
+                    // The same report as a chat answer (with the request body), for translated APIs.
+                    let mut echo = echo;
+                    echo["echo"]["body"] = body.clone();
+                    let text = echo.to_string();
+                    let msg = json!({"role": "assistant", "content": text});
+                    write_json(&mut stream, id, 200, &completion(&model, msg)).await?;
+                    continue;
+                }
                 write_json(&mut stream, id, 200, &echo).await?;
             }
         }
@@ -562,6 +633,8 @@ struct Delivery {
     complete: bool,
     /// The request asked for `stream_options.include_usage`.
     include_usage: bool,
+    /// `finish_reason` of the last chunk.
+    finish: &'static str,
 }
 
 impl Delivery {
@@ -572,6 +645,7 @@ impl Delivery {
             byte_by_byte: false,
             complete: true,
             include_usage,
+            finish: "stop",
         }
     }
 }
@@ -588,6 +662,7 @@ async fn write_stream<S: Conn>(
         byte_by_byte,
         complete,
         include_usage,
+        finish,
     } = d;
     write_head(stream, id).await?;
     let mut payloads: Vec<String> = vec![": keep-alive\r\n\r\n".to_string()];
@@ -595,7 +670,7 @@ async fn write_stream<S: Conn>(
     if complete {
         payloads.push(format!(
             "data: {}\n\n",
-            chunk(model, json!({}), Some("stop"))
+            chunk(model, json!({}), Some(finish))
         ));
         if include_usage {
             let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,

@@ -156,12 +156,14 @@ fn content_text(content: Option<&Value>, i: usize) -> Result<String, ApiError> {
                     ("input_text" | "output_text" | "text", None) => {
                         return Err(bad_item(i, "a text part needs a string `text`"))
                     }
-                    _ => return Err(bad_item(
-                        i,
-                        &format!(
+                    _ => {
+                        return Err(bad_item(
+                            i,
+                            &format!(
                             "content part type `{ty}` is not supported by this gateway (text only)"
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
             Ok(text)
