@@ -7,11 +7,14 @@
 //! `reasoning::rewrite` — is read into one [`generation::Generation`] (reasoning, answer, tool
 //! calls, usage, finish) and written in the client's API by `responses::encode` or
 //! `messages::encode`; [`codec::Codec`] drives that over a response body, streamed or whole,
-//! cache replays included. `signature` signs Anthropic thinking blocks.
+//! cache replays included. `signature` signs Anthropic thinking blocks. A pool that serves an API
+//! itself (`api:` in its config) gets such requests as they are; `meter` reads their responses
+//! for the reasoning metrics.
 
 pub mod codec;
 pub mod generation;
 pub mod messages;
+pub mod meter;
 pub mod responses;
 pub mod signature;
 
@@ -111,6 +114,9 @@ pub struct Translated {
     pub show_reasoning: bool,
     /// The client's own reasoning budget (Messages `thinking.budget_tokens`).
     pub reasoning_budget: Option<u64>,
+    /// Thinking blocks sent back, to verify (where, thinking, signature): see
+    /// [`messages::verify_signatures`].
+    pub signed: Vec<(String, String, String)>,
 }
 
 /// Decodes a translated API's request body (already known to be JSON) into a chat request.

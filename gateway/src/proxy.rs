@@ -154,7 +154,10 @@ impl GatewayProxy {
         ctx.stream_requested = routed.info.stream;
         let mut routed = routed;
         if let Some(t) = translated {
-            api::prepare(ctx, &mut routed, t);
+            if let Err(err) = api::prepare(ctx, &mut routed, t) {
+                ctx.route = Some(routed.route);
+                return respond::error(session, ctx, err).await.map(|_| true);
+            }
         }
         // `x-reasoning-checkpoints: true` (the route's interval) or a step count; streams only.
         if routed.info.stream && !routed.aggregate {

@@ -20,6 +20,10 @@
 //! | `echo-chat`     | the echo below, with the request body, as a chat completion's content     |
 //! | anything else   | echo: JSON describing what arrived (body length, checksum, model, auth)   |
 //!
+//! `POST /v1/responses` and `POST /v1/messages` are served natively (an upstream with `api:
+//! [chat, responses, messages]`): reasoning split by the server itself, `think` and `tool` as
+//! above, ids `resp_upstream…`/`msg_upstream…`; counted in `native`.
+//!
 //! Every response carries `x-upstream-id` so tests can tell endpoints apart.
 
 use std::net::SocketAddr;
@@ -89,6 +93,8 @@ pub struct FakeUpstream {
     pub died: Arc<AtomicUsize>,
     /// Of those, the ones that arrived on a reused connection.
     pub died_reused: Arc<AtomicUsize>,
+    /// Requests served natively on `/v1/responses` or `/v1/messages`.
+    pub native: Arc<AtomicUsize>,
     gate: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -120,8 +126,10 @@ impl FakeUpstream {
             dropped: Arc::new(AtomicUsize::new(0)),
             died: Arc::new(AtomicUsize::new(0)),
             died_reused: Arc::new(AtomicUsize::new(0)),
+            native: Arc::new(AtomicUsize::new(0)),
             gate: gate_rx,
         };
+        let native = shared.native.clone();
         let (gated_cancels, gated_waiting) = (shared.cancels.clone(), shared.waiting.clone());
         let dropped_reused = shared.dropped.clone();
         let (died, died_reused) = (shared.died.clone(), shared.died_reused.clone());
@@ -151,6 +159,7 @@ impl FakeUpstream {
         FakeUpstream {
             addr,
             requests,
+            native,
             gated_cancels,
             gated_waiting,
             dropped_reused,
@@ -188,6 +197,7 @@ struct Shared {
     dropped: Arc<AtomicUsize>,
     died: Arc<AtomicUsize>,
     died_reused: Arc<AtomicUsize>,
+    native: Arc<AtomicUsize>,
     gate: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -276,6 +286,11 @@ async fn serve_connection<S: Conn>(
         }
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let model = body["model"].as_str().unwrap_or("").to_string();
+        if req.path == "/v1/responses" || req.path == "/v1/messages" {
+            native_api(&mut stream, id, &req.path, &req.body).await?;
+            shared.native.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
         if req.path == "/v1/embeddings" {
             // One 4-d vector per input, from the input's length (enough to check the shape).
             let inputs = match &body["input"] {
@@ -571,6 +586,76 @@ async fn serve_connection<S: Conn>(
         }
     }
     Ok(())
+}
+
+/// A native Responses or Messages answer: the request decoded as the gateway would, the
+/// scripted chat answer (reasoning already split, as reasoning servers do), encoded back.
+async fn native_api<S: Conn>(
+    stream: &mut S,
+    id: &str,
+    path: &str,
+    raw: &[u8],
+) -> std::io::Result<()> {
+    use reasoning_gateway::api::{decode, Api, Codec, Meta};
+    let api = if path == "/v1/responses" {
+        Api::Responses
+    } else {
+        Api::Messages
+    };
+    use reasoning_gateway::api::messages::{error_body, verify_signatures};
+    let t = match decode(api, raw).and_then(|t| verify_signatures(&t).map(|()| t)) {
+        Ok(t) => t,
+        Err(e) => {
+            let body = match api {
+                Api::Messages => error_body(e.status, &e.body()),
+                _ => e.body(),
+            };
+            let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return write_json(stream, id, e.status, &v).await;
+        }
+    };
+    let req = Value::Object(t.chat.clone());
+    let model = req["model"].as_str().unwrap_or("").to_string();
+    let answered = req["messages"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+    let (message, finish) = if model == "tool" && !answered {
+        (
+            json!({"role": "assistant", "reasoning_content": "I need the weather.", "content": null,
+            "tool_calls": [{"id": TOOL_CALL_ID, "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}),
+            "tool_calls",
+        )
+    } else {
+        (
+            json!({"role": "assistant", "reasoning_content": THINK_REASONING, "content": THINK_ANSWER}),
+            "stop",
+        )
+    };
+    let mut chat = completion(&model, message);
+    chat["choices"][0]["finish_reason"] = json!(finish);
+    chat["usage"]["completion_tokens_details"] = json!({"reasoning_tokens": 7});
+    let stream_wanted = req["stream"].as_bool().unwrap_or(false);
+    let meta = Meta {
+        id: "upstream1".into(),
+        model: model.clone(),
+        created: 1,
+        show_reasoning: t.show_reasoning,
+        stop_sequences: Vec::new(),
+    };
+    let mut codec = Codec::new(api, meta, stream_wanted);
+    let out = codec.whole(
+        200,
+        "application/json",
+        &serde_json::to_vec(&chat).unwrap_or_default(),
+    );
+    let content_type = codec.content_type(200);
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-upstream-id: {id}\r\n\r\n",
+        out.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&out).await
 }
 
 /// One chat chunk per content token.

@@ -235,3 +235,77 @@ async fn the_chat_upstream_gets_a_chat_request_with_the_clients_key() {
     );
     assert_eq!(b["response_format"]["type"], "json_schema", "{b}");
 }
+
+fn native_config(up: &FakeUpstream) -> String {
+    format!(
+        "upstreams: [{{name: fake, endpoints: [\"{}\"], api: [chat, responses, messages]}}]\nroutes:\n  - {{model: \"think*\", upstream: fake}}\n  - {{model: tool, upstream: fake}}\n",
+        up.addr
+    )
+}
+
+#[tokio::test]
+async fn the_sdks_work_in_pass_through_to_an_upstream_that_serves_responses_and_messages() {
+    use std::sync::atomic::Ordering;
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&native_config(&up), READY);
+    let base = gw.base_url();
+    let out = python(
+        "sdk_responses.py",
+        vec![base.clone(), THINK_REASONING.into(), THINK_ANSWER.into()],
+    )
+    .await;
+    assert!(out.contains("responses ok"), "{out}");
+    let out = python(
+        "sdk_messages.py",
+        vec![base.clone(), THINK_REASONING.into(), THINK_ANSWER.into()],
+    )
+    .await;
+    assert!(out.contains("messages ok"), "{out}");
+    let out = python("sdk_agents.py", vec![base, THINK_ANSWER.into()]).await;
+    assert!(out.contains("agents ok"), "{out}");
+    assert!(
+        up.native.load(Ordering::SeqCst) >= 18,
+        "the upstream served them itself"
+    );
+}
+
+#[tokio::test]
+async fn a_passed_through_response_is_the_upstreams_own_and_its_reasoning_is_measured() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&native_config(&up), READY);
+    let (s, text) = post(
+        &gw,
+        "/v1/responses",
+        &[],
+        json!({"model": "think", "input": "q", "stream": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{text}");
+    assert!(
+        text.contains("resp_upstream1"),
+        "not the upstream's own stream: {text}"
+    );
+    let (s, text) = post(&gw, "/v1/messages", &[], json!({"model": "think", "max_tokens": 9,
+        "thinking": {"type": "enabled", "budget_tokens": 1024}, "messages": [{"role": "user", "content": "q"}]})).await;
+    assert_eq!(s, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["id"], "msg_upstream1", "{text}");
+    // Reasoning tokens read from both bodies: the Responses usage says 7; Anthropic usage has no
+    // reasoning count, so the thinking text is estimated (36 characters, about 9 tokens).
+    let sum = "reasoning_gateway_reasoning_tokens_sum{route=\"think*\",upstream=\"fake\"}";
+    gw.wait_for_metric(sum, 16.0, Duration::from_secs(5)).await;
+    assert_eq!(up.native.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The gateway's own answers on those paths are still in the client's API.
+    let (s, text) = post(
+        &gw,
+        "/v1/messages",
+        &[],
+        json!({"model": "nope", "max_tokens": 9, "messages": [{"role": "user", "content": "q"}]}),
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["error"]["type"],
+        "not_found_error"
+    );
+}

@@ -53,8 +53,9 @@ pub fn decode(body: &Map<String, Value>) -> Result<Translated, ApiError> {
             "messages: at least one message is required",
         ));
     }
+    let mut signed = Vec::new();
     for (i, turn) in turns.iter().enumerate() {
-        turn_messages(turn, i, &mut messages)?;
+        turn_messages(turn, i, &mut messages, &mut signed)?;
     }
     chat.insert("messages".into(), Value::Array(messages));
     if let Some(stops) = body.get("stop_sequences").filter(|v| !v.is_null()) {
@@ -153,7 +154,23 @@ pub fn decode(body: &Map<String, Value>) -> Result<Translated, ApiError> {
         chat,
         show_reasoning,
         reasoning_budget,
+        signed,
     })
+}
+
+/// Checks the thinking blocks a client sent back carry this gateway's signatures.
+pub fn verify_signatures(t: &Translated) -> Result<(), ApiError> {
+    match t
+        .signed
+        .iter()
+        .find(|(_, thinking, sig)| !signature::verify(thinking, sig))
+    {
+        Some((at, _, _)) => Err(ApiError::invalid_param(
+            "messages",
+            format!("{at}: Invalid `signature` in `thinking` block"),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn bad(i: usize, what: &str) -> ApiError {
@@ -189,7 +206,12 @@ fn blocks_text(v: &Value, field: &'static str) -> Result<String, ApiError> {
     }
 }
 
-fn turn_messages(turn: &Value, i: usize, messages: &mut Vec<Value>) -> Result<(), ApiError> {
+fn turn_messages(
+    turn: &Value,
+    i: usize,
+    messages: &mut Vec<Value>,
+    signed: &mut Vec<(String, String, String)>,
+) -> Result<(), ApiError> {
     let role = match turn.get("role").and_then(Value::as_str) {
         Some(r @ ("user" | "assistant")) => r,
         _ => return Err(bad(i, "role: must be user or assistant")),
@@ -223,13 +245,13 @@ fn turn_messages(turn: &Value, i: usize, messages: &mut Vec<Value>) -> Result<()
                         &format!("content.{j}: a thinking block needs `thinking` and `signature`"),
                     ));
                 };
-                if !signature::verify(thinking, sig) {
-                    return Err(bad(
-                        i,
-                        &format!("content.{j}: Invalid `signature` in `thinking` block"),
-                    ));
-                }
-                // Verified, then left out: the model is not shown its earlier reasoning.
+                // Checked once the pool is known (a pool serving Messages itself signed its own);
+                // then left out: the model is not shown its earlier reasoning.
+                signed.push((
+                    format!("messages.{i}.content.{j}"),
+                    thinking.to_string(),
+                    sig.to_string(),
+                ));
             }
             Some("redacted_thinking") if role == "assistant" => {}
             Some("tool_use") if role == "assistant" => {
@@ -364,11 +386,15 @@ mod tests {
         let forged = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"},
             {"role": "assistant", "content": [{"type": "thinking", "thinking": "evil", "signature": signature::sign("good")}]},
             {"role": "user", "content": "y"}]});
-        assert!(dec(forged).unwrap_err().message.contains("signature"));
+        let forged = dec(forged).unwrap();
+        assert!(verify_signatures(&forged)
+            .unwrap_err()
+            .message
+            .contains("signature"));
         let genuine = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"},
             {"role": "assistant", "content": [{"type": "thinking", "thinking": "good", "signature": signature::sign("good")}]},
             {"role": "user", "content": "y"}]});
-        assert!(dec(genuine).is_ok());
+        assert!(verify_signatures(&dec(genuine).unwrap()).is_ok());
     }
 
     #[test]

@@ -127,6 +127,7 @@ pub fn decode(body: &Map<String, Value>) -> Result<Translated, ApiError> {
         chat,
         show_reasoning: true,
         reasoning_budget: None,
+        signed: Vec::new(),
     })
 }
 

@@ -12,12 +12,16 @@ use crate::api::{messages, Api, Codec, Meta, Translated};
 use crate::config::ParserKind;
 use crate::openai::{ApiError, ErrorCode};
 
+/// A translated request: what the translation decided, and the client's own body (for a pool
+/// that serves the API itself).
+pub struct Decoded {
+    translated: Translated,
+    original: Bytes,
+}
+
 /// For a translated API, the chat body to route instead of the client's, and what the
 /// translation decided; other APIs' bodies come back as they are.
-pub fn decode_request(
-    api: Option<Api>,
-    body: Bytes,
-) -> Result<(Bytes, Option<Translated>), ApiError> {
+pub fn decode_request(api: Option<Api>, body: Bytes) -> Result<(Bytes, Option<Decoded>), ApiError> {
     let Some(api) = api.filter(|a| a.translated()) else {
         return Ok((body, None));
     };
@@ -28,15 +32,27 @@ pub fn decode_request(
             format!("encoding the chat request failed: {e}"),
         )
     })?;
-    Ok((Bytes::from(chat), Some(t)))
+    let decoded = Decoded {
+        translated: t,
+        original: body,
+    };
+    Ok((Bytes::from(chat), Some(decoded)))
 }
 
 /// After routing: the codec for the client's API, and the client's reasoning budget (which
 /// needs the tokens as they come, so a JSON request is streamed from the upstream).
-pub fn prepare(ctx: &mut RequestCtx, routed: &mut Routed, t: Translated) {
+pub fn prepare(
+    ctx: &mut RequestCtx,
+    routed: &mut Routed,
+    decoded: Decoded,
+) -> Result<(), ApiError> {
     let Some(api) = ctx.api else {
-        return;
+        return Ok(());
     };
+    let Decoded {
+        translated: t,
+        original,
+    } = decoded;
     let stop_sequences = match t.chat.get("stop") {
         Some(Value::Array(a)) => a
             .iter()
@@ -52,12 +68,19 @@ pub fn prepare(ctx: &mut RequestCtx, routed: &mut Routed, t: Translated) {
         show_reasoning: t.show_reasoning,
         stop_sequences,
     };
+    // Also for a pool that serves the API itself: the gateway's own answers (errors, cache
+    // replays) are written in the client's API.
     ctx.codec = Some(Codec::new(api, meta, routed.info.stream));
+    if routed.pool.config.api.contains(&api) {
+        passthrough(ctx, routed, &original);
+        return Ok(());
+    }
+    messages::verify_signatures(&t)?;
     let Some(budget) = t.reasoning_budget else {
-        return;
+        return Ok(());
     };
     if routed.route.reasoning.parser == ParserKind::Passthrough {
-        return;
+        return Ok(());
     }
     ctx.reasoning_budget = Some(budget);
     if !routed.info.stream && !routed.aggregate {
@@ -71,6 +94,25 @@ pub fn prepare(ctx: &mut RequestCtx, routed: &mut Routed, t: Translated) {
             routed.aggregate = true;
         }
     }
+    Ok(())
+}
+
+/// The client's body for a pool that serves its API: as sent, but for the route's model rewrite.
+fn passthrough(ctx: &mut RequestCtx, routed: &mut Routed, original: &Bytes) {
+    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(original) else {
+        return;
+    };
+    if let Some(model) = routed.info.body.get("model") {
+        body.insert("model".into(), model.clone());
+    }
+    let Ok(bytes) = serde_json::to_vec(&body) else {
+        return;
+    };
+    ctx.passthrough = true;
+    routed.upstream_body = Bytes::from(bytes);
+    routed.aggregate = false;
+    routed.usage_injected = false;
+    // The shadow copy stays a chat request (its pool may speak only chat).
 }
 
 /// The upstream request of a translated API: the chat path, and the client's `x-api-key` as
@@ -100,6 +142,19 @@ pub fn upstream_response(
     resp: &mut ResponseHeader,
     status: u16,
 ) -> pingora::Result<()> {
+    if ctx.passthrough {
+        if (200..300).contains(&status) {
+            if let Some(api) = ctx.api {
+                let sse = resp
+                    .headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|c| c.starts_with("text/event-stream"));
+                ctx.meter = Some(crate::api::meter::Meter::new(api, sse));
+            }
+        }
+        return Ok(());
+    }
     let Some(codec) = ctx.codec.as_mut() else {
         return Ok(());
     };
@@ -117,7 +172,7 @@ pub fn upstream_response(
 
 /// Chat output on its way to the client, in the client's API (unchanged for chat clients).
 pub fn client_bytes(ctx: &mut RequestCtx, out: Vec<u8>, end: bool) -> Vec<u8> {
-    let Some(codec) = ctx.codec.as_mut() else {
+    let Some(codec) = ctx.codec.as_mut().filter(|_| !ctx.passthrough) else {
         return out;
     };
     let mut b = codec.feed(&out);

@@ -121,6 +121,8 @@ pub struct RequestCtx {
     pub reasoning_budget: Option<u64>,
     /// The request is forwarded in its own API to an upstream that speaks it.
     pub passthrough: bool,
+    /// Reads such a passed-through response for the reasoning metrics.
+    pub meter: Option<crate::api::meter::Meter>,
 }
 
 impl RequestCtx {
@@ -171,6 +173,7 @@ impl RequestCtx {
             codec: None,
             reasoning_budget: None,
             passthrough: false,
+            meter: None,
             overhead: std::time::Duration::ZERO,
         }
     }
