@@ -309,3 +309,110 @@ async fn a_passed_through_response_is_the_upstreams_own_and_its_reasoning_is_mea
         "not_found_error"
     );
 }
+
+#[tokio::test]
+async fn a_responses_request_replays_a_chat_requests_cache_entry_in_its_own_api() {
+    use gateway_tests::harness::repo_root;
+    use std::sync::atomic::Ordering;
+    let up = FakeUpstream::start("a").await;
+    let config = format!(
+        "cache:\n  model_dir: {}\n  onnxruntime: {}\n  embed_timeout: 5s\nupstreams: [{{name: fake, endpoints: [\"{}\"]}}]\nroutes:\n  - {{model: think, upstream: fake, reasoning: {{parser: deepseek_r1}}, cache: {{}}}}\n",
+        repo_root().join("models/minilm").display(),
+        repo_root().join("models/onnxruntime/libonnxruntime.so").display(),
+        up.addr
+    );
+    let gw = GatewayProc::start(&config, READY);
+    let q = "Sam has 2 apples and buys 2 more. How many apples does Sam have now?";
+    let ask = |path: &'static str, body: Value| {
+        let port = gw.port;
+        async move {
+            let resp = reqwest::Client::new()
+                .post(format!("http://127.0.0.1:{port}{path}"))
+                .header("x-api-key", "sk-cache")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let cache = resp
+                .headers()
+                .get("x-reasoning-cache")
+                .map(|v| v.to_str().unwrap().to_string());
+            (
+                resp.status().as_u16(),
+                cache.unwrap_or_default(),
+                resp.text().await.unwrap(),
+            )
+        }
+    };
+    let (s, cache, _) = ask(
+        "/v1/chat/completions",
+        json!({"model": "think", "messages": [{"role": "user", "content": q}]}),
+    )
+    .await;
+    assert_eq!((s, cache.as_str()), (200, "miss"));
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_inserts_total{route=\"think\"}",
+        1.0,
+        READY,
+    )
+    .await;
+    let calls = up.requests.load(Ordering::SeqCst);
+
+    let (s, cache, body) = ask("/v1/responses", json!({"model": "think", "input": q})).await;
+    assert_eq!((s, cache.as_str()), (200, "hit"), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "response", "{body}");
+    assert_eq!(
+        v["output"][0]["content"][0]["text"], THINK_REASONING,
+        "{body}"
+    );
+    assert_eq!(v["output"][1]["content"][0]["text"], THINK_ANSWER, "{body}");
+
+    let (s, cache, body) = ask(
+        "/v1/responses",
+        json!({"model": "think", "input": [{"role": "user", "content": q}], "stream": true}),
+    )
+    .await;
+    assert_eq!((s, cache.as_str()), (200, "hit"), "{body}");
+    let events: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(events[0]["type"], "response.created", "{body}");
+    let done = events.last().unwrap();
+    assert_eq!(done["type"], "response.completed", "{body}");
+    assert_eq!(
+        done["response"]["output"][1]["content"][0]["text"],
+        THINK_ANSWER
+    );
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        calls,
+        "a hit reached the upstream"
+    );
+
+    // Messages (max_tokens is part of the partition): its own entry, replayed as Messages.
+    let m = json!({"model": "think", "max_tokens": 64, "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": q}]});
+    let (_, cache, _) = ask("/v1/messages", m.clone()).await;
+    assert_eq!(cache, "miss");
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_inserts_total{route=\"think\"}",
+        2.0,
+        READY,
+    )
+    .await;
+    let (s, cache, body) = ask("/v1/messages", m).await;
+    assert_eq!((s, cache.as_str()), (200, "hit"), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (
+            v["content"][0]["type"].as_str(),
+            v["content"][0]["thinking"].as_str()
+        ),
+        (Some("thinking"), Some(THINK_REASONING)),
+        "{body}"
+    );
+    assert_eq!(v["content"][1]["text"], THINK_ANSWER, "{body}");
+}
