@@ -159,12 +159,12 @@ impl FakeUpstream {
         FakeUpstream {
             addr,
             requests,
-            native,
             gated_cancels,
             gated_waiting,
             dropped_reused,
             died,
             died_reused,
+            native,
             gate,
             task,
             stop,

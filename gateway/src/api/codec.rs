@@ -190,10 +190,10 @@ impl Codec {
                             for d in &deltas {
                                 match &mut self.writer {
                                     Writer::Responses(w) => {
-                                        w.delta(&self.meta, &self.gen, d, &mut out)
+                                        w.delta(&self.meta, &self.gen, d, &mut out);
                                     }
                                     Writer::Messages(w) => {
-                                        w.delta(&self.meta, &self.gen, d, &mut out)
+                                        w.delta(&self.meta, &self.gen, d, &mut out);
                                     }
                                 }
                             }

@@ -212,9 +212,8 @@ fn turn_messages(
     messages: &mut Vec<Value>,
     signed: &mut Vec<(String, String, String)>,
 ) -> Result<(), ApiError> {
-    let role = match turn.get("role").and_then(Value::as_str) {
-        Some(r @ ("user" | "assistant")) => r,
-        _ => return Err(bad(i, "role: must be user or assistant")),
+    let Some(role @ ("user" | "assistant")) = turn.get("role").and_then(Value::as_str) else {
+        return Err(bad(i, "role: must be user or assistant"));
     };
     let blocks = match turn.get("content") {
         Some(Value::String(s)) => {

@@ -373,7 +373,7 @@ mod tests {
             ),
         ] {
             let err = dec(body).unwrap_err();
-            assert_eq!((err.status, err.param.as_deref()), (400, Some(param)));
+            assert_eq!((err.status, err.param), (400, Some(param)));
         }
     }
 }
