@@ -416,3 +416,29 @@ async fn a_responses_request_replays_a_chat_requests_cache_entry_in_its_own_api(
     );
     assert_eq!(v["content"][1]["text"], THINK_ANSWER, "{body}");
 }
+
+#[tokio::test]
+async fn a_thinking_budget_smaller_than_the_routes_cuts_the_reasoning() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&chat_config(&up, ""), READY);
+    let ask = |budget: u64, stream: bool| {
+        json!({"model": "think", "max_tokens": 64, "stream": stream,
+            "thinking": {"type": "enabled", "budget_tokens": budget},
+            "messages": [{"role": "user", "content": "What is 2+2?"}]})
+    };
+    // The route has no budget; the client's (2 tokens) stops the `think` reasoning (6 chunks).
+    let (s, text) = post(&gw, "/v1/messages", &[], ask(2, false)).await;
+    assert_eq!(s, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["stop_reason"], "max_tokens", "{text}");
+    assert_ne!(v["content"][0]["thinking"], THINK_REASONING, "{text}");
+    let (s, text) = post(&gw, "/v1/messages", &[], ask(2, true)).await;
+    assert_eq!(s, 200, "{text}");
+    assert!(text.contains("event: error\n"), "{text}");
+    assert!(!text.contains("message_stop"), "{text}");
+    // A budget the reasoning fits in changes nothing.
+    let (_, text) = post(&gw, "/v1/messages", &[], ask(1024, false)).await;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["stop_reason"], "end_turn", "{text}");
+    assert_eq!(v["content"][0]["thinking"], THINK_REASONING, "{text}");
+}
