@@ -669,11 +669,13 @@ fn a_pools_client_apis_default_to_chat_and_are_checked() {
         "upstreams:\n  - {name: a, endpoints: [\"127.0.0.1:8000\"], api: [responses, grpc]}\nroutes:\n  - {model: m, upstream: a}\n",
     );
     assert!(
-        errs.iter().any(|e| e.starts_with("upstreams[0].api[1]: `grpc`")),
+        errs.iter()
+            .any(|e| e.starts_with("upstreams[0].api[1]: `grpc`")),
         "{errs:?}"
     );
     assert!(
-        errs.iter().any(|e| e.starts_with("upstreams[0].api: list `chat`")),
+        errs.iter()
+            .any(|e| e.starts_with("upstreams[0].api: list `chat`")),
         "{errs:?}"
     );
 }
