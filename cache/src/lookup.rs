@@ -1,6 +1,9 @@
 //! A lookup: tenant → bypass headers → key (tenant, partition, problem) → exact tier (same
 //! problem text, spacing aside) → embedding (dedicated threads, bounded wait) → nearest entries
-//! of the partition (HNSW or an exact scan) → threshold → guard.
+//! of the partition (HNSW or an exact scan) → for each, best first: the guard's quantity checks
+//! (numbers, units) → the pair check (a surface repeat at any similarity above
+//! [`SURFACE_FLOOR`]; else the threshold and the learned score). Every verdict carries its
+//! [`Reason`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +14,7 @@ use crate::cache::Cache;
 use crate::guard::{self, Reject};
 use crate::key::{self, Digest128};
 use crate::metrics::{Candidacy, LookupResult};
+use crate::pair::{self, Verdict};
 use crate::pending::Pending;
 use crate::settings::RouteSettings;
 use crate::store::{Candidate, Entry};
@@ -18,6 +22,9 @@ use crate::util::now_unix;
 
 /// Candidates examined per lookup.
 const CANDIDATES: usize = 8;
+/// Candidates less similar than this are not compared at all, not even as a surface repeat (a
+/// typo or two moves MiniLM's vector, but not this far).
+pub const SURFACE_FLOOR: f32 = 0.5;
 /// How long a hit is remembered for the suspect-hit signal.
 const SUSPECT_WINDOW: Duration = Duration::from_secs(600);
 /// Hits remembered for the suspect-hit signal.
@@ -49,6 +56,8 @@ pub enum Lookup {
         entry: Arc<Entry>,
         /// Its similarity (1 for the exact tier).
         similarity: f32,
+        /// Why it was served.
+        reason: Reason,
     },
     /// Go upstream; store the response if it qualifies.
     Miss {
@@ -56,8 +65,8 @@ pub enum Lookup {
         pending: Pending,
         /// Best candidate's similarity, if there was one.
         best: Option<f32>,
-        /// Why the best candidate above the threshold was refused.
-        rejected: Option<Reject>,
+        /// Why the best candidate was refused, when one was.
+        rejected: Option<Reason>,
     },
     /// The client asked to skip the cache (`store`: whether the fresh answer may be stored).
     Bypass(Option<Pending>),
@@ -66,6 +75,62 @@ pub enum Lookup {
     /// The request has no credentials and the route is not shared across tenants: it is
     /// neither looked up nor stored (keyless clients would otherwise share one partition).
     NoCredentials,
+}
+
+/// Why a lookup served an entry or refused a candidate (`x-reasoning-cache-reason`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reason {
+    /// The same problem text, spacing aside (the exact tier).
+    Exact,
+    /// The same words but for typos, case, spacing, punctuation or a rotated clause.
+    Surface,
+    /// The pair check's learned score passed.
+    Pair {
+        /// The score (0..1).
+        score: f32,
+    },
+    /// The route runs without the guard: the threshold alone decided.
+    Unguarded,
+    /// A candidate was refused by a check.
+    Refused {
+        /// Which check.
+        check: Reject,
+        /// The learned score, for the pair check.
+        score: Option<f32>,
+        /// The refused candidate's similarity.
+        similarity: f32,
+    },
+}
+
+impl Reason {
+    /// The header value: the check's name, then its figures (`pair; score=0.31; similarity=0.912`).
+    pub fn header(&self) -> String {
+        match *self {
+            Reason::Exact => "exact".into(),
+            Reason::Surface => "surface".into(),
+            Reason::Pair { score } => format!("pair; score={score:.3}"),
+            Reason::Unguarded => "threshold".into(),
+            Reason::Refused {
+                check,
+                score,
+                similarity,
+            } => match score {
+                Some(s) => format!(
+                    "{}; score={s:.3}; similarity={similarity:.3}",
+                    check.label()
+                ),
+                None => format!("{}; similarity={similarity:.3}", check.label()),
+            },
+        }
+    }
+
+    /// The refusing check, if this is a refusal.
+    pub fn refused(&self) -> Option<Reject> {
+        match self {
+            Reason::Refused { check, .. } => Some(*check),
+            _ => None,
+        }
+    }
 }
 
 impl Lookup {
@@ -86,7 +151,12 @@ impl Cache {
         let result = self.lookup_inner(q).await;
         let label = match &result {
             Lookup::Hit { .. } => LookupResult::Hit,
-            Lookup::Miss { pending, .. } if pending.vector.is_none() => LookupResult::Error,
+            // Not embedded although the partition had entries: the embedder failed or timed out.
+            Lookup::Miss { pending, .. }
+                if pending.vector.is_none() && self.store.has_entries(&pending.key.partition) =>
+            {
+                LookupResult::Error
+            }
             Lookup::Miss { .. } => LookupResult::Miss,
             Lookup::Bypass(_) => LookupResult::Bypass,
             Lookup::Uncacheable => LookupResult::Uncacheable,
@@ -147,6 +217,16 @@ impl Cache {
             return Lookup::Hit {
                 entry,
                 similarity: 1.0,
+                reason: Reason::Exact,
+            };
+        }
+        if !self.store.has_entries(&pending.key.partition) {
+            // Nothing to compare with: no embedding on the request path. If the response is
+            // stored, the insert embeds it in the background; if not, it is never embedded.
+            return Lookup::Miss {
+                pending,
+                best: None,
+                rejected: None,
             };
         }
         let embed_started = Instant::now();
@@ -168,7 +248,7 @@ impl Cache {
         let decision = decide(&pending.key.problem, &candidates, settings);
         let best = candidates.first().map(|c| c.similarity);
         let candidacy = match &decision {
-            Decision::Hit(_) => Candidacy::Hit,
+            Decision::Hit(..) => Candidacy::Hit,
             Decision::Rejected(_) => Candidacy::Rejected,
             Decision::Below => Candidacy::BelowThreshold,
         };
@@ -176,15 +256,18 @@ impl Cache {
             self.metrics.similarity(route, candidacy, b);
         }
         match decision {
-            Decision::Hit(c) => {
+            Decision::Hit(c, reason) => {
                 self.remember_hit(pending.key.exact);
                 Lookup::Hit {
                     entry: c.entry.clone(),
                     similarity: c.similarity,
+                    reason,
                 }
             }
             Decision::Rejected(reason) => {
-                self.metrics.guard_rejection(route, reason);
+                if let Some(check) = reason.refused() {
+                    self.metrics.guard_rejection(route, check);
+                }
                 Lookup::Miss {
                     pending: Pending {
                         vector: Some(vector),
@@ -235,12 +318,12 @@ impl Cache {
 }
 
 enum Decision<'a> {
-    Hit(&'a Candidate),
-    Rejected(Reject),
+    Hit(&'a Candidate, Reason),
+    Rejected(Reason),
     Below,
 }
 
-/// The first candidate above the threshold that the guard accepts.
+/// The best candidate that passes every check, or why the best one examined was refused.
 fn decide<'a>(
     problem: &str,
     candidates: &'a [Candidate],
@@ -249,18 +332,42 @@ fn decide<'a>(
     let mut rejected = None;
     let mut features = None;
     for c in candidates {
-        if c.similarity < settings.threshold {
+        if c.similarity < SURFACE_FLOOR {
             break;
         }
         if !settings.guard {
-            return Decision::Hit(c);
+            if c.similarity < settings.threshold {
+                break;
+            }
+            return Decision::Hit(c, Reason::Unguarded);
         }
         let f = features.get_or_insert_with(|| guard::features(problem));
-        match guard::check(f, &c.entry.features) {
-            Ok(()) => return Decision::Hit(c),
-            Err(r) => {
-                rejected.get_or_insert(r);
+        if let Err(check) = guard::check(f, &c.entry.features) {
+            if c.similarity >= settings.threshold {
+                rejected.get_or_insert(Reason::Refused {
+                    check,
+                    score: None,
+                    similarity: c.similarity,
+                });
             }
+            continue;
+        }
+        match pair::judge(
+            problem,
+            &c.entry.record.problem,
+            c.similarity,
+            settings.threshold,
+        ) {
+            Some(Verdict::Surface) => return Decision::Hit(c, Reason::Surface),
+            Some(Verdict::Same { score }) => return Decision::Hit(c, Reason::Pair { score }),
+            Some(Verdict::Different { score }) => {
+                rejected.get_or_insert(Reason::Refused {
+                    check: Reject::Pair,
+                    score: Some(score),
+                    similarity: c.similarity,
+                });
+            }
+            None => {}
         }
     }
     match rejected {

@@ -135,8 +135,8 @@ impl Metrics {
             )?,
             guard_rejections_total: counter(
                 "cache_guard_rejections_total",
-                "Cache candidates above the similarity threshold that the guard rejected, by reason (number, unit, negation, polarity, entity, content).",
-                &["route", "reason"],
+                "Cache lookups whose best candidate a check refused, by check (number, unit: the guard's quantity checks; pair: the pair check's learned score).",
+                &["route", "check"],
             )?,
             inserts_total: counter(
                 "cache_inserts_total",
@@ -194,10 +194,10 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// A candidate above the threshold the guard refused.
-    pub(crate) fn guard_rejection(&self, route: &str, reason: Reject) {
+    /// A lookup whose best candidate `check` refused.
+    pub(crate) fn guard_rejection(&self, route: &str, check: Reject) {
         self.guard_rejections_total
-            .with_label_values(&[route, reason.label()])
+            .with_label_values(&[route, check.label()])
             .inc();
     }
 

@@ -30,6 +30,9 @@ pub struct Settings {
     pub embed_timeout: Duration,
 }
 
+/// The similarity threshold of a route that does not set one.
+pub const DEFAULT_THRESHOLD: f32 = 0.85;
+
 /// A route's cache settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RouteSettings {

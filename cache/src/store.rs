@@ -324,6 +324,15 @@ impl Store {
             .cloned()
     }
 
+    /// Whether a partition holds any entry (live or not yet swept): when it holds none, a
+    /// lookup has nothing to compare with and need not embed its problem.
+    pub fn has_entries(&self, partition: &Digest128) -> bool {
+        self.read()
+            .partitions
+            .get(partition)
+            .is_some_and(|p| !p.is_empty())
+    }
+
     /// The `k` most similar live entries of a partition, most similar first.
     pub fn search(
         &self,

@@ -242,6 +242,8 @@ pub enum OutputField {
     Reasoning,
     /// Both fields, same text.
     Both,
+    /// Neither: reasoning is dropped from responses (still measured and verified).
+    None,
 }
 
 impl OutputField {
@@ -251,6 +253,7 @@ impl OutputField {
             OutputField::ReasoningContent => &["reasoning_content"],
             OutputField::Reasoning => &["reasoning"],
             OutputField::Both => &["reasoning_content", "reasoning"],
+            OutputField::None => &[],
         }
     }
 }
@@ -264,6 +267,10 @@ pub struct ReasoningConfig {
     pub start_in_reasoning: bool,
     /// Output field.
     pub output_field: OutputField,
+    /// The tags around reasoning (`<think>`/`</think>` by default).
+    pub tags: crate::reasoning::Tags,
+    /// Where an opening tag starts reasoning.
+    pub open_tag: crate::reasoning::OpenTag,
     /// Longest silence between tokens while reasoning.
     pub step_timeout: Option<Duration>,
     /// A step timeout ends the response (else it is only counted).
@@ -306,12 +313,25 @@ impl Default for AnalysisConfig {
     }
 }
 
+impl ReasoningConfig {
+    /// How the route's think parser reads output.
+    pub fn parser_options(&self) -> crate::reasoning::ParserOptions {
+        crate::reasoning::ParserOptions {
+            start_in_reasoning: self.start_in_reasoning,
+            open_tag: self.open_tag,
+            tags: self.tags.clone(),
+        }
+    }
+}
+
 impl Default for ReasoningConfig {
     fn default() -> Self {
         ReasoningConfig {
             parser: ParserKind::DeepseekR1,
             start_in_reasoning: false,
             output_field: OutputField::ReasoningContent,
+            tags: crate::reasoning::Tags::THINK,
+            open_tag: crate::reasoning::OpenTag::Anywhere,
             step_timeout: None,
             step_timeout_abort: false,
             max_reasoning_tokens: None,

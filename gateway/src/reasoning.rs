@@ -10,6 +10,6 @@ pub mod sse;
 pub mod steps;
 pub mod verify;
 
-pub use parser::{Split, ThinkParser};
+pub use parser::{OpenTag, ParserOptions, Split, Tags, ThinkParser};
 pub use report::Report;
 pub use rewrite::{Alert, ResponseRewriter, Stats};

@@ -55,7 +55,7 @@ panels = [
     ]),
     ("Cache: best-candidate similarity p50 by outcome / guard rejections", [
         ("similarity", q("reasoning_gateway_cache_similarity", 0.5, "outcome"), "outcome"),
-        ("rejections", f"sum by (reason) (reasoning_gateway_cache_guard_rejections_total)", "reason"),
+        ("rejections", f"sum by (check) (reasoning_gateway_cache_guard_rejections_total)", "check"),
     ]),
 ]
 

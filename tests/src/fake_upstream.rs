@@ -5,6 +5,8 @@
 //! | `think`         | reasoning in `<think>` tags, streamed one token per SSE event, or JSON    |
 //! | `think-bytes`   | the same stream written one byte per TCP write                            |
 //! | `split-fields`  | reasoning already split into `reasoning_content` and `reasoning`          |
+//! | `thinking-tags` | [`THINKING_TAGS_TOKENS`]: reasoning in `<thinking>` tags (stream or JSON) |
+//! | `answer-first`  | [`ANSWER_FIRST_TOKENS`]: answer text before `<think>` (stream or JSON)   |
 //! | `slow`          | like `think`, 30 ms between events                                        |
 //! | `disconnect`    | a few events, then the connection is dropped mid-stream                   |
 //! | `error500`      | HTTP 500 with an OpenAI error body                                        |
@@ -70,6 +72,19 @@ pub const ANALYSED_TOKENS: &[&str] = &[
 
 /// The id of the `tool` model's call.
 pub const TOOL_CALL_ID: &str = "call_weather_1";
+/// Reasoning in `<thinking>` tags, split across events; a literal `<think>` inside.
+pub const THINKING_TAGS_TOKENS: &[&str] = &[
+    "<thin",
+    "king>",
+    "Step 1: 2+2",
+    " uses <think>",
+    " as text.\n\nWait, ",
+    "it is 4.</thin",
+    "king>",
+    "\n\nFour",
+];
+/// Answer text before the opening tag, as some models emit it.
+pub const ANSWER_FIRST_TOKENS: &[&str] = &["Sure.", "<think>", "checking", "</think>", "Done."];
 
 /// The reasoning in [`THINK_TOKENS`].
 pub const THINK_REASONING: &str = "Let me add 2 and 2.\n\nWait, check: 4.";
@@ -360,6 +375,31 @@ async fn serve_connection<S: Conn>(
                 );
                 write_chunk(&mut stream, end.as_bytes()).await?;
                 stream.write_all(b"0\r\n\r\n").await?;
+            }
+            "thinking-tags" | "answer-first" if stream_wanted => {
+                let tokens = if model == "answer-first" {
+                    ANSWER_FIRST_TOKENS
+                } else {
+                    THINKING_TAGS_TOKENS
+                };
+                let events = content_events(&model, tokens);
+                write_stream(
+                    &mut stream,
+                    id,
+                    &model,
+                    events,
+                    Delivery::whole(include_usage),
+                )
+                .await?;
+            }
+            "thinking-tags" | "answer-first" => {
+                let tokens = if model == "answer-first" {
+                    ANSWER_FIRST_TOKENS
+                } else {
+                    THINKING_TAGS_TOKENS
+                };
+                let message = json!({"role": "assistant", "content": tokens.concat()});
+                write_json(&mut stream, id, 200, &completion(&model, message)).await?;
             }
             "analysed" => {
                 let events = content_events(&model, ANALYSED_TOKENS);

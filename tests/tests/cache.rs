@@ -32,7 +32,8 @@ fn config(up: &FakeUpstream, cache_extra: &str, route_cache: &str) -> String {
 struct Reply {
     cache: String,
     similarity: Option<f64>,
-    rejected: Option<String>,
+    /// `x-reasoning-cache-reason`: why a hit was served or a candidate refused.
+    reason: Option<String>,
     body: String,
 }
 
@@ -70,11 +71,11 @@ async fn ask_model(
     };
     let cache = h("x-reasoning-cache").unwrap_or_default();
     let similarity = h("x-reasoning-cache-similarity").map(|s| s.parse().unwrap());
-    let rejected = h("x-reasoning-cache-rejected");
+    let reason = h("x-reasoning-cache-reason");
     Reply {
         cache,
         similarity,
-        rejected,
+        reason,
         body: resp.text().await.unwrap(),
     }
 }
@@ -132,6 +133,7 @@ async fn hits_misses_bypasses_and_near_misses() {
         let again = ask(&gw, &format!("  {q} "), stream, &[]).await;
         assert_eq!(again.cache, "hit");
         assert_eq!(again.similarity, Some(1.0));
+        assert_eq!(again.reason.as_deref(), Some("exact"));
         assert_eq!(
             texts(&again.body),
             (THINK_REASONING.into(), THINK_ANSWER.into())
@@ -143,17 +145,32 @@ async fn hits_misses_bypasses_and_near_misses() {
         "a hit reached the upstream"
     );
 
-    // A paraphrase: the similarity tier.
+    // A rewording: the similarity tier, served on the pair check's score.
     let para = ask(
         &gw,
-        "Sam has 2 apples and buys 2 more apples. How many apples does Sam have now?",
+        "Sam has got 2 apples and then he buys 2 more. How many apples does Sam have in total now?",
         false,
         &[],
     )
     .await;
-    assert_eq!(para.cache, "hit", "similarity {:?}", para.similarity);
+    assert_eq!(para.cache, "hit", "{:?} {:?}", para.similarity, para.reason);
     let s = para.similarity.unwrap();
     assert!((0.85..1.0).contains(&s), "{s}");
+    assert!(
+        para.reason.as_deref().unwrap().starts_with("pair; score="),
+        "{:?}",
+        para.reason
+    );
+    // The same words with a typo and other spacing: a surface repeat, whatever the cosine.
+    let typo = ask(
+        &gw,
+        "sam has 2 apples and buys 2 more.  How many aplpes does Sam have now",
+        false,
+        &[],
+    )
+    .await;
+    assert_eq!(typo.cache, "hit", "{:?} {:?}", typo.similarity, typo.reason);
+    assert_eq!(typo.reason.as_deref(), Some("surface"));
     assert_eq!(up.requests.load(Ordering::SeqCst), calls);
 
     // The same problem with another number embeds above the threshold but is refused.
@@ -166,8 +183,9 @@ async fn hits_misses_bypasses_and_near_misses() {
     .await;
     assert_eq!(near.cache, "miss");
     assert!(near.similarity.unwrap() >= 0.85, "{:?}", near.similarity);
-    assert_eq!(near.rejected.as_deref(), Some("number"));
-    // A negation.
+    let reason = near.reason.unwrap();
+    assert!(reason.starts_with("number; similarity=0."), "{reason}");
+    // A negation: one small pointed edit, refused by the pair check with its score.
     let neg = ask(
         &gw,
         "Sam has 2 apples and does not buy 2 more. How many apples does Sam have now?",
@@ -176,6 +194,10 @@ async fn hits_misses_bypasses_and_near_misses() {
     )
     .await;
     assert_eq!(neg.cache, "miss");
+    if neg.similarity.unwrap() >= 0.85 {
+        let reason = neg.reason.unwrap();
+        assert!(reason.starts_with("pair; score=0."), "{reason}");
+    }
     assert_eq!(up.requests.load(Ordering::SeqCst), calls + 2);
 
     // Another tenant never sees this tenant's entries.
@@ -220,7 +242,7 @@ async fn hits_misses_bypasses_and_near_misses() {
     assert_eq!(
         required_metric(
             &m,
-            "reasoning_gateway_cache_guard_rejections_total{reason=\"number\",route=\"think\"}"
+            "reasoning_gateway_cache_guard_rejections_total{check=\"number\",route=\"think\"}"
         ),
         1.0
     );
@@ -526,7 +548,7 @@ async fn a_snapshot_from_another_embedding_model_is_embedded_again() {
     gw.wait_for_log_line("another embedding model", WAIT).await;
     let calls = up.requests.load(Ordering::SeqCst);
     let r = ask(&gw, q2, false, &[]).await;
-    assert_eq!(r.cache, "hit", "{:?}", r.rejected);
+    assert_eq!(r.cache, "hit", "{:?}", r.reason);
     assert_eq!(up.requests.load(Ordering::SeqCst), calls);
     // The stored vector is the new model's: the reported similarity is the new model's own.
     // (One text per call, as the gateway embeds them: no padding from a batch.)

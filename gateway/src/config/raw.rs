@@ -241,8 +241,15 @@ pub struct RawReasoning {
     pub parser: Option<String>,
     /// The chat template already opened `<think>`: output starts inside reasoning.
     pub start_in_reasoning: Option<bool>,
-    /// `reasoning_content` | `reasoning` | `both`.
+    /// `reasoning_content` | `reasoning` | `both` | `none` (reasoning dropped from responses,
+    /// still measured).
     pub output_field: Option<String>,
+    /// The tags around reasoning, for models that do not use `<think>`/`</think>`.
+    pub tags: Option<RawTags>,
+    /// `anywhere` (default, as vLLM and SGLang: answer text before the opening tag stays answer
+    /// and the reasoning after it is split out) or `leading` (the opening tag counts only as the
+    /// first non-whitespace text; otherwise tags are literal answer text).
+    pub open_tag: Option<String>,
     /// Longest silence between tokens while reasoning; longer gaps are counted.
     pub step_timeout: Option<String>,
     /// `continue` (count only, default) or `abort` (end the response with a `step_timeout` error).
@@ -258,6 +265,16 @@ pub struct RawReasoning {
     pub verify: Option<RawVerify>,
     /// Add per-response `reasoning_stats` (a final `choices: []` stream chunk, or a top-level field).
     pub stats: Option<bool>,
+}
+
+/// A route's reasoning tags.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTags {
+    /// The opening tag, e.g. `<thinking>`.
+    pub open: String,
+    /// The closing tag, e.g. `</thinking>`.
+    pub close: String,
 }
 
 /// Verification settings of a route.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::raw::*;
 use super::*;
+use crate::reasoning::{OpenTag, Tags};
 
 /// The longest duration any setting takes (100 years): past it, deadlines computed from now
 /// overflow clocks and timestamps (a TTL past year 9999).
@@ -744,14 +745,29 @@ fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig
         None | Some("reasoning_content") => OutputField::ReasoningContent,
         Some("reasoning") => OutputField::Reasoning,
         Some("both") => OutputField::Both,
+        Some("none") => OutputField::None,
         Some(other) => {
             errs.push(
                 &format!("{path}.output_field"),
-                format!("`{other}` is not one of reasoning_content, reasoning, both"),
+                format!("`{other}` is not one of reasoning_content, reasoning, both, none"),
             );
             OutputField::ReasoningContent
         }
     };
+    let open_tag = match r.open_tag.as_deref() {
+        None | Some("anywhere") => OpenTag::Anywhere,
+        Some("leading") => OpenTag::Leading,
+        Some(other) => {
+            errs.push(
+                &format!("{path}.open_tag"),
+                format!("`{other}` is not one of anywhere, leading"),
+            );
+            OpenTag::Anywhere
+        }
+    };
+    let tags = r.tags.as_ref().map_or(Tags::THINK, |t| {
+        reasoning_tags(errs, &format!("{path}.tags"), t)
+    });
     let step_timeout = r.step_timeout.as_ref().map(|_| {
         errs.duration(
             &format!("{path}.step_timeout"),
@@ -785,10 +801,14 @@ fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig
     if r.checkpoint_every == Some(0) {
         errs.push(&format!("{path}.checkpoint_every"), "must be at least 1");
     }
+    let mut analysis = analysis(errs, path, r);
+    analysis.verify.tags = tags.clone();
     ReasoningConfig {
         parser,
         start_in_reasoning: r.start_in_reasoning.unwrap_or(false),
         output_field,
+        tags,
+        open_tag,
         step_timeout,
         step_timeout_abort,
         max_reasoning_tokens: r.max_reasoning_tokens,
@@ -796,7 +816,49 @@ fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig
             .checkpoint_every
             .unwrap_or(DEFAULT_CHECKPOINT_EVERY)
             .max(1),
-        analysis: std::sync::Arc::new(analysis(errs, path, r)),
+        analysis: std::sync::Arc::new(analysis),
+    }
+}
+
+/// Longest reasoning tag: the parser holds back at most this much of a split tag.
+const MAX_TAG_BYTES: usize = 64;
+
+/// Reasoning tags: each non-empty, short, without surrounding whitespace; distinct, and neither
+/// inside the other (the parser could not tell them apart).
+fn reasoning_tags(errs: &mut Errors, path: &str, t: &RawTags) -> Tags {
+    let mut ok = true;
+    for (key, tag) in [("open", &t.open), ("close", &t.close)] {
+        let problem = if tag.is_empty() {
+            Some("must not be empty".to_string())
+        } else if tag.len() > MAX_TAG_BYTES {
+            Some(format!("must be at most {MAX_TAG_BYTES} bytes"))
+        } else if tag.trim() != tag {
+            Some("must not start or end with whitespace".to_string())
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            errs.push(&format!("{path}.{key}"), p);
+            ok = false;
+        }
+    }
+    if ok && t.open == t.close {
+        errs.push(&format!("{path}.close"), "must differ from `open`");
+        ok = false;
+    } else if ok && (t.open.contains(t.close.as_str()) || t.close.contains(t.open.as_str())) {
+        errs.push(
+            &format!("{path}.close"),
+            format!(
+                "`{}` and `{}` overlap: one contains the other",
+                t.open, t.close
+            ),
+        );
+        ok = false;
+    }
+    if ok {
+        Tags::new(t.open.clone(), t.close.clone())
+    } else {
+        Tags::THINK
     }
 }
 
@@ -879,7 +941,9 @@ fn route_cache(
     path: &str,
     c: &RawRouteCache,
 ) -> Option<reasoning_cache::RouteSettings> {
-    let threshold = c.threshold.unwrap_or(0.85);
+    let threshold = c
+        .threshold
+        .unwrap_or(f64::from(reasoning_cache::settings::DEFAULT_THRESHOLD));
     if !(threshold > 0.0 && threshold <= 1.0) {
         errs.push(&format!("{path}.threshold"), "must be in (0, 1]");
     }

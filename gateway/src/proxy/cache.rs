@@ -57,8 +57,13 @@ pub async fn lookup(
     };
     ctx.cache_header = Some(lookup.header());
     match lookup {
-        Lookup::Hit { entry, similarity } => {
+        Lookup::Hit {
+            entry,
+            similarity,
+            reason,
+        } => {
             ctx.cache_similarity = Some(similarity);
+            ctx.cache_reason = Some(reason);
             ctx.route = Some(routed.route.clone());
             ctx.variant = routed.variant.clone();
             let include_usage = routed
@@ -97,7 +102,7 @@ pub async fn lookup(
         } => {
             ctx.cache_pending = Some(pending);
             ctx.cache_similarity = best;
-            ctx.cache_rejected = rejected;
+            ctx.cache_reason = rejected;
             Ok(false)
         }
         Lookup::Bypass(pending) => {

@@ -107,8 +107,8 @@ pub struct RequestCtx {
     pub cache_header: Option<&'static str>,
     /// Similarity of the hit, or of the best candidate of a miss.
     pub cache_similarity: Option<f32>,
-    /// Why the best candidate above the threshold was refused.
-    pub cache_rejected: Option<reasoning_cache::guard::Reject>,
+    /// Why the hit was served, or why the best candidate of a miss was refused.
+    pub cache_reason: Option<reasoning_cache::Reason>,
     /// Where to store the response if it qualifies.
     pub cache_pending: Option<reasoning_cache::Pending>,
     /// Steps between `reasoning_checkpoint` chunks the streaming client asked for (0: none).
@@ -166,7 +166,7 @@ impl RequestCtx {
             upstream_fd: None,
             cache_header: None,
             cache_similarity: None,
-            cache_rejected: None,
+            cache_reason: None,
             cache_pending: None,
             checkpoints: 0,
             api: None,

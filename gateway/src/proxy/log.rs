@@ -198,6 +198,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         verification_failures = report.as_ref().map(|r| r.failed().map(super::super::reasoning::verify::Check::label).collect::<Vec<_>>().join(",")),
         cache = ctx.cache_header,
         cache_similarity = ctx.cache_similarity,
+        cache_reason = ctx.cache_reason.as_ref().map(reasoning_cache::Reason::header),
         "Request finished."
     );
     Finished {

@@ -145,8 +145,8 @@ pub fn gateway_headers(ctx: &RequestCtx, resp: &mut ResponseHeader) -> pingora::
     if let Some(s) = ctx.cache_similarity {
         resp.insert_header("x-reasoning-cache-similarity", format!("{s:.4}"))?;
     }
-    if let Some(r) = ctx.cache_rejected {
-        resp.insert_header("x-reasoning-cache-rejected", r.label())?;
+    if let Some(r) = &ctx.cache_reason {
+        resp.insert_header("x-reasoning-cache-reason", r.header())?;
     }
     Ok(())
 }

@@ -2,27 +2,95 @@
 //!
 //! Pure: no I/O, no clocks. Any chunking of the same text gives the same joined output.
 //!
-//! Grammar (documented in docs/behaviour.md, "Reasoning split"):
-//! - `<think>` opens reasoning only as the first non-whitespace text of the output (whitespace
-//!   before it is dropped). Output that starts with anything else is an answer, and tags in it
-//!   are literal text: content already sent cannot be taken back, and models that do not reason
-//!   are never mangled.
-//! - With `start_in_reasoning` the output starts inside reasoning (the template opened `<think>`).
-//! - `</think>` closes reasoning; whitespace right after it is trimmed from the answer.
+//! Grammar (documented in docs/behaviour.md, "Reasoning split"; `<think>`/`</think>` stand for
+//! the route's tags):
+//! - Whitespace before the first `<think>` at the start of the output is dropped.
+//! - With `open_tag: anywhere` (the default, as vLLM and SGLang) answer text may come before
+//!   `<think>`: it stays answer, and the first `<think>` opens reasoning. With `open_tag: leading`
+//!   `<think>` opens reasoning only as the first non-whitespace text; in output that starts with
+//!   anything else tags are literal, so models that do not reason are never mangled.
+//! - With `start_in_reasoning` the output starts inside reasoning (the template opened `<think>`);
+//!   a `<think>` the model emits again as its first non-whitespace text is dropped.
+//! - `</think>` closes reasoning; whitespace right after it is trimmed from the answer. Reasoning
+//!   opens once: after `</think>` tags are literal answer text.
 //! - A `<think>` inside reasoning, or a `</think>` in the answer, is literal text.
 //! - Output that ends inside reasoning is all reasoning and is flagged unterminated.
 
-const OPEN: &str = "<think>";
-const CLOSE: &str = "</think>";
+use std::borrow::Cow;
+
+/// The tags around reasoning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tags {
+    open: Cow<'static, str>,
+    close: Cow<'static, str>,
+}
+
+impl Tags {
+    /// `<think>` / `</think>`.
+    pub const THINK: Tags = Tags {
+        open: Cow::Borrowed("<think>"),
+        close: Cow::Borrowed("</think>"),
+    };
+
+    /// Other tags; the config layer has checked them (non-empty, distinct, neither inside the
+    /// other, no surrounding whitespace).
+    pub fn new(open: impl Into<String>, close: impl Into<String>) -> Self {
+        Tags {
+            open: Cow::Owned(open.into()),
+            close: Cow::Owned(close.into()),
+        }
+    }
+
+    /// The opening tag.
+    pub fn open(&self) -> &str {
+        &self.open
+    }
+
+    /// The closing tag.
+    pub fn close(&self) -> &str {
+        &self.close
+    }
+}
+
+impl Default for Tags {
+    fn default() -> Self {
+        Tags::THINK
+    }
+}
+
+/// Where an opening tag starts reasoning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OpenTag {
+    /// Anywhere before reasoning was opened; answer text before it stays answer (vLLM, SGLang).
+    #[default]
+    Anywhere,
+    /// Only as the first non-whitespace text; otherwise tags are literal answer text.
+    Leading,
+}
+
+/// How a parser reads the output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParserOptions {
+    /// The template opened reasoning: output starts inside it.
+    pub start_in_reasoning: bool,
+    /// Where an opening tag starts reasoning.
+    pub open_tag: OpenTag,
+    /// The tags.
+    pub tags: Tags,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Nothing but whitespace seen yet; `<think>` may still open reasoning.
+    /// Nothing but whitespace seen yet; the opening tag may still open reasoning.
     Start,
-    /// Inside reasoning, looking for `</think>`.
+    /// Inside reasoning the template opened, nothing but whitespace seen yet: an opening tag
+    /// here is the model repeating it, and is dropped.
+    Lead,
+    /// Inside reasoning, looking for the closing tag.
     Reasoning,
-    /// In the answer; `trim` while whitespace right after `</think>` is being dropped.
-    Answer { trim: bool },
+    /// In the answer; `trim` while whitespace right after the closing tag is being dropped;
+    /// `open` while the opening tag still starts reasoning.
+    Answer { trim: bool, open: bool },
     /// Tags are never looked for (parser `none`).
     Plain,
 }
@@ -47,26 +115,39 @@ impl Split {
 #[derive(Debug, Clone)]
 pub struct ThinkParser {
     state: State,
-    /// Held-back text that may still become a tag (whitespace + a tag prefix in `Start`,
-    /// a `</think>` prefix in `Reasoning`).
+    /// Held-back text that may still become a tag (whitespace + an opening-tag prefix in
+    /// `Start`/`Lead`, an opening-tag prefix in `Answer`, a closing-tag prefix in `Reasoning`).
     pending: String,
     saw_reasoning: bool,
     closed: bool,
+    anywhere: bool,
+    tags: Tags,
 }
 
 impl ThinkParser {
-    /// A parser that looks for tags; `start_in_reasoning` when the template opened `<think>`.
+    /// A `<think>` parser with default options; `start_in_reasoning` when the template opened
+    /// `<think>`.
     pub fn new(start_in_reasoning: bool) -> Self {
-        let state = if start_in_reasoning {
-            State::Reasoning
+        Self::with(ParserOptions {
+            start_in_reasoning,
+            ..ParserOptions::default()
+        })
+    }
+
+    /// A parser with the given options.
+    pub fn with(options: ParserOptions) -> Self {
+        let state = if options.start_in_reasoning {
+            State::Lead
         } else {
             State::Start
         };
         ThinkParser {
             state,
             pending: String::new(),
-            saw_reasoning: start_in_reasoning,
+            saw_reasoning: options.start_in_reasoning,
             closed: false,
+            anywhere: options.open_tag == OpenTag::Anywhere,
+            tags: options.tags,
         }
     }
 
@@ -77,27 +158,31 @@ impl ThinkParser {
             pending: String::new(),
             saw_reasoning: false,
             closed: false,
+            anywhere: false,
+            tags: Tags::THINK,
         }
     }
 
     /// Feeds one content delta; appends what can be decided to `out`.
     pub fn feed(&mut self, text: &str, out: &mut Split) {
+        // Moved out and back (the placeholder is the borrowed `<think>` pair): no allocation.
+        let tags = std::mem::take(&mut self.tags);
         if self.pending.is_empty() {
-            self.run(text, out);
+            self.run(&tags, text, out);
         } else {
             let mut joined = std::mem::take(&mut self.pending);
             joined.push_str(text);
-            self.run(&joined, out);
+            self.run(&tags, &joined, out);
         }
+        self.tags = tags;
     }
 
     /// Ends the output: held-back text is released as what it was.
     pub fn finish(&mut self, out: &mut Split) {
         let pending = std::mem::take(&mut self.pending);
         match self.state {
-            State::Reasoning => out.reasoning.push_str(&pending),
-            State::Start => out.content.push_str(&pending),
-            State::Answer { .. } | State::Plain => out.content.push_str(&pending),
+            State::Reasoning | State::Lead => out.reasoning.push_str(&pending),
+            State::Start | State::Answer { .. } | State::Plain => out.content.push_str(&pending),
         }
     }
 
@@ -108,56 +193,87 @@ impl ThinkParser {
 
     /// Reasoning was opened and has not been closed.
     pub fn in_reasoning(&self) -> bool {
-        self.state == State::Reasoning
+        matches!(self.state, State::Reasoning | State::Lead)
     }
 
-    /// `</think>` was seen.
+    /// The closing tag was seen.
     pub fn closed(&self) -> bool {
         self.closed
     }
 
-    fn run(&mut self, mut text: &str, out: &mut Split) {
+    fn run(&mut self, tags: &Tags, mut text: &str, out: &mut Split) {
+        let (open, close) = (tags.open(), tags.close());
         while !text.is_empty() {
             match self.state {
                 State::Plain => {
                     out.content.push_str(text);
                     return;
                 }
-                State::Answer { trim } => {
+                State::Answer {
+                    trim,
+                    open: may_open,
+                } => {
                     if trim {
                         let rest = text.trim_start();
                         if rest.is_empty() {
                             return;
                         }
-                        self.state = State::Answer { trim: false };
+                        self.state = State::Answer {
+                            trim: false,
+                            open: may_open,
+                        };
                         text = rest;
                     }
-                    out.content.push_str(text);
-                    return;
+                    if !may_open {
+                        out.content.push_str(text);
+                        return;
+                    }
+                    match find_tag(text, open) {
+                        Some(i) => {
+                            out.content.push_str(&text[..i]);
+                            self.state = State::Reasoning;
+                            self.saw_reasoning = true;
+                            text = &text[i + open.len()..];
+                        }
+                        None => {
+                            let keep = partial_suffix(text, open);
+                            out.content.push_str(&text[..text.len() - keep]);
+                            self.pending.push_str(&text[text.len() - keep..]);
+                            return;
+                        }
+                    }
                 }
-                State::Start => {
+                State::Start | State::Lead => {
                     let body = text.trim_start();
-                    if let Some(rest) = body.strip_prefix(OPEN) {
+                    if let Some(rest) = body.strip_prefix(open) {
                         self.state = State::Reasoning;
                         self.saw_reasoning = true;
                         text = rest;
-                    } else if OPEN.starts_with(body) {
-                        // Whitespace and maybe the start of `<think>`: wait for more.
+                    } else if open.starts_with(body) {
+                        // Whitespace and maybe the start of the opening tag: wait for more.
                         self.pending.push_str(text);
                         return;
+                    } else if self.state == State::Lead {
+                        self.state = State::Reasoning;
                     } else {
-                        self.state = State::Answer { trim: false };
+                        self.state = State::Answer {
+                            trim: false,
+                            open: self.anywhere,
+                        };
                     }
                 }
-                State::Reasoning => match find_tag(text, CLOSE) {
+                State::Reasoning => match find_tag(text, close) {
                     Some(i) => {
                         out.reasoning.push_str(&text[..i]);
-                        self.state = State::Answer { trim: true };
+                        self.state = State::Answer {
+                            trim: true,
+                            open: false,
+                        };
                         self.closed = true;
-                        text = &text[i + CLOSE.len()..];
+                        text = &text[i + close.len()..];
                     }
                     None => {
-                        let keep = partial_suffix(text, CLOSE);
+                        let keep = partial_suffix(text, close);
                         out.reasoning.push_str(&text[..text.len() - keep]);
                         self.pending.push_str(&text[text.len() - keep..]);
                         return;
@@ -168,22 +284,28 @@ impl ThinkParser {
     }
 }
 
-/// First occurrence of `tag` (which starts with `<`): memchr to each `<`, then compare.
+/// First occurrence of `tag`: memchr to each occurrence of its first byte, then compare.
 /// Much cheaper than a substring searcher for the short deltas streamed one by one.
 fn find_tag(text: &str, tag: &str) -> Option<usize> {
     let bytes = text.as_bytes();
-    memchr::memchr_iter(b'<', bytes).find(|&i| bytes[i..].starts_with(tag.as_bytes()))
+    let first = *tag.as_bytes().first()?;
+    memchr::memchr_iter(first, bytes).find(|&i| bytes[i..].starts_with(tag.as_bytes()))
 }
 
 /// Length of the longest suffix of `text` that is a proper prefix of `tag`.
 fn partial_suffix(text: &str, tag: &str) -> usize {
+    let Some(&first) = tag.as_bytes().first() else {
+        return 0;
+    };
     let start = text.len().saturating_sub(tag.len() - 1);
-    // Tags are ASCII and start with '<', so a match starts at a char boundary.
+    // A tag's first byte starts a UTF-8 char, so a match starts at a char boundary.
     let bytes = text.as_bytes();
     (start..text.len())
-        .find(|&i| bytes[i] == b'<' && tag.as_bytes().starts_with(&bytes[i..]))
+        .find(|&i| bytes[i] == first && tag.as_bytes().starts_with(&bytes[i..]))
         .map_or(0, |i| text.len() - i)
 }
 
+#[cfg(test)]
+mod parity;
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 
 use super::fastpath;
-use super::parser::{Split, ThinkParser};
+use super::parser::{ParserOptions, Split, ThinkParser};
 use super::sse::{Event, SseDecoder};
 use super::steps::StepCounter;
 use super::verify::Check;
@@ -122,7 +122,7 @@ enum Mode {
 pub struct ResponseRewriter {
     mode: Mode,
     kind: ParserKind,
-    start_in_reasoning: bool,
+    options: ParserOptions,
     field: OutputField,
     /// `choices[].text` (completions) instead of `delta`/`message.content` (chat).
     completions: bool,
@@ -177,7 +177,7 @@ impl ResponseRewriter {
         Some(ResponseRewriter {
             mode,
             kind: cfg.parser,
-            start_in_reasoning: cfg.start_in_reasoning,
+            options: cfg.parser_options(),
             field: cfg.output_field,
             completions: endpoint == Endpoint::Completions,
             choices: BTreeMap::new(),
@@ -302,7 +302,7 @@ impl ResponseRewriter {
     fn new_choice(&self, index: u64) -> ChoiceState {
         let parser = match self.kind {
             ParserKind::None | ParserKind::Passthrough => ThinkParser::plain(),
-            ParserKind::DeepseekR1 | ParserKind::Qwen3 => ThinkParser::new(self.start_in_reasoning),
+            ParserKind::DeepseekR1 | ParserKind::Qwen3 => ThinkParser::with(self.options.clone()),
         };
         ChoiceState {
             parser,
@@ -423,12 +423,18 @@ impl ResponseRewriter {
         let mut split = Split::default();
         state.parser.feed(&chunk.content, &mut split);
         state.account(&split);
-        if split.is_empty() && chunk.content_only && !chunk.content.is_empty() {
+        // `output_field: none`: reasoning was measured above and goes no further.
+        let show_reasoning = !split.reasoning.is_empty() && self.field != OutputField::None;
+        if split.content.is_empty()
+            && !show_reasoning
+            && chunk.content_only
+            && !chunk.content.is_empty()
+        {
             return Some(None);
         }
         let mut s = String::with_capacity(data.len() + split.reasoning.len() * 2 + 40);
         s.push_str(&data[..chunk.member.start]);
-        if !split.reasoning.is_empty() {
+        if show_reasoning {
             for name in self.field.names() {
                 s.push('"');
                 s.push_str(name);
@@ -437,7 +443,7 @@ impl ResponseRewriter {
                 s.push(',');
             }
         }
-        if !split.content.is_empty() || split.reasoning.is_empty() {
+        if !split.content.is_empty() || !show_reasoning {
             s.push_str("\"content\":");
             fastpath::push_json_string(&mut s, &split.content);
         } else {
@@ -492,7 +498,8 @@ impl ResponseRewriter {
                 state.finished = true;
             }
             let had_text = text.as_deref().is_some_and(|t| !t.is_empty());
-            emptied = stream && !finish && had_text && split.is_empty();
+            let hidden = split.reasoning.is_empty() || self.field == OutputField::None;
+            emptied = stream && !finish && had_text && split.content.is_empty() && hidden;
             self.apply(&mut state, c, text_key, split, text.is_some(), stream);
             emptied &= c.is_empty();
         }
@@ -536,6 +543,7 @@ impl ResponseRewriter {
                 c.insert("reasoning_content".into(), reasoning.clone());
                 c.insert("reasoning".into(), reasoning);
             }
+            OutputField::None => {}
         }
     }
 
@@ -550,7 +558,11 @@ impl ResponseRewriter {
                 let mut split = Split::default();
                 state.parser.finish(&mut split);
                 state.finished = true;
-                if !split.is_empty() {
+                let visible = !split.content.is_empty()
+                    || !split.reasoning.is_empty() && self.field != OutputField::None;
+                if !visible {
+                    state.account(&split);
+                } else {
                     let mut delta = Map::new();
                     self.apply(
                         &mut state,

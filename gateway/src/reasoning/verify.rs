@@ -64,6 +64,8 @@ pub struct VerifyConfig {
     pub loop_ngram: usize,
     /// Largest share of repeated n-grams before the reasoning counts as looping.
     pub loop_max_ratio: f64,
+    /// The route's reasoning tags (the `tag_leak` check).
+    pub tags: super::parser::Tags,
 }
 
 impl Default for VerifyConfig {
@@ -79,6 +81,7 @@ impl Default for VerifyConfig {
             answer_regex: None,
             loop_ngram: 8,
             loop_max_ratio: 0.5,
+            tags: super::parser::Tags::THINK,
         }
     }
 }
@@ -106,7 +109,9 @@ pub fn verify(cfg: &VerifyConfig, s: &Subject<'_>) -> Vec<(Check, bool)> {
         let result = match check {
             Check::Unterminated => reasoned.then_some(!s.unterminated),
             Check::EmptyAnswer => s.complete.then(|| !s.answer.trim().is_empty()),
-            Check::TagLeak => Some(!s.answer.contains("<think>") && !s.answer.contains("</think>")),
+            Check::TagLeak => {
+                Some(!s.answer.contains(cfg.tags.open()) && !s.answer.contains(cfg.tags.close()))
+            }
             Check::Json => s.response_format.and_then(|f| json_check(f, s.answer)),
             Check::Regex => cfg.answer_regex.as_ref().map(|r| r.is_match(s.answer)),
             Check::Contradiction => contradiction_check(s.reasoning, s.answer),

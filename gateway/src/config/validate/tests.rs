@@ -679,3 +679,61 @@ fn a_pools_client_apis_default_to_chat_and_are_checked() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn reasoning_tags_open_tag_and_output_field_none_validate() {
+    let c = parse(
+        "upstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\nroutes:\n  - model: m\n    upstream: u\n    reasoning: {tags: {open: '<thinking>', close: '</thinking>'}, open_tag: leading, output_field: none}\n  - model: n\n    upstream: u\n",
+    )
+    .unwrap();
+    let r = &c.routes[0].reasoning;
+    assert_eq!(r.tags.open(), "<thinking>");
+    assert_eq!(r.tags.close(), "</thinking>");
+    assert_eq!(r.open_tag, crate::reasoning::OpenTag::Leading);
+    assert_eq!(r.output_field, OutputField::None);
+    let d = &c.routes[1].reasoning;
+    assert_eq!((d.tags.open(), d.tags.close()), ("<think>", "</think>"));
+    assert_eq!(d.open_tag, crate::reasoning::OpenTag::Anywhere);
+}
+
+#[test]
+fn bad_reasoning_tags_are_reported_with_their_paths() {
+    let route = |r: &str| {
+        format!("upstreams: [{{name: u, endpoints: ['127.0.0.1:1']}}]\nroutes:\n  - model: m\n    upstream: u\n    reasoning: {r}\n")
+    };
+    let e = errors(&route(
+        "{tags: {open: '', close: ' </t>'}, open_tag: sometimes}",
+    ));
+    for want in [
+        "routes[0].reasoning.tags.open: must not be empty",
+        "routes[0].reasoning.tags.close: must not start or end with whitespace",
+        "routes[0].reasoning.open_tag: `sometimes` is not one of anywhere, leading",
+    ] {
+        assert!(
+            e.iter().any(|l| l.starts_with(want)),
+            "missing {want:?} in {e:#?}"
+        );
+    }
+    assert_eq!(e.len(), 3, "{e:#?}");
+    let e = errors(&route("{tags: {open: '<t>', close: '<t>'}}"));
+    assert_eq!(
+        e,
+        ["routes[0].reasoning.tags.close: must differ from `open`"]
+    );
+    let e = errors(&route("{tags: {open: '<r>', close: '<r>x'}}"));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("routes[0].reasoning.tags.close: `<r>` and `<r>x` overlap"),
+        "{e:?}"
+    );
+    let long = "x".repeat(65);
+    let e = errors(&route(&format!(
+        "{{tags: {{open: '{long}', close: '</t>'}}}}"
+    )));
+    assert_eq!(
+        e,
+        ["routes[0].reasoning.tags.open: must be at most 64 bytes"]
+    );
+    let e = errors(&route("{tags: {open: '<t>'}}"));
+    assert!(e[0].contains("close"), "a missing key is named: {e:?}");
+}

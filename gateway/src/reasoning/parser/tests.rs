@@ -1,7 +1,34 @@
 use super::*;
 
 fn whole(start_in_reasoning: bool, text: &str) -> (Split, bool) {
-    let mut p = ThinkParser::new(start_in_reasoning);
+    whole_with(&opts(start_in_reasoning), text)
+}
+
+fn opts(start_in_reasoning: bool) -> ParserOptions {
+    ParserOptions {
+        start_in_reasoning,
+        ..ParserOptions::default()
+    }
+}
+
+fn leading(start_in_reasoning: bool) -> ParserOptions {
+    ParserOptions {
+        start_in_reasoning,
+        open_tag: OpenTag::Leading,
+        tags: Tags::THINK,
+    }
+}
+
+fn tagged(start_in_reasoning: bool, open: &str, close: &str) -> ParserOptions {
+    ParserOptions {
+        start_in_reasoning,
+        open_tag: OpenTag::Anywhere,
+        tags: Tags::new(open, close),
+    }
+}
+
+fn whole_with(o: &ParserOptions, text: &str) -> (Split, bool) {
+    let mut p = ThinkParser::with(o.clone());
     let mut out = Split::default();
     p.feed(text, &mut out);
     p.finish(&mut out);
@@ -9,13 +36,13 @@ fn whole(start_in_reasoning: bool, text: &str) -> (Split, bool) {
 }
 
 /// Every chunking into two and three pieces at char boundaries, and one char per chunk.
-fn assert_chunking_invariant(start_in_reasoning: bool, text: &str) {
-    let (expected, unterminated) = whole(start_in_reasoning, text);
+fn assert_chunking_invariant(o: &ParserOptions, text: &str) {
+    let (expected, unterminated) = whole_with(o, text);
     let bounds: Vec<usize> = (0..=text.len())
         .filter(|i| text.is_char_boundary(*i))
         .collect();
     let run = |cuts: &[usize]| {
-        let mut p = ThinkParser::new(start_in_reasoning);
+        let mut p = ThinkParser::with(o.clone());
         let mut out = Split::default();
         let mut prev = 0;
         for &c in cuts.iter().chain(std::iter::once(&text.len())) {
@@ -52,13 +79,83 @@ const FIXTURES: &[(bool, &str)] = &[
     (false, "<"),
     (false, "<thin"),
     (true, "</think"),
+    (false, "Sure.<think>checking</think>Done."),
+    (false, "Sure. <thi"),
+    (true, " \n<think>re-emitted</think> answer"),
+    (true, "<thin"),
+    (true, "  "),
 ];
 
 #[test]
 fn every_split_point_gives_the_same_result() {
     for (start, text) in FIXTURES {
-        assert_chunking_invariant(*start, text);
+        assert_chunking_invariant(&opts(*start), text);
+        assert_chunking_invariant(&leading(*start), text);
     }
+}
+
+#[test]
+fn other_tags_split_at_every_point_like_think() {
+    for (open, close) in [("<thinking>", "</thinking>"), ("◁think▷", "◁/think▷")] {
+        for (start, text) in FIXTURES {
+            let text = text.replace("</think>", close).replace("<think>", open);
+            assert_chunking_invariant(&tagged(*start, open, close), &text);
+        }
+    }
+}
+
+#[test]
+fn other_tags_replace_think() {
+    let o = tagged(false, "<thinking>", "</thinking>");
+    let (out, open) = whole_with(&o, "<thinking>a <think>b</think> c</thinking>\n\nanswer");
+    assert_eq!(out.reasoning, "a <think>b</think> c");
+    assert_eq!(out.content, "answer");
+    assert!(!open);
+    let (out, _) = whole_with(&o, "<think>x</think>y");
+    assert_eq!(
+        out.content, "<think>x</think>y",
+        "<think> is not a tag of this route"
+    );
+    let (out, _) = whole_with(&tagged(false, "◁think▷", "◁/think▷"), "◁think▷r◁/think▷a");
+    assert_eq!((out.reasoning.as_str(), out.content.as_str()), ("r", "a"));
+}
+
+#[test]
+fn answer_text_before_the_opening_tag_stays_answer_and_reasoning_is_split() {
+    let (out, open) = whole(false, "Sure.<think>checking</think>Done.");
+    assert_eq!(out.reasoning, "checking");
+    assert_eq!(out.content, "Sure.Done.");
+    assert!(!open);
+}
+
+#[test]
+fn open_tag_leading_keeps_tags_after_answer_text_literal() {
+    let text = "Sure.<think>checking</think>Done.";
+    let (out, _) = whole_with(&leading(false), text);
+    assert_eq!(out.content, text);
+    assert_eq!(out.reasoning, "");
+}
+
+#[test]
+fn a_reemitted_opener_is_dropped_when_the_template_opened_reasoning() {
+    let (out, open) = whole(true, "<think>Model re-emitted the opener.");
+    assert_eq!(out.reasoning, "Model re-emitted the opener.");
+    assert!(open);
+    let (out, _) = whole(true, "\n<think>x</think>y");
+    assert_eq!((out.reasoning.as_str(), out.content.as_str()), ("x", "y"));
+    // Only as the first thing said: later it is literal reasoning text.
+    let (out, _) = whole(true, "a <think>b</think>c");
+    assert_eq!(out.reasoning, "a <think>b");
+    // `leading` changes nothing here.
+    let (out, _) = whole_with(&leading(true), "<think>x</think>y");
+    assert_eq!(out.reasoning, "x");
+}
+
+#[test]
+fn reasoning_opens_once() {
+    let (out, _) = whole(false, "a<think>b</think>c<think>d</think>e");
+    assert_eq!(out.reasoning, "b");
+    assert_eq!(out.content, "ac<think>d</think>e");
 }
 
 #[test]
@@ -89,9 +186,9 @@ fn output_without_tags_is_untouched_answer() {
 }
 
 #[test]
-fn tags_after_answer_text_are_literal() {
+fn tags_after_answer_text_are_literal_with_open_tag_leading() {
     let text = "Use the <think> tag like </think> this.";
-    let (out, _) = whole(false, text);
+    let (out, _) = whole_with(&leading(false), text);
     assert_eq!(out.content, text);
     assert_eq!(out.reasoning, "");
 }
@@ -144,9 +241,12 @@ fn plain_parser_never_looks_for_tags() {
 
 #[test]
 fn partial_suffix_finds_only_tag_prefixes() {
+    const CLOSE: &str = "</think>";
     assert_eq!(partial_suffix("abc</thi", CLOSE), 5);
     assert_eq!(partial_suffix("abc<", CLOSE), 1);
     assert_eq!(partial_suffix("abc</x", CLOSE), 0);
     assert_eq!(partial_suffix("", CLOSE), 0);
     assert_eq!(partial_suffix("é<", CLOSE), 1);
+    assert_eq!(partial_suffix("é◁/th", "◁/think▷"), "◁/th".len());
+    assert_eq!(find_tag("é◁think▷", "◁think▷"), Some("é".len()));
 }

@@ -361,3 +361,96 @@ fn checkpoints_come_every_n_completed_steps_with_the_step_text() {
         .iter()
         .all(|e| e.get("reasoning_checkpoint").is_none()));
 }
+
+#[test]
+fn output_field_none_drops_reasoning_from_streams_but_still_measures_it() {
+    let tokens = [
+        "<think>",
+        "Step 1: 2+2",
+        ".\n\nWait, ",
+        "recheck: 4",
+        "</think>",
+        "\n\nFour",
+    ];
+    let mut input: String = tokens.iter().map(|t| sse_chunk(t)).collect();
+    input.push_str(&finish_chunk());
+    input.push_str("data: [DONE]\n\n");
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::None);
+    for fast in [true, false] {
+        for piece in [1, 5, input.len()] {
+            let mut rw = ResponseRewriter::for_response(
+                &c,
+                Endpoint::ChatCompletions,
+                200,
+                "text/event-stream",
+            )
+            .unwrap();
+            rw.fast = fast;
+            let mut out = Vec::new();
+            for part in input.as_bytes().chunks(piece) {
+                out.extend(rw.feed(part));
+            }
+            out.extend(rw.finish());
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("reasoning"), "fast {fast}: {text}");
+            assert!(!text.contains("2+2"), "fast {fast}: {text}");
+            let mut content = String::new();
+            for data in text
+                .split("\n\n")
+                .filter_map(|b| b.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+            {
+                let v: Value = serde_json::from_str(data).unwrap();
+                let d = &v["choices"][0]["delta"];
+                assert!(
+                    d.as_object().is_none_or(|o| !o.is_empty())
+                        || !v["choices"][0]["finish_reason"].is_null(),
+                    "no empty chunks are forwarded: {data}"
+                );
+                content.push_str(d["content"].as_str().unwrap_or(""));
+            }
+            assert_eq!(content, "Four");
+            let report = rw.report();
+            assert_eq!(report.steps, 2, "fast {fast}");
+            assert_eq!(report.corrections, 1, "fast {fast}");
+            assert!(report.reasoning_chars > 20);
+            assert!(report.reasoning_tokens >= 3, "{report:?}");
+        }
+    }
+}
+
+#[test]
+fn output_field_none_drops_reasoning_from_whole_bodies() {
+    let c = cfg(ParserKind::DeepseekR1, false, OutputField::None);
+    let body = json!({"choices":[{"index":0,"message":{"role":"assistant",
+        "content":"<think>because 2+2=4</think>\n\nyes"},"finish_reason":"stop"}],
+        "usage":{"prompt_tokens":1,"completion_tokens":10,"total_tokens":11}});
+    let mut rw =
+        ResponseRewriter::for_response(&c, Endpoint::ChatCompletions, 200, "application/json")
+            .unwrap();
+    let mut out = rw.feed(&serde_json::to_vec(&body).unwrap());
+    out.extend(rw.finish());
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    let m = v["choices"][0]["message"].as_object().unwrap();
+    assert_eq!(m["content"], "yes");
+    assert!(!m.contains_key("reasoning_content") && !m.contains_key("reasoning"));
+    assert!(v["usage"]["completion_tokens_details"]["reasoning_tokens"].as_u64() > Some(0));
+    assert_eq!(rw.report().reasoning_chars, "because 2+2=4".len());
+}
+
+#[test]
+fn route_tags_are_split_across_chunks_like_think() {
+    let c = ReasoningConfig {
+        tags: crate::reasoning::Tags::new("<thinking>", "</thinking>"),
+        ..cfg(ParserKind::DeepseekR1, false, OutputField::ReasoningContent)
+    };
+    let tokens = ["<thin", "king>", "a <think>", " b</thinki", "ng>", "\n\nc"];
+    let mut input: String = tokens.iter().map(|t| sse_chunk(t)).collect();
+    input.push_str(&finish_chunk());
+    input.push_str("data: [DONE]\n\n");
+    for piece in [1, 3, 100_000] {
+        let (r, a, _) = run_stream(&c, &input, piece);
+        assert_eq!(r, "a <think> b", "piece {piece}");
+        assert_eq!(a, "c", "piece {piece}");
+    }
+}

@@ -161,3 +161,23 @@ fn repeated_ngram_ratio_counts_exactly_the_repeated_windows() {
     let looping = "we add the two numbers and get seven then check it ".repeat(5);
     assert!((repeated_ngram_ratio(&looping, 4) - 41.0 / 52.0).abs() < 1e-9);
 }
+
+#[test]
+fn tag_leak_looks_for_the_routes_tags() {
+    let cfg = VerifyConfig {
+        tags: crate::reasoning::Tags::new("<thinking>", "</thinking>"),
+        ..all()
+    };
+    assert_eq!(
+        failed(&cfg, &subject("x", "ok </thinking> \\boxed{1}")),
+        ["tag_leak"]
+    );
+    assert!(
+        failed(
+            &cfg,
+            &subject("x", "`<think>` is plain text here \\boxed{1}")
+        )
+        .is_empty(),
+        "<think> is not a tag of this route"
+    );
+}
