@@ -56,6 +56,10 @@ venv:
 	@# The Kubernetes JSON schemas (strict) that tests/tests/deploy.rs validates deploy/ against.
 	@$(RG_PYTHON) -c 'import importlib.metadata as m; assert m.version("kubernetes-validate") == "1.37.0"' 2>/dev/null \
 	  || $(RG_PYTHON) -m pip install --quiet 'kubernetes-validate==1.37.0'
+	@# The Anthropic SDK and the OpenAI Agents SDK, clients of /v1/messages and /v1/responses in
+	@# tests/tests/api.rs (openai-agents 0.20 is the last that keeps the `openai` 2.x pinned above).
+	@$(RG_PYTHON) -c 'import importlib.metadata as m; assert m.version("anthropic") == "2.10.0" and m.version("openai-agents") == "0.20.0"' 2>/dev/null \
+	  || $(RG_PYTHON) -m pip install --quiet 'anthropic==2.10.0' 'openai-agents==0.20.0' 'openai>=1.50,<3'
 
 build:
 	cargo build --release --workspace --all-targets

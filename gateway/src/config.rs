@@ -135,6 +135,8 @@ pub struct UpstreamConfig {
     pub tls: Option<TlsConfig>,
     /// Sent upstream as `Authorization: Bearer …` in place of the client's (`api_key_env`).
     pub api_key: Option<Secret>,
+    /// Client APIs the upstream serves itself (`api`; chat always): those are passed through.
+    pub api: Vec<crate::api::Api>,
 }
 
 /// HTTPS to a pool's endpoints.

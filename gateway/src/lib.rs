@@ -1,6 +1,11 @@
 //! reasoning-gateway: a Pingora sidecar proxy and observability layer for reasoning LLMs.
+//!
+//! Client APIs: `openai` is the chat/completions wire format the request path speaks; `api`
+//! holds the other client APIs (OpenAI Responses, Anthropic Messages) as codecs around it
+//! (`api/{generation,codec,responses,messages,signature}.rs`).
 
 pub mod admin;
+pub mod api;
 pub mod canary;
 pub mod capacity;
 pub mod cidr;

@@ -277,7 +277,7 @@ impl Metrics {
             async_job_rejections_total.with(&reason);
         }
         Metrics {
-            requests_total: r.counter("requests_total", "Requests answered by the gateway, by route, canary variant, upstream, API endpoint, HTTP status and outcome (how the response really ended: a stream cut after its 200 is upstream_error)."),
+            requests_total: r.counter("requests_total", "Requests answered by the gateway, by route, canary variant, upstream, API endpoint, HTTP status, outcome (how the response really ended: a stream cut after its 200 is upstream_error) and client API (chat, completions, responses, messages)."),
             request_duration_seconds: r.histogram(
                 "request_duration_seconds",
                 "Time from receiving a request to sending the last response byte, by outcome.",
@@ -417,7 +417,7 @@ mod tests {
             &m.requests_total,
             &p("requests_total"),
             &[
-                "route", "variant", "upstream", "endpoint", "status", "outcome",
+                "route", "variant", "upstream", "endpoint", "status", "outcome", "api",
             ],
         );
         check(

@@ -1,5 +1,6 @@
 //! The Pingora `ProxyHttp` implementation. Each phase only dispatches to a module.
 
+mod api;
 mod body;
 mod cache;
 mod context;
@@ -86,9 +87,23 @@ impl GatewayProxy {
             return jobs::handle(&self.gw, session, ctx).await.map(|_| true);
         }
         let header = session.req_header();
-        let endpoint = match Endpoint::from_request(header.method.as_str(), header.uri.path()) {
-            Ok(e) => e,
-            Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
+        let (method, path) = (header.method.as_str(), header.uri.path());
+        let endpoint = match crate::api::Api::from_request(method, path) {
+            // Translated APIs run the chat path; `ctx.api` remembers what the client spoke.
+            Some(api) => {
+                ctx.api = crate::api::Api::of_path(path);
+                match api {
+                    Ok(_) => Endpoint::ChatCompletions,
+                    Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
+                }
+            }
+            None => match Endpoint::from_request(method, path) {
+                Ok(e) => {
+                    ctx.api = crate::api::Api::of_endpoint(e);
+                    e
+                }
+                Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
+            },
         };
         ctx.endpoint = Some(endpoint);
         let snapshot = self.gw.snapshot.load_full();
@@ -118,6 +133,10 @@ impl GatewayProxy {
             Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
         };
         ctx.request_bytes = body.len();
+        let (body, translated) = match api::decode_request(ctx.api, body) {
+            Ok(b) => b,
+            Err(err) => return respond::error(session, ctx, err).await.map(|_| true),
+        };
         let header = |name: &str| intake::request_header(session, name);
         let live = |route: &str, c: &_| self.gw.canary.live(route, c);
         let routed = match intake::route(&snapshot, endpoint, body, &header, &live) {
@@ -133,6 +152,13 @@ impl GatewayProxy {
             }
         };
         ctx.stream_requested = routed.info.stream;
+        let mut routed = routed;
+        if let Some(t) = translated {
+            if let Err(err) = api::prepare(ctx, &mut routed, t) {
+                ctx.route = Some(routed.route);
+                return respond::error(session, ctx, err).await.map(|_| true);
+            }
+        }
         // `x-reasoning-checkpoints: true` (the route's interval) or a step count; streams only.
         if routed.info.stream && !routed.aggregate {
             ctx.checkpoints = match header("x-reasoning-checkpoints").as_deref().map(str::trim) {
@@ -160,7 +186,9 @@ impl GatewayProxy {
             return respond::error(session, ctx, err).await.map(|_| true);
         }
         if let Some((variant, pool, body)) = routed.shadow {
-            let authorization = intake::request_header(session, "authorization");
+            let authorization = intake::request_header(session, "authorization").or_else(|| {
+                intake::request_header(session, "x-api-key").map(|k| format!("Bearer {k}"))
+            });
             crate::shadow::spawn(
                 self.gw.clone(),
                 crate::shadow::ShadowRequest {
@@ -169,7 +197,10 @@ impl GatewayProxy {
                     pool,
                     body,
                     endpoint,
-                    path: session.req_header().uri.path().to_string(),
+                    path: match ctx.api.filter(|a| a.translated()) {
+                        Some(_) => crate::api::Api::Chat.path().to_string(),
+                        None => session.req_header().uri.path().to_string(),
+                    },
                     authorization,
                 },
             );
@@ -373,6 +404,7 @@ impl ProxyHttp for GatewayProxy {
         if let Some(guard) = &ctx.endpoint_guard {
             req.insert_header("host", guard.endpoint.host.as_str())?;
         }
+        api::upstream_request(ctx, req)?;
         // The pool's own key replaces the client's (which still names the tenant for the cache).
         if let Some(auth) = ctx.pool.as_ref().and_then(|p| p.authorization.as_ref()) {
             req.insert_header("authorization", auth.0.as_str())?;
@@ -396,11 +428,12 @@ impl ProxyHttp for GatewayProxy {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if let (Some(route), Some(endpoint)) = (&ctx.route, ctx.endpoint) {
+        if let (Some(route), Some(endpoint), false) = (&ctx.route, ctx.endpoint, ctx.passthrough) {
             ctx.rewriter =
                 ResponseRewriter::for_response(&route.reasoning, endpoint, status, content_type)
                     .map(|rw| rw.with_request(ctx.response_format.take(), ctx.strip_usage))
                     .map(|rw| rw.with_checkpoints(ctx.checkpoints))
+                    .map(|rw| rw.with_reasoning_budget(ctx.reasoning_budget))
                     .map(|rw| {
                         if ctx.thinking_off {
                             rw.thinking_off()
@@ -422,6 +455,7 @@ impl ProxyHttp for GatewayProxy {
                 resp.insert_header("content-type", "application/json")?;
             }
         }
+        api::upstream_response(ctx, resp, status)?;
         Ok(())
     }
 

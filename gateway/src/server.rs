@@ -67,6 +67,7 @@ fn engine_pool(addr: SocketAddr, admission: Option<config::AdmissionConfig>) -> 
         },
         tls: None,
         api_key: None,
+        api: vec![crate::api::Api::Chat],
     }
 }
 

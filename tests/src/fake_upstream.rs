@@ -17,7 +17,14 @@
 //! |                 | it finds it closed with the request unread (reset), counted              |
 //! | `die-after-read`| reads the whole request, then closes without answering (a crash while   |
 //! |                 | generating), counted in `died`                                            |
+//! | `tool`          | reasoning, then a `get_weather` tool call; once the request carries the   |
+//! |                 | tool's result (a `tool` message), the `think` reasoning and answer        |
+//! | `echo-chat`     | the echo below, with the request body, as a chat completion's content     |
 //! | anything else   | echo: JSON describing what arrived (body length, checksum, model, auth)   |
+//!
+//! `POST /v1/responses` and `POST /v1/messages` are served natively (an upstream with `api:
+//! [chat, responses, messages]`): reasoning split by the server itself, `think` and `tool` as
+//! above, ids `resp_upstream…`/`msg_upstream…`; counted in `native`.
 //!
 //! Every response carries `x-upstream-id` so tests can tell endpoints apart.
 
@@ -63,6 +70,8 @@ pub const ANALYSED_TOKENS: &[&str] = &[
     "\n\n{\"answer\": 4",
 ];
 
+/// The id of the `tool` model's call.
+pub const TOOL_CALL_ID: &str = "call_weather_1";
 /// Reasoning in `<thinking>` tags, split across events; a literal `<think>` inside.
 pub const THINKING_TAGS_TOKENS: &[&str] = &[
     "<thin",
@@ -99,6 +108,8 @@ pub struct FakeUpstream {
     pub died: Arc<AtomicUsize>,
     /// Of those, the ones that arrived on a reused connection.
     pub died_reused: Arc<AtomicUsize>,
+    /// Requests served natively on `/v1/responses` or `/v1/messages`.
+    pub native: Arc<AtomicUsize>,
     gate: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -130,8 +141,10 @@ impl FakeUpstream {
             dropped: Arc::new(AtomicUsize::new(0)),
             died: Arc::new(AtomicUsize::new(0)),
             died_reused: Arc::new(AtomicUsize::new(0)),
+            native: Arc::new(AtomicUsize::new(0)),
             gate: gate_rx,
         };
+        let native = shared.native.clone();
         let (gated_cancels, gated_waiting) = (shared.cancels.clone(), shared.waiting.clone());
         let dropped_reused = shared.dropped.clone();
         let (died, died_reused) = (shared.died.clone(), shared.died_reused.clone());
@@ -166,6 +179,7 @@ impl FakeUpstream {
             dropped_reused,
             died,
             died_reused,
+            native,
             gate,
             task,
             stop,
@@ -198,6 +212,7 @@ struct Shared {
     dropped: Arc<AtomicUsize>,
     died: Arc<AtomicUsize>,
     died_reused: Arc<AtomicUsize>,
+    native: Arc<AtomicUsize>,
     gate: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -286,6 +301,11 @@ async fn serve_connection<S: Conn>(
         }
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let model = body["model"].as_str().unwrap_or("").to_string();
+        if req.path == "/v1/responses" || req.path == "/v1/messages" {
+            native_api(&mut stream, id, &req.path, &req.body).await?;
+            shared.native.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
         if req.path == "/v1/embeddings" {
             // One 4-d vector per input, from the input's length (enough to check the shape).
             let inputs = match &body["input"] {
@@ -471,6 +491,62 @@ async fn serve_connection<S: Conn>(
                 )
                 .await?;
             }
+            "tool" => {
+                let answered = body["messages"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+                let (events, message, finish) = if answered {
+                    let text: String = THINK_TOKENS.concat();
+                    (
+                        content_events(&model, THINK_TOKENS),
+                        json!({"role": "assistant", "content": text}),
+                        "stop",
+                    )
+                } else {
+                    let call = |args: &str, first: bool| {
+                        let mut c = json!({"index": 0, "function": {"arguments": args}});
+                        if first {
+                            c["id"] = json!(TOOL_CALL_ID);
+                            c["type"] = json!("function");
+                            c["function"]["name"] = json!("get_weather");
+                        }
+                        c
+                    };
+                    let events = vec![
+                        chunk(
+                            &model,
+                            json!({"content": "<think>I need the weather.</think>"}),
+                            None,
+                        ),
+                        chunk(
+                            &model,
+                            json!({"tool_calls": [call("{\"city\": ", true)]}),
+                            None,
+                        ),
+                        chunk(
+                            &model,
+                            json!({"tool_calls": [call("\"Paris\"}", false)]}),
+                            None,
+                        ),
+                    ];
+                    let message = json!({"role": "assistant",
+                        "content": "<think>I need the weather.</think>",
+                        "tool_calls": [{"id": TOOL_CALL_ID, "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]});
+                    (events, message, "tool_calls")
+                };
+                if stream_wanted {
+                    let delivery = Delivery {
+                        finish,
+                        ..Delivery::whole(include_usage)
+                    };
+                    write_stream(&mut stream, id, &model, events, delivery).await?;
+                } else {
+                    let mut v = completion(&model, message);
+                    v["choices"][0]["finish_reason"] = json!(finish);
+                    write_json(&mut stream, id, 200, &v).await?;
+                }
+            }
             "split-fields" if stream_wanted => {
                 let mut events = vec![
                     chunk(&model, json!({"role": "assistant", "content": ""}), None),
@@ -536,11 +612,90 @@ async fn serve_connection<S: Conn>(
                     .map(|(_, v)| v.clone());
                 let echo = json!({"echo": {"body_len": req.body.len(), "checksum": checksum, "model": model,
                     "authorization": auth, "request_id": rid, "path": req.path, "expect": expect}});
+                if model == "echo-chat" {
+                    // The same report as a chat answer (with the request body), for translated APIs.
+                    let mut echo = echo;
+                    echo["echo"]["body"] = body.clone();
+                    let text = echo.to_string();
+                    let msg = json!({"role": "assistant", "content": text});
+                    write_json(&mut stream, id, 200, &completion(&model, msg)).await?;
+                    continue;
+                }
                 write_json(&mut stream, id, 200, &echo).await?;
             }
         }
     }
     Ok(())
+}
+
+/// A native Responses or Messages answer: the request decoded as the gateway would, the
+/// scripted chat answer (reasoning already split, as reasoning servers do), encoded back.
+async fn native_api<S: Conn>(
+    stream: &mut S,
+    id: &str,
+    path: &str,
+    raw: &[u8],
+) -> std::io::Result<()> {
+    use reasoning_gateway::api::{decode, Api, Codec, Meta};
+    let api = if path == "/v1/responses" {
+        Api::Responses
+    } else {
+        Api::Messages
+    };
+    use reasoning_gateway::api::messages::{error_body, verify_signatures};
+    let t = match decode(api, raw).and_then(|t| verify_signatures(&t).map(|()| t)) {
+        Ok(t) => t,
+        Err(e) => {
+            let body = match api {
+                Api::Messages => error_body(e.status, &e.body()),
+                _ => e.body(),
+            };
+            let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return write_json(stream, id, e.status, &v).await;
+        }
+    };
+    let req = Value::Object(t.chat.clone());
+    let model = req["model"].as_str().unwrap_or("").to_string();
+    let answered = req["messages"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+    let (message, finish) = if model == "tool" && !answered {
+        (
+            json!({"role": "assistant", "reasoning_content": "I need the weather.", "content": null,
+            "tool_calls": [{"id": TOOL_CALL_ID, "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}),
+            "tool_calls",
+        )
+    } else {
+        (
+            json!({"role": "assistant", "reasoning_content": THINK_REASONING, "content": THINK_ANSWER}),
+            "stop",
+        )
+    };
+    let mut chat = completion(&model, message);
+    chat["choices"][0]["finish_reason"] = json!(finish);
+    chat["usage"]["completion_tokens_details"] = json!({"reasoning_tokens": 7});
+    let stream_wanted = req["stream"].as_bool().unwrap_or(false);
+    let meta = Meta {
+        id: "upstream1".into(),
+        model: model.clone(),
+        created: 1,
+        show_reasoning: t.show_reasoning,
+        stop_sequences: Vec::new(),
+    };
+    let mut codec = Codec::new(api, meta, stream_wanted);
+    let out = codec.whole(
+        200,
+        "application/json",
+        &serde_json::to_vec(&chat).unwrap_or_default(),
+    );
+    let content_type = codec.content_type(200);
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-upstream-id: {id}\r\n\r\n",
+        out.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&out).await
 }
 
 /// One chat chunk per content token.
@@ -603,6 +758,8 @@ struct Delivery {
     complete: bool,
     /// The request asked for `stream_options.include_usage`.
     include_usage: bool,
+    /// `finish_reason` of the last chunk.
+    finish: &'static str,
 }
 
 impl Delivery {
@@ -613,6 +770,7 @@ impl Delivery {
             byte_by_byte: false,
             complete: true,
             include_usage,
+            finish: "stop",
         }
     }
 }
@@ -629,6 +787,7 @@ async fn write_stream<S: Conn>(
         byte_by_byte,
         complete,
         include_usage,
+        finish,
     } = d;
     write_head(stream, id).await?;
     let mut payloads: Vec<String> = vec![": keep-alive\r\n\r\n".to_string()];
@@ -636,7 +795,7 @@ async fn write_stream<S: Conn>(
     if complete {
         payloads.push(format!(
             "data: {}\n\n",
-            chunk(model, json!({}), Some("stop"))
+            chunk(model, json!({}), Some(finish))
         ));
         if include_usage {
             let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,

@@ -371,3 +371,69 @@ async fn q4_1_weights_are_requantized_once_and_a_read_only_cache_only_costs_spee
     assert!(log.contains("Loading the model file as it is"), "{log}");
     says_something(&e.gw).await;
 }
+
+/// Responses and Messages translated to chat for the bundled engine, streamed and not.
+#[tokio::test]
+async fn responses_and_messages_are_translated_for_the_engine() {
+    let e = start(4);
+    let post = |path: &'static str, body: Value| {
+        let port = e.gw.port;
+        async move {
+            let resp = reqwest::Client::new()
+                .post(format!("http://127.0.0.1:{port}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("gateway answers");
+            (
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (s, text) = post("/v1/responses", json!({"model": "smollm2", "input": "Name three colors.", "max_output_tokens": 24, "temperature": 0})).await;
+    assert_eq!(s, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["object"], "response", "{text}");
+    let message = v["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["type"] == "message")
+        .cloned()
+        .unwrap();
+    assert!(
+        !message["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .is_empty(),
+        "{text}"
+    );
+    assert!(v["usage"]["output_tokens"].as_u64().unwrap() > 0, "{text}");
+    let (s, text) = post("/v1/responses", json!({"model": "smollm2", "input": "Name three colors.", "max_output_tokens": 24, "stream": true})).await;
+    assert_eq!(s, 200, "{text}");
+    assert!(text.contains("event: response.output_text.delta"), "{text}");
+    assert!(
+        text.contains("event: response.completed") || text.contains("event: response.incomplete"),
+        "{text}"
+    );
+    let (s, text) = post(
+        "/v1/messages",
+        json!({"model": "smollm2", "max_tokens": 24, "messages": user("Name three colors.")}),
+    )
+    .await;
+    assert_eq!(s, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["type"], "message", "{text}");
+    assert!(
+        matches!(v["stop_reason"].as_str(), Some("end_turn" | "max_tokens")),
+        "{text}"
+    );
+    let (s, text) = post("/v1/messages", json!({"model": "smollm2", "max_tokens": 24, "stream": true, "messages": user("Name three colors.")})).await;
+    assert_eq!(s, 200, "{text}");
+    assert!(
+        text.contains("event: message_start") && text.contains("event: message_stop"),
+        "{text}"
+    );
+}

@@ -251,7 +251,8 @@ fn process_cpu() -> Duration {
     use nix::sys::resource::{getrusage, UsageWho};
     getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
         let t = |tv: nix::sys::time::TimeVal| {
-            Duration::from_secs(tv.tv_sec().unsigned_abs()) + Duration::from_micros(tv.tv_usec().unsigned_abs())
+            Duration::from_secs(tv.tv_sec().unsigned_abs())
+                + Duration::from_micros(tv.tv_usec().unsigned_abs())
         };
         t(u.user_time()) + t(u.system_time())
     })

@@ -117,6 +117,9 @@ pub struct RawUpstream {
     pub api_key_env: Option<String>,
     /// File holding that key instead (re-read at every reload: rotated secrets).
     pub api_key_file: Option<String>,
+    /// Client APIs the upstream itself serves: `chat` (always), `responses`, `messages`
+    /// (default `[chat]`). Requests in a listed API are passed through instead of translated.
+    pub api: Option<Vec<String>>,
 }
 
 /// HTTPS settings of a pool.

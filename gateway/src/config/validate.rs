@@ -677,10 +677,12 @@ fn upstream(errs: &mut Errors, path: &str, u: &RawUpstream) -> UpstreamConfig {
         (None, None) => None,
     };
     let tls = u.tls.as_ref().map(|t| tls(errs, path, t, &endpoints));
+    let api = upstream_api(errs, path, u.api.as_deref());
     UpstreamConfig {
         admission,
         tls,
         api_key,
+        api,
         name: u.name.clone(),
         endpoints,
         balance,
@@ -696,6 +698,33 @@ fn upstream(errs: &mut Errors, path: &str, u: &RawUpstream) -> UpstreamConfig {
         ),
         health_check,
     }
+}
+
+/// A pool's `api` list: what it serves itself besides chat.
+fn upstream_api(errs: &mut Errors, path: &str, given: Option<&[String]>) -> Vec<crate::api::Api> {
+    use crate::api::Api;
+    let Some(given) = given else {
+        return vec![Api::Chat];
+    };
+    let mut out = Vec::new();
+    for (i, name) in given.iter().enumerate() {
+        match name.as_str() {
+            "chat" => out.push(Api::Chat),
+            "responses" => out.push(Api::Responses),
+            "messages" => out.push(Api::Messages),
+            other => errs.push(
+                &format!("{path}.api[{i}]"),
+                format!("`{other}` is not one of chat, responses, messages"),
+            ),
+        }
+    }
+    if !given.is_empty() && !out.contains(&Api::Chat) {
+        errs.push(
+            &format!("{path}.api"),
+            "list `chat`: the gateway sends chat and completions requests to every pool",
+        );
+    }
+    out
 }
 
 fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig {

@@ -4,6 +4,7 @@
 //! (route, variant, upstream) or closed enums, never request text.
 
 use crate::admin::guard::Reason as AdminRefusal;
+use crate::api::Api;
 use crate::jobs::quota::Rejection;
 use crate::openai::{Endpoint, ErrorCode};
 use crate::outcome::{Outcome, UpstreamErrorKind};
@@ -48,6 +49,14 @@ impl LabelValue for bool {
 impl LabelValue for Option<Endpoint> {
     fn label_value(&self) -> &str {
         self.map_or("other", Endpoint::label)
+    }
+}
+
+/// `api`: the client API spoken (chat, completions, responses, messages), `other` for the
+/// rest (models, embeddings, unknown paths).
+impl LabelValue for Option<Api> {
+    fn label_value(&self) -> &str {
+        self.map_or("other", Api::label)
     }
 }
 
@@ -237,12 +246,14 @@ pub struct Requests<'a> {
     pub status: u16,
     /// How the request really ended.
     pub outcome: Outcome,
+    /// The client API spoken.
+    pub api: Option<Api>,
 }
 
 impl LabelSet for Requests<'_> {
     type Key = Requests<'static>;
     const NAMES: &'static [&'static str] = &[
-        "route", "variant", "upstream", "endpoint", "status", "outcome",
+        "route", "variant", "upstream", "endpoint", "status", "outcome", "api",
     ];
     fn with_values<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
         let status = self.status.to_string();
@@ -253,6 +264,7 @@ impl LabelSet for Requests<'_> {
             self.endpoint.label_value(),
             &status,
             self.outcome.label_value(),
+            self.api.label_value(),
         ])
     }
 }
@@ -483,13 +495,16 @@ mod tests {
             endpoint: None,
             status: 503,
             outcome: Outcome::UpstreamError,
+            api: None,
         };
         assert_eq!(
             values(&r),
-            ["r", "v", "u", "other", "503", "upstream_error"]
+            ["r", "v", "u", "other", "503", "upstream_error", "other"]
         );
         r.endpoint = Some(Endpoint::ChatCompletions);
+        r.api = Some(Api::Responses);
         assert_eq!(values(&r)[3], "chat_completions");
+        assert_eq!(values(&r)[6], "responses");
         let d = Durations {
             route: "r",
             variant: "v",

@@ -24,6 +24,17 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
     }
     let step_timeout = ctx.route.as_ref().and_then(|r| r.reasoning.step_timeout);
     let Some(rw) = ctx.rewriter.as_mut() else {
+        if let Some(meter) = ctx.meter.as_mut() {
+            meter.feed(body.as_deref().unwrap_or_default());
+            if end_of_stream {
+                meter.finish();
+            }
+        }
+        if ctx.codec.is_some() {
+            let out = body.take().map(|b| b.to_vec()).unwrap_or_default();
+            let out = super::api::client_bytes(ctx, out, end_of_stream);
+            *body = Some(Bytes::from(out));
+        }
         ctx.response_bytes += body.as_ref().map_or(0, Bytes::len);
         return;
     };
@@ -76,6 +87,7 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
             Vec::new()
         };
     }
+    let out = super::api::client_bytes(ctx, out, end_of_stream || ctx.aborted);
     ctx.response_bytes += out.len();
     *body = Some(Bytes::from(out));
 }

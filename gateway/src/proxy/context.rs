@@ -113,6 +113,16 @@ pub struct RequestCtx {
     pub cache_pending: Option<reasoning_cache::Pending>,
     /// Steps between `reasoning_checkpoint` chunks the streaming client asked for (0: none).
     pub checkpoints: u32,
+    /// The API the client spoke, once recognised.
+    pub api: Option<crate::api::Api>,
+    /// Writes the chat output in the client's API (Responses, Messages); `None` for chat.
+    pub codec: Option<crate::api::Codec>,
+    /// The client's own reasoning budget, when smaller than the route's.
+    pub reasoning_budget: Option<u64>,
+    /// The request is forwarded in its own API to an upstream that speaks it.
+    pub passthrough: bool,
+    /// Reads such a passed-through response for the reasoning metrics.
+    pub meter: Option<crate::api::meter::Meter>,
 }
 
 impl RequestCtx {
@@ -159,6 +169,11 @@ impl RequestCtx {
             cache_reason: None,
             cache_pending: None,
             checkpoints: 0,
+            api: None,
+            codec: None,
+            reasoning_budget: None,
+            passthrough: false,
+            meter: None,
             overhead: std::time::Duration::ZERO,
         }
     }

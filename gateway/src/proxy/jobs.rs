@@ -77,6 +77,13 @@ pub async fn handle(
                 None => respond::error(session, ctx, not_found(id)).await,
             }
         }
+        (_, "/v1/async/responses" | "/v1/async/messages") => {
+            let e = ApiError::new(
+                ErrorCode::UnknownUrl,
+                "Async jobs take chat completions only (POST /v1/async/chat/completions); Responses and Messages requests are answered synchronously.",
+            );
+            respond::error(session, ctx, e).await
+        }
         (m, p @ "/v1/async/chat/completions") => {
             let e = ApiError::method_not_allowed(m, p, "POST");
             respond::error(session, ctx, e).await

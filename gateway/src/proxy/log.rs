@@ -46,6 +46,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
             endpoint: ctx.endpoint,
             status,
             outcome,
+            api: ctx.api,
         })
         .inc();
     m.request_duration_seconds
@@ -86,7 +87,8 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
     let report = ctx
         .rewriter
         .as_ref()
-        .map(super::super::reasoning::rewrite::ResponseRewriter::report);
+        .map(super::super::reasoning::rewrite::ResponseRewriter::report)
+        .or_else(|| ctx.meter.as_ref().map(crate::api::meter::Meter::report));
     if let Some(r) = &report {
         m.reasoning_tokens
             .with(&ru)

@@ -85,6 +85,7 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
             } else {
                 err.body()
             };
+            let body = super::api::client_bytes(ctx, body, true);
             ok = write_last(session, ctx, body).await;
             ctx.error = Some(err);
             return FailToProxy {
@@ -92,13 +93,14 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
                 can_reuse_downstream: reuse(session, ok),
             };
         }
-        if streaming {
+        if streaming || ctx.codec.is_some() {
             let mut tail = ctx
                 .rewriter
                 .as_mut()
                 .map(super::super::reasoning::rewrite::ResponseRewriter::abort)
                 .unwrap_or_default();
             tail.extend_from_slice(&err.sse_event());
+            let tail = super::api::client_bytes(ctx, tail, true);
             ok = write_last(session, ctx, tail).await;
         }
         ctx.error = Some(err);
@@ -157,6 +159,7 @@ pub async fn local(
     content_type: &str,
     body: Vec<u8>,
 ) -> pingora::Result<()> {
+    let (content_type, body) = super::api::local_body(ctx, status, content_type, body);
     let mut header = ResponseHeader::build(status, Some(8))?;
     header.insert_header("content-type", content_type)?;
     header.insert_header("content-length", body.len().to_string())?;

@@ -213,6 +213,15 @@ impl ResponseRewriter {
         self
     }
 
+    /// A client's own reasoning budget (Anthropic `thinking.budget_tokens`): the smaller of it
+    /// and the route's applies.
+    pub fn with_reasoning_budget(mut self, budget: Option<u64>) -> Self {
+        if let Some(b) = budget {
+            self.max_reasoning_tokens = Some(self.max_reasoning_tokens.map_or(b, |r| r.min(b)));
+        }
+        self
+    }
+
     /// The request switched Qwen3 thinking off (`chat_template_kwargs.enable_thinking: false`):
     /// a `qwen3` route then looks for no tags, even with `start_in_reasoning`.
     pub fn thinking_off(mut self) -> Self {

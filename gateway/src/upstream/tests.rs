@@ -8,6 +8,7 @@ fn pool(n: usize, balance: Balance) -> Pool {
         admission: None,
         tls: None,
         api_key: None,
+        api: vec![crate::api::Api::Chat],
         name: "p".into(),
         endpoints: (0..n)
             .map(|i| {

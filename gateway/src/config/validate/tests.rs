@@ -654,6 +654,33 @@ fn trusted_proxies_are_networks_and_a_tenant_header_needs_them() {
 }
 
 #[test]
+fn a_pools_client_apis_default_to_chat_and_are_checked() {
+    use crate::api::Api;
+    let c = parse(
+        "upstreams:\n  - {name: a, endpoints: [\"127.0.0.1:8000\"]}\n  - {name: b, endpoints: [\"127.0.0.1:8001\"], api: [chat, responses, messages]}\nroutes:\n  - {model: m, upstream: a}\n",
+    )
+    .unwrap();
+    assert_eq!(c.upstreams[0].api, [Api::Chat]);
+    assert_eq!(
+        c.upstreams[1].api,
+        [Api::Chat, Api::Responses, Api::Messages]
+    );
+    let errs = errors(
+        "upstreams:\n  - {name: a, endpoints: [\"127.0.0.1:8000\"], api: [responses, grpc]}\nroutes:\n  - {model: m, upstream: a}\n",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("upstreams[0].api[1]: `grpc`")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("upstreams[0].api: list `chat`")),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn reasoning_tags_open_tag_and_output_field_none_validate() {
     let c = parse(
         "upstreams: [{name: u, endpoints: ['127.0.0.1:1']}]\nroutes:\n  - model: m\n    upstream: u\n    reasoning: {tags: {open: '<thinking>', close: '</thinking>'}, open_tag: leading, output_field: none}\n  - model: n\n    upstream: u\n",
