@@ -92,7 +92,13 @@ fn sse(record: &Record, shape: &Shape) -> Vec<u8> {
         Value::Null,
         &mut out,
     );
-    for piece in pieces(&record.reasoning) {
+    // A route that shows no reasoning (`output_field: none`) replays none, not empty deltas.
+    let reasoning = if shape.reasoning_fields.is_empty() {
+        ""
+    } else {
+        record.reasoning.as_str()
+    };
+    for piece in pieces(reasoning) {
         let mut d = Map::new();
         for f in shape.reasoning_fields {
             d.insert((*f).into(), json!(piece));
@@ -238,5 +244,24 @@ mod tests {
             record().reasoning
         );
         assert_eq!(v["usage"]["total_tokens"], 30);
+    }
+
+    #[test]
+    fn a_route_without_reasoning_replays_only_the_answer() {
+        let hidden = Shape {
+            reasoning_fields: &[],
+            ..shape(true)
+        };
+        let text = String::from_utf8(body(&record(), &hidden)).unwrap();
+        let deltas: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str::<Value>(d).unwrap())
+            .filter_map(|v| v["choices"].get(0).map(|c| c["delta"].clone()))
+            .collect();
+        // role, the answer, the finish chunk: no empty reasoning deltas in between.
+        assert_eq!(deltas.len(), 3, "{deltas:?}");
+        assert_eq!(deltas[1]["content"], "4");
     }
 }
