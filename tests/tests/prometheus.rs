@@ -68,7 +68,8 @@ async fn cache_workload(gw: &GatewayProc, client: &reqwest::Client, url: &str) -
     )
     .await;
     assert_eq!(ask(q, false).await, "hit");
-    let paraphrase = "Sam has 2 apples and buys 2 more apples. How many apples does Sam have now?";
+    let paraphrase =
+        "Sam has got 2 apples and then he buys 2 more. How many apples does Sam have in total now?";
     assert_eq!(ask(paraphrase, false).await, "hit");
     let other_number = "Sam has 2 apples and buys 3 more. How many apples does Sam have now?";
     assert_eq!(ask(other_number, false).await, "miss");
