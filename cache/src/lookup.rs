@@ -148,15 +148,11 @@ impl Cache {
     /// Looks a chat request up (records `cache_requests_total` and the lookup's duration).
     pub async fn lookup(&self, q: &Query<'_>) -> Lookup {
         let started = Instant::now();
-        let result = self.lookup_inner(q).await;
+        let mut embed_failed = false;
+        let result = self.lookup_inner(q, &mut embed_failed).await;
         let label = match &result {
             Lookup::Hit { .. } => LookupResult::Hit,
-            // Not embedded although the partition had entries: the embedder failed or timed out.
-            Lookup::Miss { pending, .. }
-                if pending.vector.is_none() && self.store.has_entries(&pending.key.partition) =>
-            {
-                LookupResult::Error
-            }
+            Lookup::Miss { .. } if embed_failed => LookupResult::Error,
             Lookup::Miss { .. } => LookupResult::Miss,
             Lookup::Bypass(_) => LookupResult::Bypass,
             Lookup::Uncacheable => LookupResult::Uncacheable,
@@ -166,7 +162,8 @@ impl Cache {
         result
     }
 
-    async fn lookup_inner(&self, q: &Query<'_>) -> Lookup {
+    /// `embed_failed` is set when the embedder failed or timed out (the miss went on without it).
+    async fn lookup_inner(&self, q: &Query<'_>, embed_failed: &mut bool) -> Lookup {
         let Query {
             route,
             served,
@@ -234,6 +231,7 @@ impl Cache {
             Ok(v) => v,
             Err(e) => {
                 tracing::debug!(error = %e, "Cache lookup without an embedding.");
+                *embed_failed = true;
                 return Lookup::Miss {
                     pending,
                     best: None,
@@ -330,7 +328,7 @@ fn decide<'a>(
     settings: &RouteSettings,
 ) -> Decision<'a> {
     let mut rejected = None;
-    let mut features = None;
+    let (mut features, mut words) = (None, None);
     for c in candidates {
         if c.similarity < SURFACE_FLOOR {
             break;
@@ -353,7 +351,7 @@ fn decide<'a>(
             continue;
         }
         match pair::judge(
-            problem,
+            words.get_or_insert_with(|| pair::words(problem)),
             &c.entry.record.problem,
             c.similarity,
             settings.threshold,

@@ -2,9 +2,10 @@
 //! the request's asks, from how the two texts differ rather than from lists of words.
 //!
 //! The two problems are split into words and aligned (longest common subsequence). What is
-//! left over forms edit blocks. A block of letter-level slips (two letters swapped, one dropped
-//! or added, in words of four letters or more) is a typo and counts as equal; case, spacing and
-//! punctuation never produce words at all. Then:
+//! left over forms edit blocks. One letter-level slip (two letters swapped, one dropped or
+//! added, inside a lower-case word of five letters or more) is a typo and counts as equal; case,
+//! spacing and punctuation never produce words, while operators and other symbols are words of
+//! their own. Then:
 //! - no edit left, or one word order rotated around a clause (`X, Y` / `Y, X`): the same
 //!   problem written again — served whatever its cosine (a typo moves MiniLM's vector far);
 //! - otherwise a logistic score of the cosine and the shape of the edits decides. Its
@@ -17,8 +18,8 @@
 //! Numbers and units are compared exactly before this, by the guard ([`crate::guard`]).
 
 /// Words per problem the alignment looks at (it costs `MAX_WORDS²` steps at most). Beyond them
-/// two problems must have the same words in the same order, or the difference counts as a
-/// content edit: a long prompt that differs only in its last paragraph is a different problem.
+/// two problems must have the same words in the same order, or the candidate is never served: a
+/// long prompt that differs only in its last paragraph is a different problem.
 const MAX_WORDS: usize = 256;
 
 /// Coefficients of the learned score over [`Shape::vector`] (standardisation folded in).
@@ -115,10 +116,11 @@ pub enum Verdict {
     },
 }
 
-/// Judges a candidate at `cosine` whose problem is `cached` for the request's `query`.
+/// Judges a candidate at `cosine` whose problem is `cached` for the request's `query` (its
+/// [`words`], split once per lookup however many candidates it meets).
 /// `threshold` is the route's similarity threshold: below it only a surface repeat is served.
-pub fn judge(query: &str, cached: &str, cosine: f32, threshold: f32) -> Option<Verdict> {
-    let s = shape(query, cached);
+pub fn judge(query: &Words, cached: &str, cosine: f32, threshold: f32) -> Option<Verdict> {
+    let s = compare(query, &words(cached));
     if s.surface_only() {
         return Some(Verdict::Surface);
     }
@@ -132,6 +134,10 @@ pub fn judge(query: &str, cached: &str, cosine: f32, threshold: f32) -> Option<V
         Verdict::Different { score }
     })
 }
+
+/// A problem split into [`Word`]s (see [`words`]).
+#[derive(Debug, Clone)]
+pub struct Words(Vec<Word>);
 
 /// A word, whether it was written with a capital, and whether a clause or sentence mark
 /// (`: ; , . ? !`) stands between it and the word before.
@@ -173,7 +179,7 @@ fn is_symbol(c: char) -> bool {
 
 /// Words: runs of letters and digits (an apostrophe inside a word kept), lower-cased, and
 /// symbols one by one.
-fn words(text: &str) -> Vec<Word> {
+pub fn words(text: &str) -> Words {
     let mut out = Vec::new();
     let mut cur = String::new();
     let (mut capital, mut detached, mut mark) = (false, false, false);
@@ -217,7 +223,7 @@ fn words(text: &str) -> Vec<Word> {
             detached,
         });
     }
-    out
+    Words(out)
 }
 
 /// Whether two different words differ by one slip: two neighbouring letters swapped, or one
@@ -261,23 +267,25 @@ fn typo(a: &Word, b: &Word) -> bool {
 
 /// How `a` and `b` differ (see the module docs).
 pub fn shape(a: &str, b: &str) -> Shape {
-    let (mut wa, mut wb) = (words(a), words(b));
+    compare(&words(a), &words(b))
+}
+
+/// How two split problems differ.
+fn compare(a: &Words, b: &Words) -> Shape {
+    let (wa, wb) = (
+        &a.0[..a.0.len().min(MAX_WORDS)],
+        &b.0[..b.0.len().min(MAX_WORDS)],
+    );
     let mut s = Shape {
-        shorter: wa.len().min(wb.len()).min(MAX_WORDS),
+        shorter: wa.len().min(wb.len()),
+        tail_differs: !a.0.iter().skip(MAX_WORDS).map(|x| &x.lower).eq(b
+            .0
+            .iter()
+            .skip(MAX_WORDS)
+            .map(|x| &x.lower)),
         ..Shape::default()
     };
-    if wa.len() > MAX_WORDS || wb.len() > MAX_WORDS {
-        let tail = |w: &[Word]| {
-            w.iter()
-                .skip(MAX_WORDS)
-                .map(|x| x.lower.clone())
-                .collect::<Vec<_>>()
-        };
-        s.tail_differs = tail(&wa) != tail(&wb);
-        wa.truncate(MAX_WORDS);
-        wb.truncate(MAX_WORDS);
-    }
-    if wa.len() == wb.len() && wa.iter().zip(&wb).any(|(x, y)| x.lower != y.lower) {
+    if wa.len() == wb.len() && wa.iter().zip(wb).any(|(x, y)| x.lower != y.lower) {
         let mut sa: Vec<&str> = wa.iter().map(|w| w.lower.as_str()).collect();
         let mut sb: Vec<&str> = wb.iter().map(|w| w.lower.as_str()).collect();
         // A rotation at a clause boundary of both texts: `X, Y` / `Y, X`.
@@ -290,8 +298,8 @@ pub fn shape(a: &str, b: &str) -> Shape {
         sb.sort_unstable();
         s.reordered = !s.rotated && sa == sb;
     }
-    let blocks = edit_blocks(&wa, &wb);
-    s.wrapped = !blocks.is_empty() && blocks.iter().all(|k| detached(k, &wa, &wb));
+    let blocks = edit_blocks(wa, wb);
+    s.wrapped = !blocks.is_empty() && blocks.iter().all(|k| detached(k, wa, wb));
     for block in &blocks {
         let (del, ins) = (&wa[block.a.0..block.a.1], &wb[block.b.0..block.b.1]);
         if s.typos == 0 && del.len() == 1 && ins.len() == 1 && typo(&del[0], &ins[0]) {

@@ -50,7 +50,7 @@ impl Row {
         self.similarity >= SURFACE_FLOOR
             && self.quantities_match
             && matches!(
-                pair::judge(&self.b, &self.a, self.similarity, t),
+                pair::judge(&pair::words(&self.b), &self.a, self.similarity, t),
                 Some(Verdict::Surface | Verdict::Same { .. })
             )
     }

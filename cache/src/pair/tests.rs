@@ -107,7 +107,7 @@ fn swapped_words_are_reordered_not_rotated() {
 fn below_the_threshold_only_a_surface_repeat_passes() {
     assert_eq!(
         judge(
-            "who was the first presdient",
+            &words("who was the first presdient"),
             "Who was the first president?",
             0.62,
             0.85
@@ -116,7 +116,7 @@ fn below_the_threshold_only_a_surface_repeat_passes() {
     );
     assert_eq!(
         judge(
-            "Who was the first president?",
+            &words("Who was the first president?"),
             "Who was the last president?",
             0.80,
             0.85
