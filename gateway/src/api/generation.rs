@@ -94,32 +94,26 @@ pub struct Generation {
 impl Generation {
     /// Reads one chat stream chunk (`data:` JSON), first choice only; returns its pieces.
     pub fn read_chunk(&mut self, chunk: &Value) -> Vec<Delta> {
-        let mut out = Vec::new();
-        if let Some(err) = chunk.get("error").filter(|e| e.is_object()) {
-            self.failure = Some(failure_of(500, err));
-            return out;
-        }
-        self.read_meta(chunk);
-        if let Some(choice) = first_choice(chunk) {
-            if let Some(delta) = choice.get("delta") {
-                self.read_message(delta, &mut out);
-            }
-            self.read_finish(choice);
-        }
-        out
+        self.read(chunk, 500, "delta")
     }
 
     /// Reads a whole chat completion (or an OpenAI error body); returns its pieces.
     pub fn read_completion(&mut self, body: &Value, status: u16) -> Vec<Delta> {
+        self.read(body, status, "message")
+    }
+
+    /// Reads a chunk or a completion: an `error` object (failing with `status`), else the
+    /// metadata and the first choice's `part` (`delta` or `message`) and finish.
+    fn read(&mut self, v: &Value, status: u16, part: &str) -> Vec<Delta> {
         let mut out = Vec::new();
-        if let Some(err) = body.get("error").filter(|e| e.is_object()) {
+        if let Some(err) = v.get("error").filter(|e| e.is_object()) {
             self.failure = Some(failure_of(status, err));
             return out;
         }
-        self.read_meta(body);
-        if let Some(choice) = first_choice(body) {
-            if let Some(message) = choice.get("message") {
-                self.read_message(message, &mut out);
+        self.read_meta(v);
+        if let Some(choice) = first_choice(v) {
+            if let Some(m) = choice.get(part) {
+                self.read_message(m, &mut out);
             }
             self.read_finish(choice);
         }
