@@ -137,7 +137,26 @@ pub fn judge(query: &Words, cached: &str, cosine: f32, threshold: f32) -> Option
 
 /// A problem split into [`Word`]s (see [`words`]).
 #[derive(Debug, Clone)]
-pub struct Words(Vec<Word>);
+pub struct Words {
+    /// The first `MAX_WORDS` words.
+    head: Vec<Word>,
+    /// SHA-256 of the words after them (lower-cased, each ended by a NUL): only their equality
+    /// matters, and keeping a digest bounds the memory of a huge prompt to `MAX_WORDS` words.
+    tail: [u8; 32],
+}
+
+impl Words {
+    /// Adds a word: to the head while it has room, else to the tail's digest.
+    fn push(&mut self, word: Word, tail: &mut sha2::Sha256) {
+        use sha2::Digest;
+        if self.head.len() < MAX_WORDS {
+            self.head.push(word);
+        } else {
+            tail.update(word.lower.as_bytes());
+            tail.update([0]);
+        }
+    }
+}
 
 /// A word, whether it was written with a capital, and whether a clause or sentence mark
 /// (`: ; , . ? !`) stands between it and the word before.
@@ -180,7 +199,12 @@ fn is_symbol(c: char) -> bool {
 /// Words: runs of letters and digits (an apostrophe inside a word kept), lower-cased, and
 /// symbols one by one.
 pub fn words(text: &str) -> Words {
-    let mut out = Vec::new();
+    use sha2::Digest;
+    let mut out = Words {
+        head: Vec::new(),
+        tail: [0; 32],
+    };
+    let mut tail = sha2::Sha256::new();
     let mut cur = String::new();
     let (mut capital, mut detached, mut mark) = (false, false, false);
     let mut chars = text.chars().peekable();
@@ -197,33 +221,37 @@ pub fn words(text: &str) -> Words {
             cur.extend(c.to_lowercase());
         } else {
             if !cur.is_empty() {
-                out.push(Word {
+                let word = Word {
                     lower: std::mem::take(&mut cur),
                     capital,
                     detached,
-                });
+                };
+                out.push(word, &mut tail);
             }
             if is_symbol(c) {
                 // Operators and other symbols change a problem as much as words do
                 // (`5 - 3` / `5 + 3`, `x > y` / `x < y`): each is a word of its own.
-                out.push(Word {
+                let word = Word {
                     lower: c.to_string(),
                     capital: false,
                     detached: mark,
-                });
+                };
+                out.push(word, &mut tail);
                 mark = false;
             }
             mark |= matches!(c, ':' | ';' | ',' | '.' | '?' | '!' | '\n');
         }
     }
     if !cur.is_empty() {
-        out.push(Word {
+        let word = Word {
             lower: cur,
             capital,
             detached,
-        });
+        };
+        out.push(word, &mut tail);
     }
-    Words(out)
+    out.tail = tail.finalize().into();
+    out
 }
 
 /// Whether two different words differ by one slip: two neighbouring letters swapped, or one
@@ -272,17 +300,10 @@ pub fn shape(a: &str, b: &str) -> Shape {
 
 /// How two split problems differ.
 fn compare(a: &Words, b: &Words) -> Shape {
-    let (wa, wb) = (
-        &a.0[..a.0.len().min(MAX_WORDS)],
-        &b.0[..b.0.len().min(MAX_WORDS)],
-    );
+    let (wa, wb) = (&a.head[..], &b.head[..]);
     let mut s = Shape {
         shorter: wa.len().min(wb.len()),
-        tail_differs: !a.0.iter().skip(MAX_WORDS).map(|x| &x.lower).eq(b
-            .0
-            .iter()
-            .skip(MAX_WORDS)
-            .map(|x| &x.lower)),
+        tail_differs: a.tail != b.tail,
         ..Shape::default()
     };
     if wa.len() == wb.len() && wa.iter().zip(wb).any(|(x, y)| x.lower != y.lower) {

@@ -131,6 +131,8 @@ fn long_texts_are_bounded_and_compared_to_their_end() {
     let b = "other ".repeat(10_000);
     let s = shape(&a, &b);
     assert!(s.shorter <= MAX_WORDS);
+    // A huge prompt keeps MAX_WORDS words, not one per word or symbol it holds.
+    assert_eq!(words(&"+ ".repeat(1_000_000)).head.len(), MAX_WORDS);
     // The same long context with another question at its end is not a surface repeat.
     let context = "The report lists every shipment of the year in detail. ".repeat(60);
     let s = shape(
