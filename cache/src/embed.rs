@@ -1,32 +1,40 @@
 //! Sentence embeddings on dedicated threads (never a Pingora worker), bounded in time and queue.
 //!
-//! The model is all-MiniLM-L6-v2 (int8 ONNX) loaded by fastembed as a user-defined model from a
-//! local directory; ONNX Runtime is the shared library from the `onnxruntime` wheel, loaded at
+//! Two lanes: lookups (a request waits for them, so at most one waits per thread and they go
+//! first) and background work (inserts, start-up re-embedding), which waits its turn in a longer
+//! queue and is embedded one text at a time, so a lookup never waits behind a batch of it.
+//!
+//! The model (paraphrase-MiniLM-L3-v2 by default, int8 ONNX) is loaded by fastembed as a
+//! user-defined model from a local directory; ONNX Runtime is the shared library from the `onnxruntime` wheel, loaded at
 //! run time (`ort-load-dynamic`). Nothing is fetched from a hub.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 mod priority;
 
-/// The model as fetched: int8 weights, float compute.
+/// all-MiniLM-L6-v2 as fetched: int8 weights, float compute.
 pub const SOURCE_MODEL: &str = "model.onnx";
 /// The copy `make models` derives from it with int8 MatMuls (`scripts/quantize-embedder.py`):
 /// 1.6× faster on this CPU, embeddings within cosine 0.988 of the source's (BENCHMARKS.md).
 pub const DERIVED_MODEL: &str = "model.dynamic-int8.onnx";
+/// The default: paraphrase-MiniLM-L3-v2 (three layers, same vocabulary and width), derived by
+/// `make models` with int8 MatMuls and one per-token output. About 2.5× less CPU per text than
+/// [`DERIVED_MODEL`], and as good on the development pairs with the pair check's constants
+/// learned for it (BENCHMARKS.md). The pair check's constants belong to this model.
+pub const DEFAULT_MODEL: &str = "paraphrase-MiniLM-L3-v2.int8.onnx";
 
-/// The model file used when `cache.model_file` is not set: the derived copy when the directory
-/// has it, else the source.
+/// The model file used when `cache.model_file` is not set: the first of [`DEFAULT_MODEL`],
+/// [`DERIVED_MODEL`] and [`SOURCE_MODEL`] the directory has.
 pub fn default_model_file(model_dir: &Path) -> &'static str {
-    if model_dir.join(DERIVED_MODEL).is_file() {
-        DERIVED_MODEL
-    } else {
-        SOURCE_MODEL
-    }
+    [DEFAULT_MODEL, DERIVED_MODEL]
+        .into_iter()
+        .find(|f| model_dir.join(f).is_file())
+        .unwrap_or(SOURCE_MODEL)
 }
 
 /// What identifies the vectors a model makes: its file name and the start of its SHA-256.
@@ -55,11 +63,14 @@ pub const TOKENIZER_FILES: &[&str] = &[
 /// Longest input, in tokens: an embedding costs about linearly in them, and it only finds
 /// candidates — the guard and the pair check compare the whole texts before anything is served.
 const MAX_TOKENS: usize = 128;
-/// Requests waiting for an embedding thread; more are refused at once (served as misses). Kept
-/// short: a request that would wait longer than the embedding timeout in line should not wait at
-/// all (measured: with 256 places every request waited the full 250 ms timeout at 500 req/s).
-const QUEUE: usize = 16;
-/// Requests one thread embeds in one batch.
+/// Lookups waiting for an embedding thread, per thread; more are refused at once (served as
+/// misses). One: a lookup never waits behind more than the batch a thread is embedding, so under
+/// more lookups than the embedder can take the cache sheds them instead of adding its timeout to
+/// every request (measured with 16 places: every request at 500 req/s waited the full 50 ms).
+const LOOKUPS_PER_THREAD: usize = 1;
+/// Background texts (inserts) waiting; more are dropped (the answer is not stored).
+const BACKGROUND: usize = 256;
+/// Lookups one thread embeds in one batch.
 const BATCH: usize = 16;
 
 /// Any error an embedding model reports.
@@ -196,10 +207,85 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<f32>, EmbedError>>,
 }
 
-/// Embedding threads fed through a bounded queue.
+/// Which lane a text waits in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// A request is waiting for it.
+    Lookup,
+    /// Nobody waits: an insert or start-up work.
+    Background,
+}
+
+#[derive(Default)]
+struct Lanes {
+    lookups: VecDeque<Job>,
+    background: VecDeque<Job>,
+    closed: bool,
+}
+
+/// The two lanes, shared by the embedding threads.
+struct Queue {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+    lookup_places: usize,
+}
+
+impl Queue {
+    fn push(&self, lane: Lane, job: Job) -> Result<(), EmbedError> {
+        let mut l = self.lanes.lock().map_err(|_| EmbedError::Failed)?;
+        if l.closed {
+            return Err(EmbedError::Failed);
+        }
+        let (q, places) = match lane {
+            Lane::Lookup => (&mut l.lookups, self.lookup_places),
+            Lane::Background => (&mut l.background, BACKGROUND),
+        };
+        if q.len() >= places {
+            return Err(EmbedError::Busy);
+        }
+        q.push_back(job);
+        drop(l);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next batch: waiting lookups (up to [`BATCH`]), else one background text; `None` once
+    /// closed.
+    fn take(&self) -> Option<Vec<Job>> {
+        let mut l = self.lanes.lock().ok()?;
+        loop {
+            if !l.lookups.is_empty() {
+                let n = l.lookups.len().min(BATCH);
+                return Some(l.lookups.drain(..n).collect());
+            }
+            if let Some(job) = l.background.pop_front() {
+                return Some(vec![job]);
+            }
+            if l.closed {
+                return None;
+            }
+            l = self.ready.wait(l).ok()?;
+        }
+    }
+
+    fn close(&self) {
+        if let Ok(mut l) = self.lanes.lock() {
+            l.closed = true;
+        }
+        self.ready.notify_all();
+    }
+}
+
+/// Embedding threads fed through two bounded lanes.
 pub struct Embedder {
-    tx: SyncSender<Job>,
+    queue: Arc<Queue>,
     timeout: Duration,
+}
+
+impl Drop for Embedder {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl Embedder {
@@ -214,11 +300,14 @@ impl Embedder {
     where
         F: Fn() -> Result<Box<dyn TextEmbed>, LoadError> + Send + Sync + 'static,
     {
-        let (tx, rx) = sync_channel::<Job>(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(Queue {
+            lanes: Mutex::new(Lanes::default()),
+            ready: Condvar::new(),
+            lookup_places: LOOKUPS_PER_THREAD * threads.max(1),
+        });
         let make = Arc::new(make);
         for i in 0..threads.max(1) {
-            let (rx, make) = (rx.clone(), make.clone());
+            let (lanes, make) = (queue.clone(), make.clone());
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             std::thread::Builder::new()
                 .name(format!("rg-embed-{i}"))
@@ -227,39 +316,44 @@ impl Embedder {
                     match make() {
                         Ok(model) => {
                             let _ = ready_tx.send(Ok(()));
-                            worker(model, rx);
+                            worker(model, &lanes);
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
                         }
                     }
                 })?;
-            ready_rx.recv().map_err(|_| LoadError::Stopped)??;
+            if let Err(e) = ready_rx
+                .recv()
+                .map_err(|_| LoadError::Stopped)
+                .and_then(|r| r)
+            {
+                queue.close();
+                return Err(e);
+            }
         }
-        Ok(Arc::new(Embedder { tx, timeout }))
+        Ok(Arc::new(Embedder { queue, timeout }))
     }
 
-    /// Queues `text` for an embedding thread; refused at once when the queue is full, so the
-    /// caller never blocks.
+    /// Queues `text` in `lane`; refused at once when the lane is full, so the caller never
+    /// blocks.
     fn enqueue(
         &self,
         text: &str,
+        lane: Lane,
     ) -> Result<oneshot::Receiver<Result<Vec<f32>, EmbedError>>, EmbedError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             text: text.to_string(),
             reply,
         };
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(EmbedError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(EmbedError::Failed),
-        }
+        self.queue.push(lane, job)?;
+        Ok(rx)
     }
 
     /// Embeds one text, waiting at most the configured timeout.
     pub async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
-        let rx = self.enqueue(text)?;
+        let rx = self.enqueue(text, Lane::Lookup)?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(EmbedError::Failed),
@@ -268,13 +362,13 @@ impl Embedder {
     }
 
     /// Embeds many texts without a deadline, blocking the calling thread (start-up work, never
-    /// a request path, never inside an async runtime): sent in windows the queue can hold.
+    /// a request path, never inside an async runtime), in the background lane.
     pub fn embed_all_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut out = Vec::with_capacity(texts.len());
-        for window in texts.chunks(QUEUE) {
+        for window in texts.chunks(BACKGROUND) {
             let pending = window
                 .iter()
-                .map(|t| self.enqueue(t))
+                .map(|t| self.enqueue(t, Lane::Background))
                 .collect::<Result<Vec<_>, _>>()?;
             for rx in pending {
                 out.push(rx.blocking_recv().map_err(|_| EmbedError::Failed)??);
@@ -283,10 +377,10 @@ impl Embedder {
         Ok(out)
     }
 
-    /// Embeds without a deadline (background inserts); refused at once when the queue is full,
-    /// so it never blocks the calling thread.
+    /// Embeds without a deadline (background inserts), after every waiting lookup; refused at
+    /// once when the background lane is full, so it never blocks the calling thread.
     pub async fn embed_untimed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
-        let rx = self.enqueue(text)?;
+        let rx = self.enqueue(text, Lane::Background)?;
         rx.await.map_err(|_| EmbedError::Failed)?
     }
 }
@@ -305,22 +399,8 @@ fn lower_priority() {
     }
 }
 
-fn worker(mut model: Box<dyn TextEmbed>, rx: Arc<Mutex<Receiver<Job>>>) {
-    loop {
-        let mut jobs = Vec::with_capacity(BATCH);
-        {
-            let Ok(rx) = rx.lock() else { return };
-            match rx.recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => return,
-            }
-            while jobs.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
-        }
+fn worker(mut model: Box<dyn TextEmbed>, queue: &Queue) {
+    while let Some(mut jobs) = queue.take() {
         // Requests that already gave up are not embedded.
         jobs.retain(|j| !j.reply.is_closed());
         if jobs.is_empty() {
@@ -396,6 +476,102 @@ mod tests {
         let (a, b) = tokio::join!(e.embed("ab"), e.embed("abcd"));
         assert_eq!(a.unwrap()[0], 2.0);
         assert_eq!(b.unwrap()[0], 4.0);
+    }
+
+    /// A model that records what it embeds and holds each batch until the test lets it go.
+    struct Gate {
+        seen: Arc<Mutex<Vec<String>>>,
+        started: std::sync::mpsc::Sender<()>,
+        release: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl TextEmbed for Gate {
+        fn embed(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, BoxError> {
+            self.seen.lock().unwrap().extend(texts.iter().cloned());
+            let _ = self.started.send(());
+            let _ = self.release.lock().unwrap().recv();
+            Ok(texts.iter().map(|t| vec![t.len() as f32, 1.0]).collect())
+        }
+    }
+
+    /// One embedding thread behind a [`Gate`]: what it embedded, "it started a batch", "let
+    /// one batch go".
+    #[allow(clippy::type_complexity)]
+    fn gated() -> (
+        Arc<Embedder>,
+        Arc<Mutex<Vec<String>>>,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let model_seen = seen.clone();
+        let e = Embedder::start(1, Duration::from_secs(30), move || {
+            Ok(Box::new(Gate {
+                seen: model_seen.clone(),
+                started: started_tx.clone(),
+                release: release_rx.clone(),
+            }) as Box<dyn TextEmbed>)
+        })
+        .unwrap();
+        (e, seen, started, release)
+    }
+
+    #[test]
+    fn a_lookup_never_queues_behind_more_than_the_batch_being_embedded() {
+        let (e, _seen, started, release) = gated();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = e.enqueue("first", Lane::Lookup).unwrap();
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        // The thread is busy with `first`: one more lookup may wait, the next is refused at once.
+        let second = e.enqueue("second", Lane::Lookup).unwrap();
+        assert_eq!(
+            e.enqueue("third", Lane::Lookup).unwrap_err(),
+            EmbedError::Busy
+        );
+        // Background work still has room: inserts are not lost to a busy lookup lane.
+        let insert = e.enqueue("insert", Lane::Background).unwrap();
+        for _ in 0..3 {
+            release.send(()).unwrap();
+        }
+        rt.block_on(async {
+            assert_eq!(first.await.unwrap().unwrap()[0], 5.0);
+            assert_eq!(second.await.unwrap().unwrap()[0], 6.0);
+            assert_eq!(insert.await.unwrap().unwrap()[0], 6.0);
+        });
+    }
+
+    #[test]
+    fn waiting_lookups_go_before_waiting_background_work() {
+        let (e, seen, started, release) = gated();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let busy = e.enqueue("busy", Lane::Background).unwrap();
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let later: Vec<_> = ["insert-1", "insert-2"]
+            .iter()
+            .map(|t| e.enqueue(t, Lane::Background).unwrap())
+            .collect();
+        let lookup = e.enqueue("lookup", Lane::Lookup).unwrap();
+        for _ in 0..4 {
+            release.send(()).unwrap();
+        }
+        rt.block_on(async {
+            busy.await.unwrap().unwrap();
+            lookup.await.unwrap().unwrap();
+            for rx in later {
+                rx.await.unwrap().unwrap();
+            }
+        });
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["busy", "lookup", "insert-1", "insert-2"]
+        );
     }
 
     #[test]

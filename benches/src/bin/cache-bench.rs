@@ -83,8 +83,8 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
                 .map_or(1, |n| n.get())
                 .min(2)
         });
-    // As the gateway's default (`cache.embed_spin: true`); SPIN=0 turns it off.
-    let spin = std::env::var("SPIN").map_or(true, |v| v != "0");
+    // As the gateway's default (`cache.embed_spin: false`); SPIN=1 turns it on.
+    let spin = std::env::var("SPIN").is_ok_and(|v| v == "1");
     println!("one embedding thread, {intra} ONNX Runtime thread(s) per embedding, spinning {spin}");
     let embedder = Embedder::start(1, settings.embed_timeout, move || {
         Ok(Box::new(MiniLm::load(&md, &file, &o, intra, spin)?) as Box<dyn TextEmbed>)
@@ -165,7 +165,7 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
                 false,
             ),
         ] {
-            let mut times = Vec::new();
+            let (mut times, mut cpus) = (Vec::new(), Vec::new());
             let mut hits = 0;
             for _round in 0..3 {
                 for p in &selected {
@@ -174,6 +174,7 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
                     } else {
                         p["b"].as_str().unwrap()
                     };
+                    let cpu_before = process_cpu();
                     let started = Instant::now();
                     let l = cache
                         .lookup(&Query {
@@ -198,14 +199,17 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
                         hits += 1;
                     }
                     times.push(started.elapsed());
+                    cpus.push(process_cpu().saturating_sub(cpu_before));
                 }
             }
             let n = times.len();
             println!(
-                "  {label}: {n} lookups, {hits} hits, p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+                "  {label}: {n} lookups, {hits} hits, p50 {:.2?}, p99 {:.2?}, max {:.2?}; CPU of the whole process per lookup p50 {:.2?}, p99 {:.2?}",
                 pct(&mut times, 0.5),
                 pct(&mut times, 0.99),
-                pct(&mut times, 1.0)
+                pct(&mut times, 1.0),
+                pct(&mut cpus, 0.5),
+                pct(&mut cpus, 0.99),
             );
         }
         // The miss path: problems of the other corpus (none of them cached), one at a time, with

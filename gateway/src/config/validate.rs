@@ -1068,7 +1068,7 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
             ),
             embed_threads,
             embed_intra_threads,
-            embed_spin: c.and_then(|c| c.embed_spin).unwrap_or(true),
+            embed_spin: c.and_then(|c| c.embed_spin).unwrap_or(false),
             ann_ef_search: errs.positive(
                 "cache.ann_ef_search",
                 c.and_then(|c| c.ann_ef_search),

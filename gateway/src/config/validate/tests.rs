@@ -193,7 +193,7 @@ fn every_count_refuses_zero_by_its_path() {
 
 #[test]
 fn the_embedding_model_file_defaults_to_the_derived_copy_when_there_is_one() {
-    use reasoning_cache::embed::{DERIVED_MODEL, SOURCE_MODEL, TOKENIZER_FILES};
+    use reasoning_cache::embed::{DEFAULT_MODEL, DERIVED_MODEL, SOURCE_MODEL, TOKENIZER_FILES};
     let dir = std::env::temp_dir().join(format!("rg-model-file-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -215,6 +215,9 @@ fn the_embedding_model_file_defaults_to_the_derived_copy_when_there_is_one() {
     // `make models` has derived the int8-MatMul copy: the default moves to it.
     std::fs::write(dir.join(DERIVED_MODEL), b"x").unwrap();
     assert_eq!(file(""), DERIVED_MODEL);
+    // And the three-layer model the pair check is tuned for, once it is there.
+    std::fs::write(dir.join(DEFAULT_MODEL), b"x").unwrap();
+    assert_eq!(file(""), DEFAULT_MODEL);
     // Named explicitly: used as named, and a missing one is an error with its own path.
     assert_eq!(file(", model_file: model.onnx"), SOURCE_MODEL);
     let e = errors(&yaml(", model_file: other.onnx"));
