@@ -682,6 +682,7 @@ async fn native_api<S: Conn>(
         created: 1,
         show_reasoning: t.show_reasoning,
         stop_sequences: Vec::new(),
+        summary: t.reasoning_summary,
     };
     let mut codec = Codec::new(api, meta, stream_wanted);
     let out = codec.whole(
