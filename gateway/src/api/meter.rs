@@ -116,18 +116,47 @@ impl Meter {
         }
     }
 
-    /// Reads more of the body; returns the bytes to forward now (a stream's whole events).
+    /// Reads more of the body; returns the bytes to forward now: a stream's whole events, up to
+    /// the one that passed the budget (nothing after it is ever forwarded).
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut events = Vec::new();
-        let out = match &mut self.input {
-            Input::Sse(d) => {
-                if d.feed(bytes, &mut |e| events.push(e)).is_err() {
-                    self.input = Input::Off;
-                }
+        match &mut self.input {
+            Input::Sse(_) => {
                 self.held.extend_from_slice(bytes);
-                let cut = event_boundary(&self.held);
-                let rest = self.held.split_off(cut);
-                std::mem::replace(&mut self.held, rest)
+                let mut start = 0;
+                while let Some(len) = next_event(&self.held[start..]) {
+                    let end = start + len;
+                    let mut events = Vec::new();
+                    if let Input::Sse(d) = &mut self.input {
+                        if d.feed(&self.held[start..end], &mut |e| events.push(e))
+                            .is_err()
+                        {
+                            self.input = Input::Off;
+                        }
+                    }
+                    start = end;
+                    for e in events {
+                        if let Some(v) = e.data.and_then(|d| serde_json::from_str::<Value>(&d).ok())
+                        {
+                            self.event(&v);
+                        }
+                    }
+                    self.check_budget();
+                    if self.alert || matches!(self.input, Input::Off) {
+                        break;
+                    }
+                }
+                let rest = self.held.split_off(start);
+                let out = std::mem::replace(&mut self.held, rest);
+                if self.alert {
+                    self.held.clear();
+                } else if matches!(self.input, Input::Off) || self.held.len() > MAX_BYTES {
+                    // Not SSE the gateway can read: the rest goes as it comes, unread.
+                    self.input = Input::Off;
+                    let mut out = out;
+                    out.append(&mut self.held);
+                    return out;
+                }
+                out
             }
             Input::Body(buf) if buf.len() + bytes.len() <= MAX_BYTES => {
                 buf.extend_from_slice(bytes);
@@ -139,14 +168,7 @@ impl Meter {
                 out.extend_from_slice(bytes);
                 out
             }
-        };
-        for e in events {
-            if let Some(v) = e.data.and_then(|d| serde_json::from_str::<Value>(&d).ok()) {
-                self.event(&v);
-            }
         }
-        self.check_budget();
-        out
     }
 
     /// End of the body: what was still held.
@@ -422,14 +444,36 @@ fn encrypted(item: &Value) -> bool {
         && item["summary"].as_array().is_none_or(Vec::is_empty)
 }
 
-/// Where the last whole SSE event in `b` ends (after its blank line), or 0.
-fn event_boundary(b: &[u8]) -> usize {
-    let after = |pat: &[u8]| {
-        b.windows(pat.len())
-            .rposition(|w| w == pat)
-            .map_or(0, |i| i + pat.len())
-    };
-    after(b"\n\n").max(after(b"\r\r")).max(after(b"\n\r\n"))
+/// The length of the first whole SSE event in `b` (through the blank line that ends it), or
+/// `None` while it is still arriving. Lines end in `\n`, `\r\n` or `\r`.
+fn next_event(b: &[u8]) -> Option<usize> {
+    let mut line_empty = true;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\n' | b'\r' => {
+                let mut next = i + 1;
+                if b[i] == b'\r' {
+                    // A `\r` at the end may be the first half of `\r\n`.
+                    match b.get(next) {
+                        None => return None,
+                        Some(b'\n') => next += 1,
+                        Some(_) => {}
+                    }
+                }
+                if line_empty {
+                    return Some(next);
+                }
+                line_empty = true;
+                i = next;
+            }
+            _ => {
+                line_empty = false;
+                i += 1;
+            }
+        }
+    }
+    None
 }
 
 fn messages_finish(stop_reason: &str) -> String {

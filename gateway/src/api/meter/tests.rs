@@ -176,9 +176,25 @@ fn past_the_budget_a_messages_stream_ends_with_an_error_event() {
 }
 
 #[test]
-fn event_boundaries_in_every_line_ending() {
-    assert_eq!(event_boundary(b"data: a\n\ndata: b"), 9);
-    assert_eq!(event_boundary(b"data: a\r\n\r\ndata"), 11);
-    assert_eq!(event_boundary(b"data: a\r\rdat"), 9);
-    assert_eq!(event_boundary(b"data: a\n"), 0);
+fn events_end_at_a_blank_line_in_every_line_ending() {
+    assert_eq!(next_event(b"data: a\n\ndata: b"), Some(9));
+    assert_eq!(next_event(b"data: a\r\n\r\ndata"), Some(11));
+    assert_eq!(next_event(b"data: a\r\rdat"), Some(9));
+    assert_eq!(
+        next_event(b"data: a\r\r"),
+        None,
+        "the last CR may be half a CRLF"
+    );
+    assert_eq!(next_event(b"data: a\n"), None);
+}
+
+#[test]
+fn a_stream_that_arrives_in_one_piece_is_cut_right_after_the_event_past_the_budget() {
+    let body = responses_stream();
+    let mut m = meter(Api::Responses, true, Some(2));
+    let out = String::from_utf8(m.feed(body.as_bytes())).unwrap();
+    assert!(m.take_budget_alert());
+    let last = out.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.contains("Step 2: 4."), "{out}");
+    assert!(!out.contains("response.completed"), "{out}");
 }
