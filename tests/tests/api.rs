@@ -614,7 +614,7 @@ async fn a_passed_through_stream_is_cut_at_the_routes_reasoning_budget_in_its_ow
         .filter_map(|l| l.strip_prefix("data: "))
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
-    let last = events.last().unwrap();
+    let last = events.last().unwrap_or_else(|| panic!("no events: {text}"));
     assert_eq!(last["type"], "response.failed", "{text}");
     assert_eq!(last["response"]["id"], "resp_upstream1", "{text}");
     let message = last["response"]["error"]["message"].as_str().unwrap();

@@ -202,6 +202,10 @@ pub fn upstream_response(
                     &route.reasoning,
                     ctx.response_format.take(),
                 ));
+                if sse {
+                    // A budget cut ends the stream with an event of the gateway's.
+                    resp.remove_header("content-length");
+                }
             }
         }
         return Ok(());
