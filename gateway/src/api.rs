@@ -117,6 +117,12 @@ pub struct Translated {
     /// Thinking blocks sent back, to verify (where, thinking, signature): see
     /// [`messages::verify_signatures`].
     pub signed: Vec<(String, String, String)>,
+    /// Responses `reasoning.summary` asked for a summary: the reasoning is also returned as the
+    /// reasoning item's `summary`.
+    pub reasoning_summary: bool,
+    /// Why the request cannot be translated to chat: answered to a pool that does not serve
+    /// the API itself (one that does gets the request as it is).
+    pub untranslatable: Option<ApiError>,
 }
 
 /// Decodes a translated API's request body (already known to be JSON) into a chat request.
@@ -156,4 +162,6 @@ pub struct Meta {
     pub show_reasoning: bool,
     /// The client's stop sequences (Messages `stop_sequence`).
     pub stop_sequences: Vec<String>,
+    /// Responses: the reasoning is also written as the reasoning item's `summary`.
+    pub summary: bool,
 }

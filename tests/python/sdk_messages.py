@@ -1,12 +1,15 @@
 """The official `anthropic` SDK through the gateway (fake upstream), thinking enabled.
 
-Args: base_url (ending in /v1) reasoning answer. Prints "messages ok".
+Args: base_url (ending in /v1) reasoning answer [signature]. With `signature` (an upstream that
+serves Messages itself) thinking blocks must carry exactly that signature, the upstream's own.
+Prints "messages ok".
 """
 import sys
 
 import anthropic
 
 base, reasoning, answer = sys.argv[1:4]
+upstream_signature = sys.argv[4] if len(sys.argv) > 4 else None
 root = base[: -len("/v1")] if base.endswith("/v1") else base
 client = anthropic.Anthropic(base_url=root, api_key="sk-test", max_retries=0)
 question = [{"role": "user", "content": "What is 2+2?"}]
@@ -17,11 +20,14 @@ kinds = [b.type for b in m.content]
 assert kinds == ["thinking", "text"], m
 assert m.content[0].thinking == reasoning, m.content[0]
 assert m.content[0].signature, m.content[0]
+if upstream_signature:
+    assert m.content[0].signature == upstream_signature, m.content[0]
 assert m.content[1].text == answer, m.content[1]
 assert m.stop_reason == "end_turn", m
 assert m.usage.output_tokens > 0, m.usage
 
-# The thinking block goes back in the next turn: the gateway checks its own signature.
+# The thinking block goes back in the next turn: the gateway checks its own signature, or a
+# Messages upstream its own (the gateway passes it on untouched).
 turn2 = question + [{"role": "assistant", "content": [b.model_dump() for b in m.content]},
                     {"role": "user", "content": "And 3+3?"}]
 ok = client.messages.create(model="think", max_tokens=512, thinking=thinking, messages=turn2)

@@ -24,7 +24,9 @@
 //!
 //! `POST /v1/responses` and `POST /v1/messages` are served natively (an upstream with `api:
 //! [chat, responses, messages]`): reasoning split by the server itself, `think` and `tool` as
-//! above, ids `resp_upstream…`/`msg_upstream…`; counted in `native`.
+//! above, ids `resp_upstream…`/`msg_upstream…`; counted in `native`. Streams carry the reasoning
+//! and answer of `think` a few tokens per event. A Responses `previous_response_id` is accepted
+//! (the server stores responses) and recorded in `native_previous`.
 //!
 //! Every response carries `x-upstream-id` so tests can tell endpoints apart.
 
@@ -110,6 +112,8 @@ pub struct FakeUpstream {
     pub died_reused: Arc<AtomicUsize>,
     /// Requests served natively on `/v1/responses` or `/v1/messages`.
     pub native: Arc<AtomicUsize>,
+    /// `previous_response_id` values native Responses requests carried.
+    pub native_previous: Arc<std::sync::Mutex<Vec<String>>>,
     gate: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -142,9 +146,11 @@ impl FakeUpstream {
             died: Arc::new(AtomicUsize::new(0)),
             died_reused: Arc::new(AtomicUsize::new(0)),
             native: Arc::new(AtomicUsize::new(0)),
+            native_previous: Arc::default(),
             gate: gate_rx,
         };
         let native = shared.native.clone();
+        let native_previous = shared.native_previous.clone();
         let (gated_cancels, gated_waiting) = (shared.cancels.clone(), shared.waiting.clone());
         let dropped_reused = shared.dropped.clone();
         let (died, died_reused) = (shared.died.clone(), shared.died_reused.clone());
@@ -180,6 +186,7 @@ impl FakeUpstream {
             died,
             died_reused,
             native,
+            native_previous,
             gate,
             task,
             stop,
@@ -213,6 +220,7 @@ struct Shared {
     died: Arc<AtomicUsize>,
     died_reused: Arc<AtomicUsize>,
     native: Arc<AtomicUsize>,
+    native_previous: Arc<std::sync::Mutex<Vec<String>>>,
     gate: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -302,7 +310,7 @@ async fn serve_connection<S: Conn>(
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let model = body["model"].as_str().unwrap_or("").to_string();
         if req.path == "/v1/responses" || req.path == "/v1/messages" {
-            native_api(&mut stream, id, &req.path, &req.body).await?;
+            native_api(&mut stream, id, &req.path, &req.body, shared).await?;
             shared.native.fetch_add(1, Ordering::SeqCst);
             continue;
         }
@@ -635,6 +643,7 @@ async fn native_api<S: Conn>(
     id: &str,
     path: &str,
     raw: &[u8],
+    shared: &Shared,
 ) -> std::io::Result<()> {
     use reasoning_gateway::api::{decode, Api, Codec, Meta};
     let api = if path == "/v1/responses" {
@@ -642,6 +651,18 @@ async fn native_api<S: Conn>(
     } else {
         Api::Messages
     };
+    // This server stores responses: an earlier one is recorded and the request then served
+    // like any other.
+    let mut owned = raw.to_vec();
+    if let (Api::Responses, Ok(Value::Object(mut body))) = (api, serde_json::from_slice(raw)) {
+        if let Some(Value::String(prev)) = body.remove("previous_response_id") {
+            if let Ok(mut seen) = shared.native_previous.lock() {
+                seen.push(prev);
+            }
+            owned = serde_json::to_vec(&body).unwrap_or_default();
+        }
+    }
+    let raw = owned.as_slice();
     use reasoning_gateway::api::messages::{error_body, verify_signatures};
     let t = match decode(api, raw).and_then(|t| verify_signatures(&t).map(|()| t)) {
         Ok(t) => t,
@@ -682,13 +703,36 @@ async fn native_api<S: Conn>(
         created: 1,
         show_reasoning: t.show_reasoning,
         stop_sequences: Vec::new(),
+        summary: t.reasoning_summary,
     };
     let mut codec = Codec::new(api, meta, stream_wanted);
-    let out = codec.whole(
-        200,
-        "application/json",
-        &serde_json::to_vec(&chat).unwrap_or_default(),
-    );
+    let out = if stream_wanted && finish == "stop" {
+        // A stream a few tokens per event, as a server writes it.
+        let mut sse = String::new();
+        let reasoning = ["Let me add", " 2 and 2", ".\n\nWait, ", "check: 4", "."];
+        for r in reasoning {
+            sse.push_str(&format!(
+                "data: {}\n\n",
+                chunk(&model, json!({"reasoning_content": r}), None)
+            ));
+        }
+        for (i, t) in ["The answer", " is 4", " ✓"].iter().enumerate() {
+            let finish = (i == 2).then_some("stop");
+            sse.push_str(&format!(
+                "data: {}\n\n",
+                chunk(&model, json!({"content": t}), finish)
+            ));
+        }
+        let usage = json!({"choices": [], "usage": chat["usage"]});
+        sse.push_str(&format!("data: {usage}\n\ndata: [DONE]\n\n"));
+        codec.whole(200, "text/event-stream", sse.as_bytes())
+    } else {
+        codec.whole(
+            200,
+            "application/json",
+            &serde_json::to_vec(&chat).unwrap_or_default(),
+        )
+    };
     let content_type = codec.content_type(200);
     let head = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-upstream-id: {id}\r\n\r\n",

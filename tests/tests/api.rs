@@ -251,13 +251,31 @@ async fn the_sdks_work_in_pass_through_to_an_upstream_that_serves_responses_and_
     let base = gw.base_url();
     let out = python(
         "sdk_responses.py",
-        vec![base.clone(), THINK_REASONING.into(), THINK_ANSWER.into()],
+        vec![
+            base.clone(),
+            THINK_REASONING.into(),
+            THINK_ANSWER.into(),
+            "passthrough".into(),
+        ],
     )
     .await;
     assert!(out.contains("responses ok"), "{out}");
+    assert_eq!(
+        up.native_previous.lock().unwrap().as_slice(),
+        ["resp_upstream1"],
+        "the follow-up's previous_response_id reached the upstream"
+    );
+    // The upstream (this process) signs its thinking blocks with its own key: the client gets
+    // exactly that signature, and sending it back works because the gateway passes it on.
+    let upstream_signature = reasoning_gateway::api::signature::sign(THINK_REASONING);
     let out = python(
         "sdk_messages.py",
-        vec![base.clone(), THINK_REASONING.into(), THINK_ANSWER.into()],
+        vec![
+            base.clone(),
+            THINK_REASONING.into(),
+            THINK_ANSWER.into(),
+            upstream_signature,
+        ],
     )
     .await;
     assert!(out.contains("messages ok"), "{out}");
@@ -441,4 +459,269 @@ async fn a_thinking_budget_smaller_than_the_routes_cuts_the_reasoning() {
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["stop_reason"], "end_turn", "{text}");
     assert_eq!(v["content"][0]["thinking"], THINK_REASONING, "{text}");
+}
+
+fn native_cache_config(up: &FakeUpstream, reasoning: &str) -> String {
+    use gateway_tests::harness::repo_root;
+    format!(
+        "cache:\n  model_dir: {}\n  onnxruntime: {}\n  embed_timeout: 5s\nupstreams: [{{name: fake, endpoints: [\"{}\"], api: [chat, responses, messages]}}]\nroutes:\n  - {{model: think, upstream: fake, reasoning: {{{reasoning}}}, cache: {{}}}}\n",
+        repo_root().join("models/minilm").display(),
+        repo_root().join("models/onnxruntime/libonnxruntime.so").display(),
+        up.addr
+    )
+}
+
+async fn ask_cached(gw: &GatewayProc, path: &str, body: Value) -> (u16, String, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}{path}", gw.port))
+        .header("x-api-key", "sk-pass")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let cache = resp
+        .headers()
+        .get("x-reasoning-cache")
+        .map(|v| v.to_str().unwrap().to_string());
+    (
+        resp.status().as_u16(),
+        cache.unwrap_or_default(),
+        resp.text().await.unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_passed_through_generation_is_verified_and_cached_then_replayed_in_each_api() {
+    use std::sync::atomic::Ordering;
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&native_cache_config(&up, ""), READY);
+    let q = "Sam has 2 apples and buys 2 more. How many apples does Sam have now?";
+
+    // The upstream answers a Responses stream itself; the gateway reads it on the way.
+    let (s, cache, body) = ask_cached(
+        &gw,
+        "/v1/responses",
+        json!({"model": "think", "input": q, "stream": true}),
+    )
+    .await;
+    assert_eq!((s, cache.as_str()), (200, "miss"), "{body}");
+    assert!(
+        body.contains("resp_upstream1"),
+        "not the upstream's: {body}"
+    );
+    assert_eq!(up.native.load(Ordering::SeqCst), 1);
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_inserts_total{route=\"think\"}",
+        1.0,
+        READY,
+    )
+    .await;
+    // The same figures as the chat path: a self-correction ("Wait") and the checks it passed.
+    let m = gw.admin_get("/metrics").await;
+    let ru = "route=\"think\",upstream=\"fake\"";
+    assert_eq!(
+        metric_value(
+            &m,
+            &format!("reasoning_gateway_self_corrections_total{{{ru}}}")
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            &format!("reasoning_gateway_verifications_total{{check=\"empty_answer\",result=\"pass\",{ru}}}")
+        ),
+        Some(1.0),
+        "{m}"
+    );
+
+    // The entry serves the chat API and the Responses API; the upstream sees neither.
+    let (s, cache, body) = ask_cached(
+        &gw,
+        "/v1/chat/completions",
+        json!({"model": "think", "messages": [{"role": "user", "content": q}]}),
+    )
+    .await;
+    assert_eq!((s, cache.as_str()), (200, "hit"), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["reasoning_content"],
+        THINK_REASONING
+    );
+    assert_eq!(v["choices"][0]["message"]["content"], THINK_ANSWER);
+    let (s, cache, body) =
+        ask_cached(&gw, "/v1/responses", json!({"model": "think", "input": q})).await;
+    assert_eq!((s, cache.as_str()), (200, "hit"), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["output"][0]["content"][0]["text"], THINK_REASONING,
+        "{body}"
+    );
+    assert_eq!(v["output"][1]["content"][0]["text"], THINK_ANSWER, "{body}");
+    assert_eq!(
+        up.native.load(Ordering::SeqCst),
+        1,
+        "a hit reached the upstream"
+    );
+
+    // Messages with thinking, streamed from the upstream; then replayed whole.
+    let m = json!({"model": "think", "max_tokens": 64, "stream": true,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": q}]});
+    let (_, cache, body) = ask_cached(&gw, "/v1/messages", m.clone()).await;
+    assert_eq!(cache, "miss", "{body}");
+    assert!(body.contains("thinking_delta"), "{body}");
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_inserts_total{route=\"think\"}",
+        2.0,
+        READY,
+    )
+    .await;
+    let mut whole = m;
+    whole["stream"] = json!(false);
+    let (s, cache, body) = ask_cached(&gw, "/v1/messages", whole).await;
+    assert_eq!((s, cache.as_str()), (200, "hit"), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["content"][0]["thinking"], THINK_REASONING, "{body}");
+    assert_eq!(v["content"][1]["text"], THINK_ANSWER, "{body}");
+    assert_eq!(
+        up.native.load(Ordering::SeqCst),
+        2,
+        "a hit reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_passed_through_stream_is_cut_at_the_routes_reasoning_budget_in_its_own_api() {
+    let up = FakeUpstream::start("a").await;
+    let config = format!(
+        "upstreams: [{{name: fake, endpoints: [\"{}\"], api: [chat, responses, messages]}}]\nroutes:\n  - {{model: think, upstream: fake, reasoning: {{max_reasoning_tokens: 2}}}}\n",
+        up.addr
+    );
+    let gw = GatewayProc::start(&config, READY);
+    // The upstream streams the reasoning in 5 events: the third passes the budget.
+    let (s, text) = post(
+        &gw,
+        "/v1/responses",
+        &[],
+        json!({"model": "think", "input": "q", "stream": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{text}");
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let last = events.last().unwrap_or_else(|| panic!("no events: {text}"));
+    assert_eq!(last["type"], "response.failed", "{text}");
+    assert_eq!(last["response"]["id"], "resp_upstream1", "{text}");
+    let message = last["response"]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_reasoning_tokens"), "{text}");
+    let deltas = events
+        .iter()
+        .filter(|e| e["type"] == "response.reasoning_text.delta")
+        .count();
+    assert_eq!(deltas, 3, "{text}");
+    assert!(!text.contains("response.output_text.delta"), "{text}");
+    let seq: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seq, (0..seq.len() as u64).collect::<Vec<_>>(), "{text}");
+
+    let (s, text) = post(
+        &gw,
+        "/v1/messages",
+        &[],
+        json!({"model": "think", "max_tokens": 64,
+        "stream": true, "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": "q"}]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{text}");
+    assert!(text.contains("event: error\n"), "{text}");
+    assert!(text.contains("max_reasoning_tokens"), "{text}");
+    assert!(!text.contains("message_stop"), "{text}");
+    let aborts = "reasoning_gateway_reasoning_aborts_total{reason=\"reasoning_budget_exceeded\",route=\"think\",upstream=\"fake\"}";
+    gw.wait_for_metric(aborts, 2.0, Duration::from_secs(5))
+        .await;
+
+    // A whole body has been generated when it arrives: it is measured, not cut.
+    let (s, text) = post(
+        &gw,
+        "/v1/responses",
+        &[],
+        json!({"model": "think", "input": "q"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "completed", "{text}");
+}
+
+#[tokio::test]
+async fn what_the_gateway_cannot_translate_reaches_a_pool_that_serves_the_api_and_is_refused_elsewhere(
+) {
+    use std::sync::atomic::Ordering;
+    let up = FakeUpstream::start("a").await;
+    let config = format!(
+        "upstreams:\n  - {{name: native, endpoints: [\"{0}\"], api: [chat, responses, messages]}}\n  - {{name: chat, endpoints: [\"{0}\"]}}\nroutes:\n  - {{model: think, upstream: native}}\n  - {{model: think-chat, upstream: chat}}\n",
+        up.addr
+    );
+    let gw = GatewayProc::start(&config, READY);
+    let follow_up = |model: &str| json!({"model": model, "input": "And 3+3?", "previous_response_id": "resp_7"});
+
+    // The pool stores responses itself: the follow-up is its business.
+    let (s, text) = post(&gw, "/v1/responses", &[], follow_up("think")).await;
+    assert_eq!(s, 200, "{text}");
+    assert_eq!(
+        up.native_previous.lock().unwrap().as_slice(),
+        ["resp_7"],
+        "{text}"
+    );
+    // A chat pool cannot: a clear 400 naming the field, and nothing reaches the upstream.
+    let before = up.requests.load(Ordering::SeqCst);
+    let (s, text) = post(&gw, "/v1/responses", &[], follow_up("think-chat")).await;
+    assert_eq!(s, 400, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["param"], "previous_response_id", "{text}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("input"),
+        "{text}"
+    );
+    assert_eq!(up.requests.load(Ordering::SeqCst), before);
+
+    // Input the translation refuses (an image) is the native pool's to judge: it reaches it.
+    let image = |model: &str| json!({"model": model, "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]});
+    let native = up.native.load(Ordering::SeqCst);
+    let _ = post(&gw, "/v1/responses", &[], image("think")).await;
+    assert_eq!(up.native.load(Ordering::SeqCst), native + 1);
+    let (s, text) = post(&gw, "/v1/responses", &[], image("think-chat")).await;
+    assert_eq!(s, 400, "{text}");
+    assert_eq!(up.native.load(Ordering::SeqCst), native + 1);
+    // A Messages request without max_tokens likewise.
+    let no_max =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "q"}]});
+    let _ = post(&gw, "/v1/messages", &[], no_max("think")).await;
+    assert_eq!(up.native.load(Ordering::SeqCst), native + 2);
+    let (s, text) = post(&gw, "/v1/messages", &[], no_max("think-chat")).await;
+    assert_eq!(s, 400, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["error"]["type"],
+        "invalid_request_error"
+    );
+
+    // `store: true` on a translated pool is accepted; the response says it was not stored.
+    let (s, text) = post(
+        &gw,
+        "/v1/responses",
+        &[],
+        json!({"model": "think-chat", "input": "q", "store": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["store"], false, "{text}");
 }

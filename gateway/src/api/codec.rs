@@ -76,6 +76,11 @@ impl Codec {
         }
     }
 
+    /// What the response needs besides the generation.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
     /// The generation read so far.
     pub fn generation(&self) -> &Generation {
         &self.gen

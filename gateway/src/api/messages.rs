@@ -155,6 +155,8 @@ pub fn decode(body: &Map<String, Value>) -> Result<Translated, ApiError> {
         show_reasoning,
         reasoning_budget,
         signed,
+        reasoning_summary: false,
+        untranslatable: None,
     })
 }
 

@@ -10,13 +10,15 @@ use crate::openai::ApiError;
 
 /// Decodes a Responses request body into a chat request.
 pub fn decode(body: &Map<String, Value>) -> Result<Translated, ApiError> {
+    // A pool that serves Responses itself gets such requests as they are (see
+    // `proxy::api::decode_request`); these errors are for the pools the gateway translates for.
     if body
         .get("previous_response_id")
         .is_some_and(|v| !v.is_null())
     {
         return Err(ApiError::invalid_param(
             "previous_response_id",
-            "The gateway does not store responses, so `previous_response_id` cannot be used: send the whole conversation in `input` instead.",
+            "This model's upstream does not serve the Responses API itself and the gateway stores no responses, so `previous_response_id` cannot be used: send the whole conversation in `input` instead.",
         ));
     }
     if body.get("background") == Some(&Value::Bool(true)) {
@@ -80,6 +82,7 @@ pub fn decode(body: &Map<String, Value>) -> Result<Translated, ApiError> {
     if let Some(v) = body.get("max_output_tokens").filter(|v| !v.is_null()) {
         chat.insert("max_tokens".into(), v.clone());
     }
+    let mut reasoning_summary = false;
     if let Some(r) = body.get("reasoning").filter(|v| !v.is_null()) {
         let Some(r) = r.as_object() else {
             return Err(ApiError::invalid_param(
@@ -87,6 +90,22 @@ pub fn decode(body: &Map<String, Value>) -> Result<Translated, ApiError> {
                 "`reasoning` must be an object",
             ));
         };
+        // `generate_summary` is the field's deprecated name.
+        for key in ["summary", "generate_summary"] {
+            match r.get(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if matches!(s.as_str(), "auto" | "concise" | "detailed") => {
+                    reasoning_summary = true;
+                }
+                Some(Value::String(s)) if s == "none" => {}
+                Some(_) => {
+                    return Err(ApiError::invalid_param(
+                        "reasoning",
+                        format!("`reasoning.{key}` must be auto, concise or detailed"),
+                    ))
+                }
+            }
+        }
         match r.get("effort") {
             None | Some(Value::Null) => {}
             Some(Value::String(e)) => {
@@ -128,6 +147,8 @@ pub fn decode(body: &Map<String, Value>) -> Result<Translated, ApiError> {
         show_reasoning: true,
         reasoning_budget: None,
         signed: Vec::new(),
+        reasoning_summary,
+        untranslatable: None,
     })
 }
 

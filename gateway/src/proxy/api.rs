@@ -21,11 +21,19 @@ pub struct Decoded {
 
 /// For a translated API, the chat body to route instead of the client's, and what the
 /// translation decided; other APIs' bodies come back as they are.
+///
+/// A request the gateway cannot translate (`previous_response_id`, images, built-in tools…)
+/// is still routed, by its model, with a chat body that holds no problem (so the cache never
+/// sees it): a pool that serves the API itself gets it as it is, any other pool gets the
+/// translation's error (see [`prepare`]).
 pub fn decode_request(api: Option<Api>, body: Bytes) -> Result<(Bytes, Option<Decoded>), ApiError> {
     let Some(api) = api.filter(|a| a.translated()) else {
         return Ok((body, None));
     };
-    let t = crate::api::decode(api, &body)?;
+    let t = match crate::api::decode(api, &body) {
+        Ok(t) => t,
+        Err(err) => untranslatable(&body, err)?,
+    };
     let chat = serde_json::to_vec(&t.chat).map_err(|e| {
         ApiError::new(
             ErrorCode::InternalError,
@@ -37,6 +45,35 @@ pub fn decode_request(api: Option<Api>, body: Bytes) -> Result<(Bytes, Option<De
         original: body,
     };
     Ok((Bytes::from(chat), Some(decoded)))
+}
+
+/// A request that could not be translated, routed by its `model` and `stream` alone (the
+/// error itself when it has no model to route by).
+fn untranslatable(body: &[u8], err: ApiError) -> Result<Translated, ApiError> {
+    let Ok(Value::Object(client)) = serde_json::from_slice::<Value>(body) else {
+        return Err(err);
+    };
+    let Some(model) = client.get("model").filter(|m| m.is_string()) else {
+        return Err(err);
+    };
+    let mut chat = serde_json::Map::new();
+    chat.insert("model".into(), model.clone());
+    if let Some(s) = client.get("stream").filter(|s| s.is_boolean()) {
+        chat.insert("stream".into(), s.clone());
+    }
+    // An empty problem: the cache treats the request as uncacheable.
+    chat.insert(
+        "messages".into(),
+        serde_json::json!([{"role": "user", "content": ""}]),
+    );
+    Ok(Translated {
+        chat,
+        show_reasoning: true,
+        reasoning_budget: None,
+        signed: Vec::new(),
+        reasoning_summary: false,
+        untranslatable: Some(err),
+    })
 }
 
 /// After routing: the codec for the client's API, and the client's reasoning budget (which
@@ -67,14 +104,23 @@ pub fn prepare(
         created: crate::util::now_unix(),
         show_reasoning: t.show_reasoning,
         stop_sequences,
+        summary: t.reasoning_summary,
     };
     // Also for a pool that serves the API itself: the gateway's own answers (errors, cache
     // replays) are written in the client's API.
     ctx.codec = Some(Codec::new(api, meta, routed.info.stream));
     if routed.pool.config.api.contains(&api) {
+        if t.untranslatable.is_some() {
+            // The shadow would get the placeholder chat body, not the request.
+            routed.shadow = None;
+        }
         passthrough(ctx, routed, &original);
         return Ok(());
     }
+    if let Some(err) = t.untranslatable {
+        return Err(err);
+    }
+    // Only here: thinking blocks a pool serving Messages itself signed go back to it as they are.
     messages::verify_signatures(&t)?;
     let Some(budget) = t.reasoning_budget else {
         return Ok(());
@@ -144,13 +190,22 @@ pub fn upstream_response(
 ) -> pingora::Result<()> {
     if ctx.passthrough {
         if (200..300).contains(&status) {
-            if let Some(api) = ctx.api {
+            if let (Some(api), Some(route)) = (ctx.api, ctx.route.as_ref()) {
                 let sse = resp
                     .headers
                     .get("content-type")
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|c| c.starts_with("text/event-stream"));
-                ctx.meter = Some(crate::api::meter::Meter::new(api, sse));
+                ctx.meter = Some(crate::api::meter::Meter::new(
+                    api,
+                    sse,
+                    &route.reasoning,
+                    ctx.response_format.take(),
+                ));
+                if sse {
+                    // A budget cut ends the stream with an event of the gateway's.
+                    resp.remove_header("content-length");
+                }
             }
         }
         return Ok(());
@@ -200,4 +255,62 @@ pub fn local_body(
         );
     }
     (content_type.to_string(), body)
+}
+
+/// A passed-through response's body on its way to the client: measured, step timeouts counted,
+/// and ended with an error event in the client's API once the reasoning passes the route's
+/// `max_reasoning_tokens` (streams only: a whole body has been generated when it arrives).
+/// `false` when the response is not passed through.
+pub fn passthrough_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end: bool) -> bool {
+    let Some(meter) = ctx.meter.as_mut() else {
+        return false;
+    };
+    let now = std::time::Instant::now();
+    let input = body.take().unwrap_or_default();
+    let step_timeout = ctx.route.as_ref().and_then(|r| r.reasoning.step_timeout);
+    if let (Some(limit), Some(last)) = (step_timeout, ctx.last_body_at) {
+        if !input.is_empty() && meter.in_reasoning() && now.duration_since(last) > limit {
+            ctx.step_timeouts += 1;
+        }
+    }
+    if !input.is_empty() {
+        ctx.last_body_at = Some(now);
+    }
+    let mut out = meter.feed(&input);
+    if ctx.first_answer_at.is_none() && meter.answer_started() {
+        ctx.first_answer_at = Some(now);
+    }
+    if meter.take_budget_alert() {
+        let err = ApiError::new(
+            ErrorCode::ReasoningBudgetExceeded,
+            "The reasoning exceeded the route's max_reasoning_tokens; generation was stopped.",
+        );
+        out.extend_from_slice(&meter.abort(&err));
+        ctx.error = Some(err);
+        ctx.aborted = true;
+        super::body::stop_upstream(ctx);
+    } else if end {
+        out.extend_from_slice(&meter.finish());
+    }
+    ctx.response_bytes += out.len();
+    *body = Some(Bytes::from(out));
+    true
+}
+
+/// The whole reasoning and answer of a finished response, and the model that wrote it, for the
+/// cache: from the chat path's rewriter, or from a passed-through response.
+pub fn generated_text(ctx: &RequestCtx) -> Option<(String, String, String)> {
+    if let Some(rw) = ctx.rewriter.as_ref() {
+        let (reasoning, answer) = rw.full_text()?;
+        return Some((reasoning, answer, rw.response_model().unwrap_or_default()));
+    }
+    let meter = ctx.meter.as_ref()?;
+    // A Messages upstream asked not to think answers without reasoning: not an entry to replay
+    // to clients that asked for it.
+    let codec = ctx.codec.as_ref()?;
+    if ctx.api == Some(Api::Messages) && !codec.meta().show_reasoning {
+        return None;
+    }
+    let (reasoning, answer) = meter.full_text()?;
+    Some((reasoning, answer, meter.model().unwrap_or_default()))
 }

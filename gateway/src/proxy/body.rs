@@ -24,11 +24,8 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
     }
     let step_timeout = ctx.route.as_ref().and_then(|r| r.reasoning.step_timeout);
     let Some(rw) = ctx.rewriter.as_mut() else {
-        if let Some(meter) = ctx.meter.as_mut() {
-            meter.feed(body.as_deref().unwrap_or_default());
-            if end_of_stream {
-                meter.finish();
-            }
+        if super::api::passthrough_body(ctx, body, end_of_stream) {
+            return;
         }
         if ctx.codec.is_some() {
             let out = body.take().map(|b| b.to_vec()).unwrap_or_default();
@@ -96,7 +93,7 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
 /// and returning an error from a body filter would drop the whole batch of chunks it belongs to.
 /// Shutting the socket makes Pingora's next upstream read fail instead; the connection is not
 /// pooled after an error, so the descriptor cannot belong to anyone else yet.
-fn stop_upstream(ctx: &RequestCtx) {
+pub(super) fn stop_upstream(ctx: &RequestCtx) {
     if let Some(fd) = ctx.upstream_fd {
         let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
     }

@@ -119,8 +119,7 @@ pub fn store(gw: &Arc<Gateway>, ctx: &mut RequestCtx, report: Option<&Report>) {
     let Some(pending) = ctx.cache_pending.take() else {
         return;
     };
-    let (Some(cache), Some(report), Some(rw)) = (gw.cache.get(), report, ctx.rewriter.as_ref())
-    else {
+    let (Some(cache), Some(report)) = (gw.cache.get(), report) else {
         return;
     };
     let complete = ctx.upstream_status == Some(200)
@@ -133,7 +132,8 @@ pub fn store(gw: &Arc<Gateway>, ctx: &mut RequestCtx, report: Option<&Report>) {
     if !complete {
         return;
     }
-    let Some((reasoning, answer)) = rw.full_text() else {
+    // The chat path's text, or a passed-through response's (Responses, Messages).
+    let Some((reasoning, answer, model)) = super::api::generated_text(ctx) else {
         return;
     };
     if answer.trim().is_empty() {
@@ -147,7 +147,7 @@ pub fn store(gw: &Arc<Gateway>, ctx: &mut RequestCtx, report: Option<&Report>) {
     let done = Completed {
         reasoning,
         answer,
-        model: rw.response_model().unwrap_or_default(),
+        model,
         usage,
     };
     cache.insert(pending, done);

@@ -26,6 +26,7 @@ fn meta(show: bool) -> Meta {
         created: 1,
         show_reasoning: show,
         stop_sequences: vec![],
+        summary: false,
     }
 }
 
@@ -182,4 +183,60 @@ fn upstream_errors_and_tool_calls_are_translated() {
     let v: Value = serde_json::from_slice(&c.whole(200, "application/json", &bytes)).unwrap();
     assert_eq!(v["output"][0]["type"], "function_call");
     assert_eq!(v["output"][0]["call_id"], "call_9");
+}
+
+#[test]
+fn a_summary_asked_for_is_the_reasoning_streamed_as_summary_parts_and_in_the_item() {
+    let input = chat_stream();
+    let summary = Meta {
+        summary: true,
+        ..meta(true)
+    };
+    let mut c = Codec::new(Api::Responses, summary.clone(), true);
+    c.begin(200, true);
+    let mut out = c.feed(&input);
+    out.extend(c.finish());
+    let ev = events(&out);
+    let types: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types[2..15],
+        [
+            "response.output_item.added",
+            "response.reasoning_summary_part.added",
+            "response.content_part.added",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_text.delta",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_text.delta",
+            "response.reasoning_summary_text.done",
+            "response.reasoning_summary_part.done",
+            "response.reasoning_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+        ]
+    );
+    let seqs: Vec<u64> = ev
+        .iter()
+        .map(|e| e["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..ev.len() as u64).collect::<Vec<_>>());
+    assert_eq!(ev[9]["text"], "Let me think.");
+    assert_eq!(
+        ev[10]["part"],
+        json!({"type": "summary_text", "text": "Let me think."})
+    );
+    let done = &ev[13]["item"];
+    assert_eq!(
+        done["summary"],
+        json!([{"type": "summary_text", "text": "Let me think."}])
+    );
+    assert_eq!(done["content"][0]["text"], "Let me think.");
+    // Whole: the item carries both.
+    let mut c = Codec::new(Api::Responses, summary, false);
+    let body: Value = serde_json::from_slice(&c.whole(200, "text/event-stream", &input)).unwrap();
+    assert_eq!(body["output"][0]["summary"][0]["text"], "Let me think.");
+    // Not asked for: no summary events, an empty summary.
+    let plain = run(Api::Responses, true, true, &input, 0);
+    assert!(!String::from_utf8_lossy(&plain).contains("summary_text"));
 }

@@ -16,13 +16,20 @@ fn call_item_id(m: &Meta, index: u64) -> String {
     format!("fc_{}_{index}", m.id)
 }
 
+/// A reasoning item. With `m.summary` the reasoning is also its summary: the gateway does not
+/// summarise, so the client that asked for one gets the whole reasoning there.
 fn reasoning_item(m: &Meta, text: &str, done: bool) -> Value {
     let content = if done {
         json!([{"type": "reasoning_text", "text": text}])
     } else {
         json!([])
     };
-    json!({"id": reasoning_id(m), "type": "reasoning", "summary": [], "content": content,
+    let summary = if done && m.summary {
+        json!([{"type": "summary_text", "text": text}])
+    } else {
+        json!([])
+    };
+    json!({"id": reasoning_id(m), "type": "reasoning", "summary": summary, "content": content,
         "status": if done { "completed" } else { "in_progress" }})
 }
 
@@ -146,6 +153,20 @@ impl Stream {
         let item = match open {
             Open::Reasoning => {
                 let id = reasoning_id(m);
+                if m.summary {
+                    self.event(
+                        out,
+                        "response.reasoning_summary_text.done",
+                        json!({"item_id": id, "output_index": idx, "summary_index": 0,
+                        "text": text}),
+                    );
+                    self.event(
+                        out,
+                        "response.reasoning_summary_part.done",
+                        json!({"item_id": id, "output_index": idx, "summary_index": 0,
+                        "part": {"type": "summary_text", "text": text}}),
+                    );
+                }
                 self.event(
                     out,
                     "response.reasoning_text.done",
@@ -211,6 +232,14 @@ impl Stream {
                     json!({"output_index": idx,
                     "item": reasoning_item(m, "", false)}),
                 );
+                if m.summary {
+                    self.event(
+                        out,
+                        "response.reasoning_summary_part.added",
+                        json!({"item_id": reasoning_id(m), "output_index": idx,
+                        "summary_index": 0, "part": {"type": "summary_text", "text": ""}}),
+                    );
+                }
                 self.event(
                     out,
                     "response.content_part.added",
@@ -249,6 +278,14 @@ impl Stream {
             Delta::Reasoning(t) if m.show_reasoning => {
                 let idx = self.open(m, g, Open::Reasoning, out);
                 self.text.push_str(t);
+                if m.summary {
+                    self.event(
+                        out,
+                        "response.reasoning_summary_text.delta",
+                        json!({"item_id": reasoning_id(m), "output_index": idx,
+                        "summary_index": 0, "delta": t}),
+                    );
+                }
                 self.event(
                     out,
                     "response.reasoning_text.delta",
