@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use crate::cache::Cache;
+use crate::embed::EmbedError;
 use crate::guard::{self, Reject};
 use crate::key::{self, Digest128};
 use crate::metrics::{Candidacy, LookupResult};
@@ -91,6 +92,9 @@ pub enum Reason {
     },
     /// The route runs without the guard: the threshold alone decided.
     Unguarded,
+    /// No candidate was compared: the problem could not be embedded in time (the embedder was
+    /// busy with other lookups, timed out or failed), so the request went on as a miss.
+    Unembedded(EmbedError),
     /// A candidate was refused by a check.
     Refused {
         /// Which check.
@@ -110,6 +114,11 @@ impl Reason {
             Reason::Surface => "surface".into(),
             Reason::Pair { score } => format!("pair; score={score:.3}"),
             Reason::Unguarded => "threshold".into(),
+            Reason::Unembedded(e) => match e {
+                EmbedError::Busy => "embedding; busy".into(),
+                EmbedError::Timeout => "embedding; timeout".into(),
+                EmbedError::Failed => "embedding; failed".into(),
+            },
             Reason::Refused {
                 check,
                 score,
@@ -148,11 +157,12 @@ impl Cache {
     /// Looks a chat request up (records `cache_requests_total` and the lookup's duration).
     pub async fn lookup(&self, q: &Query<'_>) -> Lookup {
         let started = Instant::now();
-        let mut embed_failed = false;
-        let result = self.lookup_inner(q, &mut embed_failed).await;
+        let mut embed_error = None;
+        let result = self.lookup_inner(q, &mut embed_error).await;
         let label = match &result {
             Lookup::Hit { .. } => LookupResult::Hit,
-            Lookup::Miss { .. } if embed_failed => LookupResult::Error,
+            Lookup::Miss { .. } if embed_error == Some(EmbedError::Busy) => LookupResult::Shed,
+            Lookup::Miss { .. } if embed_error.is_some() => LookupResult::Error,
             Lookup::Miss { .. } => LookupResult::Miss,
             Lookup::Bypass(_) => LookupResult::Bypass,
             Lookup::Uncacheable => LookupResult::Uncacheable,
@@ -162,8 +172,9 @@ impl Cache {
         result
     }
 
-    /// `embed_failed` is set when the embedder failed or timed out (the miss went on without it).
-    async fn lookup_inner(&self, q: &Query<'_>, embed_failed: &mut bool) -> Lookup {
+    /// `embed_error` is set when the embedder was busy, failed or timed out (the miss went on
+    /// without it).
+    async fn lookup_inner(&self, q: &Query<'_>, embed_error: &mut Option<EmbedError>) -> Lookup {
         let Query {
             route,
             served,
@@ -231,11 +242,11 @@ impl Cache {
             Ok(v) => v,
             Err(e) => {
                 tracing::debug!(error = %e, "Cache lookup without an embedding.");
-                *embed_failed = true;
+                *embed_error = Some(e);
                 return Lookup::Miss {
                     pending,
                     best: None,
-                    rejected: None,
+                    rejected: Some(Reason::Unembedded(e)),
                 };
             }
         };

@@ -34,6 +34,8 @@ pub enum LookupResult {
     NoCredentials,
     /// The embedding failed or timed out; served as a miss.
     Error,
+    /// The embedder already had a lookup waiting per thread; served as a miss at once.
+    Shed,
 }
 
 impl LookupResult {
@@ -46,6 +48,7 @@ impl LookupResult {
             LookupResult::Uncacheable => "uncacheable",
             LookupResult::NoCredentials => "no_credentials",
             LookupResult::Error => "error",
+            LookupResult::Shed => "shed",
         }
     }
 }
