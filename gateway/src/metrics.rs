@@ -17,7 +17,8 @@ use crate::upstream::Refused;
 use labels::{
     Abort, CallbackResult, ClientRejection, Durations, FailedCheck, JobResult, LabelSet, Reload,
     Requests, Route, RouteReasoningLength, RouteUpstream, RouteVariant, Shadow, ShadowFailedCheck,
-    TenantHeader, TokenUsage, Upstream, UpstreamError, UpstreamRejection, Verification,
+    SpanDrop, SpanExport, TenantHeader, TokenUsage, Upstream, UpstreamError, UpstreamRejection,
+    Verification,
 };
 
 const PREFIX: &str = "reasoning_gateway";
@@ -239,9 +240,29 @@ pub struct Metrics {
     pub async_job_callbacks_total: CounterFamily<CallbackResult>,
     /// Async jobs refused for lack of room, by reason (store_full|tenant_quota|memory_full).
     pub async_job_rejections_total: CounterFamily<Rejection>,
+    /// Spans the OTLP collector accepted.
+    pub otel_spans_exported_total: CounterFamily<SpanExport>,
+    /// Spans dropped instead of exported, by reason (queue_full|export_failed).
+    pub otel_spans_dropped_total: CounterFamily<SpanDrop>,
 }
 
 impl Metrics {
+    /// The counters the OTLP exporter keeps, at zero from the start.
+    pub fn otlp_counters(
+        &self,
+        config: &crate::config::OtlpConfig,
+    ) -> crate::telemetry::otlp::ExportCounters {
+        let protocol = match config.protocol {
+            crate::config::OtlpProtocol::HttpProtobuf => SpanExport::HttpProtobuf,
+            crate::config::OtlpProtocol::Grpc => SpanExport::Grpc,
+        };
+        crate::telemetry::otlp::ExportCounters {
+            exported: self.otel_spans_exported_total.with(&protocol),
+            dropped_queue_full: self.otel_spans_dropped_total.with(&SpanDrop::QueueFull),
+            dropped_export_failed: self.otel_spans_dropped_total.with(&SpanDrop::ExportFailed),
+        }
+    }
+
     /// Exports a bounded pool's admission series at 0 before anything waits or is refused, so
     /// `rate()` and alert rules see them from the start.
     pub fn bounded_pool(&self, upstream: &str) {
@@ -370,6 +391,8 @@ impl Metrics {
             ),
             async_job_rejections_total,
             tenant_headers_ignored_total,
+            otel_spans_exported_total: r.counter("otel_spans_exported_total", "Spans the OTLP collector accepted (telemetry.otlp), by protocol."),
+            otel_spans_dropped_total: r.counter("otel_spans_dropped_total", "Spans dropped instead of exported (telemetry.otlp): queue_full (the collector is slower than the traffic; max_queue spans were waiting) or export_failed (the collector refused, was unreachable or did not answer within the timeout). Requests never wait for the exporter."),
             cache,
             registry,
         }
@@ -546,6 +569,16 @@ mod tests {
         check(
             &m.async_job_rejections_total,
             &p("async_job_rejections_total"),
+            &["reason"],
+        );
+        check(
+            &m.otel_spans_exported_total,
+            &p("otel_spans_exported_total"),
+            &["protocol"],
+        );
+        check(
+            &m.otel_spans_dropped_total,
+            &p("otel_spans_dropped_total"),
             &["reason"],
         );
     }

@@ -59,6 +59,8 @@ pub struct Gateway {
     pub cache: std::sync::OnceLock<Arc<reasoning_cache::Cache>>,
     /// Async jobs.
     pub jobs: Arc<crate::jobs::Jobs>,
+    /// The OTLP trace exporter, when `telemetry.otlp` is set (started once at start-up).
+    pub traces: std::sync::OnceLock<crate::telemetry::otlp::Traces>,
     /// Seals the tenant a job runs as (see [`crate::tenant`]); random per process.
     pub tenant_relay: crate::tenant::Relay,
     ready: AtomicBool,
@@ -75,6 +77,7 @@ impl Gateway {
             reload_lock: std::sync::Mutex::new(()),
             canary: Default::default(),
             cache: std::sync::OnceLock::new(),
+            traces: std::sync::OnceLock::new(),
             tenant_relay: crate::tenant::Relay::new(),
             ready: AtomicBool::new(false),
         })

@@ -110,6 +110,8 @@ pub struct FakeUpstream {
     pub died_reused: Arc<AtomicUsize>,
     /// Requests served natively on `/v1/responses` or `/v1/messages`.
     pub native: Arc<AtomicUsize>,
+    /// The `traceparent` header of each request (none: not recorded), in arrival order.
+    pub traceparents: Arc<std::sync::Mutex<Vec<String>>>,
     gate: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -142,8 +144,10 @@ impl FakeUpstream {
             died: Arc::new(AtomicUsize::new(0)),
             died_reused: Arc::new(AtomicUsize::new(0)),
             native: Arc::new(AtomicUsize::new(0)),
+            traceparents: Arc::default(),
             gate: gate_rx,
         };
+        let traceparents = shared.traceparents.clone();
         let native = shared.native.clone();
         let (gated_cancels, gated_waiting) = (shared.cancels.clone(), shared.waiting.clone());
         let dropped_reused = shared.dropped.clone();
@@ -180,6 +184,7 @@ impl FakeUpstream {
             died,
             died_reused,
             native,
+            traceparents,
             gate,
             task,
             stop,
@@ -213,6 +218,7 @@ struct Shared {
     died: Arc<AtomicUsize>,
     died_reused: Arc<AtomicUsize>,
     native: Arc<AtomicUsize>,
+    traceparents: Arc<std::sync::Mutex<Vec<String>>>,
     gate: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -298,6 +304,11 @@ async fn serve_connection<S: Conn>(
         if req.path == "/health" {
             write_json(&mut stream, id, 200, &json!({"status": "ok"})).await?;
             continue;
+        }
+        if let Some((_, v)) = req.headers.iter().find(|(k, _)| k == "traceparent") {
+            if let Ok(mut seen) = shared.traceparents.lock() {
+                seen.push(v.clone());
+            }
         }
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let model = body["model"].as_str().unwrap_or("").to_string();

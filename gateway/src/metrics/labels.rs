@@ -529,3 +529,23 @@ mod tests {
         assert_eq!(values(&reload), ["error", "sighup"]);
     }
 }
+
+enum_label! {
+    /// Why spans were not exported (`otel_spans_dropped_total`).
+    SpanDrop => "reason" {
+        /// The export queue was full.
+        QueueFull => "queue_full",
+        /// The export failed or timed out.
+        ExportFailed => "export_failed",
+    }
+}
+
+enum_label! {
+    /// The OTLP protocol spans went out on (`otel_spans_exported_total`).
+    SpanExport => "protocol" {
+        /// Protobuf over HTTP.
+        HttpProtobuf => "http/protobuf",
+        /// gRPC.
+        Grpc => "grpc",
+    }
+}

@@ -201,6 +201,17 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         cache_reason = ctx.cache_reason.as_ref().map(reasoning_cache::Reason::header),
         "Request finished."
     );
+    super::trace::record(
+        gw,
+        session,
+        ctx,
+        &super::trace::Ending {
+            status,
+            outcome,
+            elapsed,
+            report: report.as_ref(),
+        },
+    );
     Finished {
         outcome,
         elapsed,
