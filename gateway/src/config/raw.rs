@@ -359,9 +359,8 @@ pub struct RawAsyncJobs {
 pub struct RawTelemetry {
     /// Export one trace per request over OTLP (off when absent). Read at start-up only.
     pub otlp: Option<RawOtlp>,
-    /// Label the `gen_ai_*` histograms with the GenAI attributes (operation, provider,
-    /// request model, error type) and export `gen_ai_server_time_per_output_token_seconds`
-    /// (default false). Read at start-up only.
+    /// The GenAI metric attributes on the `gen_ai_*` histograms: reserved, only `false` is
+    /// accepted for now.
     pub genai_metrics: Option<bool>,
 }
 

@@ -186,13 +186,6 @@ pub fn response_header(ctx: &RequestCtx, resp: &mut ResponseHeader) -> pingora::
     Ok(())
 }
 
-/// `traceparent` for an async job's callback: the job's request span is its parent.
-pub fn callback_traceparent(ctx: &RequestCtx) -> Option<String> {
-    ctx.trace
-        .as_ref()
-        .map(|t| t.context.traceparent(t.server_span))
-}
-
 /// What the end of the request found (see `log::record`).
 pub struct Ending<'a> {
     /// HTTP status answered.
