@@ -524,7 +524,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 pub struct TelemetryConfig {
     /// OTLP trace export, when configured.
     pub otlp: Option<OtlpConfig>,
-    /// The GenAI metric attributes (reserved; always false for now).
+    /// Label the `gen_ai_*` histograms with the GenAI attributes.
     pub genai_metrics: bool,
 }
 

@@ -69,10 +69,12 @@ pub struct Gateway {
 impl Gateway {
     /// Creates the shared state; not ready until [`Gateway::set_ready`].
     pub fn new(snapshot: Snapshot, config_path: Option<std::path::PathBuf>) -> Arc<Self> {
+        // Chosen once: a family's labels cannot change under a running scraper.
+        let genai_attributes = snapshot.config.telemetry.genai_metrics;
         Arc::new(Gateway {
             jobs: crate::jobs::Jobs::new(snapshot.config.async_jobs.clone()),
             snapshot: ArcSwap::from_pointee(snapshot),
-            metrics: Metrics::new(),
+            metrics: Metrics::with_genai_attributes(genai_attributes),
             config_path,
             reload_lock: std::sync::Mutex::new(()),
             canary: Default::default(),

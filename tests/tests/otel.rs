@@ -506,3 +506,147 @@ async fn a_collector_that_is_down_or_silent_costs_no_request() {
         }
     }
 }
+
+#[tokio::test]
+async fn latency_buckets_carry_a_sampled_trace_id_into_a_real_prometheus() {
+    let up = FakeUpstream::start("a").await;
+    let (collector, _received) = http_collector().await;
+    let gw = GatewayProc::start(
+        &config(up.addr, &format!("{{endpoint: \"http://{collector}\"}}")),
+        Duration::from_secs(20),
+    );
+    let (status, tp, _) = stream(&gw, None).await;
+    assert_eq!(status, 200);
+    let trace = tp.unwrap().split('-').nth(1).unwrap().to_string();
+    gw.wait_for_requests(1, Duration::from_secs(10)).await;
+
+    // OpenMetrics only when asked; each latency family has the trace on one bucket.
+    let resp = reqwest::Client::new()
+        .get(gw.admin_url("/metrics"))
+        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+        .send()
+        .await
+        .unwrap();
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"));
+    for family in ["request_duration_seconds", "time_to_first_token_seconds"] {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("reasoning_gateway_{family}_bucket")))
+            .filter(|l| l.contains(&format!("# {{trace_id=\"{trace}\"}}")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{family}:\n{text}");
+    }
+    let plain = gw.admin_get("/metrics").await;
+    assert!(!plain.contains("trace_id") && !plain.contains("# EOF"));
+
+    // A real Prometheus with exemplar storage scrapes them and answers them by query.
+    let prom = gateway_tests::prometheus::Prometheus::start_with_exemplars(gw.admin_port).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    loop {
+        let v = prom
+            .api(&format!(
+                "/api/v1/query_exemplars?query=reasoning_gateway_request_duration_seconds_bucket&start={}&end={}",
+                now - 600,
+                now + 600
+            ))
+            .await;
+        let found = v["data"].as_array().is_some_and(|series| {
+            series.iter().any(|s| {
+                s["exemplars"].as_array().is_some_and(|e| {
+                    e.iter().any(|x| x["labels"]["trace_id"] == trace.as_str())
+                })
+            })
+        });
+        if found {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no exemplar with trace {trace}: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A callback receiver answering 200; keeps each request's `traceparent` (empty: none).
+async fn callback_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/job", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut tmp = [0u8; 4096];
+            let end = loop {
+                match s.read(&mut tmp).await {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                }
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i);
+                }
+            };
+            let Some(end) = end else { continue };
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let tp = head
+                .lines()
+                .find_map(|l| l.strip_prefix("traceparent:"))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default();
+            log.lock().unwrap().push(tp);
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn an_async_job_runs_and_calls_back_in_the_submitters_trace() {
+    let up = FakeUpstream::start("a").await;
+    let (collector, received) = http_collector().await;
+    let (hook, hooks) = callback_receiver().await;
+    let config = format!(
+        "async_jobs:\n  callback_allow: [\"127.0.0.1/32\"]\n{}",
+        config(up.addr, &format!("{{endpoint: \"http://{collector}\"}}"))
+    );
+    let gw = GatewayProc::start(&config, Duration::from_secs(20));
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = reqwest::Client::new()
+        .post(format!("{}/async/chat/completions", gw.base_url()))
+        .header("traceparent", format!("00-{trace}-10f067aa0ba902b7-01"))
+        .json(&json!({"model": "think", "callback_url": hook,
+            "messages": [{"role": "user", "content": "2+2?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202, "{}", resp.text().await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hooks.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no callback");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let callback = hooks.lock().unwrap()[0].clone();
+    assert!(callback.starts_with(&format!("00-{trace}-")), "{callback:?}");
+    // The run reached the upstream in the same trace, and its server span is a child of the
+    // submitting request's.
+    let seen = up.traceparents.lock().unwrap().clone();
+    assert!(seen.iter().all(|tp| tp.starts_with(&format!("00-{trace}-"))) && !seen.is_empty(), "{seen:?}");
+    let spans = received.wait_for_trace(&unhex(trace), 3).await;
+    let servers: Vec<&Span> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.kind == SpanKind::Server as i32)
+        .collect();
+    assert_eq!(servers.len(), 2, "{spans:?}");
+    let submit = servers.iter().find(|s| hex(&s.parent_span_id) == "10f067aa0ba902b7").expect("submit span");
+    let run = servers.iter().find(|s| s.parent_span_id == submit.span_id).expect("run span under it");
+    assert_eq!(run.name, "chat think");
+    assert_eq!(callback, format!("00-{trace}-{}-01", hex(&submit.span_id)));
+}

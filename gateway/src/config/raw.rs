@@ -359,8 +359,9 @@ pub struct RawAsyncJobs {
 pub struct RawTelemetry {
     /// Export one trace per request over OTLP (off when absent). Read at start-up only.
     pub otlp: Option<RawOtlp>,
-    /// The GenAI metric attributes on the `gen_ai_*` histograms: reserved, only `false` is
-    /// accepted for now.
+    /// Label the `gen_ai_*` histograms with the GenAI attributes (operation, provider, request
+    /// model, error type) and export `gen_ai_server_time_per_output_token_seconds` (default
+    /// false). Read at start-up only.
     pub genai_metrics: Option<bool>,
 }
 

@@ -549,3 +549,28 @@ enum_label! {
         Grpc => "grpc",
     }
 }
+
+label_set! {
+    /// The OpenTelemetry GenAI attributes (`telemetry.genai_metrics`): operation, provider (the
+    /// upstream pool), request model (the route's configured `model`), `error.type` (empty when
+    /// none).
+    GenAiAttrs {
+        route: &'a str => "route",
+        operation: &'a str => "gen_ai_operation_name",
+        provider: &'a str => "gen_ai_provider_name",
+        request_model: &'a str => "gen_ai_request_model",
+        error_type: &'a str => "error_type",
+    }
+}
+
+label_set! {
+    /// `gen_ai_client_token_usage` with the GenAI attributes.
+    GenAiUsage {
+        route: &'a str => "route",
+        operation: &'a str => "gen_ai_operation_name",
+        provider: &'a str => "gen_ai_provider_name",
+        request_model: &'a str => "gen_ai_request_model",
+        error_type: &'a str => "error_type",
+        token_type: TokenType => "gen_ai_token_type",
+    }
+}

@@ -186,6 +186,22 @@ pub fn response_header(ctx: &RequestCtx, resp: &mut ResponseHeader) -> pingora::
     Ok(())
 }
 
+/// `traceparent` for an async job submitted by this request: the job's run and its callbacks
+/// continue the trace, under the submitting request's span.
+pub fn job_traceparent(ctx: &RequestCtx) -> Option<String> {
+    ctx.trace
+        .as_ref()
+        .map(|t| t.context.traceparent(t.server_span))
+}
+
+/// The trace id of a sampled request (an exemplar for the latency histograms).
+pub fn sampled_trace_id(ctx: &RequestCtx) -> Option<String> {
+    ctx.trace
+        .as_ref()
+        .filter(|t| t.context.sampled)
+        .map(|t| t.context.trace_id.to_string())
+}
+
 /// What the end of the request found (see `log::record`).
 pub struct Ending<'a> {
     /// HTTP status answered.
@@ -224,11 +240,7 @@ fn spans(session: &Session, ctx: &RequestCtx, t: &RequestTrace, end: &Ending<'_>
             t.context.state.clone(),
         )
     };
-    let operation = match ctx.endpoint {
-        Some(Endpoint::Completions) => "text_completion",
-        Some(Endpoint::Embeddings) => "embeddings",
-        _ => "chat",
-    };
+    let operation = operation(ctx);
     let request_model = t.request.model.clone();
     // The model the upstream said it served; else the one the gateway asked it for.
     let served_model = ctx
@@ -241,7 +253,7 @@ fn spans(session: &Session, ctx: &RequestCtx, t: &RequestTrace, end: &Ending<'_>
         Some(m) => format!("{operation} {m}"),
         None => operation.to_string(),
     };
-    let error_type = error_type(ctx, end);
+    let error_type = error_type(ctx, end.status, end.outcome);
     let mut attrs = vec![
         KeyValue::new("gen_ai.operation.name", operation),
         KeyValue::new("gen_ai.provider.name", ctx.upstream_label().to_string()),
@@ -544,17 +556,27 @@ fn spans(session: &Session, ctx: &RequestCtx, t: &RequestTrace, end: &Ending<'_>
     out
 }
 
-/// `error.type`: the gateway's error code, else the upstream failure, else a 5xx status.
-fn error_type(ctx: &RequestCtx, end: &Ending<'_>) -> Option<&'static str> {
+/// `gen_ai.operation.name` of the endpoint.
+pub fn operation(ctx: &RequestCtx) -> &'static str {
+    match ctx.endpoint {
+        Some(Endpoint::Completions) => "text_completion",
+        Some(Endpoint::Embeddings) => "embeddings",
+        _ => "chat",
+    }
+}
+
+/// `error.type`: the gateway's error code, else the upstream failure, else the outcome of a
+/// failed request. Always a fixed name (metrics use it as a label).
+pub fn error_type(ctx: &RequestCtx, status: u16, outcome: Outcome) -> Option<&'static str> {
     if let Some(e) = &ctx.error {
         return Some(e.code.as_str());
     }
     if let Some(k) = ctx.upstream_error {
         return Some(k.label());
     }
-    match end.outcome {
+    match outcome {
         Outcome::Ok => None,
-        other if end.status >= 500 || end.status == 0 => Some(other.as_str()),
+        other if status >= 500 || status == 0 => Some(other.as_str()),
         _ => None,
     }
 }

@@ -18,17 +18,9 @@ pub(super) fn telemetry(errs: &mut Errors, raw: Option<&RawTelemetry>) -> Teleme
     let Some(raw) = raw else {
         return TelemetryConfig::default();
     };
-    let genai_metrics = raw.genai_metrics.unwrap_or(false);
-    if genai_metrics {
-        // Accepted silently it would promise series that are not there.
-        errs.push(
-            "telemetry.genai_metrics",
-            "`true` is not supported yet: the gen_ai_* histograms carry the `route` label only",
-        );
-    }
     TelemetryConfig {
         otlp: raw.otlp.as_ref().map(|o| otlp(errs, o)),
-        genai_metrics: false,
+        genai_metrics: raw.genai_metrics.unwrap_or(false),
     }
 }
 
