@@ -19,8 +19,7 @@ use crate::upstream::Refused;
 use labels::{
     Abort, CallbackResult, ClientRejection, Durations, FailedCheck, JobResult, LabelSet, Reload,
     Requests, Route, RouteReasoningLength, RouteUpstream, RouteVariant, Shadow, ShadowFailedCheck,
-    SpanDrop, SpanExport, TenantHeader, Upstream, UpstreamError, UpstreamRejection,
-    Verification,
+    SpanDrop, SpanExport, TenantHeader, Upstream, UpstreamError, UpstreamRejection, Verification,
 };
 
 const PREFIX: &str = "reasoning_gateway";
@@ -276,10 +275,20 @@ pub struct Metrics {
 impl Metrics {
     /// Keeps `trace_id` as the exemplar of the latency-bucket `value` falls in, on the series
     /// of `family` (a histogram with [`LATENCY_BUCKETS`], its name without the prefix).
-    pub fn latency_exemplar<S: LabelSet>(&self, family: &str, labels: &S, value: f64, trace_id: String) {
+    pub fn latency_exemplar<S: LabelSet>(
+        &self,
+        family: &str,
+        labels: &S,
+        value: f64,
+        trace_id: String,
+    ) {
         let name = format!("{PREFIX}_{family}");
         labels.with_values(|values| {
-            let pairs: Vec<(&str, &str)> = S::NAMES.iter().copied().zip(values.iter().copied()).collect();
+            let pairs: Vec<(&str, &str)> = S::NAMES
+                .iter()
+                .copied()
+                .zip(values.iter().copied())
+                .collect();
             self.exemplars
                 .record(&name, &pairs, LATENCY_BUCKETS, value, trace_id);
         });
@@ -522,9 +531,21 @@ mod tests {
         else {
             panic!("route-only GenAI histograms by default");
         };
-        check(ttft, "gen_ai_server_time_to_first_token_seconds", &["route"]);
-        check(usage, "gen_ai_client_token_usage", &["route", "gen_ai_token_type"]);
-        check(duration, "gen_ai_server_request_duration_seconds", &["route"]);
+        check(
+            ttft,
+            "gen_ai_server_time_to_first_token_seconds",
+            &["route"],
+        );
+        check(
+            usage,
+            "gen_ai_client_token_usage",
+            &["route", "gen_ai_token_type"],
+        );
+        check(
+            duration,
+            "gen_ai_server_request_duration_seconds",
+            &["route"],
+        );
         let with = Metrics::with_genai_attributes(true);
         let genai::GenAi::Attributes {
             ttft,

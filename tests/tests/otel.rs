@@ -523,7 +523,10 @@ async fn latency_buckets_carry_a_sampled_trace_id_into_a_real_prometheus() {
     // OpenMetrics only when asked; each latency family has the trace on one bucket.
     let resp = reqwest::Client::new()
         .get(gw.admin_url("/metrics"))
-        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
         .send()
         .await
         .unwrap();
@@ -559,15 +562,18 @@ async fn latency_buckets_carry_a_sampled_trace_id_into_a_real_prometheus() {
             .await;
         let found = v["data"].as_array().is_some_and(|series| {
             series.iter().any(|s| {
-                s["exemplars"].as_array().is_some_and(|e| {
-                    e.iter().any(|x| x["labels"]["trace_id"] == trace.as_str())
-                })
+                s["exemplars"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|x| x["labels"]["trace_id"] == trace.as_str()))
             })
         });
         if found {
             break;
         }
-        assert!(Instant::now() < deadline, "no exemplar with trace {trace}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "no exemplar with trace {trace}: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -626,18 +632,31 @@ async fn an_async_job_runs_and_calls_back_in_the_submitters_trace() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status().as_u16(), 202, "{}", resp.text().await.unwrap());
+    assert_eq!(
+        resp.status().as_u16(),
+        202,
+        "{}",
+        resp.text().await.unwrap()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while hooks.lock().unwrap().is_empty() {
         assert!(Instant::now() < deadline, "no callback");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let callback = hooks.lock().unwrap()[0].clone();
-    assert!(callback.starts_with(&format!("00-{trace}-")), "{callback:?}");
+    assert!(
+        callback.starts_with(&format!("00-{trace}-")),
+        "{callback:?}"
+    );
     // The run reached the upstream in the same trace, and its server span is a child of the
     // submitting request's.
     let seen = up.traceparents.lock().unwrap().clone();
-    assert!(seen.iter().all(|tp| tp.starts_with(&format!("00-{trace}-"))) && !seen.is_empty(), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|tp| tp.starts_with(&format!("00-{trace}-")))
+            && !seen.is_empty(),
+        "{seen:?}"
+    );
     let spans = received.wait_for_trace(&unhex(trace), 3).await;
     let servers: Vec<&Span> = spans
         .iter()
@@ -645,8 +664,58 @@ async fn an_async_job_runs_and_calls_back_in_the_submitters_trace() {
         .filter(|s| s.kind == SpanKind::Server as i32)
         .collect();
     assert_eq!(servers.len(), 2, "{spans:?}");
-    let submit = servers.iter().find(|s| hex(&s.parent_span_id) == "10f067aa0ba902b7").expect("submit span");
-    let run = servers.iter().find(|s| s.parent_span_id == submit.span_id).expect("run span under it");
+    let submit = servers
+        .iter()
+        .find(|s| hex(&s.parent_span_id) == "10f067aa0ba902b7")
+        .expect("submit span");
+    let run = servers
+        .iter()
+        .find(|s| s.parent_span_id == submit.span_id)
+        .expect("run span under it");
     assert_eq!(run.name, "chat think");
     assert_eq!(callback, format!("00-{trace}-{}-01", hex(&submit.span_id)));
+}
+
+#[tokio::test]
+async fn genai_metrics_carry_the_genai_attributes_and_time_per_output_token() {
+    let up = FakeUpstream::start("a").await;
+    let config = format!(
+        "upstreams: [{{name: fake, endpoints: [\"{}\"]}}]\nroutes:\n  - {{model: think, name: r1, upstream: fake, reasoning: {{parser: deepseek_r1}}}}\ntelemetry: {{genai_metrics: true}}\n",
+        up.addr
+    );
+    let gw = GatewayProc::start(&config, Duration::from_secs(20));
+    let (status, tp, _) = stream(&gw, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(tp, None, "no trace without telemetry.otlp");
+    gw.wait_for_requests(1, Duration::from_secs(10)).await;
+    let text = gw.admin_get("/metrics").await;
+    let attrs = "error_type=\"\",gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"fake\",gen_ai_request_model=\"think\"";
+    let value = |series: String| {
+        metric_value(&text, &series).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    };
+    assert_eq!(
+        value(format!(
+            "gen_ai_server_request_duration_seconds_count{{{attrs},route=\"r1\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(format!(
+            "gen_ai_server_time_to_first_token_seconds_count{{{attrs},route=\"r1\"}}"
+        )),
+        1.0
+    );
+    // The fake upstream's usage: 5 prompt tokens, 12 completion tokens.
+    for (token_type, n) in [("input", 5.0), ("output", 12.0)] {
+        assert_eq!(
+            value(format!("gen_ai_client_token_usage_sum{{{attrs},gen_ai_token_type=\"{token_type}\",route=\"r1\"}}")),
+            n
+        );
+    }
+    assert_eq!(
+        value(format!(
+            "gen_ai_server_time_per_output_token_seconds_count{{{attrs},route=\"r1\"}}"
+        )),
+        1.0
+    );
 }

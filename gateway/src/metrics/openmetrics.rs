@@ -43,7 +43,10 @@ impl Exemplars {
         value: f64,
         trace_id: String,
     ) {
-        let index = bounds.iter().position(|b| value <= *b).unwrap_or(bounds.len());
+        let index = bounds
+            .iter()
+            .position(|b| value <= *b)
+            .unwrap_or(bounds.len());
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -51,7 +54,9 @@ impl Exemplars {
         let Ok(mut slots) = self.slots.lock() else {
             return;
         };
-        let slot = slots.entry(key).or_insert_with(|| vec![None; bounds.len() + 1]);
+        let slot = slots
+            .entry(key)
+            .or_insert_with(|| vec![None; bounds.len() + 1]);
         if let Some(s) = slot.get_mut(index) {
             *s = Some(Exemplar {
                 trace_id,
@@ -108,7 +113,9 @@ pub fn encode(families: &[MetricFamily], exemplars: &Exemplars) -> String {
                 MetricType::COUNTER => {
                     sample(&mut out, name, labels, None, m.get_counter().get_value());
                 }
-                MetricType::GAUGE => sample(&mut out, name, labels, None, m.get_gauge().get_value()),
+                MetricType::GAUGE => {
+                    sample(&mut out, name, labels, None, m.get_gauge().get_value())
+                }
                 // The registry has no untyped metrics today; written as they come if one appears.
                 #[allow(deprecated)]
                 MetricType::UNTYPED => {
@@ -116,32 +123,71 @@ pub fn encode(families: &[MetricFamily], exemplars: &Exemplars) -> String {
                 }
                 MetricType::HISTOGRAM => {
                     let h = m.get_histogram();
-                    let key = series_key(
-                        name,
-                        labels.iter().map(|l| (l.name(), l.value())),
-                    );
+                    let key = series_key(name, labels.iter().map(|l| (l.name(), l.value())));
                     let bucket_name = format!("{name}_bucket");
                     let buckets = h.get_bucket();
                     for (i, b) in buckets.iter().enumerate() {
                         let le = number(b.upper_bound());
-                        sample(&mut out, &bucket_name, labels, Some(("le", &le)), b.cumulative_count() as f64);
+                        sample(
+                            &mut out,
+                            &bucket_name,
+                            labels,
+                            Some(("le", &le)),
+                            b.cumulative_count() as f64,
+                        );
                         exemplar(&mut out, exemplars.get(&key, i));
                     }
                     if buckets.last().is_none_or(|b| b.upper_bound().is_finite()) {
-                        sample(&mut out, &bucket_name, labels, Some(("le", "+Inf")), h.get_sample_count() as f64);
+                        sample(
+                            &mut out,
+                            &bucket_name,
+                            labels,
+                            Some(("le", "+Inf")),
+                            h.get_sample_count() as f64,
+                        );
                         exemplar(&mut out, exemplars.get(&key, buckets.len()));
                     }
-                    sample(&mut out, &format!("{name}_sum"), labels, None, h.get_sample_sum());
-                    sample(&mut out, &format!("{name}_count"), labels, None, h.get_sample_count() as f64);
+                    sample(
+                        &mut out,
+                        &format!("{name}_sum"),
+                        labels,
+                        None,
+                        h.get_sample_sum(),
+                    );
+                    sample(
+                        &mut out,
+                        &format!("{name}_count"),
+                        labels,
+                        None,
+                        h.get_sample_count() as f64,
+                    );
                 }
                 MetricType::SUMMARY => {
                     let s = m.get_summary();
                     for q in s.get_quantile() {
                         let quantile = number(q.quantile());
-                        sample(&mut out, name, labels, Some(("quantile", &quantile)), q.value());
+                        sample(
+                            &mut out,
+                            name,
+                            labels,
+                            Some(("quantile", &quantile)),
+                            q.value(),
+                        );
                     }
-                    sample(&mut out, &format!("{name}_sum"), labels, None, s.sample_sum());
-                    sample(&mut out, &format!("{name}_count"), labels, None, s.sample_count() as f64);
+                    sample(
+                        &mut out,
+                        &format!("{name}_sum"),
+                        labels,
+                        None,
+                        s.sample_sum(),
+                    );
+                    sample(
+                        &mut out,
+                        &format!("{name}_count"),
+                        labels,
+                        None,
+                        s.sample_count() as f64,
+                    );
                 }
             }
         }
@@ -151,7 +197,13 @@ pub fn encode(families: &[MetricFamily], exemplars: &Exemplars) -> String {
 }
 
 /// Writes `name{labels} value` (the newline is left to [`exemplar`]'s caller or added here).
-fn sample(out: &mut String, name: &str, labels: &[LabelPair], extra: Option<(&str, &str)>, value: f64) {
+fn sample(
+    out: &mut String,
+    name: &str,
+    labels: &[LabelPair],
+    extra: Option<(&str, &str)>,
+    value: f64,
+) {
     out.push_str(name);
     let pairs = labels.iter().map(|l| (l.name(), l.value())).chain(extra);
     let mut first = true;
@@ -226,22 +278,54 @@ mod tests {
         h.with_label_values(&["r1"]).observe(7.0);
         c.with_label_values(&["r1"]).inc();
         let ex = Exemplars::default();
-        ex.record("lat_seconds", &[("route", "r1")], &[0.1, 1.0], 0.5, "abc".into());
-        ex.record("lat_seconds", &[("route", "r1")], &[0.1, 1.0], 7.0, "def".into());
+        ex.record(
+            "lat_seconds",
+            &[("route", "r1")],
+            &[0.1, 1.0],
+            0.5,
+            "abc".into(),
+        );
+        ex.record(
+            "lat_seconds",
+            &[("route", "r1")],
+            &[0.1, 1.0],
+            7.0,
+            "def".into(),
+        );
         let text = encode(&registry.gather(), &ex);
-        assert!(text.contains("# HELP lat_seconds Latency \\\"quoted\\\".\n"), "{text}");
+        assert!(
+            text.contains("# HELP lat_seconds Latency \\\"quoted\\\".\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE lat_seconds histogram\n"), "{text}");
-        assert!(text.contains("lat_seconds_bucket{route=\"r1\",le=\"0.1\"} 0\n"), "{text}");
-        assert!(text.contains("lat_seconds_bucket{route=\"r1\",le=\"1\"} 1 # {trace_id=\"abc\"} 0.5 "), "{text}");
-        assert!(text.contains("lat_seconds_bucket{route=\"r1\",le=\"+Inf\"} 2 # {trace_id=\"def\"} 7 "), "{text}");
-        assert!(text.contains("lat_seconds_count{route=\"r1\"} 2\n"), "{text}");
-        assert!(text.contains("# TYPE reqs counter\nreqs_total{route=\"r1\"} 1\n"), "{text}");
+        assert!(
+            text.contains("lat_seconds_bucket{route=\"r1\",le=\"0.1\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_bucket{route=\"r1\",le=\"1\"} 1 # {trace_id=\"abc\"} 0.5 "),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_bucket{route=\"r1\",le=\"+Inf\"} 2 # {trace_id=\"def\"} 7 "),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_count{route=\"r1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE reqs counter\nreqs_total{route=\"r1\"} 1\n"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 
     #[test]
     fn only_an_openmetrics_accept_gets_it() {
-        assert!(wanted(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")));
+        assert!(wanted(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        )));
         assert!(!wanted(Some("text/plain")));
         assert!(!wanted(None));
     }

@@ -8,8 +8,8 @@ use pingora::Error;
 
 use super::context::RequestCtx;
 use crate::metrics::labels::{
-    Abort, AbortReason, CheckResult, Durations, FailedCheck, GenAiAttrs, ReasoningLength,
-    Requests, Route, RouteReasoningLength, RouteUpstream, UpstreamError, Verification,
+    Abort, AbortReason, CheckResult, Durations, FailedCheck, GenAiAttrs, ReasoningLength, Requests,
+    Route, RouteReasoningLength, RouteUpstream, UpstreamError, Verification,
 };
 use crate::openai::ErrorCode;
 use crate::outcome::{decide, Facts, Headers, Outcome, UpstreamFailure};
@@ -61,7 +61,12 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         .with(&durations)
         .observe(elapsed.as_secs_f64());
     if let Some(id) = &exemplar {
-        m.latency_exemplar("request_duration_seconds", &durations, elapsed.as_secs_f64(), id.clone());
+        m.latency_exemplar(
+            "request_duration_seconds",
+            &durations,
+            elapsed.as_secs_f64(),
+            id.clone(),
+        );
     }
     let ttft = ctx.first_byte_at.map(|t| t.duration_since(ctx.start));
     if ctx.attempts() > 0 {
@@ -75,7 +80,12 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
             .with(&ru)
             .observe(t.as_secs_f64());
         if let Some(id) = &exemplar {
-            m.latency_exemplar("time_to_first_token_seconds", &ru, t.as_secs_f64(), id.clone());
+            m.latency_exemplar(
+                "time_to_first_token_seconds",
+                &ru,
+                t.as_secs_f64(),
+                id.clone(),
+            );
         }
     }
     let ttfat = ctx.first_answer_at.map(|t| t.duration_since(ctx.start));
