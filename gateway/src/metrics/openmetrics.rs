@@ -114,7 +114,7 @@ pub fn encode(families: &[MetricFamily], exemplars: &Exemplars) -> String {
                     sample(&mut out, name, labels, None, m.get_counter().get_value());
                 }
                 MetricType::GAUGE => {
-                    sample(&mut out, name, labels, None, m.get_gauge().get_value())
+                    sample(&mut out, name, labels, None, m.get_gauge().get_value());
                 }
                 // The registry has no untyped metrics today; written as they come if one appears.
                 #[allow(deprecated)]

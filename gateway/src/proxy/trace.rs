@@ -304,7 +304,7 @@ fn spans(session: &Session, ctx: &RequestCtx, t: &RequestTrace, end: &Ending<'_>
         "reasoning_gateway.cache.reason",
         ctx.cache_reason
             .as_ref()
-            .map(|r| Value::from(r.header().to_string())),
+            .map(|r| Value::from(r.header().clone())),
     );
     opt(
         "gen_ai.server.time_to_first_token",

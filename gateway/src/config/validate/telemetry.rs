@@ -92,12 +92,9 @@ fn otlp(errs: &mut Errors, raw: &RawOtlp) -> OtlpConfig {
 /// agent forwards over TLS), with `/v1/traces` added for HTTP.
 fn endpoint(errs: &mut Errors, text: &str, protocol: OtlpProtocol) -> String {
     let path = "telemetry.otlp.endpoint";
-    let uri = match text.parse::<http::Uri>() {
-        Ok(u) => u,
-        Err(_) => {
-            errs.push(path, format!("`{text}` is not a URL"));
-            return String::new();
-        }
+    let Ok(uri) = text.parse::<http::Uri>() else {
+        errs.push(path, format!("`{text}` is not a URL"));
+        return String::new();
     };
     match uri.scheme_str() {
         Some("http") => {}
