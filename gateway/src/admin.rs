@@ -1,8 +1,8 @@
 //! The admin listener. Its endpoints (tokens and refusals: [`guard`]; reference:
 //! `docs/operations.md`):
 //!
-//! - `GET /metrics`: every metric, Prometheus text format (token only with
-//!   `admin_public_metrics: false`).
+//! - `GET /metrics`: every metric, Prometheus text format, or OpenMetrics with exemplars when
+//!   the scraper's `Accept` asks for it (token only with `admin_public_metrics: false`).
 //! - `GET /healthz`: 200 while the process runs (never a token).
 //! - `GET /readyz`: 200 once the engine and stored jobs are loaded, 503 before and while
 //!   draining (never a token).
@@ -103,6 +103,12 @@ pub async fn serve<B>(gw: Arc<Gateway>, req: &Request<B>) -> Response<Full<Bytes
         }
     };
     let query = req.uri().query().map(str::to_owned);
+    let accept = req.headers().get("accept").and_then(|v| v.to_str().ok());
+    if endpoint == Endpoint::Metrics && crate::metrics::openmetrics::wanted(accept) {
+        // A scraper that reads exemplars (Prometheus with exemplar storage) asks for these.
+        let body = gw.metrics.render_openmetrics();
+        return response(200, crate::metrics::openmetrics::CONTENT_TYPE, body);
+    }
     if !endpoint.mutating() {
         return handle(&gw, endpoint, query.as_deref());
     }

@@ -59,6 +59,8 @@ pub struct Config {
     pub cache: Option<CacheSettings>,
     /// Async job settings (defaults when the section is absent).
     pub async_jobs: AsyncJobsConfig,
+    /// Trace export and GenAI metric names.
+    pub telemetry: TelemetryConfig,
     /// Upstream pools (without the engine, which is added when it has started).
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes, first match wins.
@@ -515,4 +517,55 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         }])
     })?;
     validate(raw).map_err(ConfigError::Invalid)
+}
+
+/// `telemetry`: trace export and the GenAI metric names.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// OTLP trace export, when configured.
+    pub otlp: Option<OtlpConfig>,
+    /// Label the `gen_ai_*` histograms with the GenAI attributes.
+    pub genai_metrics: bool,
+}
+
+/// How traces are exported.
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// The URL spans are sent to (for HTTP, `/v1/traces` included).
+    pub endpoint: String,
+    /// Wire protocol.
+    pub protocol: OtlpProtocol,
+    /// Share of gateway-started traces exported.
+    pub sample_ratio: f64,
+    /// `service.name`.
+    pub service_name: String,
+    /// Headers sent with each export (from `headers_env`).
+    pub headers: ExportHeaders,
+    /// Prompt and completion text on spans.
+    pub capture_content: bool,
+    /// Deadline of one export.
+    pub timeout: Duration,
+    /// Spans waiting for export at most.
+    pub max_queue: usize,
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP POST.
+    HttpProtobuf,
+    /// gRPC.
+    Grpc,
+}
+
+/// Export headers; their values (API keys) are never printed.
+#[derive(Clone, Default)]
+pub struct ExportHeaders(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for ExportHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
 }

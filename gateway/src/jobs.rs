@@ -128,6 +128,10 @@ pub struct Job {
     pub tenant: String,
     /// The creator's `Authorization` header, forwarded when the job runs.
     pub authorization: Option<String>,
+    /// The submitting request's W3C `traceparent` (traces exported): its run and its callbacks
+    /// continue that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Job {
@@ -358,6 +362,7 @@ impl Jobs {
         mut body: serde_json::Map<String, Value>,
         tenant: String,
         authorization: Option<String>,
+        traceparent: Option<String>,
     ) -> Result<Value, ApiError> {
         let invalid = |message: String| ApiError::new(ErrorCode::InvalidCallbackUrl, message);
         let callback = match body.remove("callback_url") {
@@ -417,6 +422,7 @@ impl Jobs {
             request: Value::Object(body),
             tenant,
             authorization,
+            traceparent,
         };
         let view = job.view();
         self.persist(&job);

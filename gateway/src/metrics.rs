@@ -9,7 +9,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+pub mod genai;
 pub mod labels;
+pub mod openmetrics;
 
 use crate::admin::guard::Reason as AdminRefusal;
 use crate::jobs::quota::Rejection;
@@ -17,7 +19,7 @@ use crate::upstream::Refused;
 use labels::{
     Abort, CallbackResult, ClientRejection, Durations, FailedCheck, JobResult, LabelSet, Reload,
     Requests, Route, RouteReasoningLength, RouteUpstream, RouteVariant, Shadow, ShadowFailedCheck,
-    TenantHeader, TokenUsage, Upstream, UpstreamError, UpstreamRejection, Verification,
+    SpanDrop, SpanExport, TenantHeader, Upstream, UpstreamError, UpstreamRejection, Verification,
 };
 
 const PREFIX: &str = "reasoning_gateway";
@@ -135,6 +137,31 @@ impl Registrar<'_> {
         self.family(HistogramVec::new(opts, L::NAMES))
     }
 
+    /// The GenAI histograms in the chosen label shape.
+    fn gen_ai_families(&self, attributes: bool) -> genai::GenAi {
+        const TTFT: (&str, &str) = ("gen_ai_server_time_to_first_token_seconds", "OpenTelemetry GenAI gen_ai.server.time_to_first_token: time to the first response byte from the model server.");
+        const USAGE: (&str, &str) = ("gen_ai_client_token_usage", "OpenTelemetry GenAI gen_ai.client.token.usage: tokens per request by gen_ai_token_type (input|output), from upstream usage.");
+        const DURATION: (&str, &str) = ("gen_ai_server_request_duration_seconds", "OpenTelemetry GenAI gen_ai.server.request.duration: time from request to the last response byte.");
+        if attributes {
+            genai::GenAi::Attributes {
+                ttft: self.gen_ai(TTFT.0, TTFT.1, LATENCY_BUCKETS),
+                usage: self.gen_ai(USAGE.0, USAGE.1, TOKEN_BUCKETS),
+                duration: self.gen_ai(DURATION.0, DURATION.1, LATENCY_BUCKETS),
+                tpot: self.gen_ai(
+                    "gen_ai_server_time_per_output_token_seconds",
+                    "OpenTelemetry GenAI gen_ai.server.time_per_output_token: decode time per output token after the first ((duration - TTFT) / (output tokens - 1)).",
+                    genai::TPOT_BUCKETS,
+                ),
+            }
+        } else {
+            genai::GenAi::Route {
+                ttft: self.gen_ai(TTFT.0, TTFT.1, LATENCY_BUCKETS),
+                usage: self.gen_ai(USAGE.0, USAGE.1, TOKEN_BUCKETS),
+                duration: self.gen_ai(DURATION.0, DURATION.1, LATENCY_BUCKETS),
+            }
+        }
+    }
+
     fn plain_gauge(&self, name: &str, help: &str) -> IntGauge {
         self.add(IntGauge::with_opts(Opts::new(name, help).namespace(PREFIX)))
     }
@@ -181,12 +208,10 @@ pub struct Metrics {
     process_max_fds: IntGauge,
     /// Time to first answer token (the thinking time).
     pub time_to_first_answer_token_seconds: HistogramFamily<RouteUpstream<'static>>,
-    /// The same TTFT under its OpenTelemetry GenAI name.
-    pub gen_ai_server_time_to_first_token_seconds: HistogramFamily<Route<'static>>,
-    /// OpenTelemetry GenAI `gen_ai.client.token.usage`: input and output tokens per request.
-    pub gen_ai_client_token_usage: HistogramFamily<TokenUsage<'static>>,
-    /// OpenTelemetry GenAI `gen_ai.server.request.duration`.
-    pub gen_ai_server_request_duration_seconds: HistogramFamily<Route<'static>>,
+    /// The OpenTelemetry GenAI histograms (`gen_ai_server_time_to_first_token_seconds`,
+    /// `gen_ai_client_token_usage`, `gen_ai_server_request_duration_seconds`, and with the
+    /// attributes `gen_ai_server_time_per_output_token_seconds`).
+    pub gen_ai: genai::GenAi,
     /// Reasoning tokens per response.
     pub reasoning_tokens: HistogramFamily<RouteUpstream<'static>>,
     /// Answer tokens per response.
@@ -239,9 +264,67 @@ pub struct Metrics {
     pub async_job_callbacks_total: CounterFamily<CallbackResult>,
     /// Async jobs refused for lack of room, by reason (store_full|tenant_quota|memory_full).
     pub async_job_rejections_total: CounterFamily<Rejection>,
+    /// Spans the OTLP collector accepted.
+    pub otel_spans_exported_total: CounterFamily<SpanExport>,
+    /// Spans dropped instead of exported, by reason (queue_full|export_failed).
+    pub otel_spans_dropped_total: CounterFamily<SpanDrop>,
+    /// Trace ids of sampled requests on the latency histograms' buckets (OpenMetrics only).
+    pub exemplars: openmetrics::Exemplars,
 }
 
 impl Metrics {
+    /// Keeps `trace_id` as the exemplar of the latency-bucket `value` falls in, on the series
+    /// of `family` (a histogram with [`LATENCY_BUCKETS`], its name without the prefix).
+    pub fn latency_exemplar<S: LabelSet>(
+        &self,
+        family: &str,
+        labels: &S,
+        value: f64,
+        trace_id: String,
+    ) {
+        let name = format!("{PREFIX}_{family}");
+        labels.with_values(|values| {
+            let pairs: Vec<(&str, &str)> = S::NAMES
+                .iter()
+                .copied()
+                .zip(values.iter().copied())
+                .collect();
+            self.exemplars
+                .record(&name, &pairs, LATENCY_BUCKETS, value, trace_id);
+        });
+    }
+
+    /// The OpenMetrics exposition of every metric, exemplars included.
+    pub fn render_openmetrics(&self) -> Vec<u8> {
+        self.refresh_process_gauges();
+        openmetrics::encode(&self.registry.gather(), &self.exemplars).into_bytes()
+    }
+
+    fn refresh_process_gauges(&self) {
+        if let Some(n) = crate::fdlimit::open_count() {
+            self.process_open_fds.set(n as i64);
+        }
+        if let Ok((soft, _)) = crate::fdlimit::current() {
+            self.process_max_fds.set(soft.min(i64::MAX as u64) as i64);
+        }
+    }
+
+    /// The counters the OTLP exporter keeps, at zero from the start.
+    pub fn otlp_counters(
+        &self,
+        config: &crate::config::OtlpConfig,
+    ) -> crate::telemetry::otlp::ExportCounters {
+        let protocol = match config.protocol {
+            crate::config::OtlpProtocol::HttpProtobuf => SpanExport::HttpProtobuf,
+            crate::config::OtlpProtocol::Grpc => SpanExport::Grpc,
+        };
+        crate::telemetry::otlp::ExportCounters {
+            exported: self.otel_spans_exported_total.with(&protocol),
+            dropped_queue_full: self.otel_spans_dropped_total.with(&SpanDrop::QueueFull),
+            dropped_export_failed: self.otel_spans_dropped_total.with(&SpanDrop::ExportFailed),
+        }
+    }
+
     /// Exports a bounded pool's admission series at 0 before anything waits or is refused, so
     /// `rate()` and alert rules see them from the start.
     pub fn bounded_pool(&self, upstream: &str) {
@@ -254,8 +337,14 @@ impl Metrics {
         }
     }
 
-    /// Creates and registers every metric.
+    /// Creates and registers every metric, the GenAI histograms labelled by `route` only.
     pub fn new() -> Self {
+        Metrics::with_genai_attributes(false)
+    }
+
+    /// Creates and registers every metric; `genai_attributes`: the GenAI histograms carry the
+    /// GenAI attributes (`telemetry.genai_metrics`).
+    pub fn with_genai_attributes(genai_attributes: bool) -> Self {
         let registry = Registry::new();
         let r = Registrar(&registry);
         let tenant_headers_ignored_total = r.counter(
@@ -300,21 +389,7 @@ impl Metrics {
                 "Time from receiving a request to the first answer (not reasoning) text sent: the thinking time.",
                 LATENCY_BUCKETS,
             ),
-            gen_ai_server_time_to_first_token_seconds: r.gen_ai(
-                "gen_ai_server_time_to_first_token_seconds",
-                "OpenTelemetry GenAI gen_ai.server.time_to_first_token: time to the first response byte from the model server.",
-                LATENCY_BUCKETS,
-            ),
-            gen_ai_client_token_usage: r.gen_ai(
-                "gen_ai_client_token_usage",
-                "OpenTelemetry GenAI gen_ai.client.token.usage: tokens per request by gen_ai_token_type (input|output), from upstream usage.",
-                TOKEN_BUCKETS,
-            ),
-            gen_ai_server_request_duration_seconds: r.gen_ai(
-                "gen_ai_server_request_duration_seconds",
-                "OpenTelemetry GenAI gen_ai.server.request.duration: time from request to the last response byte.",
-                LATENCY_BUCKETS,
-            ),
+            gen_ai: r.gen_ai_families(genai_attributes),
             reasoning_tokens: r.histogram("reasoning_tokens", "Reasoning tokens per response (upstream usage when given, else counted by the gateway).", TOKEN_BUCKETS),
             answer_tokens: r.histogram("answer_tokens", "Answer tokens per response (completion tokens minus reasoning tokens).", TOKEN_BUCKETS),
             reasoning_steps: r.histogram("reasoning_steps", "Reasoning steps per response: paragraphs, numbered items and `Step N` lines.", STEP_BUCKETS),
@@ -370,18 +445,16 @@ impl Metrics {
             ),
             async_job_rejections_total,
             tenant_headers_ignored_total,
+            otel_spans_exported_total: r.counter("otel_spans_exported_total", "Spans the OTLP collector accepted (telemetry.otlp), by protocol."),
+            exemplars: openmetrics::Exemplars::default(),
+            otel_spans_dropped_total: r.counter("otel_spans_dropped_total", "Spans dropped instead of exported (telemetry.otlp): queue_full (the collector is slower than the traffic; max_queue spans were waiting) or export_failed (the collector refused, was unreachable or did not answer within the timeout). Requests never wait for the exporter."),
             cache,
             registry,
         }
     }
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
-        if let Some(n) = crate::fdlimit::open_count() {
-            self.process_open_fds.set(n as i64);
-        }
-        if let Ok((soft, _)) = crate::fdlimit::current() {
-            self.process_max_fds.set(soft.min(i64::MAX as u64) as i64);
-        }
+        self.refresh_process_gauges();
         let mut out = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which `new` rules out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -450,21 +523,52 @@ mod tests {
             &p("time_to_first_answer_token_seconds"),
             &ru,
         );
+        let genai::GenAi::Route {
+            ttft,
+            usage,
+            duration,
+        } = &m.gen_ai
+        else {
+            panic!("route-only GenAI histograms by default");
+        };
         check(
-            &m.gen_ai_server_time_to_first_token_seconds,
+            ttft,
             "gen_ai_server_time_to_first_token_seconds",
             &["route"],
         );
         check(
-            &m.gen_ai_client_token_usage,
+            usage,
             "gen_ai_client_token_usage",
             &["route", "gen_ai_token_type"],
         );
         check(
-            &m.gen_ai_server_request_duration_seconds,
+            duration,
             "gen_ai_server_request_duration_seconds",
             &["route"],
         );
+        let with = Metrics::with_genai_attributes(true);
+        let genai::GenAi::Attributes {
+            ttft,
+            usage,
+            duration,
+            tpot,
+        } = &with.gen_ai
+        else {
+            panic!("attributes asked for");
+        };
+        let attrs = [
+            "route",
+            "gen_ai_operation_name",
+            "gen_ai_provider_name",
+            "gen_ai_request_model",
+            "error_type",
+        ];
+        check(ttft, "gen_ai_server_time_to_first_token_seconds", &attrs);
+        check(duration, "gen_ai_server_request_duration_seconds", &attrs);
+        check(tpot, "gen_ai_server_time_per_output_token_seconds", &attrs);
+        let mut usage_labels = attrs.to_vec();
+        usage_labels.push("gen_ai_token_type");
+        check(usage, "gen_ai_client_token_usage", &usage_labels);
         check(&m.reasoning_tokens, &p("reasoning_tokens"), &ru);
         check(&m.answer_tokens, &p("answer_tokens"), &ru);
         check(&m.reasoning_steps, &p("reasoning_steps"), &ru);
@@ -546,6 +650,16 @@ mod tests {
         check(
             &m.async_job_rejections_total,
             &p("async_job_rejections_total"),
+            &["reason"],
+        );
+        check(
+            &m.otel_spans_exported_total,
+            &p("otel_spans_exported_total"),
+            &["protocol"],
+        );
+        check(
+            &m.otel_spans_dropped_total,
+            &p("otel_spans_dropped_total"),
             &["reason"],
         );
     }

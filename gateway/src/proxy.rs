@@ -8,6 +8,7 @@ pub mod intake;
 mod jobs;
 mod log;
 mod respond;
+mod trace;
 mod verdict;
 
 use std::sync::Arc;
@@ -176,6 +177,7 @@ impl GatewayProxy {
             .get("chat_template_kwargs")
             .and_then(|k| k.get("enable_thinking"))
             == Some(&serde_json::Value::Bool(false));
+        trace::request(ctx, &routed.info.body);
         if cache::lookup(&self.gw, session, ctx, &routed, endpoint).await? {
             return Ok(true);
         }
@@ -233,6 +235,7 @@ impl ProxyHttp for GatewayProxy {
         }
         ctx._inflight = Some(context::InflightRequest::new(self.gw.clone()));
         ctx.request_id = intake::request_id(session);
+        trace::start(&self.gw, session, ctx);
         self.intake(session, ctx).await
     }
 
@@ -266,6 +269,7 @@ impl ProxyHttp for GatewayProxy {
         };
         ctx.tried.push(index);
         let ep = guard.endpoint.clone();
+        trace::attempt(ctx, ep.addr);
         ctx.endpoint_guard = Some(guard);
         let tls = pool.config.tls.as_ref();
         let sni = tls.map_or(String::new(), |t| t.server_name_for(&ep.name).to_string());
@@ -299,6 +303,7 @@ impl ProxyHttp for GatewayProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let kind = respond::connect_failure_kind(&e);
+        trace::attempt_failed(ctx, kind.label());
         let local = kind == UpstreamErrorKind::LocalResources;
         self.gw
             .metrics
@@ -352,6 +357,7 @@ impl ProxyHttp for GatewayProxy {
             // so it can be picked again, on a new connection once the pool's stale ones are
             // spent (retries are bounded).
             e.set_retry(true);
+            trace::attempt_failed(ctx, "stale_connection");
             ctx.stale_retries += 1;
             ctx.tried.pop();
         } else {
@@ -405,6 +411,7 @@ impl ProxyHttp for GatewayProxy {
             req.insert_header("host", guard.endpoint.host.as_str())?;
         }
         api::upstream_request(ctx, req)?;
+        trace::upstream_headers(ctx, req)?;
         // The pool's own key replaces the client's (which still names the tenant for the cache).
         if let Some(auth) = ctx.pool.as_ref().and_then(|p| p.authorization.as_ref()) {
             req.insert_header("authorization", auth.0.as_str())?;

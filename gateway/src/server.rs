@@ -39,6 +39,9 @@ pub enum StartError {
     /// The reasoning cache cannot start (model or ONNX Runtime missing).
     #[error("reasoning cache: {0}")]
     Cache(String),
+    /// The OTLP trace exporter could not start.
+    #[error("telemetry.otlp: {0}")]
+    Telemetry(#[from] crate::telemetry::otlp::StartError),
     /// The config asks for the engine but this build has none.
     #[error(
         "this build has no bundled engine (cargo feature `engine`); remove the `engine:` section"
@@ -155,6 +158,11 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
             .map_err(|e| StartError::Cache(e.to_string()))?;
         cache.set_entries();
         let _ = gw.cache.set(cache);
+    }
+    if let Some(otlp) = &config.telemetry.otlp {
+        let traces = crate::telemetry::otlp::Traces::start(otlp, gw.metrics.otlp_counters(otlp))?;
+        let _ = gw.traces.set(traces);
+        tracing::info!(endpoint = %otlp.endpoint, sample_ratio = otlp.sample_ratio, "Exporting traces over OTLP.");
     }
 
     let conf = ServerConf {

@@ -59,6 +59,8 @@ pub struct Gateway {
     pub cache: std::sync::OnceLock<Arc<reasoning_cache::Cache>>,
     /// Async jobs.
     pub jobs: Arc<crate::jobs::Jobs>,
+    /// The OTLP trace exporter, when `telemetry.otlp` is set (started once at start-up).
+    pub traces: std::sync::OnceLock<crate::telemetry::otlp::Traces>,
     /// Seals the tenant a job runs as (see [`crate::tenant`]); random per process.
     pub tenant_relay: crate::tenant::Relay,
     ready: AtomicBool,
@@ -67,14 +69,17 @@ pub struct Gateway {
 impl Gateway {
     /// Creates the shared state; not ready until [`Gateway::set_ready`].
     pub fn new(snapshot: Snapshot, config_path: Option<std::path::PathBuf>) -> Arc<Self> {
+        // Chosen once: a family's labels cannot change under a running scraper.
+        let genai_attributes = snapshot.config.telemetry.genai_metrics;
         Arc::new(Gateway {
             jobs: crate::jobs::Jobs::new(snapshot.config.async_jobs.clone()),
             snapshot: ArcSwap::from_pointee(snapshot),
-            metrics: Metrics::new(),
+            metrics: Metrics::with_genai_attributes(genai_attributes),
             config_path,
             reload_lock: std::sync::Mutex::new(()),
             canary: Default::default(),
             cache: std::sync::OnceLock::new(),
+            traces: std::sync::OnceLock::new(),
             tenant_relay: crate::tenant::Relay::new(),
             ready: AtomicBool::new(false),
         })

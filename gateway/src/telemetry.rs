@@ -2,6 +2,9 @@
 
 use tracing_subscriber::EnvFilter;
 
+pub mod context;
+pub mod otlp;
+
 /// Output format of log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

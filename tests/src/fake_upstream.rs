@@ -114,6 +114,8 @@ pub struct FakeUpstream {
     pub native: Arc<AtomicUsize>,
     /// `previous_response_id` values native Responses requests carried.
     pub native_previous: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The `traceparent` header of each request (none: not recorded), in arrival order.
+    pub traceparents: Arc<std::sync::Mutex<Vec<String>>>,
     gate: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -147,8 +149,10 @@ impl FakeUpstream {
             died_reused: Arc::new(AtomicUsize::new(0)),
             native: Arc::new(AtomicUsize::new(0)),
             native_previous: Arc::default(),
+            traceparents: Arc::default(),
             gate: gate_rx,
         };
+        let traceparents = shared.traceparents.clone();
         let native = shared.native.clone();
         let native_previous = shared.native_previous.clone();
         let (gated_cancels, gated_waiting) = (shared.cancels.clone(), shared.waiting.clone());
@@ -187,6 +191,7 @@ impl FakeUpstream {
             died_reused,
             native,
             native_previous,
+            traceparents,
             gate,
             task,
             stop,
@@ -221,6 +226,7 @@ struct Shared {
     died_reused: Arc<AtomicUsize>,
     native: Arc<AtomicUsize>,
     native_previous: Arc<std::sync::Mutex<Vec<String>>>,
+    traceparents: Arc<std::sync::Mutex<Vec<String>>>,
     gate: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -306,6 +312,11 @@ async fn serve_connection<S: Conn>(
         if req.path == "/health" {
             write_json(&mut stream, id, 200, &json!({"status": "ok"})).await?;
             continue;
+        }
+        if let Some((_, v)) = req.headers.iter().find(|(k, _)| k == "traceparent") {
+            if let Ok(mut seen) = shared.traceparents.lock() {
+                seen.push(v.clone());
+            }
         }
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let model = body["model"].as_str().unwrap_or("").to_string();

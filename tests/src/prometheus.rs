@@ -19,6 +19,15 @@ impl Prometheus {
     /// Starts Prometheus scraping `127.0.0.1:{admin_port}` every second with the project's alert
     /// rules loaded; waits (bounded) until the first scrape succeeded.
     pub async fn start(admin_port: u16) -> Prometheus {
+        Self::start_with(admin_port, &[]).await
+    }
+
+    /// The same with exemplar storage on: it then scrapes OpenMetrics, exemplars included.
+    pub async fn start_with_exemplars(admin_port: u16) -> Prometheus {
+        Self::start_with(admin_port, &["--enable-feature=exemplar-storage"]).await
+    }
+
+    async fn start_with(admin_port: u16, extra_args: &[&str]) -> Prometheus {
         let dir = TempDir::new("prom");
         let rules = repo_root().join("configs/alerts.yml");
         let config = format!(
@@ -36,6 +45,7 @@ impl Prometheus {
                     dir.0.join("data").display()
                 ))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .args(extra_args)
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.0.join("prometheus.log")).expect("log file"))
                 .spawn()

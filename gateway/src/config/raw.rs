@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub cache: Option<RawCacheSettings>,
     /// Async jobs (`/v1/async/...`): storage, limits, callbacks.
     pub async_jobs: Option<RawAsyncJobs>,
+    /// OpenTelemetry trace export and the GenAI metric names (both off by default).
+    pub telemetry: Option<RawTelemetry>,
     /// Named pools of OpenAI-compatible backends.
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
@@ -349,4 +351,42 @@ pub struct RawAsyncJobs {
     pub max_jobs_per_tenant: Option<usize>,
     /// Bytes all jobs may hold in memory (request bodies and results; default 256 MiB).
     pub max_bytes: Option<u64>,
+}
+
+/// The `telemetry` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// Export one trace per request over OTLP (off when absent). Read at start-up only.
+    pub otlp: Option<RawOtlp>,
+    /// Label the `gen_ai_*` histograms with the GenAI attributes (operation, provider, request
+    /// model, error type) and export `gen_ai_server_time_per_output_token_seconds` (default
+    /// false). Read at start-up only.
+    pub genai_metrics: Option<bool>,
+}
+
+/// `telemetry.otlp`: where and how traces are exported.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    /// Collector URL, `http://host:port`: for `http/protobuf` the path `/v1/traces` is added
+    /// unless the URL already ends with it; for `grpc` it is used as given.
+    pub endpoint: String,
+    /// `http/protobuf` (default) or `grpc`.
+    pub protocol: Option<String>,
+    /// Share of the traces the gateway starts that are exported, 0.0 to 1.0 (default 1.0);
+    /// a client's `traceparent` sampled flag is followed instead.
+    pub sample_ratio: Option<f64>,
+    /// `service.name` of the exported spans (default `reasoning-gateway`).
+    pub service_name: Option<String>,
+    /// Environment variable holding headers sent with each export, `key=value,key2=value2`
+    /// (the `OTEL_EXPORTER_OTLP_HEADERS` format), e.g. a vendor's API key.
+    pub headers_env: Option<String>,
+    /// Put the prompt and the completion's text on the request span (default false).
+    pub capture_content: Option<bool>,
+    /// Longest time one export may take before its spans are dropped (default `10s`).
+    pub timeout: Option<String>,
+    /// Spans waiting for export at most; past it new spans are dropped and counted
+    /// (default 4096).
+    pub max_queue: Option<usize>,
 }

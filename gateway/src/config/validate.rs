@@ -217,6 +217,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     };
 
     let async_jobs = async_jobs(&mut errs, raw.async_jobs.as_ref());
+    let telemetry = telemetry::telemetry(&mut errs, raw.telemetry.as_ref());
     if errs.0.is_empty() {
         Ok(Config {
             listen,
@@ -233,6 +234,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             engine,
             cache,
             async_jobs,
+            telemetry,
             upstreams,
             routes,
         })
@@ -932,6 +934,8 @@ fn analysis(errs: &mut Errors, path: &str, r: &RawReasoning) -> AnalysisConfig {
     }
     a
 }
+
+mod telemetry;
 
 #[cfg(test)]
 mod tests;

@@ -132,7 +132,7 @@ pub async fn deliver(jobs: Arc<Jobs>, id: String) {
         attempts += 1;
         let result = tokio::time::timeout(
             jobs.settings.callback_timeout,
-            post(&jobs, &url, &id, &body),
+            post(&jobs, &url, &id, &body, job.traceparent.as_deref()),
         )
         .await
         .unwrap_or_else(|_| Err(Failure::Transport("timed out".to_string())));
@@ -188,7 +188,13 @@ enum Failure {
     Transport(String),
 }
 
-async fn post(jobs: &Jobs, url: &CallbackUrl, id: &str, body: &Bytes) -> Result<u16, Failure> {
+async fn post(
+    jobs: &Jobs,
+    url: &CallbackUrl,
+    id: &str,
+    body: &Bytes,
+    traceparent: Option<&str>,
+) -> Result<u16, Failure> {
     let secret = jobs.settings.callback_secret.as_ref();
     let gw = jobs
         .gateway()
@@ -233,6 +239,9 @@ async fn post(jobs: &Jobs, url: &CallbackUrl, id: &str, body: &Bytes) -> Result<
         .header("x-reasoning-gateway-job", id);
     if let Some(s) = secret {
         builder = builder.header(SIGNATURE_HEADER, signature(&s.0, now_unix(), body));
+    }
+    if let Some(tp) = traceparent {
+        builder = builder.header("traceparent", tp);
     }
     let req = builder
         .body(Full::new(body.clone()))

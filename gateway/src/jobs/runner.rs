@@ -173,6 +173,9 @@ async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<(Value,
     if let Some(a) = &job.authorization {
         builder = builder.header("authorization", a.as_str());
     }
+    if let Some(tp) = &job.traceparent {
+        builder = builder.header("traceparent", tp.as_str());
+    }
     // The submitter's tenant, whatever it was derived from (x-api-key, a trusted proxy's
     // tenant header); sealed so no client can claim one this way.
     builder = builder.header(crate::tenant::RELAY_HEADER, gw.seal_tenant(&job.tenant));

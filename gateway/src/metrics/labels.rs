@@ -529,3 +529,48 @@ mod tests {
         assert_eq!(values(&reload), ["error", "sighup"]);
     }
 }
+
+enum_label! {
+    /// Why spans were not exported (`otel_spans_dropped_total`).
+    SpanDrop => "reason" {
+        /// The export queue was full.
+        QueueFull => "queue_full",
+        /// The export failed or timed out.
+        ExportFailed => "export_failed",
+    }
+}
+
+enum_label! {
+    /// The OTLP protocol spans went out on (`otel_spans_exported_total`).
+    SpanExport => "protocol" {
+        /// Protobuf over HTTP.
+        HttpProtobuf => "http/protobuf",
+        /// gRPC.
+        Grpc => "grpc",
+    }
+}
+
+label_set! {
+    /// The OpenTelemetry GenAI attributes (`telemetry.genai_metrics`): operation, provider (the
+    /// upstream pool), request model (the route's configured `model`), `error.type` (empty when
+    /// none).
+    GenAiAttrs {
+        route: &'a str => "route",
+        operation: &'a str => "gen_ai_operation_name",
+        provider: &'a str => "gen_ai_provider_name",
+        request_model: &'a str => "gen_ai_request_model",
+        error_type: &'a str => "error_type",
+    }
+}
+
+label_set! {
+    /// `gen_ai_client_token_usage` with the GenAI attributes.
+    GenAiUsage {
+        route: &'a str => "route",
+        operation: &'a str => "gen_ai_operation_name",
+        provider: &'a str => "gen_ai_provider_name",
+        request_model: &'a str => "gen_ai_request_model",
+        error_type: &'a str => "error_type",
+        token_type: TokenType => "gen_ai_token_type",
+    }
+}

@@ -38,12 +38,25 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
     if let (Some(limit), Some(last)) = (step_timeout, ctx.last_body_at) {
         if has_bytes && rw.in_reasoning() && now.duration_since(last) > limit {
             ctx.step_timeouts += 1;
+            if let Some(t) = ctx.trace.as_mut() {
+                t.event("reasoning.step_timeout", Vec::new());
+            }
         }
     }
     if has_bytes {
         ctx.last_body_at = Some(now);
     }
+    let checkpoints_before = rw.checkpoints_sent();
     let mut out = body.take().map(|b| rw.feed(&b)).unwrap_or_default();
+    if let Some(t) = ctx.trace.as_mut() {
+        for n in checkpoints_before..rw.checkpoints_sent() {
+            let step = i64::from((n + 1) * ctx.checkpoints);
+            t.event(
+                "reasoning.checkpoint",
+                vec![opentelemetry::KeyValue::new("steps", step)],
+            );
+        }
+    }
     if end_of_stream {
         out.extend_from_slice(&rw.finish());
     }
@@ -51,6 +64,19 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
         ctx.first_answer_at = Some(now);
     }
     for alert in rw.take_alerts() {
+        if let Some(t) = ctx.trace.as_mut() {
+            let (name, attributes) = match alert {
+                Alert::Warned(check) | Alert::Abort(check) => (
+                    "reasoning.verification_failure",
+                    vec![
+                        opentelemetry::KeyValue::new("check", check.label()),
+                        opentelemetry::KeyValue::new("aborted", matches!(alert, Alert::Abort(_))),
+                    ],
+                ),
+                Alert::BudgetExceeded => ("reasoning.budget_exceeded", Vec::new()),
+            };
+            t.event(name, attributes);
+        }
         let err = match alert {
             Alert::Warned(_) => continue,
             Alert::BudgetExceeded => ApiError::new(

@@ -27,6 +27,7 @@ pub async fn lookup(
     if endpoint != Endpoint::ChatCompletions {
         return Ok(false);
     }
+    let started = std::time::Instant::now();
     let lookup = {
         let header = |name: &str| super::intake::request_header(session, name);
         let peer = session
@@ -56,6 +57,7 @@ pub async fn lookup(
             .await
     };
     ctx.cache_header = Some(lookup.header());
+    super::trace::cache_lookup(ctx, started);
     match lookup {
         Lookup::Hit {
             entry,
@@ -92,7 +94,9 @@ pub async fn lookup(
             } else {
                 "application/json"
             };
+            let replay_started = std::time::Instant::now();
             respond::local(session, ctx, 200, content_type, body).await?;
+            super::trace::replay(ctx, replay_started);
             Ok(true)
         }
         Lookup::Miss {

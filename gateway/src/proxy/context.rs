@@ -123,6 +123,8 @@ pub struct RequestCtx {
     pub passthrough: bool,
     /// Reads such a passed-through response for the reasoning metrics.
     pub meter: Option<crate::api::meter::Meter>,
+    /// The request's trace, when traces are exported (`telemetry.otlp`).
+    pub trace: Option<Box<super::trace::RequestTrace>>,
 }
 
 impl RequestCtx {
@@ -174,6 +176,7 @@ impl RequestCtx {
             reasoning_budget: None,
             passthrough: false,
             meter: None,
+            trace: None,
             overhead: std::time::Duration::ZERO,
         }
     }

@@ -37,7 +37,8 @@ pub async fn handle(
                 Ok(b) => b,
                 Err(e) => return respond::error(session, ctx, e).await,
             };
-            match submit(gw, &snapshot, &body, tenant, authorization).await {
+            let traceparent = super::trace::job_traceparent(ctx);
+            match submit(gw, &snapshot, &body, tenant, authorization, traceparent).await {
                 Ok(view) => {
                     let body = serde_json::to_vec(&view).unwrap_or_default();
                     respond::json(session, ctx, 202, body).await
@@ -98,6 +99,7 @@ async fn submit(
     bytes: &[u8],
     tenant: String,
     authorization: Option<String>,
+    traceparent: Option<String>,
 ) -> Result<Value, ApiError> {
     let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
@@ -120,7 +122,7 @@ async fn submit(
     body.remove("stream_options");
     let view = gw
         .jobs
-        .submit(&snapshot.config, body, tenant, authorization)
+        .submit(&snapshot.config, body, tenant, authorization, traceparent)
         .await?;
     Ok(json!(view))
 }

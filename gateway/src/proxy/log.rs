@@ -8,8 +8,8 @@ use pingora::Error;
 
 use super::context::RequestCtx;
 use crate::metrics::labels::{
-    Abort, AbortReason, CheckResult, Durations, FailedCheck, ReasoningLength, Requests, Route,
-    RouteReasoningLength, RouteUpstream, TokenType, TokenUsage, UpstreamError, Verification,
+    Abort, AbortReason, CheckResult, Durations, FailedCheck, GenAiAttrs, ReasoningLength, Requests,
+    Route, RouteReasoningLength, RouteUpstream, UpstreamError, Verification,
 };
 use crate::openai::ErrorCode;
 use crate::outcome::{decide, Facts, Headers, Outcome, UpstreamFailure};
@@ -38,6 +38,7 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
     let variant = ctx.variant_label();
     let outcome = outcome(session, e, ctx, status);
     let m = &gw.metrics;
+    let exemplar = super::trace::sampled_trace_id(ctx);
     m.requests_total
         .with(&Requests {
             route,
@@ -49,18 +50,24 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
             api: ctx.api,
         })
         .inc();
+    let durations = Durations {
+        route,
+        variant,
+        upstream,
+        stream: ctx.stream_requested,
+        outcome,
+    };
     m.request_duration_seconds
-        .with(&Durations {
-            route,
-            variant,
-            upstream,
-            stream: ctx.stream_requested,
-            outcome,
-        })
+        .with(&durations)
         .observe(elapsed.as_secs_f64());
-    m.gen_ai_server_request_duration_seconds
-        .with(&Route { route })
-        .observe(elapsed.as_secs_f64());
+    if let Some(id) = &exemplar {
+        m.latency_exemplar(
+            "request_duration_seconds",
+            &durations,
+            elapsed.as_secs_f64(),
+            id.clone(),
+        );
+    }
     let ttft = ctx.first_byte_at.map(|t| t.duration_since(ctx.start));
     if ctx.attempts() > 0 {
         m.gateway_overhead_seconds
@@ -72,11 +79,14 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         m.time_to_first_token_seconds
             .with(&ru)
             .observe(t.as_secs_f64());
-    }
-    if let Some(t) = ttft {
-        m.gen_ai_server_time_to_first_token_seconds
-            .with(&Route { route })
-            .observe(t.as_secs_f64());
+        if let Some(id) = &exemplar {
+            m.latency_exemplar(
+                "time_to_first_token_seconds",
+                &ru,
+                t.as_secs_f64(),
+                id.clone(),
+            );
+        }
     }
     let ttfat = ctx.first_answer_at.map(|t| t.duration_since(ctx.start));
     if let Some(t) = ttfat {
@@ -94,15 +104,6 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
             .with(&ru)
             .observe(r.reasoning_tokens as f64);
         m.answer_tokens.with(&ru).observe(r.answer_tokens as f64);
-        if let Some(p) = r.prompt_tokens {
-            let usage = |token_type| TokenUsage { route, token_type };
-            m.gen_ai_client_token_usage
-                .with(&usage(TokenType::Input))
-                .observe(p as f64);
-            m.gen_ai_client_token_usage
-                .with(&usage(TokenType::Output))
-                .observe((r.reasoning_tokens + r.answer_tokens) as f64);
-        }
         m.reasoning_steps.with(&ru).observe(r.steps as f64);
         m.self_corrections_total
             .with(&ru)
@@ -138,6 +139,22 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
             })
             .observe(elapsed.as_secs_f64());
     }
+    let error_type = super::trace::error_type(ctx, status, outcome).unwrap_or("");
+    m.gen_ai.observe(&crate::metrics::genai::Observation {
+        attrs: GenAiAttrs {
+            route,
+            operation: super::trace::operation(ctx),
+            provider: upstream,
+            request_model: ctx.route.as_ref().map_or("", |r| r.model.as_str()),
+            error_type,
+        },
+        duration: elapsed.as_secs_f64(),
+        ttft: ttft.map(|t| t.as_secs_f64()),
+        tokens: report.as_ref().and_then(|r| {
+            r.prompt_tokens
+                .map(|p| (p, r.reasoning_tokens + r.answer_tokens))
+        }),
+    });
     if report.is_some() || ctx.step_timeouts > 0 {
         m.step_timeouts_total
             .with(&ru)
@@ -200,6 +217,17 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         cache_similarity = ctx.cache_similarity,
         cache_reason = ctx.cache_reason.as_ref().map(reasoning_cache::Reason::header),
         "Request finished."
+    );
+    super::trace::record(
+        gw,
+        session,
+        ctx,
+        &super::trace::Ending {
+            status,
+            outcome,
+            elapsed,
+            report: report.as_ref(),
+        },
     );
     Finished {
         outcome,

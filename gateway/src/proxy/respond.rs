@@ -49,6 +49,9 @@ pub async fn proxy_failure(session: &mut Session, e: &Error, ctx: &mut RequestCt
             .is_some_and(super::super::reasoning::rewrite::ResponseRewriter::in_reasoning)
     {
         ctx.step_timeouts += 1;
+        if let Some(t) = ctx.trace.as_mut() {
+            t.event("reasoning.step_timeout", Vec::new());
+        }
         ctx.error = Some(ApiError::new(ErrorCode::StepTimeout, "No token arrived within the route's step_timeout while reasoning; generation was stopped.",
         ));
     }
@@ -148,6 +151,7 @@ pub fn gateway_headers(ctx: &RequestCtx, resp: &mut ResponseHeader) -> pingora::
     if let Some(r) = &ctx.cache_reason {
         resp.insert_header("x-reasoning-cache-reason", r.header())?;
     }
+    super::trace::response_header(ctx, resp)?;
     Ok(())
 }
 

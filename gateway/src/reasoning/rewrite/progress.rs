@@ -90,6 +90,14 @@ impl ResponseRewriter {
             .map(str::to_owned)
     }
 
+    /// `reasoning_checkpoint` chunks streamed so far.
+    pub fn checkpoints_sent(&self) -> u32 {
+        match self.checkpoint_every {
+            0 => 0,
+            every => (self.next_checkpoint / every).saturating_sub(1),
+        }
+    }
+
     /// The answer has begun (for time to first answer token).
     pub fn answer_started(&self) -> bool {
         self.choices.values().any(|c| c.content_chars > 0)
