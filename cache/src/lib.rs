@@ -35,7 +35,7 @@ pub mod store;
 pub mod util;
 
 pub use cache::Cache;
-pub use lookup::{Lookup, Query, Reason};
+pub use lookup::{Lookup, Query, Reason, Stages};
 pub use metrics::Metrics;
 pub use pending::{Completed, Pending};
 pub use settings::{RouteSettings, Settings};

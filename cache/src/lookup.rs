@@ -78,6 +78,17 @@ pub enum Lookup {
     NoCredentials,
 }
 
+/// When a lookup's stages ran, each `(start, end)`; a stage the lookup never reached is `None`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stages {
+    /// Waiting for and computing the problem's embedding.
+    pub embed: Option<(Instant, Instant)>,
+    /// The nearest entries of the partition.
+    pub search: Option<(Instant, Instant)>,
+    /// The quantity checks and the pair check over the candidates.
+    pub checks: Option<(Instant, Instant)>,
+}
+
 /// Why a lookup served an entry or refused a candidate (`x-reasoning-cache-reason`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Reason {
@@ -156,9 +167,15 @@ impl Lookup {
 impl Cache {
     /// Looks a chat request up (records `cache_requests_total` and the lookup's duration).
     pub async fn lookup(&self, q: &Query<'_>) -> Lookup {
+        self.lookup_staged(q).await.0
+    }
+
+    /// [`Cache::lookup`], and when each of its stages ran (for a trace's child spans).
+    pub async fn lookup_staged(&self, q: &Query<'_>) -> (Lookup, Stages) {
         let started = Instant::now();
         let mut embed_error = None;
-        let result = self.lookup_inner(q, &mut embed_error).await;
+        let mut stages = Stages::default();
+        let result = self.lookup_inner(q, &mut embed_error, &mut stages).await;
         let label = match &result {
             Lookup::Hit { .. } => LookupResult::Hit,
             Lookup::Miss { .. } if embed_error == Some(EmbedError::Busy) => LookupResult::Shed,
@@ -169,12 +186,17 @@ impl Cache {
             Lookup::NoCredentials => LookupResult::NoCredentials,
         };
         self.metrics.lookup(q.route, label, started.elapsed());
-        result
+        (result, stages)
     }
 
     /// `embed_error` is set when the embedder was busy, failed or timed out (the miss went on
     /// without it).
-    async fn lookup_inner(&self, q: &Query<'_>, embed_error: &mut Option<EmbedError>) -> Lookup {
+    async fn lookup_inner(
+        &self,
+        q: &Query<'_>,
+        embed_error: &mut Option<EmbedError>,
+        stages: &mut Stages,
+    ) -> Lookup {
         let Query {
             route,
             served,
@@ -238,7 +260,9 @@ impl Cache {
             };
         }
         let embed_started = Instant::now();
-        let vector = match self.embedder.embed(&pending.key.problem).await {
+        let embedded = self.embedder.embed(&pending.key.problem).await;
+        stages.embed = Some((embed_started, Instant::now()));
+        let vector = match embedded {
             Ok(v) => v,
             Err(e) => {
                 tracing::debug!(error = %e, "Cache lookup without an embedding.");
@@ -251,10 +275,14 @@ impl Cache {
             }
         };
         self.metrics.embedding(route, embed_started.elapsed());
+        let search_started = Instant::now();
         let candidates = self
             .store
             .search(&vector, &pending.key.partition, now, CANDIDATES);
+        let checks_started = Instant::now();
         let decision = decide(&pending.key.problem, &candidates, settings);
+        stages.search = Some((search_started, checks_started));
+        stages.checks = Some((checks_started, Instant::now()));
         let best = candidates.first().map(|c| c.similarity);
         let candidacy = match &decision {
             Decision::Hit(..) => Candidacy::Hit,

@@ -719,3 +719,79 @@ async fn genai_metrics_carry_the_genai_attributes_and_time_per_output_token() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_cache_lookup_span_has_its_embed_search_and_checks_stages_as_children() {
+    let up = FakeUpstream::start("a").await;
+    let (collector, received) = http_collector().await;
+    let root = gateway_tests::harness::repo_root();
+    let cfg = format!(
+        "cache:\n  model_dir: {}\n  onnxruntime: {}\n  embed_timeout: 5s\n{}",
+        root.join("models/minilm").display(),
+        root.join("models/onnxruntime/libonnxruntime.so").display(),
+        config(up.addr, &format!("{{endpoint: \"http://{collector}\"}}")).replace(
+            "      parser: deepseek_r1\n",
+            "      parser: deepseek_r1\n    cache: {}\n"
+        )
+    );
+    let gw = GatewayProc::start(&cfg, Duration::from_secs(60));
+    let ask =
+        |question: &'static str, traceparent: Option<&'static str>| {
+            let url = format!("{}/chat/completions", gw.base_url());
+            async move {
+                let mut req = reqwest::Client::new().post(url).bearer_auth("sk-trace").json(
+                &json!({"model": "think", "messages": [{"role": "user", "content": question}]}),
+            );
+                if let Some(tp) = traceparent {
+                    req = req.header("traceparent", tp);
+                }
+                let resp = req.send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.headers()["x-reasoning-cache"]
+                    .to_str()
+                    .unwrap()
+                    .to_string()
+            }
+        };
+    // The first problem of the partition is stored without a lookup embedding.
+    assert_eq!(ask("Name the largest ocean on Earth.", None).await, "miss");
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_inserts_total{route=\"r1\"}",
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    // Another problem in that partition is embedded, searched and checked.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    ask(
+        "Which river is the longest in South America?",
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    )
+    .await;
+    let spans = received.wait_for_trace(&unhex(trace), 6).await;
+    let named = |name: &str| -> Vec<&Span> {
+        spans
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.name == name)
+            .collect()
+    };
+    let (server, _) = server_and_children(&spans);
+    let lookup = named("cache lookup");
+    assert_eq!(lookup.len(), 1, "{spans:#?}");
+    let lookup = lookup[0];
+    assert_eq!(lookup.parent_span_id, server.span_id);
+    for stage in ["cache embed", "cache search", "cache checks"] {
+        let s = named(stage);
+        assert_eq!(s.len(), 1, "{stage}: {spans:#?}");
+        assert_eq!(s[0].parent_span_id, lookup.span_id, "{stage}");
+        assert!(
+            s[0].start_time_unix_nano >= lookup.start_time_unix_nano
+                && s[0].end_time_unix_nano <= lookup.end_time_unix_nano
+                && s[0].start_time_unix_nano <= s[0].end_time_unix_nano,
+            "{stage} lies within the lookup: {:?} in {:?}",
+            s[0],
+            lookup
+        );
+    }
+}

@@ -46,7 +46,7 @@ pub async fn lookup(
                 .unwrap_or_default(),
         };
         cache
-            .lookup(&Query {
+            .lookup_staged(&Query {
                 route: &routed.route.name,
                 served,
                 settings,
@@ -56,8 +56,9 @@ pub async fn lookup(
             })
             .await
     };
+    let (lookup, stages) = lookup;
     ctx.cache_header = Some(lookup.header());
-    super::trace::cache_lookup(ctx, started);
+    super::trace::cache_lookup(ctx, started, stages);
     match lookup {
         Lookup::Hit {
             entry,

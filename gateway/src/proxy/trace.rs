@@ -33,8 +33,8 @@ pub struct RequestTrace {
     wall_start: SystemTime,
     /// Upstream attempts, in order.
     attempts: Vec<Attempt>,
-    /// The cache lookup, start and end.
-    cache_lookup: Option<(Instant, Instant)>,
+    /// The cache lookup, start and end, and its stages (embed, search, checks).
+    cache_lookup: Option<(Instant, Instant, reasoning_cache::Stages)>,
     /// The replay of a cache hit, start and end.
     replay: Option<(Instant, Instant)>,
     /// Span events: when, name, attributes.
@@ -117,10 +117,10 @@ pub fn request(ctx: &mut RequestCtx, body: &serde_json::Map<String, Json>) {
     };
 }
 
-/// The cache lookup ran from `started` until now.
-pub fn cache_lookup(ctx: &mut RequestCtx, started: Instant) {
+/// The cache lookup ran from `started` until now, in `stages`.
+pub fn cache_lookup(ctx: &mut RequestCtx, started: Instant, stages: reasoning_cache::Stages) {
     if let Some(t) = ctx.trace.as_mut() {
-        t.cache_lookup = Some((started, Instant::now()));
+        t.cache_lookup = Some((started, Instant::now(), stages));
     }
 }
 
@@ -481,7 +481,7 @@ fn spans(session: &Session, ctx: &RequestCtx, t: &RequestTrace, end: &Ending<'_>
         status: failed.map_or(Status::Unset, Status::error),
         instrumentation_scope: scope.clone(),
     };
-    if let Some((s, e)) = t.cache_lookup {
+    if let Some((s, e, stages)) = t.cache_lookup {
         let mut a = Vec::new();
         if let Some(r) = ctx.cache_header {
             a.push(KeyValue::new("reasoning_gateway.cache.result", r));
@@ -492,8 +492,9 @@ fn spans(session: &Session, ctx: &RequestCtx, t: &RequestTrace, end: &Ending<'_>
                 f64::from(s),
             ));
         }
+        let lookup_span = new_span_id();
         out.push(child(
-            new_span_id(),
+            lookup_span,
             SpanKind::Internal,
             "cache lookup".into(),
             s,
@@ -501,6 +502,26 @@ fn spans(session: &Session, ctx: &RequestCtx, t: &RequestTrace, end: &Ending<'_>
             a,
             None,
         ));
+        // Its stages, children of the lookup span.
+        for (name, stage) in [
+            ("cache embed", stages.embed),
+            ("cache search", stages.search),
+            ("cache checks", stages.checks),
+        ] {
+            if let Some((start, stop)) = stage {
+                let mut span = child(
+                    new_span_id(),
+                    SpanKind::Internal,
+                    name.into(),
+                    start,
+                    stop,
+                    Vec::new(),
+                    None,
+                );
+                span.parent_span_id = lookup_span;
+                out.push(span);
+            }
+        }
     }
     if let Some((s, e)) = t.replay {
         out.push(child(
