@@ -123,6 +123,12 @@ pub struct RequestCtx {
     pub passthrough: bool,
     /// Reads such a passed-through response for the reasoning metrics.
     pub meter: Option<crate::api::meter::Meter>,
+    /// Budget forcing: the gateway drives the upstream exchange and continues it.
+    pub forcing: Option<super::forcing::Plan>,
+    /// The continuation the body filter asked for.
+    pub forcing_next: Option<super::forcing::Step>,
+    /// What the reasoning budget did to this request.
+    pub budget_actions: super::forcing::Actions,
 }
 
 impl RequestCtx {
@@ -174,6 +180,9 @@ impl RequestCtx {
             reasoning_budget: None,
             passthrough: false,
             meter: None,
+            forcing: None,
+            forcing_next: None,
+            budget_actions: Default::default(),
             overhead: std::time::Duration::ZERO,
         }
     }

@@ -8,7 +8,7 @@ use pingora::Error;
 
 use super::context::RequestCtx;
 use crate::metrics::labels::{
-    Abort, AbortReason, CheckResult, Durations, FailedCheck, ReasoningLength, Requests, Route,
+    Abort, AbortReason, Budget, BudgetAction, CheckResult, ForcedVerification, Durations, FailedCheck, ReasoningLength, Requests, Route,
     RouteReasoningLength, RouteUpstream, TokenType, TokenUsage, UpstreamError, Verification,
 };
 use crate::openai::ErrorCode;
@@ -121,6 +121,15 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
                     result,
                 })
                 .inc();
+            if ctx.budget_actions.forced_answer {
+                m.reasoning_budget_forced_verifications_total
+                    .with(&ForcedVerification {
+                        route,
+                        check,
+                        result,
+                    })
+                    .inc();
+            }
             if !passed {
                 m.verification_failures_total
                     .with(&FailedCheck {
@@ -152,6 +161,20 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
                 reason,
             })
             .inc();
+    }
+    let budget = |action| {
+        m.reasoning_budget_actions_total
+            .with(&Budget { route, action })
+    };
+    let actions = &ctx.budget_actions;
+    if actions.forced_answer {
+        budget(BudgetAction::ForcedAnswer).inc();
+    }
+    if actions.extended > 0 {
+        budget(BudgetAction::Extended).inc_by(u64::from(actions.extended));
+    }
+    if actions.error || abort == Some(AbortReason::ReasoningBudgetExceeded) {
+        budget(BudgetAction::Error).inc();
     }
     // Connect failures are counted per attempt in `fail_to_connect`.
     if let Some(kind) = ctx.upstream_error.filter(|k| !k.per_attempt()) {
@@ -199,6 +222,8 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         cache = ctx.cache_header,
         cache_similarity = ctx.cache_similarity,
         cache_reason = ctx.cache_reason.as_ref().map(reasoning_cache::Reason::header),
+        budget = ctx.budget_actions.label(),
+        budget_extensions = ctx.budget_actions.extended,
         "Request finished."
     );
     Finished {
