@@ -102,3 +102,6 @@ impl ResponseRewriter {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;
