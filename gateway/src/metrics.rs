@@ -19,6 +19,8 @@ use labels::{
     Requests, Route, RouteReasoningLength, RouteUpstream, RouteVariant, Shadow, ShadowFailedCheck,
     TenantHeader, TokenUsage, Upstream, UpstreamError, UpstreamRejection, Verification,
 };
+// Budget forcing (issue 30).
+use labels::{Budget, ForcedVerification};
 
 const PREFIX: &str = "reasoning_gateway";
 

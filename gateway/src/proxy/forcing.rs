@@ -305,8 +305,10 @@ async fn send(
         .pool
         .clone()
         .ok_or_else(|| Error::new(ErrorType::InternalError))?;
+    // Endpoints this request failed to connect to; each continuation may use any endpoint.
+    let mut failed = Vec::new();
     let (io, guard) = loop {
-        let Some((index, guard)) = pool.pick(&ctx.tried) else {
+        let Some((index, guard)) = pool.pick(&failed) else {
             ctx.error = Some(ApiError::new(
                 ErrorCode::NoHealthyUpstream,
                 format!("No healthy endpoint left in upstream `{}`.", pool.config.name),
@@ -318,6 +320,7 @@ async fn send(
             ));
         };
         ctx.tried.push(index);
+        failed.push(index);
         let ep = guard.endpoint.clone();
         let opened = tokio::time::timeout(
             pool.config.connect_timeout,
@@ -333,8 +336,6 @@ async fn send(
             }
         }
     };
-    // Only the first attempts of the first request may move on to another endpoint.
-    ctx.tried.clear();
     ctx.endpoint_guard = Some(guard);
     let mut head: RequestHeader = session.req_header().clone();
     proxy.upstream_request_filter(session, &mut head, ctx).await?;
