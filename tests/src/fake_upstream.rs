@@ -384,8 +384,13 @@ async fn serve_connection<S: Conn>(
                     .iter()
                     .map(|t| chunk(&model, json!({"content": t}), None))
                     .collect();
-                // The prompt of a continuation holds what was generated before it.
-                let generated = prefix.split_whitespace().count() as u64;
+                // The prompt of a continuation holds what was generated before it (the `rN`
+                // tokens; the gateway's closing tag and bridge are not counted).
+                let generated = prefix
+                    .split_whitespace()
+                    .map(|w| w.trim_start_matches("<think>"))
+                    .filter(|w| w.len() > 1 && w.starts_with('r') && w[1..].bytes().all(|b| b.is_ascii_digit()))
+                    .count() as u64;
                 let usage = include_usage.then(|| {
                     let completion = tokens.len() as u64;
                     json!({"prompt_tokens": 5 + generated, "completion_tokens": completion,
@@ -808,7 +813,7 @@ async fn write_chunk<S: Conn>(stream: &mut S, piece: &[u8]) -> std::io::Result<(
 }
 
 /// How a scripted stream is delivered.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Delivery {
     /// Pause between events.
     pace: Duration,
@@ -821,6 +826,8 @@ struct Delivery {
     include_usage: bool,
     /// `finish_reason` of the last chunk.
     finish: &'static str,
+    /// The usage object sent when `include_usage` (default: 5 prompt, 12 completion tokens).
+    usage: Option<Value>,
 }
 
 impl Delivery {
