@@ -544,6 +544,12 @@ impl ResponseRewriter {
             self.apply(&mut state, c, text_key, split, text.is_some(), stream);
             emptied &= c.is_empty();
         }
+        if self.suspended && finish {
+            // Budget forcing: the generation goes on in a continuation, which finishes it.
+            if let Some(obj) = choice.as_object_mut() {
+                obj.insert("finish_reason".into(), Value::Null);
+            }
+        }
         self.choices.insert(index, state);
         emptied && !self.completions
     }

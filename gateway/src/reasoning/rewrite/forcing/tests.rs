@@ -166,3 +166,15 @@ fn a_reasoning_over_the_minimum_ends_normally() {
     assert!(!rw.is_suspended());
     assert_eq!(seen.content, "Answer A.");
 }
+
+#[test]
+fn an_early_end_that_also_finishes_the_choice_does_not_finish_the_client_stream() {
+    let closing = json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
+        "choices":[{"index":0,"delta":{"content":"</think>Answer A."},"finish_reason":"stop"}]});
+    let first = events(&["<think>", "a"], &[closing]) + "data: [DONE]\n\n";
+    let mut rw = rewriter(None, false, Some(5));
+    let out = rw.feed(first.as_bytes());
+    assert!(rw.is_suspended());
+    let text = String::from_utf8(out).unwrap();
+    assert!(!text.contains("\"stop\"") && !text.contains("[DONE]") && !text.contains("Answer A"), "{text}");
+}
