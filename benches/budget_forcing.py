@@ -7,7 +7,7 @@ Usage: python3 benches/budget_forcing.py BINARY   (the gateway built with the en
 The model is the default SmolLM2-135M with `start_in_reasoning: true`: it does not reason, so
 everything it says counts as reasoning and no request ever closes its reasoning by itself. That
 makes it a worst case for the budget: every request reaches it. An "answer" is a response with
-non-empty `content` and `finish_reason: stop`. Greedy decoding (temperature 0), `max_tokens` 256.
+non-empty `content` and `finish_reason: stop`. Greedy decoding (temperature 0), `max_tokens` 160.
 """
 import json
 import os
@@ -76,7 +76,7 @@ def start(binary):
 
 def ask(port, model, prompt):
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
-                       "max_tokens": 256, "temperature": 0}).encode()
+                       "max_tokens": 160, "temperature": 0}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body,
                                  {"content-type": "application/json"})
     start = time.perf_counter()
@@ -88,8 +88,10 @@ def ask(port, model, prompt):
     elapsed = time.perf_counter() - start
     choice = (v.get("choices") or [{}])[0]
     content = ((choice.get("message") or {}).get("content") or "").strip()
-    answered = bool(content) and choice.get("finish_reason") == "stop"
-    return answered, elapsed, (v.get("usage") or {}).get("completion_tokens", 0)
+    finish = choice.get("finish_reason") or v.get("error", {}).get("code", "?")
+    answered = bool(content) and finish == "stop"
+    why = "" if answered else (finish if content or finish != "stop" else "empty")
+    return answered, elapsed, (v.get("usage") or {}).get("completion_tokens"), why
 
 
 def main():
@@ -103,13 +105,19 @@ def main():
                 results = [ask(port, f"{mode}-{b}", p) for p in PROMPTS]
                 rate = sum(r[0] for r in results) / len(results)
                 lat = sorted(r[1] for r in results)
-                tokens = statistics.mean(r[2] for r in results)
-                rows.append((b, mode, rate, statistics.median(lat), lat[-1], tokens))
+                counted = [r[2] for r in results if r[2] is not None]
+                tokens = f"{statistics.mean(counted):.0f}" if counted else "—"
+                misses = {}
+                for r in results:
+                    if r[3]:
+                        misses[r[3]] = misses.get(r[3], 0) + 1
+                why = ", ".join(f"{k} {n}" for k, n in sorted(misses.items())) or "—"
+                rows.append((b, mode, rate, statistics.median(lat), lat[-1], tokens, why))
         print(f"SmolLM2-135M Q4_1, start_in_reasoning, {len(PROMPTS)} prompts, {THREADS} threads, greedy\n")
-        print("| budget | on_exceed | answer rate | latency p50 | latency max | completion tokens (mean) |")
-        print("|---|---|---|---|---|---|")
-        for b, mode, rate, p50, worst, tokens in rows:
-            print(f"| {b} | {mode} | {rate:.0%} | {p50:.2f} s | {worst:.2f} s | {tokens:.0f} |")
+        print("| budget | on_exceed | answer rate | latency p50 | latency max | completion tokens (mean) | no answer: finish_reason |")
+        print("|---|---|---|---|---|---|---|")
+        for b, mode, rate, p50, worst, tokens, why in rows:
+            print(f"| {b} | {mode} | {rate:.0%} | {p50:.2f} s | {worst:.2f} s | {tokens} | {why} |")
     finally:
         proc.terminate()
         proc.wait()

@@ -194,15 +194,20 @@ pub fn parse(api: Api, body: &[u8], max_context_tokens: usize) -> Result<Generat
         Api::Completions => prompt(&body)?,
     };
     let continuation = match (&messages, continues(&body)?) {
-        (RequestMessage::Chat {
-            messages: m,
-            enable_thinking,
-            ..
-        }, true) => {
+        (
+            RequestMessage::Chat {
+                messages: m,
+                enable_thinking,
+                ..
+            },
+            true,
+        ) => {
             let mut m = m.clone();
             let last = m.pop();
             let prefix = match last.as_ref().map(|l| (l.get("role"), l.get("content"))) {
-                Some((Some(Either::Left(role)), Some(Either::Left(text)))) if role == "assistant" => {
+                Some((Some(Either::Left(role)), Some(Either::Left(text))))
+                    if role == "assistant" =>
+                {
                     text.clone()
                 }
                 _ => {
@@ -295,7 +300,10 @@ pub fn parse(api: Api, body: &[u8], max_context_tokens: usize) -> Result<Generat
 /// contradiction, refused as vLLM does.
 fn continues(body: &Map<String, Value>) -> Result<bool, EngineError> {
     let flag = |k: &str| body.get(k).and_then(Value::as_bool);
-    match (flag("continue_final_message"), flag("add_generation_prompt")) {
+    match (
+        flag("continue_final_message"),
+        flag("add_generation_prompt"),
+    ) {
         (Some(true), Some(true)) => Err(EngineError::bad(
             "add_generation_prompt",
             "`continue_final_message` and `add_generation_prompt` cannot both be true",
@@ -351,7 +359,11 @@ mod tests {
         .unwrap();
         let c = g.continuation.expect("a continuation");
         assert_eq!(c.prefix, "<think>so</think>\n\nFinal answer:");
-        assert_eq!(c.messages.len(), 1, "the prefix is not rendered as a message");
+        assert_eq!(
+            c.messages.len(),
+            1,
+            "the prefix is not rendered as a message"
+        );
         let plain = parse(
             Api::Chat,
             br#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"x"}]}"#,
@@ -364,7 +376,9 @@ mod tests {
             "messages"
         );
         assert_eq!(
-            err(r#"{"messages":[{"role":"assistant","content":"x"}],"continue_final_message":true,"add_generation_prompt":true}"#),
+            err(
+                r#"{"messages":[{"role":"assistant","content":"x"}],"continue_final_message":true,"add_generation_prompt":true}"#
+            ),
             "add_generation_prompt"
         );
     }

@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use crate::error::EngineError;
 use crate::load::Engine;
 use crate::request::{parse, Api, Continuation, Generation};
-use either::Either;
 use crate::stop::StopMatcher;
+use either::Either;
 
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// Tokens between whitespace heartbeats of a non-streamed response.
@@ -389,8 +389,10 @@ async fn relay(
     }
     if let (None, Some(prompt)) = (&out.usage, prompt_tokens) {
         // Completions of tokens report no usage: the prompt was counted, chunks are tokens.
-        out.usage = Some(json!({"prompt_tokens": prompt, "completion_tokens": out.tokens,
-            "total_tokens": prompt + out.tokens}));
+        out.usage = Some(
+            json!({"prompt_tokens": prompt, "completion_tokens": out.tokens,
+            "total_tokens": prompt + out.tokens}),
+        );
     }
     let _ = tx.send(Bytes::from(finale(&out, api, &g, &name))).await;
 }
@@ -406,7 +408,10 @@ fn chat_delta(chunk: &mut Value) {
         };
         let text = obj.remove("text").unwrap_or(Value::String(String::new()));
         obj.remove("logprobs");
-        obj.insert("delta".into(), json!({"role": "assistant", "content": text}));
+        obj.insert(
+            "delta".into(),
+            json!({"role": "assistant", "content": text}),
+        );
     }
 }
 

@@ -389,7 +389,11 @@ async fn serve_connection<S: Conn>(
                 let generated = prefix
                     .split_whitespace()
                     .map(|w| w.trim_start_matches("<think>"))
-                    .filter(|w| w.len() > 1 && w.starts_with('r') && w[1..].bytes().all(|b| b.is_ascii_digit()))
+                    .filter(|w| {
+                        w.len() > 1
+                            && w.starts_with('r')
+                            && w[1..].bytes().all(|b| b.is_ascii_digit())
+                    })
                     .count() as u64;
                 let usage = include_usage.then(|| {
                     let completion = tokens.len() as u64;

@@ -72,7 +72,8 @@ fn read_sse(text: &str) -> Streamed {
         for c in v["choices"].as_array().into_iter().flatten() {
             s.reasoning
                 .push_str(c["delta"]["reasoning_content"].as_str().unwrap_or(""));
-            s.answer.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+            s.answer
+                .push_str(c["delta"]["content"].as_str().unwrap_or(""));
             if let Some(f) = c["finish_reason"].as_str() {
                 s.finish.push(f.to_string());
             }
@@ -112,14 +113,20 @@ async fn at_the_budget_the_reasoning_is_closed_and_the_answer_streams_on_the_sam
     // 11 reasoning tokens: the budget of 10 is passed by one before the gateway acts.
     assert_eq!(s.reasoning, reasoning_tokens(11), "{text}");
     assert_eq!(s.answer, "Final answer: 42.", "{text}");
-    assert!(!text.contains("Too late"), "the first generation was stopped: {text}");
+    assert!(
+        !text.contains("Too late"),
+        "the first generation was stopped: {text}"
+    );
     assert!(s.errors.is_empty(), "{text}");
     assert_eq!(s.finish, ["stop"], "one finish, at the end: {text}");
     assert_eq!(s.done, 1, "one stream: {text}");
     assert_eq!(s.usage.len(), 1, "{text}");
     let u = &s.usage[0];
     assert_eq!(u["completion_tokens"], 11 + 2, "both parts: {u}");
-    assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], 11, "{u}");
+    assert_eq!(
+        u["completion_tokens_details"]["reasoning_tokens"], 11,
+        "{u}"
+    );
     assert_eq!(u["prompt_tokens"], 5, "the client's prompt only: {u}");
     assert_eq!(u["total_tokens"], 5 + 13, "{u}");
 
@@ -136,7 +143,11 @@ async fn at_the_budget_the_reasoning_is_closed_and_the_answer_streams_on_the_sam
     assert_eq!(c["continue_final_message"], true);
     assert_eq!(c["add_generation_prompt"], false);
     assert_eq!(c["stream"], true);
-    assert_eq!(c["max_tokens"], 100 - 11, "what is left of the client's max_tokens");
+    assert_eq!(
+        c["max_tokens"],
+        100 - 11,
+        "what is left of the client's max_tokens"
+    );
     assert_eq!(c["model"], "budget-long");
 
     gw.wait_for_metric(
@@ -149,7 +160,10 @@ async fn at_the_budget_the_reasoning_is_closed_and_the_answer_streams_on_the_sam
     let log = gw
         .wait_for_log_line("\"forced_answer\"", Duration::from_secs(5))
         .await;
-    assert!(log.contains("budget") && log.contains("budget-long"), "{log}");
+    assert!(
+        log.contains("budget") && log.contains("budget-long"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -188,7 +202,11 @@ async fn request_efforts_and_budgets_choose_the_budget() {
     assert_eq!(low.reasoning, reasoning_tokens(4), "effort low: 3 tokens");
     assert_eq!(low.answer, "Final answer: 42.");
     let (_, high) = chat(&gw, ask("high")).await;
-    assert_eq!(read_sse(&high).reasoning, reasoning_tokens(11), "effort high: 10");
+    assert_eq!(
+        read_sse(&high).reasoning,
+        reasoning_tokens(11),
+        "effort high: 10"
+    );
 
     // Responses `reasoning.effort` maps to the same table.
     let resp: Value = reqwest::Client::new()
@@ -248,7 +266,10 @@ async fn an_early_end_of_reasoning_is_extended_a_bounded_number_of_times() {
     assert_eq!(status, 200, "{text}");
     let s = read_sse(&text);
     assert_eq!(s.reasoning, "short idea. Wait more thought", "{text}");
-    assert_eq!(s.answer, "Answer B.", "the early answer is withheld: {text}");
+    assert_eq!(
+        s.answer, "Answer B.",
+        "the early answer is withheld: {text}"
+    );
     assert_eq!(s.finish, ["stop"], "{text}");
     assert_eq!(s.done, 1, "{text}");
     let continuations = up.continuations.lock().unwrap().clone();

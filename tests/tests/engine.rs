@@ -455,7 +455,10 @@ async fn a_small_reasoning_budget_on_a_long_prompt_still_ends_in_a_complete_answ
     );
     let gw = GatewayProc::start(&config, LOAD);
     let paragraph = "The committee reviewed the quarterly figures for each of the four regional offices and asked every office to explain any shortfall. ";
-    let prompt = format!("{}How many regional offices are there?", paragraph.repeat(8));
+    let prompt = format!(
+        "{}How many regional offices are there?",
+        paragraph.repeat(8)
+    );
     let (status, v) = chat(
         &gw,
         json!({"model": "smollm2", "messages": user(&prompt), "max_tokens": 200, "temperature": 0}),
@@ -463,7 +466,9 @@ async fn a_small_reasoning_budget_on_a_long_prompt_still_ends_in_a_complete_answ
     .await;
     assert_eq!(status, 200, "{v}");
     let choice = &v["choices"][0];
-    let reasoning = choice["message"]["reasoning_content"].as_str().unwrap_or("");
+    let reasoning = choice["message"]["reasoning_content"]
+        .as_str()
+        .unwrap_or("");
     let answer = choice["message"]["content"].as_str().unwrap_or("");
     assert!(!reasoning.trim().is_empty(), "{v}");
     assert!(answer.starts_with("Final answer:"), "{v}");

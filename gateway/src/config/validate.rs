@@ -941,8 +941,19 @@ fn budget(errs: &mut Errors, path: &str, b: &RawBudget, legacy: Option<u64>) -> 
 
 /// Routes that continue generations (`on_exceed: answer`, `min_tokens`) must reach only pools
 /// that can continue one; decided here so no request finds out.
-fn budget_pools(errs: &mut Errors, path: &str, route: &RouteConfig, pools: &[UpstreamConfig], engine: bool) {
-    if !route.reasoning.budget.as_ref().is_some_and(BudgetConfig::continues) {
+fn budget_pools(
+    errs: &mut Errors,
+    path: &str,
+    route: &RouteConfig,
+    pools: &[UpstreamConfig],
+    engine: bool,
+) {
+    if !route
+        .reasoning
+        .budget
+        .as_ref()
+        .is_some_and(BudgetConfig::continues)
+    {
         return;
     }
     let mut names = vec![route.upstream.as_str()];

@@ -88,11 +88,7 @@ impl Actions {
 /// `on_exceed: answer` or `min_tokens`, a chat request with one choice, a pool that continues
 /// (checked at config load; a canary variant's pool too), tags the parser reads.
 pub fn plan(route: &RouteConfig, pool: &Pool, ctx: &RequestCtx) -> Option<Plan> {
-    let b = route
-        .reasoning
-        .budget
-        .as_ref()
-        .filter(|b| b.continues())?;
+    let b = route.reasoning.budget.as_ref().filter(|b| b.continues())?;
     if ctx.endpoint != Some(Endpoint::ChatCompletions)
         || ctx.passthrough
         || ctx.thinking_off
@@ -101,7 +97,11 @@ pub fn plan(route: &RouteConfig, pool: &Pool, ctx: &RequestCtx) -> Option<Plan> 
         return None;
     }
     let request: Value = serde_json::from_slice(&ctx.upstream_body).ok()?;
-    if request.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+    if request
+        .get("n")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 1)
+    {
         return None;
     }
     Some(Plan {
@@ -239,9 +239,11 @@ fn prepare_continuation(ctx: &mut RequestCtx, step: Step) -> Result<Bytes, ApiEr
             format!("The reasoning reached the route's budget and could not be continued to an answer ({why}); generation was stopped."),
         )
     };
-    let (Some(plan), Some(route), Some(rw)) =
-        (ctx.forcing.as_mut(), ctx.route.as_ref(), ctx.rewriter.as_mut())
-    else {
+    let (Some(plan), Some(route), Some(rw)) = (
+        ctx.forcing.as_mut(),
+        ctx.route.as_ref(),
+        ctx.rewriter.as_mut(),
+    ) else {
         return Err(cannot("no plan"));
     };
     let Some((answer_before, reasoning)) = rw.said_so_far() else {
@@ -255,8 +257,12 @@ fn prepare_continuation(ctx: &mut RequestCtx, step: Step) -> Result<Bytes, ApiEr
             word: &plan.extend_word,
         },
     };
-    let prefix =
-        budget::assistant_prefix(&route.reasoning.parser_options(), &answer_before, &reasoning, how);
+    let prefix = budget::assistant_prefix(
+        &route.reasoning.parser_options(),
+        &answer_before,
+        &reasoning,
+        how,
+    );
     let seam = rw.resume(how);
     let body = budget::chat_continuation(&plan.request, &prefix, rw.carried_tokens())
         .map_err(|e| cannot(&e.to_string()))?;
@@ -279,7 +285,9 @@ fn read_timeout(ctx: &RequestCtx) -> std::time::Duration {
     let pool = ctx
         .pool
         .as_ref()
-        .map_or(std::time::Duration::from_secs(300), |p| p.config.read_timeout);
+        .map_or(std::time::Duration::from_secs(300), |p| {
+            p.config.read_timeout
+        });
     ctx.route
         .as_ref()
         .and_then(|r| {
@@ -311,7 +319,10 @@ async fn send(
         let Some((index, guard)) = pool.pick(&failed) else {
             ctx.error = Some(ApiError::new(
                 ErrorCode::NoHealthyUpstream,
-                format!("No healthy endpoint left in upstream `{}`.", pool.config.name),
+                format!(
+                    "No healthy endpoint left in upstream `{}`.",
+                    pool.config.name
+                ),
             ));
             ctx.upstream_error = Some(UpstreamErrorKind::NoHealthyEndpoint);
             return Err(Error::explain(
@@ -338,7 +349,9 @@ async fn send(
     };
     ctx.endpoint_guard = Some(guard);
     let mut head: RequestHeader = session.req_header().clone();
-    proxy.upstream_request_filter(session, &mut head, ctx).await?;
+    proxy
+        .upstream_request_filter(session, &mut head, ctx)
+        .await?;
     let path = head
         .uri
         .path_and_query()

@@ -8,8 +8,9 @@ use pingora::Error;
 
 use super::context::RequestCtx;
 use crate::metrics::labels::{
-    Abort, AbortReason, Budget, BudgetAction, CheckResult, ForcedVerification, Durations, FailedCheck, ReasoningLength, Requests, Route,
-    RouteReasoningLength, RouteUpstream, TokenType, TokenUsage, UpstreamError, Verification,
+    Abort, AbortReason, Budget, BudgetAction, CheckResult, Durations, FailedCheck,
+    ForcedVerification, ReasoningLength, Requests, Route, RouteReasoningLength, RouteUpstream,
+    TokenType, TokenUsage, UpstreamError, Verification,
 };
 use crate::openai::ErrorCode;
 use crate::outcome::{decide, Facts, Headers, Outcome, UpstreamFailure};

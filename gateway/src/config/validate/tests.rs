@@ -755,12 +755,26 @@ routes:
     )
     .unwrap();
     let r = &c.routes[0].reasoning;
-    assert_eq!(r.max_reasoning_tokens, Some(100), "the budget is the one counted");
+    assert_eq!(
+        r.max_reasoning_tokens,
+        Some(100),
+        "the budget is the one counted"
+    );
     let b = r.budget.as_ref().unwrap();
     assert!(b.answer && b.continues());
-    assert_eq!((b.bridge.as_str(), b.extend_word.as_str()), ("Final answer:", "Wait"));
+    assert_eq!(
+        (b.bridge.as_str(), b.extend_word.as_str()),
+        ("Final answer:", "Wait")
+    );
     assert_eq!(b.max_extensions, 2);
-    assert_eq!((b.of_effort("low"), b.of_effort("medium"), b.of_effort("high")), (Some(20), None, Some(100)));
+    assert_eq!(
+        (
+            b.of_effort("low"),
+            b.of_effort("medium"),
+            b.of_effort("high")
+        ),
+        (Some(20), None, Some(100))
+    );
     assert_eq!(
         c.upstreams[0].continuation,
         crate::config::Continuation::ChatPrefix
@@ -791,7 +805,12 @@ routes:
 "#,
     );
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].starts_with("routes[0].reasoning.budget") && e[0].contains("`vllm`") && e[0].contains("continuation: chat_prefix"), "{e:?}");
+    assert!(
+        e[0].starts_with("routes[0].reasoning.budget")
+            && e[0].contains("`vllm`")
+            && e[0].contains("continuation: chat_prefix"),
+        "{e:?}"
+    );
     assert!(e[1].starts_with("routes[1].reasoning.budget"), "{e:?}");
 }
 

@@ -78,7 +78,10 @@ fn feed_until_suspended(rw: &mut ResponseRewriter, input: &str, piece: usize, se
 
 #[test]
 fn at_the_budget_the_stream_is_suspended_then_resumed_as_the_answer_with_one_usage() {
-    let first = events(&["<think>", "a ", "b ", "c ", "d ", "</think>", "late"], &[]);
+    let first = events(
+        &["<think>", "a ", "b ", "c ", "d ", "</think>", "late"],
+        &[],
+    );
     let second = events(
         &[" 42", "."],
         &end(json!({"prompt_tokens": 13, "completion_tokens": 2, "total_tokens": 15})),
@@ -89,7 +92,10 @@ fn at_the_budget_the_stream_is_suspended_then_resumed_as_the_answer_with_one_usa
         feed_until_suspended(&mut rw, &first, piece, &mut seen);
         assert!(rw.is_suspended(), "piece {piece}");
         assert_eq!(rw.take_alerts(), vec![Alert::BudgetExceeded]);
-        assert_eq!(seen.reasoning, "a b c ", "piece {piece}: nothing past the budget");
+        assert_eq!(
+            seen.reasoning, "a b c ",
+            "piece {piece}: nothing past the budget"
+        );
         assert_eq!((seen.content.as_str(), seen.done), ("", 0));
         assert_eq!(rw.said_so_far(), Some((String::new(), "a b c ".into())));
         read(
@@ -108,7 +114,10 @@ fn at_the_budget_the_stream_is_suspended_then_resumed_as_the_answer_with_one_usa
         assert_eq!(seen.done, 1);
         let u = seen.usage.clone().unwrap();
         assert_eq!(u["completion_tokens"], 5, "both parts: {u}");
-        assert_eq!(u["prompt_tokens"], 10, "the continuation's prompt less the first part: {u}");
+        assert_eq!(
+            u["prompt_tokens"], 10,
+            "the continuation's prompt less the first part: {u}"
+        );
         assert_eq!(u["total_tokens"], 15);
         assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], 3);
         let report = rw.report();
@@ -120,7 +129,10 @@ fn at_the_budget_the_stream_is_suspended_then_resumed_as_the_answer_with_one_usa
 
 #[test]
 fn without_forcing_the_budget_only_raises_its_alert() {
-    let first = events(&["<think>", "a ", "b ", "c ", "d ", "</think>", "late"], &[]);
+    let first = events(
+        &["<think>", "a ", "b ", "c ", "d ", "</think>", "late"],
+        &[],
+    );
     let mut rw = rewriter(Some(2), false, None);
     let mut seen = Seen::default();
     read(&rw.feed(first.as_bytes()), &mut seen);
@@ -142,7 +154,10 @@ fn an_early_end_of_reasoning_is_withheld_and_the_reasoning_reopened() {
         assert!(rw.is_suspended());
         assert_eq!(rw.take_alerts(), vec![Alert::EndedEarly]);
         assert_eq!(seen.reasoning, "a b.");
-        assert_eq!(seen.content, "", "the early answer never reaches the client");
+        assert_eq!(
+            seen.content, "",
+            "the early answer never reaches the client"
+        );
         read(&rw.resume(Continue::Extend { word: "Wait" }), &mut seen);
         rw.stop_extending();
         for part in second.as_bytes().chunks(piece) {
@@ -152,7 +167,10 @@ fn an_early_end_of_reasoning_is_withheld_and_the_reasoning_reopened() {
         assert_eq!(seen.reasoning, "a b. Wait more", "piece {piece}");
         assert_eq!(seen.content, "Answer B.");
         assert_eq!(seen.done, 1);
-        assert!(rw.take_alerts().is_empty(), "no second extension once stopped");
+        assert!(
+            rw.take_alerts().is_empty(),
+            "no second extension once stopped"
+        );
     }
 }
 
@@ -176,5 +194,8 @@ fn an_early_end_that_also_finishes_the_choice_does_not_finish_the_client_stream(
     let out = rw.feed(first.as_bytes());
     assert!(rw.is_suspended());
     let text = String::from_utf8(out).unwrap();
-    assert!(!text.contains("\"stop\"") && !text.contains("[DONE]") && !text.contains("Answer A"), "{text}");
+    assert!(
+        !text.contains("\"stop\"") && !text.contains("[DONE]") && !text.contains("Answer A"),
+        "{text}"
+    );
 }
