@@ -169,7 +169,9 @@ pub async fn serve(
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
                 ctx.budget_actions.error = true;
-                ctx.upstream_error = Some(UpstreamErrorKind::Status5xx);
+                if r.status().is_server_error() {
+                    ctx.upstream_error = Some(UpstreamErrorKind::Status5xx);
+                }
                 ctx.error = Some(ApiError::new(
                     ErrorCode::UpstreamProtocolError,
                     format!(
