@@ -9,7 +9,7 @@ BIN := $(CARGO_TARGET_DIR)/release/reasoning-gateway
 
 
 .PHONY: lint-all
-.PHONY: run test deps deps-run deps-gateway doctor gateway models venv build check lint bench-parser bench-engine dashboard-png bench-proxy bench-cache fuzz
+.PHONY: run test deps deps-run deps-gateway doctor gateway models venv build check lint bench-parser bench-engine bench-budget dashboard-png bench-proxy bench-cache fuzz
 
 run: deps-run models build
 	$(BIN) serve --config $(CONFIG)
@@ -100,6 +100,10 @@ bench-cache: deps models build
 
 # llama.cpp built for this CPU in its own virtualenv, for the side-by-side engine benchmark.
 BENCH_VENV ?= $(HOME)/.cache/reasoning-gateway/bench-venv
+# Budget forcing on the bundled engine: answer rate and latency at three budgets, answer vs error.
+bench-budget: deps models build
+	python3 benches/budget_forcing.py $(BIN)
+
 bench-engine: deps models build
 	@test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
 	@$(BENCH_VENV)/bin/python -c 'import llama_cpp' 2>/dev/null || \

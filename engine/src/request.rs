@@ -30,6 +30,23 @@ pub struct Generation {
     pub include_usage: bool,
     /// Stop sequences (also cut by the relay: mistral.rs streams them before stopping).
     pub stops: Vec<String>,
+    /// The final assistant message is continued (`continue_final_message`).
+    pub continuation: Option<Continuation>,
+}
+
+/// A chat whose final assistant message is continued, as vLLM's `continue_final_message` with
+/// `add_generation_prompt: false`: the earlier messages are rendered by the chat template with
+/// the assistant's turn opened, and the final message follows as it is, unclosed. (mistral.rs
+/// has no such option; the server tokenizes both and generates from the tokens.) The gateway's
+/// budget forcing relies on it.
+#[derive(Debug, Clone)]
+pub struct Continuation {
+    /// The messages before the final assistant message.
+    pub messages: Vec<IndexMap<String, MessageContent>>,
+    /// The final assistant message's text.
+    pub prefix: String,
+    /// `chat_template_kwargs.enable_thinking`.
+    pub enable_thinking: Option<bool>,
 }
 
 /// Parameters the engine cannot honour; asking for them is a 400, not a silent no-op.
@@ -176,6 +193,38 @@ pub fn parse(api: Api, body: &[u8], max_context_tokens: usize) -> Result<Generat
         Api::Chat => messages(&body)?,
         Api::Completions => prompt(&body)?,
     };
+    let continuation = match (&messages, continues(&body)?) {
+        (
+            RequestMessage::Chat {
+                messages: m,
+                enable_thinking,
+                ..
+            },
+            true,
+        ) => {
+            let mut m = m.clone();
+            let last = m.pop();
+            let prefix = match last.as_ref().map(|l| (l.get("role"), l.get("content"))) {
+                Some((Some(Either::Left(role)), Some(Either::Left(text))))
+                    if role == "assistant" =>
+                {
+                    text.clone()
+                }
+                _ => {
+                    return Err(EngineError::bad(
+                        "messages",
+                        "`continue_final_message` needs a final assistant message",
+                    ))
+                }
+            };
+            Some(Continuation {
+                messages: m,
+                prefix,
+                enable_thinking: *enable_thinking,
+            })
+        }
+        _ => None,
+    };
     let max_tokens = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|k| body.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)));
@@ -243,7 +292,25 @@ pub fn parse(api: Api, body: &[u8], max_context_tokens: usize) -> Result<Generat
         stream,
         include_usage,
         stops: stop.unwrap_or_default(),
+        continuation,
     })
+}
+
+/// `continue_final_message: true` (chat only); `add_generation_prompt: true` with it is a
+/// contradiction, refused as vLLM does.
+fn continues(body: &Map<String, Value>) -> Result<bool, EngineError> {
+    let flag = |k: &str| body.get(k).and_then(Value::as_bool);
+    match (
+        flag("continue_final_message"),
+        flag("add_generation_prompt"),
+    ) {
+        (Some(true), Some(true)) => Err(EngineError::bad(
+            "add_generation_prompt",
+            "`continue_final_message` and `add_generation_prompt` cannot both be true",
+        )),
+        (Some(true), _) => Ok(true),
+        _ => Ok(false),
+    }
 }
 
 #[cfg(test)]
@@ -280,6 +347,40 @@ mod tests {
         .unwrap();
         assert_eq!(greedy.sampling.top_k, Some(1));
         assert_eq!(greedy.sampling.temperature, None);
+    }
+
+    #[test]
+    fn a_final_assistant_message_is_continued_when_asked() {
+        let g = parse(
+            Api::Chat,
+            br#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"<think>so</think>\n\nFinal answer:"}],"continue_final_message":true,"add_generation_prompt":false}"#,
+            1024,
+        )
+        .unwrap();
+        let c = g.continuation.expect("a continuation");
+        assert_eq!(c.prefix, "<think>so</think>\n\nFinal answer:");
+        assert_eq!(
+            c.messages.len(),
+            1,
+            "the prefix is not rendered as a message"
+        );
+        let plain = parse(
+            Api::Chat,
+            br#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"x"}]}"#,
+            1024,
+        )
+        .unwrap();
+        assert!(plain.continuation.is_none());
+        assert_eq!(
+            err(r#"{"messages":[{"role":"user","content":"hi"}],"continue_final_message":true}"#),
+            "messages"
+        );
+        assert_eq!(
+            err(
+                r#"{"messages":[{"role":"assistant","content":"x"}],"continue_final_message":true,"add_generation_prompt":true}"#
+            ),
+            "add_generation_prompt"
+        );
     }
 
     #[test]

@@ -24,8 +24,9 @@ use tokio::sync::mpsc;
 
 use crate::error::EngineError;
 use crate::load::Engine;
-use crate::request::{parse, Api, Generation};
+use crate::request::{parse, Api, Continuation, Generation};
 use crate::stop::StopMatcher;
+use either::Either;
 
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// Tokens between whitespace heartbeats of a non-streamed response.
@@ -130,8 +131,8 @@ async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Resp {
         Ok(g) => g,
         Err(e) => return error(&e),
     };
-    let mut rx = match start(&engine, &generation).await {
-        Ok(rx) => rx,
+    let (mut rx, prompt_tokens) = match start(&engine, &generation).await {
+        Ok(started) => started,
         Err(e) => return error(&e),
     };
     // Wait for the first response so refusals (prompt too long, …) get a real status code.
@@ -159,7 +160,7 @@ async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Resp {
     let stream = generation.stream;
     let active = Active::new(engine.clone());
     tokio::spawn(async move {
-        relay(first, rx, tx, api, generation, name).await;
+        relay(first, rx, tx, api, generation, name, prompt_tokens).await;
         drop(active);
     });
     let content_type = if stream {
@@ -175,10 +176,62 @@ async fn handle(engine: Arc<Engine>, req: Request<Incoming>) -> Resp {
         .unwrap_or_else(|_| Response::new(ChannelBody(mpsc::channel(1).1)))
 }
 
-async fn start(engine: &Engine, g: &Generation) -> Result<mpsc::Receiver<MrResponse>, EngineError> {
+/// The prompt of a continuation as tokens: the earlier messages through the chat template with
+/// the assistant's turn opened, then the final message's text as it is.
+async fn continuation_tokens(engine: &Engine, c: &Continuation) -> Result<Vec<u32>, EngineError> {
+    let mut tokens = tokenize(engine, Either::Left(c.messages.clone()), c.enable_thinking).await?;
+    tokens.extend(tokenize(engine, Either::Right(c.prefix.clone()), None).await?);
+    Ok(tokens)
+}
+
+async fn tokenize(
+    engine: &Engine,
+    text: Either<Vec<indexmap::IndexMap<String, mistralrs::MessageContent>>, String>,
+    enable_thinking: Option<bool>,
+) -> Result<Vec<u32>, EngineError> {
+    let (tx, mut rx) = mpsc::channel(1);
+    // Messages as mistral.rs renders a chat; raw text without special tokens (it continues).
+    let messages = text.is_left();
+    let request = mistralrs::Request::Tokenize(mistralrs::core::TokenizationRequest {
+        text,
+        tools: None,
+        add_generation_prompt: messages,
+        add_special_tokens: messages,
+        enable_thinking,
+        reasoning_effort: None,
+        response: tx,
+    });
+    let sender = engine
+        .model
+        .inner()
+        .get_sender(None)
+        .map_err(|e| EngineError::Generation(e.to_string()))?;
+    sender
+        .send(request)
+        .await
+        .map_err(|e| EngineError::Generation(e.to_string()))?;
+    rx.recv()
+        .await
+        .ok_or_else(|| EngineError::Generation("the tokenizer did not answer".into()))?
+        .map_err(|e| EngineError::Generation(e.to_string()))
+}
+
+/// Starts the generation; the prompt's token count when the engine counted it (continuations).
+async fn start(
+    engine: &Engine,
+    g: &Generation,
+) -> Result<(mpsc::Receiver<MrResponse>, Option<usize>), EngineError> {
     let (tx, rx) = mpsc::channel(64);
+    let (messages, prompt_tokens) = match &g.continuation {
+        None => (g.messages.clone(), None),
+        Some(c) => {
+            let tokens = continuation_tokens(engine, c).await?;
+            let n = tokens.len();
+            (mistralrs::RequestMessage::CompletionTokens(tokens), Some(n))
+        }
+    };
     let request = mistralrs::Request::Normal(Box::new(NormalRequest {
-        messages: g.messages.clone(),
+        messages,
         sampling_params: g.sampling.clone(),
         response: tx,
         return_logprobs: false,
@@ -203,7 +256,7 @@ async fn start(engine: &Engine, g: &Generation) -> Result<mpsc::Receiver<MrRespo
         .send(request)
         .await
         .map_err(|e| EngineError::Generation(e.to_string()))?;
-    Ok(rx)
+    Ok((rx, prompt_tokens))
 }
 
 /// Counts a generation in `Engine::active` while it is relayed.
@@ -242,6 +295,7 @@ async fn relay(
     api: Api,
     g: Generation,
     name: String,
+    prompt_tokens: Option<usize>,
 ) {
     let mut out = Outcome {
         created: now(),
@@ -269,7 +323,12 @@ async fn relay(
                 (serde_json::to_value(&c).unwrap_or(Value::Null), usage)
             }
             MrResponse::CompletionChunk(c) => {
-                (serde_json::to_value(&c).unwrap_or(Value::Null), None)
+                let mut v = serde_json::to_value(&c).unwrap_or(Value::Null);
+                if api == Api::Chat {
+                    // A continued chat runs as a completion of tokens: its text is the delta.
+                    chat_delta(&mut v);
+                }
+                (v, None)
             }
             MrResponse::InternalError(e) | MrResponse::ValidationError(e) => {
                 let err = EngineError::Generation(e.to_string());
@@ -328,7 +387,32 @@ async fn relay(
             break;
         }
     }
+    if let (None, Some(prompt)) = (&out.usage, prompt_tokens) {
+        // Completions of tokens report no usage: the prompt was counted, chunks are tokens.
+        out.usage = Some(
+            json!({"prompt_tokens": prompt, "completion_tokens": out.tokens,
+            "total_tokens": prompt + out.tokens}),
+        );
+    }
     let _ = tx.send(Bytes::from(finale(&out, api, &g, &name))).await;
+}
+
+/// A completion chunk's choices as chat deltas (`text` → `delta.content`).
+fn chat_delta(chunk: &mut Value) {
+    let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for c in choices {
+        let Some(obj) = c.as_object_mut() else {
+            continue;
+        };
+        let text = obj.remove("text").unwrap_or(Value::String(String::new()));
+        obj.remove("logprobs");
+        obj.insert(
+            "delta".into(),
+            json!({"role": "assistant", "content": text}),
+        );
+    }
 }
 
 /// Cuts the chunk's text at a stop sequence; a cut chunk finishes with `stop`.

@@ -139,6 +139,52 @@ pub struct UpstreamConfig {
     pub api_key: Option<Secret>,
     /// Client APIs the upstream serves itself (`api`; chat always): those are passed through.
     pub api: Vec<crate::api::Api>,
+    /// How the pool continues a generation from an assistant prefix (`continuation`).
+    pub continuation: Continuation,
+}
+
+/// How a pool continues a generation from an assistant prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Continuation {
+    /// It cannot (the default): budget forcing is refused at config load.
+    #[default]
+    None,
+    /// Chat requests with `continue_final_message: true, add_generation_prompt: false`.
+    ChatPrefix,
+}
+
+/// Budget forcing settings of a route (`reasoning.budget`).
+#[derive(Debug, Clone, Default)]
+pub struct BudgetConfig {
+    /// `on_exceed: answer`: the reasoning is closed at the budget and the model answers.
+    pub answer: bool,
+    /// Reasoning tokens the model must spend before it may answer.
+    pub min_tokens: Option<u64>,
+    /// Text after the closing tag of a forced answer.
+    pub bridge: String,
+    /// Text that replaces an early end of reasoning.
+    pub extend_word: String,
+    /// Extensions per request at most.
+    pub max_extensions: u32,
+    /// Budgets of `reasoning_effort` low, medium, high.
+    pub effort: [Option<u64>; 3],
+}
+
+impl BudgetConfig {
+    /// The gateway continues generations on this route (forced answers or extensions).
+    pub fn continues(&self) -> bool {
+        self.answer || self.min_tokens.is_some()
+    }
+
+    /// The budget of a request's `reasoning_effort`, when the route has one for it.
+    pub fn of_effort(&self, effort: &str) -> Option<u64> {
+        match effort {
+            "low" | "minimal" => self.effort[0],
+            "medium" => self.effort[1],
+            "high" => self.effort[2],
+            _ => None,
+        }
+    }
 }
 
 /// HTTPS to a pool's endpoints.
@@ -279,6 +325,8 @@ pub struct ReasoningConfig {
     pub step_timeout_abort: bool,
     /// Reasoning budget of streamed responses, in tokens.
     pub max_reasoning_tokens: Option<u64>,
+    /// Budget forcing (`budget`): what the budget does, the minimum, effort budgets.
+    pub budget: Option<BudgetConfig>,
     /// Steps between checkpoints for clients that send `x-reasoning-checkpoints: true`.
     pub checkpoint_every: u32,
     /// How finished responses are analysed (shared by every request of the route).
@@ -337,6 +385,7 @@ impl Default for ReasoningConfig {
             step_timeout: None,
             step_timeout_abort: false,
             max_reasoning_tokens: None,
+            budget: None,
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             analysis: Default::default(),
         }

@@ -21,6 +21,8 @@ use labels::{
     Requests, Route, RouteReasoningLength, RouteUpstream, RouteVariant, Shadow, ShadowFailedCheck,
     SpanDrop, SpanExport, TenantHeader, Upstream, UpstreamError, UpstreamRejection, Verification,
 };
+// Budget forcing (issue 30).
+use labels::{Budget, ForcedVerification};
 
 const PREFIX: &str = "reasoning_gateway";
 
@@ -231,6 +233,10 @@ pub struct Metrics {
     pub step_timeouts_total: CounterFamily<RouteUpstream<'static>>,
     /// Streams the gateway ended itself, by reason (budget|verification).
     pub reasoning_aborts_total: CounterFamily<Abort<'static>>,
+    /// What reasoning budgets did: forced answers, extensions, errors.
+    pub reasoning_budget_actions_total: CounterFamily<Budget<'static>>,
+    /// Verification checks of forced answers, by check and result.
+    pub reasoning_budget_forced_verifications_total: CounterFamily<ForcedVerification<'static>>,
     /// Config reloads by result (ok|error) and trigger (admin|sighup|watch).
     pub config_reloads_total: CounterFamily<Reload>,
     /// Time spent in the gateway per request, upstream waits excluded.
@@ -406,6 +412,8 @@ impl Metrics {
             ),
             step_timeouts_total: r.counter("step_timeouts_total", "Gaps between tokens while reasoning longer than the route's step_timeout."),
             reasoning_aborts_total: r.counter("reasoning_aborts_total", "Streams the gateway ended itself: reasoning_budget_exceeded, verification_failed, step_timeout."),
+            reasoning_budget_actions_total: r.counter("reasoning_budget_actions_total", "What a route's reasoning budget did: forced_answer (reasoning closed at the budget, the model answered), extended (an early end of reasoning replaced, counted per extension), error (the stream ended with an error)."),
+            reasoning_budget_forced_verifications_total: r.counter("reasoning_budget_forced_verifications_total", "Verification checks run on answers forced at the reasoning budget, by check and result (pass|fail): how good forced answers are."),
             config_reloads_total: r.counter("config_reloads_total", "Config reloads by result (ok: swapped in; error: invalid, the running config stayed) and trigger (admin, sighup, watch)."),
             canary_rollbacks_total: r.counter("canary_rollbacks_total", "Canary variants rolled back automatically (weight 0 until re-enabled on the admin API)."),
             upstream_queued_requests: r.int_gauge(
@@ -593,6 +601,16 @@ mod tests {
             &m.reasoning_aborts_total,
             &p("reasoning_aborts_total"),
             &["route", "upstream", "reason"],
+        );
+        check(
+            &m.reasoning_budget_actions_total,
+            &p("reasoning_budget_actions_total"),
+            &["route", "action"],
+        );
+        check(
+            &m.reasoning_budget_forced_verifications_total,
+            &p("reasoning_budget_forced_verifications_total"),
+            &["route", "check", "result"],
         );
         check(
             &m.config_reloads_total,

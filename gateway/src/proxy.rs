@@ -4,6 +4,7 @@ mod api;
 mod body;
 mod cache;
 mod context;
+mod forcing;
 pub mod intake;
 mod jobs;
 mod log;
@@ -168,6 +169,15 @@ impl GatewayProxy {
                 None => 0,
             };
         }
+        // A route's effort table turns the request's `reasoning_effort` (chat, or a Responses
+        // `reasoning.effort`) into its reasoning budget.
+        let effort = routed.route.reasoning.budget.as_ref().and_then(|b| {
+            let e = routed.info.body.get("reasoning_effort")?.as_str()?;
+            b.of_effort(e)
+        });
+        if let Some(n) = effort {
+            ctx.reasoning_budget = Some(ctx.reasoning_budget.map_or(n, |r| r.min(n)));
+        }
         ctx.response_format = routed.info.body.get("response_format").cloned();
         ctx.strip_usage = routed.usage_injected;
         ctx.aggregate = routed.aggregate;
@@ -212,6 +222,14 @@ impl GatewayProxy {
         ctx.route = Some(routed.route);
         ctx.pool = Some(routed.pool);
         ctx.upstream_body = routed.upstream_body;
+        if let (Some(route), Some(pool)) = (&ctx.route, &ctx.pool) {
+            let plan = forcing::plan(route, pool, ctx);
+            ctx.forcing = plan;
+        }
+        if ctx.forcing.is_some() {
+            forcing::serve(self, session, ctx).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 }
@@ -441,6 +459,10 @@ impl ProxyHttp for GatewayProxy {
                     .map(|rw| rw.with_request(ctx.response_format.take(), ctx.strip_usage))
                     .map(|rw| rw.with_checkpoints(ctx.checkpoints))
                     .map(|rw| rw.with_reasoning_budget(ctx.reasoning_budget))
+                    .map(|rw| match &ctx.forcing {
+                        Some(p) => rw.with_forcing(p.answer, p.min_tokens),
+                        None => rw,
+                    })
                     .map(|rw| {
                         if ctx.thinking_off {
                             rw.thinking_off()

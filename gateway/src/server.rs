@@ -71,6 +71,8 @@ fn engine_pool(addr: SocketAddr, admission: Option<config::AdmissionConfig>) -> 
         tls: None,
         api_key: None,
         api: vec![crate::api::Api::Chat],
+        // The engine continues a final assistant message itself (budget forcing).
+        continuation: config::Continuation::ChatPrefix,
     }
 }
 

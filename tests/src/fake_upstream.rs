@@ -20,6 +20,11 @@
 //! | `tool`          | reasoning, then a `get_weather` tool call; once the request carries the   |
 //! |                 | tool's result (a `tool` message), the `think` reasoning and answer        |
 //! | `echo-chat`     | the echo below, with the request body, as a chat completion's content     |
+//! | `budget-long`   | [`BUDGET_REASONING_TOKENS`] reasoning tokens `r0 `… then `</think>Too late.`; |
+//! |                 | a continuation (`continue_final_message`) answers ` 42.` with usage       |
+//! | `budget-early`  | `<think>short idea.</think>Answer A.`; a continuation of open reasoning   |
+//! |                 | streams ` more thought</think>\n\nAnswer B.` Continuations are recorded in |
+//! |                 | `continuations`                                                           |
 //! | anything else   | echo: JSON describing what arrived (body length, checksum, model, auth)   |
 //!
 //! `POST /v1/responses` and `POST /v1/messages` are served natively (an upstream with `api:
@@ -88,6 +93,9 @@ pub const THINKING_TAGS_TOKENS: &[&str] = &[
 /// Answer text before the opening tag, as some models emit it.
 pub const ANSWER_FIRST_TOKENS: &[&str] = &["Sure.", "<think>", "checking", "</think>", "Done."];
 
+/// Reasoning tokens the `budget-long` model streams before it would close its reasoning.
+pub const BUDGET_REASONING_TOKENS: usize = 40;
+
 /// The reasoning in [`THINK_TOKENS`].
 pub const THINK_REASONING: &str = "Let me add 2 and 2.\n\nWait, check: 4.";
 /// The answer in [`THINK_TOKENS`].
@@ -116,6 +124,8 @@ pub struct FakeUpstream {
     pub native_previous: Arc<std::sync::Mutex<Vec<String>>>,
     /// The `traceparent` header of each request (none: not recorded), in arrival order.
     pub traceparents: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Bodies of the continuation requests (`continue_final_message: true`) received.
+    pub continuations: Arc<std::sync::Mutex<Vec<Value>>>,
     gate: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -150,11 +160,13 @@ impl FakeUpstream {
             native: Arc::new(AtomicUsize::new(0)),
             native_previous: Arc::default(),
             traceparents: Arc::default(),
+            continuations: Arc::default(),
             gate: gate_rx,
         };
         let traceparents = shared.traceparents.clone();
         let native = shared.native.clone();
         let native_previous = shared.native_previous.clone();
+        let continuations = shared.continuations.clone();
         let (gated_cancels, gated_waiting) = (shared.cancels.clone(), shared.waiting.clone());
         let dropped_reused = shared.dropped.clone();
         let (died, died_reused) = (shared.died.clone(), shared.died_reused.clone());
@@ -192,6 +204,7 @@ impl FakeUpstream {
             native,
             native_previous,
             traceparents,
+            continuations,
             gate,
             task,
             stop,
@@ -227,6 +240,7 @@ struct Shared {
     native: Arc<AtomicUsize>,
     native_previous: Arc<std::sync::Mutex<Vec<String>>>,
     traceparents: Arc<std::sync::Mutex<Vec<String>>>,
+    continuations: Arc<std::sync::Mutex<Vec<Value>>>,
     gate: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -359,6 +373,62 @@ async fn serve_connection<S: Conn>(
             .as_bool()
             .unwrap_or(false);
         match model.as_str() {
+            "budget-long" | "budget-early" => {
+                let continued = body["continue_final_message"] == json!(true);
+                if continued {
+                    if let Ok(mut c) = shared.continuations.lock() {
+                        c.push(body.clone());
+                    }
+                }
+                let prefix = body["messages"]
+                    .as_array()
+                    .and_then(|m| m.last())
+                    .and_then(|m| m["content"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                let tokens: Vec<String> = match (model.as_str(), continued) {
+                    ("budget-long", false) => std::iter::once("<think>".to_string())
+                        .chain((0..BUDGET_REASONING_TOKENS).map(|i| format!("r{i} ")))
+                        .chain(["</think>".into(), "Too late.".into()])
+                        .collect(),
+                    ("budget-long", true) => vec![" 42".into(), ".".into()],
+                    (_, false) => ["<think>", "short", " idea.", "</think>", "Answer A."]
+                        .map(String::from)
+                        .to_vec(),
+                    (_, true) => [" more", " thought", "</think>", "\n\nAnswer B."]
+                        .map(String::from)
+                        .to_vec(),
+                };
+                let events = tokens
+                    .iter()
+                    .map(|t| chunk(&model, json!({"content": t}), None))
+                    .collect();
+                // The prompt of a continuation holds what was generated before it (the `rN`
+                // tokens; the gateway's closing tag and bridge are not counted).
+                let generated = prefix
+                    .split_whitespace()
+                    .map(|w| w.trim_start_matches("<think>"))
+                    .filter(|w| {
+                        w.len() > 1
+                            && w.starts_with('r')
+                            && w[1..].bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .count() as u64;
+                let usage = include_usage.then(|| {
+                    let completion = tokens.len() as u64;
+                    json!({"prompt_tokens": 5 + generated, "completion_tokens": completion,
+                        "total_tokens": 5 + generated + completion})
+                });
+                let delivery = Delivery {
+                    usage,
+                    ..Delivery::whole(include_usage)
+                };
+                // A client that hung up (the gateway stopping the generation) is no error here.
+                let _ = write_stream(&mut stream, id, &model, events, delivery).await;
+                if !continued {
+                    return Ok(());
+                }
+            }
             "gated" => {
                 write_head(&mut stream, id).await?;
                 let mut tokens = vec!["<think>".to_string()];
@@ -802,7 +872,7 @@ async fn write_chunk<S: Conn>(stream: &mut S, piece: &[u8]) -> std::io::Result<(
 }
 
 /// How a scripted stream is delivered.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Delivery {
     /// Pause between events.
     pace: Duration,
@@ -815,6 +885,8 @@ struct Delivery {
     include_usage: bool,
     /// `finish_reason` of the last chunk.
     finish: &'static str,
+    /// The usage object sent when `include_usage` (default: 5 prompt, 12 completion tokens).
+    usage: Option<Value>,
 }
 
 impl Delivery {
@@ -826,6 +898,7 @@ impl Delivery {
             complete: true,
             include_usage,
             finish: "stop",
+            usage: None,
         }
     }
 }
@@ -843,6 +916,7 @@ async fn write_stream<S: Conn>(
         complete,
         include_usage,
         finish,
+        usage,
     } = d;
     write_head(stream, id).await?;
     let mut payloads: Vec<String> = vec![": keep-alive\r\n\r\n".to_string()];
@@ -854,7 +928,7 @@ async fn write_stream<S: Conn>(
         ));
         if include_usage {
             let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
-            "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}});
+            "choices": [], "usage": usage.unwrap_or_else(|| json!({"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}))});
             payloads.push(format!("data: {usage}\n\n"));
         }
         payloads.push("data: [DONE]\n\n".to_string());

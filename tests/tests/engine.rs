@@ -437,3 +437,61 @@ async fn responses_and_messages_are_translated_for_the_engine() {
         "{text}"
     );
 }
+
+/// Budget forcing (issue 30) on the real engine: SmolLM2 does not reason, so with
+/// `start_in_reasoning` all it says is reasoning and never ends by itself; at a small budget the
+/// gateway closes it and the engine continues the final assistant message to an answer.
+#[tokio::test]
+async fn a_small_reasoning_budget_on_a_long_prompt_still_ends_in_a_complete_answer() {
+    let dir = repo_root().join("models/smollm2");
+    assert!(
+        dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file(),
+        "run `make models` first"
+    );
+    let config = format!(
+        "engine:\n  model_dir: {}\n  gguf: SmolLM2-135M-Instruct.Q4_1.gguf\n  served_model_name: smollm2\n  listen: 127.0.0.1:{}\n  max_seqs: 2\n  max_context_tokens: 2048\nroutes:\n  - model: smollm2\n    upstream: engine\n    reasoning:\n      start_in_reasoning: true\n      budget: {{ max_tokens: 16, on_exceed: answer }}\n",
+        dir.display(),
+        free_port()
+    );
+    let gw = GatewayProc::start(&config, LOAD);
+    let paragraph = "The committee reviewed the quarterly figures for each of the four regional offices and asked every office to explain any shortfall. ";
+    let prompt = format!(
+        "{}How many regional offices are there?",
+        paragraph.repeat(8)
+    );
+    let (status, v) = chat(
+        &gw,
+        json!({"model": "smollm2", "messages": user(&prompt), "max_tokens": 200, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let choice = &v["choices"][0];
+    let reasoning = choice["message"]["reasoning_content"]
+        .as_str()
+        .unwrap_or("");
+    let answer = choice["message"]["content"].as_str().unwrap_or("");
+    assert!(!reasoning.trim().is_empty(), "{v}");
+    assert!(answer.starts_with("Final answer:"), "{v}");
+    assert!(
+        answer.len() > "Final answer:".len(),
+        "the model answered after the bridge: {v}"
+    );
+    assert_eq!(
+        choice["finish_reason"], "stop",
+        "a complete answer, not cut: {v}"
+    );
+    let usage = &v["usage"];
+    let reasoning_tokens = usage["completion_tokens_details"]["reasoning_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!((16..=18).contains(&reasoning_tokens), "{usage}");
+    assert!(
+        usage["completion_tokens"].as_u64().unwrap() > reasoning_tokens,
+        "{usage}"
+    );
+    let metrics = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("reasoning_gateway_reasoning_budget_actions_total{action=\"forced_answer\",route=\"smollm2\"} 1"),
+        "{metrics}"
+    );
+}

@@ -795,3 +795,99 @@ async fn a_cache_lookup_span_has_its_embed_search_and_checks_stages_as_children(
         );
     }
 }
+
+#[tokio::test]
+async fn a_forced_answer_says_so_on_its_span_and_is_not_cached_for_other_budgets() {
+    let up = FakeUpstream::start("a").await;
+    let (collector, received) = http_collector().await;
+    let root = gateway_tests::harness::repo_root();
+    let cfg = format!(
+        r#"cache:
+  model_dir: {}
+  onnxruntime: {}
+upstreams:
+  - name: vllm
+    endpoints: ["{}"]
+    continuation: chat_prefix
+routes:
+  - model: budget-long
+    name: forced
+    upstream: vllm
+    reasoning:
+      budget: {{ max_tokens: 10, on_exceed: answer }}
+    cache: {{}}
+  - model: think
+    name: plain
+    upstream: vllm
+    reasoning: {{ parser: deepseek_r1 }}
+    cache: {{}}
+telemetry:
+  otlp: {{endpoint: "http://{collector}"}}
+"#,
+        root.join("models/minilm").display(),
+        root.join("models/onnxruntime/libonnxruntime.so").display(),
+        up.addr
+    );
+    let gw = GatewayProc::start(&cfg, Duration::from_secs(60));
+    let ask = |traceparent: &'static str| {
+        let url = format!("{}/chat/completions", gw.base_url());
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .bearer_auth("sk-budget")
+                .header("traceparent", traceparent)
+                .json(&json!({"model": "budget-long",
+                    "messages": [{"role": "user", "content": "Think hard, then answer."}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let cache = resp.headers()["x-reasoning-cache"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body: Value = resp.json().await.unwrap();
+            (cache, body)
+        }
+    };
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let (cache, body) = ask("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").await;
+    assert_eq!(cache, "miss");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    let spans = received.wait_for_trace(&unhex(trace), 2).await;
+    let (server, _) = server_and_children(&spans);
+    assert_eq!(
+        str_attr(server, "reasoning_gateway.budget.action").as_deref(),
+        Some("forced_answer"),
+        "{server:#?}"
+    );
+    // A barrier: an ordinary answer on another route is stored; inserts are embedded in the
+    // order they were asked for, so once it is in, anything the forced answer queued is too.
+    let plain = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.base_url()))
+        .bearer_auth("sk-budget")
+        .json(&json!({"model": "think", "messages": [{"role": "user", "content": "2+2?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    gw.wait_for_metric(
+        "reasoning_gateway_cache_inserts_total{route=\"plain\"}",
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    // The same problem again: the forced answer was not stored, so it goes upstream.
+    let (again, _) = ask("00-0af7651916cd43dd8448eb211c80319d-b7ad6b7169203331-01").await;
+    assert_eq!(again, "miss");
+    let metrics = gw.admin_get("/metrics").await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "reasoning_gateway_cache_inserts_total{route=\"forced\"}"
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+}

@@ -122,6 +122,11 @@ pub struct RawUpstream {
     /// Client APIs the upstream itself serves: `chat` (always), `responses`, `messages`
     /// (default `[chat]`). Requests in a listed API are passed through instead of translated.
     pub api: Option<Vec<String>>,
+    /// How the pool can continue a generation from an assistant prefix (budget forcing):
+    /// `none` (default) or `chat_prefix` (`continue_final_message` with
+    /// `add_generation_prompt: false`, as vLLM and SGLang take it, with a chat template that
+    /// renders a final assistant message as it is).
+    pub continuation: Option<String>,
 }
 
 /// HTTPS settings of a pool.
@@ -267,6 +272,43 @@ pub struct RawReasoning {
     pub verify: Option<RawVerify>,
     /// Add per-response `reasoning_stats` (a final `choices: []` stream chunk, or a top-level field).
     pub stats: Option<bool>,
+    /// Budget forcing: what happens at the reasoning budget, a minimum, per-effort budgets.
+    pub budget: Option<RawBudget>,
+}
+
+/// A route's reasoning budget (issue 30).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Reasoning tokens allowed (the same count as `max_reasoning_tokens`, which is the
+    /// `on_exceed: error` form; give one of the two).
+    pub max_tokens: Option<u64>,
+    /// `error` (default: the stream ends with `reasoning_budget_exceeded`) or `answer` (the
+    /// reasoning is closed and the model continues to an answer; the pool needs `continuation`).
+    pub on_exceed: Option<String>,
+    /// Reasoning tokens the model must spend: an earlier end of its reasoning is replaced by
+    /// `extend_word` and it reasons on (the pool needs `continuation`).
+    pub min_tokens: Option<u64>,
+    /// Text written after the closing tag of a forced answer (default `Final answer:`).
+    pub bridge: Option<String>,
+    /// Text that replaces an early end of reasoning (default `Wait`).
+    pub extend_word: Option<String>,
+    /// Extensions per request at most (default 2, at most 8).
+    pub max_extensions: Option<u32>,
+    /// Budget per request `reasoning_effort` (chat) or `reasoning.effort` (Responses).
+    pub effort: Option<RawEffort>,
+}
+
+/// Reasoning tokens per effort level.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEffort {
+    /// Budget of `low`.
+    pub low: Option<u64>,
+    /// Budget of `medium`.
+    pub medium: Option<u64>,
+    /// Budget of `high`.
+    pub high: Option<u64>,
 }
 
 /// A route's reasoning tags.

@@ -201,7 +201,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             .as_ref()
             .map(|x| reasoning(&mut errs, &format!("{path}.reasoning"), x))
             .unwrap_or_default();
-        routes.push(RouteConfig {
+        let route = RouteConfig {
             name,
             model: r.model.clone(),
             upstream: r.upstream.clone(),
@@ -209,7 +209,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             reasoning,
             canary,
             cache,
-        });
+        };
+        budget_pools(&mut errs, &path, &route, &upstreams, engine.is_some());
+        routes.push(route);
     }
     let cache = match (&raw.cache, routes.iter().any(|r| r.cache.is_some())) {
         (None, false) => None,
@@ -680,7 +682,19 @@ fn upstream(errs: &mut Errors, path: &str, u: &RawUpstream) -> UpstreamConfig {
     };
     let tls = u.tls.as_ref().map(|t| tls(errs, path, t, &endpoints));
     let api = upstream_api(errs, path, u.api.as_deref());
+    let continuation = match u.continuation.as_deref() {
+        None | Some("none") => Continuation::None,
+        Some("chat_prefix") => Continuation::ChatPrefix,
+        Some(other) => {
+            errs.push(
+                &format!("{path}.continuation"),
+                format!("`{other}` is not one of none, chat_prefix"),
+            );
+            Continuation::None
+        }
+    };
     UpstreamConfig {
+        continuation,
         admission,
         tls,
         api_key,
@@ -803,6 +817,21 @@ fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig
     if r.checkpoint_every == Some(0) {
         errs.push(&format!("{path}.checkpoint_every"), "must be at least 1");
     }
+    let budget = r
+        .budget
+        .as_ref()
+        .map(|b| budget(errs, &format!("{path}.budget"), b, r.max_reasoning_tokens));
+    if budget.as_ref().is_some_and(BudgetConfig::continues)
+        && matches!(parser, ParserKind::Passthrough | ParserKind::None)
+    {
+        errs.push(
+            &format!("{path}.budget"),
+            "`on_exceed: answer` and `min_tokens` need a parser that finds the reasoning (deepseek_r1 or qwen3)",
+        );
+    }
+    let max_reasoning_tokens = r
+        .max_reasoning_tokens
+        .or(r.budget.as_ref().and_then(|b| b.max_tokens));
     let mut analysis = analysis(errs, path, r);
     analysis.verify.tags = tags.clone();
     ReasoningConfig {
@@ -813,12 +842,141 @@ fn reasoning(errs: &mut Errors, path: &str, r: &RawReasoning) -> ReasoningConfig
         open_tag,
         step_timeout,
         step_timeout_abort,
-        max_reasoning_tokens: r.max_reasoning_tokens,
+        max_reasoning_tokens,
+        budget,
         checkpoint_every: r
             .checkpoint_every
             .unwrap_or(DEFAULT_CHECKPOINT_EVERY)
             .max(1),
         analysis: std::sync::Arc::new(analysis),
+    }
+}
+
+/// Extensions per request at most (`budget.max_extensions`).
+const MAX_EXTENSIONS: u32 = 8;
+
+/// `reasoning.budget`: the token counts positive and ordered, the texts short.
+fn budget(errs: &mut Errors, path: &str, b: &RawBudget, legacy: Option<u64>) -> BudgetConfig {
+    if legacy.is_some() && b.max_tokens.is_some() {
+        errs.push(
+            &format!("{path}.max_tokens"),
+            "give either budget.max_tokens or max_reasoning_tokens (its `on_exceed: error` form)",
+        );
+    }
+    let max = b.max_tokens.or(legacy);
+    let answer = match b.on_exceed.as_deref() {
+        None | Some("error") => false,
+        Some("answer") => true,
+        Some(other) => {
+            errs.push(
+                &format!("{path}.on_exceed"),
+                format!("`{other}` is not one of answer, error"),
+            );
+            false
+        }
+    };
+    for (key, v) in [("max_tokens", b.max_tokens), ("min_tokens", b.min_tokens)] {
+        if v == Some(0) {
+            errs.push(&format!("{path}.{key}"), "must be at least 1");
+        }
+    }
+    if let (Some(min), Some(max)) = (b.min_tokens, max) {
+        if min >= max {
+            errs.push(
+                &format!("{path}.min_tokens"),
+                format!("must be below the budget ({max})"),
+            );
+        }
+    }
+    let max_extensions = b.max_extensions.unwrap_or(2);
+    if max_extensions == 0 || max_extensions > MAX_EXTENSIONS {
+        errs.push(
+            &format!("{path}.max_extensions"),
+            format!("must be from 1 to {MAX_EXTENSIONS}"),
+        );
+    }
+    let mut texts = Vec::new();
+    for (key, v, default) in [
+        ("bridge", &b.bridge, "Final answer:"),
+        ("extend_word", &b.extend_word, "Wait"),
+    ] {
+        let text = v.clone().unwrap_or_else(|| default.to_string());
+        if text.len() > MAX_TAG_BYTES * 4 {
+            errs.push(
+                &format!("{path}.{key}"),
+                format!("at most {} bytes", MAX_TAG_BYTES * 4),
+            );
+        }
+        texts.push(text);
+    }
+    if texts[1].trim().is_empty() {
+        errs.push(&format!("{path}.extend_word"), "must not be empty");
+    }
+    let mut effort = [None; 3];
+    if let Some(e) = &b.effort {
+        for (i, (key, v)) in [("low", e.low), ("medium", e.medium), ("high", e.high)]
+            .into_iter()
+            .enumerate()
+        {
+            match (v, max) {
+                (Some(0), _) => errs.push(&format!("{path}.effort.{key}"), "must be at least 1"),
+                (Some(n), Some(max)) if n > max => errs.push(
+                    &format!("{path}.effort.{key}"),
+                    format!("must not exceed the route's budget ({max})"),
+                ),
+                _ => {}
+            }
+            effort[i] = v;
+        }
+    }
+    let extend_word = texts.pop().unwrap_or_default();
+    let bridge = texts.pop().unwrap_or_default();
+    BudgetConfig {
+        answer,
+        min_tokens: b.min_tokens,
+        bridge,
+        extend_word,
+        max_extensions: max_extensions.clamp(1, MAX_EXTENSIONS),
+        effort,
+    }
+}
+
+/// Routes that continue generations (`on_exceed: answer`, `min_tokens`) must reach only pools
+/// that can continue one; decided here so no request finds out.
+fn budget_pools(
+    errs: &mut Errors,
+    path: &str,
+    route: &RouteConfig,
+    pools: &[UpstreamConfig],
+    engine: bool,
+) {
+    if !route
+        .reasoning
+        .budget
+        .as_ref()
+        .is_some_and(BudgetConfig::continues)
+    {
+        return;
+    }
+    let mut names = vec![route.upstream.as_str()];
+    if let Some(c) = &route.canary {
+        names.extend(c.variants.iter().map(|v| v.upstream.as_str()));
+    }
+    for name in names {
+        let can = if name == ENGINE_UPSTREAM {
+            engine
+        } else {
+            pools
+                .iter()
+                .find(|p| p.name == name)
+                .is_none_or(|p| p.continuation != Continuation::None)
+        };
+        if !can {
+            errs.push(
+                &format!("{path}.reasoning.budget"),
+                format!("`on_exceed: answer` and `min_tokens` continue the generation from the reasoning so far, and upstream `{name}` does not declare how (`continuation: chat_prefix` on the pool, for a server that takes `continue_final_message` with a chat template that renders a final assistant message as it is; the stock DeepSeek-R1 and Qwen3 templates do not). Use `on_exceed: error` there."),
+            );
+        }
     }
 }
 

@@ -316,6 +316,29 @@ enum_label! {
     }
 }
 
+// Budget forcing (issue 30).
+enum_label! {
+    /// What a route's reasoning budget did to a request.
+    BudgetAction => "action" {
+        /// The reasoning was closed at the budget and the model continued to an answer.
+        ForcedAnswer => "forced_answer",
+        /// An end of reasoning below `min_tokens` was replaced and the reasoning went on.
+        Extended => "extended",
+        /// The budget ended the stream with an error.
+        Error => "error",
+    }
+}
+
+label_set! {
+    /// `reasoning_budget_actions_total`.
+    Budget { route: &'a str => "route", action: BudgetAction => "action" }
+}
+
+label_set! {
+    /// `reasoning_budget_forced_verifications_total`: the checks of forced answers.
+    ForcedVerification { route: &'a str => "route", check: Check => "check", result: CheckResult => "result" }
+}
+
 enum_label! {
     /// Why the gateway ended a stream itself: the codes of the errors it sent.
     AbortReason => "reason" {

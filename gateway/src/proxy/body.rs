@@ -63,6 +63,7 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
     if ctx.first_answer_at.is_none() && rw.answer_started() {
         ctx.first_answer_at = Some(now);
     }
+    let answers = ctx.forcing.as_ref().is_some_and(|p| p.answer);
     for alert in rw.take_alerts() {
         if let Some(t) = ctx.trace.as_mut() {
             let (name, attributes) = match alert {
@@ -79,6 +80,15 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
         }
         let err = match alert {
             Alert::Warned(_) => continue,
+            // Budget forcing: the driver (`forcing`) continues the generation.
+            Alert::BudgetExceeded if answers => {
+                ctx.forcing_next = Some(super::forcing::Step::Answer);
+                continue;
+            }
+            Alert::EndedEarly => {
+                ctx.forcing_next = Some(super::forcing::Step::Extend);
+                continue;
+            }
             Alert::BudgetExceeded => ApiError::new(
                 ErrorCode::ReasoningBudgetExceeded,
                 "The reasoning exceeded the route's max_reasoning_tokens; generation was stopped.",
@@ -100,6 +110,12 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
         stop_upstream(ctx);
         break;
     }
+    *body = Some(emit(ctx, out, end_of_stream));
+}
+
+/// Rewritten bytes on their way out: assembled into JSON for a client that wants JSON, written
+/// in the client's API.
+pub fn emit(ctx: &mut RequestCtx, mut out: Vec<u8>, end_of_stream: bool) -> Bytes {
     if let Some(agg) = ctx.aggregator.as_mut() {
         // JSON for the client: collect until the end; a stream the gateway ended is reported as
         // `finish_reason: length` (the reasoning budget or step timeout cut it).
@@ -112,7 +128,7 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
     }
     let out = super::api::client_bytes(ctx, out, end_of_stream || ctx.aborted);
     ctx.response_bytes += out.len();
-    *body = Some(Bytes::from(out));
+    Bytes::from(out)
 }
 
 /// Stops the upstream now, so it stops generating: the error event must go out with this chunk,

@@ -134,7 +134,10 @@ pub fn store(gw: &Arc<Gateway>, ctx: &mut RequestCtx, report: Option<&Report>) {
         && report.finish_reason.as_deref() == Some("stop")
         && !report.unterminated
         && report.failed().next().is_none();
-    if !complete {
+    // An answer the reasoning budget shaped (closed early, or made to think longer) belongs to
+    // that budget: another request for the same problem may ask for another effort.
+    let shaped = ctx.budget_actions.label().is_some();
+    if !complete || shaped {
         return;
     }
     // The chat path's text, or a passed-through response's (Responses, Messages).

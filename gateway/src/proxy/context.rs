@@ -125,6 +125,12 @@ pub struct RequestCtx {
     pub meter: Option<crate::api::meter::Meter>,
     /// The request's trace, when traces are exported (`telemetry.otlp`).
     pub trace: Option<Box<super::trace::RequestTrace>>,
+    /// Budget forcing: the gateway drives the upstream exchange and continues it.
+    pub forcing: Option<super::forcing::Plan>,
+    /// The continuation the body filter asked for.
+    pub forcing_next: Option<super::forcing::Step>,
+    /// What the reasoning budget did to this request.
+    pub budget_actions: super::forcing::Actions,
 }
 
 impl RequestCtx {
@@ -177,6 +183,9 @@ impl RequestCtx {
             passthrough: false,
             meter: None,
             trace: None,
+            forcing: None,
+            forcing_next: None,
+            budget_actions: Default::default(),
             overhead: std::time::Duration::ZERO,
         }
     }

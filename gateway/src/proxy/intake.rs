@@ -326,6 +326,7 @@ fn route_to(
         && parsing
         && endpoint.generates()
         && (route.reasoning.max_reasoning_tokens.is_some()
+            || route.reasoning.budget.is_some()
             || route.reasoning.step_timeout.is_some());
     if aggregate {
         info.body.insert("stream".into(), Value::Bool(true));

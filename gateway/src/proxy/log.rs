@@ -8,8 +8,9 @@ use pingora::Error;
 
 use super::context::RequestCtx;
 use crate::metrics::labels::{
-    Abort, AbortReason, CheckResult, Durations, FailedCheck, GenAiAttrs, ReasoningLength, Requests,
-    Route, RouteReasoningLength, RouteUpstream, UpstreamError, Verification,
+    Abort, AbortReason, Budget, BudgetAction, CheckResult, Durations, FailedCheck,
+    ForcedVerification, GenAiAttrs, ReasoningLength, Requests, Route, RouteReasoningLength,
+    RouteUpstream, TokenType, TokenUsage, UpstreamError, Verification,
 };
 use crate::openai::ErrorCode;
 use crate::outcome::{decide, Facts, Headers, Outcome, UpstreamFailure};
@@ -122,6 +123,15 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
                     result,
                 })
                 .inc();
+            if ctx.budget_actions.forced_answer {
+                m.reasoning_budget_forced_verifications_total
+                    .with(&ForcedVerification {
+                        route,
+                        check,
+                        result,
+                    })
+                    .inc();
+            }
             if !passed {
                 m.verification_failures_total
                     .with(&FailedCheck {
@@ -170,6 +180,20 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
             })
             .inc();
     }
+    let budget = |action| {
+        m.reasoning_budget_actions_total
+            .with(&Budget { route, action })
+    };
+    let actions = &ctx.budget_actions;
+    if actions.forced_answer {
+        budget(BudgetAction::ForcedAnswer).inc();
+    }
+    if actions.extended > 0 {
+        budget(BudgetAction::Extended).inc_by(u64::from(actions.extended));
+    }
+    if actions.error || abort == Some(AbortReason::ReasoningBudgetExceeded) {
+        budget(BudgetAction::Error).inc();
+    }
     // Connect failures are counted per attempt in `fail_to_connect`.
     if let Some(kind) = ctx.upstream_error.filter(|k| !k.per_attempt()) {
         m.upstream_errors_total
@@ -216,6 +240,8 @@ pub fn record(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestC
         cache = ctx.cache_header,
         cache_similarity = ctx.cache_similarity,
         cache_reason = ctx.cache_reason.as_ref().map(reasoning_cache::Reason::header),
+        budget = ctx.budget_actions.label(),
+        budget_extensions = ctx.budget_actions.extended,
         "Request finished."
     );
     super::trace::record(

@@ -301,6 +301,16 @@ fn spans(session: &Session, ctx: &RequestCtx, t: &RequestTrace, end: &Ending<'_>
         ctx.cache_similarity.map(|s| Value::from(f64::from(s))),
     );
     opt(
+        "reasoning_gateway.budget.action",
+        ctx.budget_actions.label().map(Value::from),
+    );
+    if ctx.budget_actions.extended > 0 {
+        opt(
+            "reasoning_gateway.budget.extensions",
+            Some(Value::from(i64::from(ctx.budget_actions.extended))),
+        );
+    }
+    opt(
         "reasoning_gateway.cache.reason",
         ctx.cache_reason
             .as_ref()

@@ -1,8 +1,7 @@
 //! Budget forcing (issue 30), the pure part: what the gateway sends upstream to continue a
 //! generation whose reasoning it cut short (`on_exceed: answer`) or ended too early
-//! (`min_tokens`). Nothing here talks to an upstream or keeps time; the proxy decides when.
-//!
-//! Groundwork only: no route setting uses it yet.
+//! (`min_tokens`). Nothing here talks to an upstream or keeps time; the proxy decides when
+//! (`proxy/forcing.rs`).
 
 use serde_json::{Map, Value};
 

@@ -218,6 +218,24 @@ impl ThinkParser {
         self.closed
     }
 
+    /// Budget forcing: the output goes on after a prefix the gateway closed itself, so what
+    /// follows is answer (`trim`: whitespace at its start is dropped). Held-back text is dropped.
+    pub fn resume_answer(&mut self, trim: bool) {
+        self.pending.clear();
+        self.closed = true;
+        self.saw_reasoning = true;
+        self.state = State::Answer { trim, open: false };
+    }
+
+    /// Budget forcing: the output goes on inside reasoning the gateway kept open. Held-back
+    /// text is dropped.
+    pub fn resume_reasoning(&mut self) {
+        self.pending.clear();
+        self.closed = false;
+        self.saw_reasoning = true;
+        self.state = State::Reasoning;
+    }
+
     #[inline(always)]
     fn run(&mut self, open: &str, close: &str, mut text: &str, out: &mut Split) {
         while !text.is_empty() {

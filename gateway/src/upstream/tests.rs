@@ -9,6 +9,7 @@ fn pool(n: usize, balance: Balance) -> Pool {
         tls: None,
         api_key: None,
         api: vec![crate::api::Api::Chat],
+        continuation: Default::default(),
         name: "p".into(),
         endpoints: (0..n)
             .map(|i| {

@@ -740,3 +740,107 @@ fn bad_reasoning_tags_are_reported_with_their_paths() {
     let e = errors(&route("{tags: {open: '<t>'}}"));
     assert!(e[0].contains("close"), "a missing key is named: {e:?}");
 }
+
+// Budget forcing (issue 30).
+
+#[test]
+fn a_reasoning_budget_validates_with_its_defaults() {
+    let c = parse(
+        r#"
+upstreams:
+  - { name: vllm, endpoints: ["127.0.0.1:8000"], continuation: chat_prefix }
+routes:
+  - model: r1
+    upstream: vllm
+    reasoning:
+      budget: { max_tokens: 100, on_exceed: answer, min_tokens: 10, effort: { low: 20, high: 100 } }
+"#,
+    )
+    .unwrap();
+    let r = &c.routes[0].reasoning;
+    assert_eq!(
+        r.max_reasoning_tokens,
+        Some(100),
+        "the budget is the one counted"
+    );
+    let b = r.budget.as_ref().unwrap();
+    assert!(b.answer && b.continues());
+    assert_eq!(
+        (b.bridge.as_str(), b.extend_word.as_str()),
+        ("Final answer:", "Wait")
+    );
+    assert_eq!(b.max_extensions, 2);
+    assert_eq!(
+        (
+            b.of_effort("low"),
+            b.of_effort("medium"),
+            b.of_effort("high")
+        ),
+        (Some(20), None, Some(100))
+    );
+    assert_eq!(
+        c.upstreams[0].continuation,
+        crate::config::Continuation::ChatPrefix
+    );
+}
+
+#[test]
+fn a_budget_that_continues_needs_a_pool_that_can() {
+    let e = errors(
+        r#"
+upstreams:
+  - { name: vllm, endpoints: ["127.0.0.1:8000"] }
+  - { name: next, endpoints: ["127.0.0.1:8001"], continuation: chat_prefix }
+routes:
+  - model: r1
+    upstream: next
+    reasoning: { budget: { max_tokens: 100, on_exceed: answer } }
+    canary:
+      variants:
+        - { name: stable, upstream: next, weight: 90 }
+        - { name: canary, upstream: vllm, weight: 10 }
+  - model: r2
+    upstream: vllm
+    reasoning: { budget: { min_tokens: 5 } }
+  - model: r3
+    upstream: vllm
+    reasoning: { budget: { max_tokens: 100 } }
+"#,
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("routes[0].reasoning.budget")
+            && e[0].contains("`vllm`")
+            && e[0].contains("continuation: chat_prefix"),
+        "{e:?}"
+    );
+    assert!(e[1].starts_with("routes[1].reasoning.budget"), "{e:?}");
+}
+
+#[test]
+fn budget_settings_are_checked_with_their_paths() {
+    let e = errors(
+        r#"
+upstreams:
+  - { name: vllm, endpoints: ["127.0.0.1:8000"], continuation: prefix }
+routes:
+  - model: r1
+    upstream: vllm
+    reasoning:
+      max_reasoning_tokens: 50
+      budget: { max_tokens: 100, on_exceed: retry, min_tokens: 200, max_extensions: 9, extend_word: " ", effort: { low: 0, high: 500 } }
+"#,
+    );
+    for path in [
+        "upstreams[0].continuation",
+        "routes[0].reasoning.budget.max_tokens",
+        "routes[0].reasoning.budget.on_exceed",
+        "routes[0].reasoning.budget.min_tokens",
+        "routes[0].reasoning.budget.max_extensions",
+        "routes[0].reasoning.budget.extend_word",
+        "routes[0].reasoning.budget.effort.low",
+        "routes[0].reasoning.budget.effort.high",
+    ] {
+        assert!(e.iter().any(|m| m.starts_with(path)), "{path} in {e:?}");
+    }
+}

@@ -24,8 +24,25 @@ impl ResponseRewriter {
             .is_some_and(|c| c.parser.in_reasoning())
     }
 
+    /// The reasoning budget, after every upstream event: at it an alert, and with budget
+    /// forcing the stream is suspended right there.
+    pub(super) fn check_budget(&mut self) {
+        let (Some(max), false) = (self.max_reasoning_tokens, self.budget_hit) else {
+            return;
+        };
+        let Some(c) = self.choices.get(&0) else {
+            return;
+        };
+        if c.parser.in_reasoning() && c.reasoning_chunks > max {
+            self.budget_hit = true;
+            self.alerts.push(Alert::BudgetExceeded);
+            self.suspended = self.force_answer;
+        }
+    }
+
     /// Budget and periodic checks after new text; a warning chunk goes to `out`.
     pub(super) fn check_progress(&mut self, out: &mut Vec<u8>) {
+        self.check_budget();
         self.checkpoints(out);
         let every = self.analysis.every_steps;
         let Some(c) = self.choices.get_mut(&0) else {
@@ -33,12 +50,6 @@ impl ResponseRewriter {
         };
         if !c.parser.in_reasoning() {
             return;
-        }
-        if let Some(max) = self.max_reasoning_tokens {
-            if !self.budget_hit && c.reasoning_chunks > max {
-                self.budget_hit = true;
-                self.alerts.push(Alert::BudgetExceeded);
-            }
         }
         if every == 0 || c.steps.steps() < c.next_check {
             return;
@@ -254,10 +265,23 @@ impl ResponseRewriter {
             return;
         };
         self.prompt_tokens = u.get("prompt_tokens").and_then(Value::as_u64);
-        let completion = u
+        let mut completion = u
             .get("completion_tokens")
             .and_then(Value::as_u64)
             .unwrap_or(0);
+        if let Some(carried) = self.carried {
+            // One usage for the whole answer: the parts cut short were generated too, and the
+            // continuation's prompt holds them (counted once, as completion). Reasoning tokens
+            // are the gateway's count across the parts.
+            completion += carried;
+            let prompt = self.prompt_tokens.map(|p| p.saturating_sub(carried));
+            self.prompt_tokens = prompt;
+            u.insert("completion_tokens".into(), Value::from(completion));
+            if let Some(p) = prompt {
+                u.insert("prompt_tokens".into(), Value::from(p));
+                u.insert("total_tokens".into(), Value::from(p + completion));
+            }
+        }
         let details = u
             .entry("completion_tokens_details")
             .or_insert_with(|| Value::Object(Map::new()));
@@ -267,7 +291,10 @@ impl ResponseRewriter {
         let Some(d) = details.as_object_mut() else {
             return;
         };
-        let given = d.get("reasoning_tokens").and_then(Value::as_u64);
+        let given = d
+            .get("reasoning_tokens")
+            .and_then(Value::as_u64)
+            .filter(|_| self.carried.is_none());
         self.usage = Some((completion, given));
         if given.is_none() {
             let estimate = self.estimate_reasoning_tokens(completion, stream);
