@@ -288,7 +288,7 @@ pub fn passthrough_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end: boo
         out.extend_from_slice(&meter.abort(&err));
         ctx.error = Some(err);
         ctx.aborted = true;
-        super::body::stop_upstream(ctx);
+        ctx.stop_upstream();
     } else if end {
         out.extend_from_slice(&meter.finish());
     }

@@ -75,6 +75,7 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
                     ],
                 ),
                 Alert::BudgetExceeded => ("reasoning.budget_exceeded", Vec::new()),
+                Alert::EndedEarly => ("reasoning.ended_below_min_tokens", Vec::new()),
             };
             t.event(name, attributes);
         }
@@ -82,11 +83,11 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
             Alert::Warned(_) => continue,
             // Budget forcing: the driver (`forcing`) continues the generation.
             Alert::BudgetExceeded if answers => {
-                ctx.forcing_next = Some(super::forcing::Step::Answer);
+                ctx.forcing_next = Some(super::forcing::plan::Step::Answer);
                 continue;
             }
             Alert::EndedEarly => {
-                ctx.forcing_next = Some(super::forcing::Step::Extend);
+                ctx.forcing_next = Some(super::forcing::plan::Step::Extend);
                 continue;
             }
             Alert::BudgetExceeded => ApiError::new(
@@ -107,7 +108,7 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
         }
         ctx.error = Some(err);
         ctx.aborted = true;
-        stop_upstream(ctx);
+        ctx.stop_upstream();
         break;
     }
     *body = Some(emit(ctx, out, end_of_stream));
@@ -129,14 +130,4 @@ pub fn emit(ctx: &mut RequestCtx, mut out: Vec<u8>, end_of_stream: bool) -> Byte
     let out = super::api::client_bytes(ctx, out, end_of_stream || ctx.aborted);
     ctx.response_bytes += out.len();
     Bytes::from(out)
-}
-
-/// Stops the upstream now, so it stops generating: the error event must go out with this chunk,
-/// and returning an error from a body filter would drop the whole batch of chunks it belongs to.
-/// Shutting the socket makes Pingora's next upstream read fail instead; the connection is not
-/// pooled after an error, so the descriptor cannot belong to anyone else yet.
-pub(super) fn stop_upstream(ctx: &RequestCtx) {
-    if let Some(fd) = ctx.upstream_fd {
-        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
-    }
 }

@@ -124,13 +124,13 @@ pub struct RequestCtx {
     /// Reads such a passed-through response for the reasoning metrics.
     pub meter: Option<crate::api::meter::Meter>,
     /// The request's trace, when traces are exported (`telemetry.otlp`).
-    pub trace: Option<Box<super::trace::RequestTrace>>,
+    pub trace: Option<Box<super::trace::record::RequestTrace>>,
     /// Budget forcing: the gateway drives the upstream exchange and continues it.
-    pub forcing: Option<super::forcing::Plan>,
+    pub forcing: Option<super::forcing::plan::Plan>,
     /// The continuation the body filter asked for.
-    pub forcing_next: Option<super::forcing::Step>,
+    pub forcing_next: Option<super::forcing::plan::Step>,
     /// What the reasoning budget did to this request.
-    pub budget_actions: super::forcing::Actions,
+    pub budget_actions: super::forcing::plan::Actions,
 }
 
 impl RequestCtx {
@@ -219,5 +219,17 @@ impl RequestCtx {
 impl Default for RequestCtx {
     fn default() -> Self {
         RequestCtx::new()
+    }
+}
+
+impl RequestCtx {
+    /// Stops the upstream now, so it stops generating: the error event must go out with this chunk,
+    /// and returning an error from a body filter would drop the whole batch of chunks it belongs to.
+    /// Shutting the socket makes Pingora's next upstream read fail instead; the connection is not
+    /// pooled after an error, so the descriptor cannot belong to anyone else yet.
+    pub fn stop_upstream(&self) {
+        if let Some(fd) = self.upstream_fd {
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        }
     }
 }

@@ -25,6 +25,10 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use serde_json::Value;
 
+pub(super) mod plan;
+
+pub use plan::{Plan, Step};
+
 use super::context::RequestCtx;
 use super::GatewayProxy;
 use crate::config::{Continuation, RouteConfig};
@@ -32,57 +36,6 @@ use crate::openai::{ApiError, Endpoint, ErrorCode};
 use crate::outcome::UpstreamErrorKind;
 use crate::reasoning::budget::{self, Continue};
 use crate::upstream::Pool;
-
-/// What the gateway may do to one request's reasoning.
-#[derive(Debug)]
-pub struct Plan {
-    /// At the budget the reasoning is closed and the model answers.
-    pub answer: bool,
-    /// An end of reasoning below this many tokens is extended.
-    pub min_tokens: Option<u64>,
-    /// Extensions still allowed.
-    extensions_left: u32,
-    bridge: String,
-    extend_word: String,
-    /// The upstream request as first sent, which every continuation extends.
-    request: Value,
-}
-
-/// The continuation the body filter asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Close the reasoning and answer.
-    Answer,
-    /// The reasoning ended below the minimum: reopen it.
-    Extend,
-}
-
-/// What the reasoning budget did to a request (access log, `reasoning_budget_actions_total`).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Actions {
-    /// The answer was forced at the budget.
-    pub forced_answer: bool,
-    /// Times the reasoning was extended.
-    pub extended: u32,
-    /// The budget ended the stream with an error (`on_exceed: error`, or a continuation that
-    /// failed).
-    pub error: bool,
-}
-
-impl Actions {
-    /// The access log's `budget` field: the last thing the budget did, if anything.
-    pub fn label(&self) -> Option<&'static str> {
-        if self.error {
-            Some("error")
-        } else if self.forced_answer {
-            Some("forced_answer")
-        } else if self.extended > 0 {
-            Some("extended")
-        } else {
-            None
-        }
-    }
-}
 
 /// The plan for a request, when the gateway must be able to continue it: a route with
 /// `on_exceed: answer` or `min_tokens`, a chat request with one choice, a pool that continues

@@ -10,7 +10,7 @@ use super::context::RequestCtx;
 use crate::metrics::labels::{
     Abort, AbortReason, Budget, BudgetAction, CheckResult, Durations, FailedCheck,
     ForcedVerification, GenAiAttrs, ReasoningLength, Requests, Route, RouteReasoningLength,
-    RouteUpstream, TokenType, TokenUsage, UpstreamError, Verification,
+    RouteUpstream, UpstreamError, Verification,
 };
 use crate::openai::ErrorCode;
 use crate::outcome::{decide, Facts, Headers, Outcome, UpstreamFailure};

@@ -13,6 +13,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use serde_json::Value as Json;
 
+pub(super) mod record;
+
+use record::{Attempt, RequestParams, RequestTrace};
+
 use super::context::RequestCtx;
 use crate::openai::Endpoint;
 use crate::outcome::Outcome;
@@ -22,45 +26,6 @@ use crate::telemetry::context::{new_span_id, TraceContext};
 
 /// Captured prompt text longer than this is cut (a span attribute, not an archive).
 const MAX_CONTENT_CHARS: usize = 16 * 1024;
-
-/// What the phases record for the request's spans.
-pub struct RequestTrace {
-    /// The trace and the client's parent span.
-    pub context: TraceContext,
-    /// The gateway's server span.
-    pub server_span: SpanId,
-    /// Wall-clock time of `ctx.start`.
-    wall_start: SystemTime,
-    /// Upstream attempts, in order.
-    attempts: Vec<Attempt>,
-    /// The cache lookup, start and end, and its stages (embed, search, checks).
-    cache_lookup: Option<(Instant, Instant, reasoning_cache::Stages)>,
-    /// The replay of a cache hit, start and end.
-    replay: Option<(Instant, Instant)>,
-    /// Span events: when, name, attributes.
-    events: Vec<(Instant, &'static str, Vec<KeyValue>)>,
-    /// Request parameters (GenAI attributes).
-    request: RequestParams,
-    /// Put prompt text on the span.
-    capture_content: bool,
-}
-
-struct Attempt {
-    span: SpanId,
-    start: Instant,
-    end: Option<Instant>,
-    endpoint: Option<std::net::SocketAddr>,
-    error: Option<&'static str>,
-}
-
-#[derive(Default)]
-struct RequestParams {
-    model: Option<String>,
-    max_tokens: Option<i64>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    prompt: Option<String>,
-}
 
 /// Starts the request's trace context when traces are exported (from the client's
 /// `traceparent`/`tracestate`; a malformed one is ignored and a new trace begins).
