@@ -68,7 +68,7 @@ build:
 # workspace's [workspace.lints]) on the cache, the gateway and the tests;
 # CI runs it before `make test`. The engine and the benches are left out: checking them means
 # checking mistral.rs and candle too, minutes of CI for two thin crates (`make lint-all` does it).
-lint:
+lint: deps-gateway
 	python3 scripts/import-cycles.py gateway/src cache/src engine/src
 	cargo fmt --all --check
 	cargo clippy --release -p reasoning-cache -p reasoning-gateway --no-default-features -p gateway-tests --all-targets -- -D warnings
