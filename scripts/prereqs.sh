@@ -45,6 +45,7 @@ row python3-venv  "run test"         "python3 -c 'import ensurepip'" "python3 -c
 row pip           "run test"         "python3 -c 'import pip'"      "python3 -c 'import pip; print(\"pip\", pip.__version__)'" "apt python3-pip"
 row promtool      "test"             "have promtool"                "promtool --version"      "apt prometheus"
 row prometheus    "test"             "have prometheus"              "prometheus --version"    "apt prometheus"
+row redis-server  "test"             "have redis-server"            "redis-server --version"  "apt redis-server"
 row cargo-nextest "test"             "cargo nextest --version"      "cargo nextest --version" "cargo cargo-nextest"
 # tests/tests/deploy.rs renders deploy/kubernetes with kubectl's built-in kustomize. Debian has no
 # kubectl package, and no registry this project uses ships it: make deps can only say how.

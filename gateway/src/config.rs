@@ -61,6 +61,8 @@ pub struct Config {
     pub async_jobs: AsyncJobsConfig,
     /// Trace export and GenAI metric names.
     pub telemetry: TelemetryConfig,
+    /// Fleet mode (state shared through Redis), when configured.
+    pub shared: Option<SharedConfig>,
     /// Upstream pools (without the engine, which is added when it has started).
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes, first match wins.
@@ -566,6 +568,50 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         }])
     })?;
     validate(raw).map_err(ConfigError::Invalid)
+}
+
+/// `shared`: the Redis every replica of a fleet shares state through.
+#[derive(Clone, PartialEq)]
+pub struct SharedConfig {
+    /// The connection URL, password included when one is configured: never logged (see the
+    /// `Debug` impl and [`SharedConfig::display_url`]).
+    pub redis_url: String,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Deadline of one command on a request's path.
+    pub timeout: Duration,
+}
+
+impl SharedConfig {
+    /// The URL with any password replaced by `***`, for logs and the admin plane.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+impl std::fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedConfig")
+            .field("redis_url", &self.display_url())
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host…` → `scheme://user:***@host…` (unchanged without a password).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_string(),
+    }
 }
 
 /// `telemetry`: trace export and the GenAI metric names.

@@ -24,6 +24,7 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod shadow;
+pub mod shared;
 pub mod state;
 pub mod telemetry;
 pub mod tenant;

@@ -21,6 +21,8 @@ use labels::{
     Requests, Route, RouteReasoningLength, RouteUpstream, RouteVariant, Shadow, ShadowFailedCheck,
     SpanDrop, SpanExport, TenantHeader, Upstream, UpstreamError, UpstreamRejection, Verification,
 };
+// Fleet mode (issue 26).
+use labels::{SharedBackend, SharedOp};
 // Budget forcing (issue 30).
 use labels::{Budget, ForcedVerification};
 
@@ -274,6 +276,12 @@ pub struct Metrics {
     pub otel_spans_exported_total: CounterFamily<SpanExport>,
     /// Spans dropped instead of exported, by reason (queue_full|export_failed).
     pub otel_spans_dropped_total: CounterFamily<SpanDrop>,
+    /// 1 while this replica reaches the fleet's Redis, 0 while it goes on alone (only in fleet
+    /// mode: absent when `shared` is not configured).
+    pub shared_state_up: IntGaugeFamily<SharedBackend>,
+    /// Redis commands of fleet mode that failed or took longer than `shared.timeout`, by what
+    /// they were for.
+    pub shared_state_errors_total: CounterFamily<SharedOp>,
     /// Trace ids of sampled requests on the latency histograms' buckets (OpenMetrics only).
     pub exemplars: openmetrics::Exemplars,
 }
@@ -455,6 +463,8 @@ impl Metrics {
             tenant_headers_ignored_total,
             otel_spans_exported_total: r.counter("otel_spans_exported_total", "Spans the OTLP collector accepted (telemetry.otlp), by protocol."),
             exemplars: openmetrics::Exemplars::default(),
+            shared_state_up: r.int_gauge("shared_state_up", "1 while this replica reaches the fleet's Redis (shared), 0 while it serves alone: local cache only, local canary windows, async submissions refused. Only in fleet mode."),
+            shared_state_errors_total: r.counter("shared_state_errors_total", "Redis commands of fleet mode that failed or outlasted shared.timeout, by op: ping, cache, cache_sync, canary, jobs. The request they served went on without them."),
             otel_spans_dropped_total: r.counter("otel_spans_dropped_total", "Spans dropped instead of exported (telemetry.otlp): queue_full (the collector is slower than the traffic; max_queue spans were waiting) or export_failed (the collector refused, was unreachable or did not answer within the timeout). Requests never wait for the exporter."),
             cache,
             registry,
@@ -679,6 +689,12 @@ mod tests {
             &m.otel_spans_dropped_total,
             &p("otel_spans_dropped_total"),
             &["reason"],
+        );
+        check(&m.shared_state_up, &p("shared_state_up"), &["backend"]);
+        check(
+            &m.shared_state_errors_total,
+            &p("shared_state_errors_total"),
+            &["op"],
         );
     }
 }

@@ -87,6 +87,10 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: ReloadTrigger) -> Result<Reloa
         restart_required.push("cache");
         new.cache = old.config.cache.clone();
     }
+    if new.shared != old.config.shared {
+        restart_required.push("shared");
+        new.shared = old.config.shared.clone();
+    }
     // The engine keeps running on its listener: its pool carries over as it is.
     let extra: Vec<_> = old
         .pools

@@ -39,6 +39,9 @@ pub enum StartError {
     /// The reasoning cache cannot start (model or ONNX Runtime missing).
     #[error("reasoning cache: {0}")]
     Cache(String),
+    /// The `shared` section could not be used (a URL the client refuses).
+    #[error("shared: {0}")]
+    Shared(String),
     /// The OTLP trace exporter could not start.
     #[error("telemetry.otlp: {0}")]
     Telemetry(#[from] crate::telemetry::otlp::StartError),
@@ -160,6 +163,12 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
             .map_err(|e| StartError::Cache(e.to_string()))?;
         cache.set_entries();
         let _ = gw.cache.set(cache);
+    }
+    if let Some(shared) = &config.shared {
+        let started = crate::shared::Shared::start(shared.clone(), &gw.metrics)
+            .map_err(|e| StartError::Shared(e.to_string()))?;
+        tracing::info!(redis = %shared.display_url(), key_prefix = %shared.key_prefix, replica = %started.replica, "Fleet mode: sharing state through Redis.");
+        let _ = gw.shared.set(started);
     }
     if let Some(otlp) = &config.telemetry.otlp {
         let traces = crate::telemetry::otlp::Traces::start(otlp, gw.metrics.otlp_counters(otlp))?;

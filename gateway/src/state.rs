@@ -61,6 +61,8 @@ pub struct Gateway {
     pub jobs: Arc<crate::jobs::Jobs>,
     /// The OTLP trace exporter, when `telemetry.otlp` is set (started once at start-up).
     pub traces: std::sync::OnceLock<crate::telemetry::otlp::Traces>,
+    /// Fleet mode's Redis connection, when `shared` is configured (started once at start-up).
+    pub shared: std::sync::OnceLock<Arc<crate::shared::Shared>>,
     /// Seals the tenant a job runs as (see [`crate::tenant`]); random per process.
     pub tenant_relay: crate::tenant::Relay,
     ready: AtomicBool,
@@ -80,6 +82,7 @@ impl Gateway {
             canary: Default::default(),
             cache: std::sync::OnceLock::new(),
             traces: std::sync::OnceLock::new(),
+            shared: std::sync::OnceLock::new(),
             tenant_relay: crate::tenant::Relay::new(),
             ready: AtomicBool::new(false),
         })

@@ -45,6 +45,23 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Polls `probe` every 20 ms until it returns `Some` (bounded by `within`, which fails the
+/// test naming `what`): the one wait helper new tests use instead of sleeping.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A running gateway process, killed on drop.
 pub struct GatewayProc {
     child: Child,

@@ -3,4 +3,5 @@
 pub mod fake_upstream;
 pub mod harness;
 pub mod prometheus;
+pub mod redis;
 pub mod tls;

@@ -45,6 +45,9 @@ pub struct RawConfig {
     pub async_jobs: Option<RawAsyncJobs>,
     /// OpenTelemetry trace export and the GenAI metric names (both off by default).
     pub telemetry: Option<RawTelemetry>,
+    /// Fleet mode: the cache, canary verdicts and async jobs shared by every replica through
+    /// Redis (off when absent). Read at start-up only.
+    pub shared: Option<RawShared>,
     /// Named pools of OpenAI-compatible backends.
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
@@ -393,6 +396,23 @@ pub struct RawAsyncJobs {
     pub max_jobs_per_tenant: Option<usize>,
     /// Bytes all jobs may hold in memory (request bodies and results; default 256 MiB).
     pub max_bytes: Option<u64>,
+}
+
+/// The `shared` section: where the fleet's shared state lives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShared {
+    /// `redis://[user:password@]host:port[/db]` (Redis or Valkey; no TLS: `rediss://` is
+    /// refused). A password may instead come from `password_env`.
+    pub redis_url: String,
+    /// Environment variable holding the Redis password (kept out of the config file).
+    pub password_env: Option<String>,
+    /// Prefix of every key the gateway writes (default `rg`): replicas with the same prefix
+    /// share state; another prefix on the same Redis is another fleet.
+    pub key_prefix: Option<String>,
+    /// Longest time one Redis command may take on a request's path before the replica goes on
+    /// alone (default `50ms`).
+    pub timeout: Option<String>,
 }
 
 /// The `telemetry` section.

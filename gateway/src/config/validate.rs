@@ -220,6 +220,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
 
     let async_jobs = async_jobs(&mut errs, raw.async_jobs.as_ref());
     let telemetry = telemetry::telemetry(&mut errs, raw.telemetry.as_ref());
+    let shared = raw.shared.as_ref().map(|s| shared::shared(&mut errs, s));
     if errs.0.is_empty() {
         Ok(Config {
             listen,
@@ -237,6 +238,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             cache,
             async_jobs,
             telemetry,
+            shared,
             upstreams,
             routes,
         })
@@ -1093,6 +1095,7 @@ fn analysis(errs: &mut Errors, path: &str, r: &RawReasoning) -> AnalysisConfig {
     a
 }
 
+mod shared;
 mod telemetry;
 
 #[cfg(test)]

@@ -597,3 +597,27 @@ label_set! {
         token_type: TokenType => "gen_ai_token_type",
     }
 }
+
+enum_label! {
+    /// What a Redis command of fleet mode was for (`shared_state_errors_total`).
+    SharedOp => "op" {
+        /// Health check and connecting.
+        Ping => "ping",
+        /// Cache lookups and inserts on a request's path.
+        Cache => "cache",
+        /// Tailing and loading the cache's stream of inserts and purges.
+        CacheSync => "cache_sync",
+        /// Canary outcome counts and verdicts.
+        Canary => "canary",
+        /// Async jobs: the table, leases and callbacks.
+        Jobs => "jobs",
+    }
+}
+
+enum_label! {
+    /// The store fleet state is shared through (`shared_state_up`).
+    SharedBackend => "backend" {
+        /// Redis or Valkey.
+        Redis => "redis",
+    }
+}
