@@ -201,6 +201,15 @@ async fn tokenize(
         reasoning_effort: None,
         response: tx,
     });
+    send(engine, request).await?;
+    rx.recv()
+        .await
+        .ok_or_else(|| EngineError::Generation("the tokenizer did not answer".into()))?
+        .map_err(|e| EngineError::Generation(e.to_string()))
+}
+
+/// Hands one request to the model's scheduler.
+async fn send(engine: &Engine, request: mistralrs::Request) -> Result<(), EngineError> {
     let sender = engine
         .model
         .inner()
@@ -209,10 +218,6 @@ async fn tokenize(
     sender
         .send(request)
         .await
-        .map_err(|e| EngineError::Generation(e.to_string()))?;
-    rx.recv()
-        .await
-        .ok_or_else(|| EngineError::Generation("the tokenizer did not answer".into()))?
         .map_err(|e| EngineError::Generation(e.to_string()))
 }
 
@@ -247,15 +252,7 @@ async fn start(
         model_id: None,
         truncate_sequence: false,
     }));
-    let sender = engine
-        .model
-        .inner()
-        .get_sender(None)
-        .map_err(|e| EngineError::Generation(e.to_string()))?;
-    sender
-        .send(request)
-        .await
-        .map_err(|e| EngineError::Generation(e.to_string()))?;
+    send(engine, request).await?;
     Ok((rx, prompt_tokens))
 }
 

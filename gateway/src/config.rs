@@ -69,6 +69,26 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+impl Config {
+    /// What a valid config does differently from what it asks for, one sentence each: shown
+    /// by `check` and logged when the config is loaded or reloaded.
+    pub fn notices(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for route in &self.routes {
+            let Some(b) = route.reasoning.budget.as_ref().filter(|b| b.continues()) else {
+                continue;
+            };
+            for pool in &b.cannot_continue {
+                out.push(format!(
+                    "route `{}`: upstream `{pool}` declares no `continuation`, so its requests get `on_exceed: error` instead: they stop with `reasoning_budget_exceeded` at the budget and are not extended below `min_tokens`. Declare `continuation: chat_prefix` on that pool if its server takes `continue_final_message` with a chat template that renders a final assistant message as it is (the stock DeepSeek-R1 and Qwen3 templates do not).",
+                    route.name
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// Bundled engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -170,12 +190,20 @@ pub struct BudgetConfig {
     pub max_extensions: u32,
     /// Budgets of `reasoning_effort` low, medium, high.
     pub effort: [Option<u64>; 3],
+    /// Pools this route reaches that declare no `continuation`: there the budget falls back
+    /// to the `error` form (stop at `max_tokens`, no extension below `min_tokens`).
+    pub cannot_continue: Vec<String>,
 }
 
 impl BudgetConfig {
     /// The gateway continues generations on this route (forced answers or extensions).
     pub fn continues(&self) -> bool {
         self.answer || self.min_tokens.is_some()
+    }
+
+    /// Whether requests served by `pool` are continued (else: the `error` form).
+    pub fn continues_on(&self, pool: &str) -> bool {
+        self.continues() && !self.cannot_continue.iter().any(|p| p == pool)
     }
 
     /// The budget of a request's `reasoning_effort`, when the route has one for it.

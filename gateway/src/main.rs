@@ -117,6 +117,9 @@ fn main() -> ExitCode {
                     c.routes.len(),
                     c.upstreams.len()
                 );
+                for notice in c.notices() {
+                    println!("  note: {notice}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -123,6 +123,9 @@ pub fn reload(gw: &Gateway, path: &Path, trigger: ReloadTrigger) -> Result<Reloa
         }
     }
     gw.export_config_series(&snapshot);
+    for notice in snapshot.config.notices() {
+        tracing::warn!(notice = %notice, "The reloaded config asks for something it cannot have here.");
+    }
     let routes = snapshot.config.routes.len();
     gw.snapshot.store(Arc::new(snapshot));
     gw.metrics

@@ -127,6 +127,9 @@ pub fn ctrl_c_stops_gracefully() {
 /// Runs the gateway until it is told to stop. Never returns on success.
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let config = config::load(config_path)?;
+    for notice in config.notices() {
+        tracing::warn!(notice = %notice, "The config asks for something it cannot have here.");
+    }
     crate::fdlimit::raise_and_report();
     // Bind-test the proxy address now: Pingora binds later and would only panic.
     drop(bind("listen", config.listen)?);

@@ -37,6 +37,11 @@ routes:
     upstream_model: budget-long
     reasoning:
       budget: {{ max_tokens: 5 }}
+  - model: answer-on-plain
+    upstream: plain
+    upstream_model: budget-long
+    reasoning:
+      budget: {{ max_tokens: 5, on_exceed: answer }}
 "#
     )
 }
@@ -309,6 +314,55 @@ async fn on_exceed_error_still_ends_the_stream_with_the_budget_error() {
     assert!(up.continuations.lock().unwrap().is_empty());
     gw.wait_for_metric(
         "reasoning_gateway_reasoning_budget_actions_total{action=\"error\",route=\"long-error\"}",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_pool_that_cannot_continue_gets_the_error_form_with_a_reason_decided_at_load() {
+    let up = FakeUpstream::start("a").await;
+    let gw = GatewayProc::start(&config(up.addr), READY);
+    // Said once at start-up, before any request, and by `check`.
+    gw.wait_for_log_line(
+        "route `answer-on-plain`: upstream `plain` declares no `continuation`",
+        READY,
+    )
+    .await;
+    let out = std::process::Command::new(gateway_tests::harness::gateway_bin())
+        .args(["check", "--config"])
+        .arg(&gw.config)
+        .output()
+        .expect("run check");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed
+            .contains("note: route `answer-on-plain`: upstream `plain` declares no `continuation`"),
+        "{printed}"
+    );
+    let (status, text) = chat(
+        &gw,
+        json!({"model": "answer-on-plain", "stream": true,
+            "messages": [{"role": "user", "content": "6*7?"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let s = read_sse(&text);
+    assert_eq!(s.errors.len(), 1, "{text}");
+    assert_eq!(s.errors[0]["code"], "reasoning_budget_exceeded");
+    let message = s.errors[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("upstream `plain` cannot continue a generation"),
+        "{message}"
+    );
+    assert!(
+        up.continuations.lock().unwrap().is_empty(),
+        "no continuation was tried"
+    );
+    gw.wait_for_metric(
+        "reasoning_gateway_reasoning_budget_actions_total{action=\"error\",route=\"answer-on-plain\"}",
         1.0,
         Duration::from_secs(5),
     )

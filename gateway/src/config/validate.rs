@@ -210,7 +210,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             canary,
             cache,
         };
-        budget_pools(&mut errs, &path, &route, &upstreams, engine.is_some());
+        let mut route = route;
+        let cannot = budget_pools(&route, &upstreams, engine.is_some());
+        if let Some(b) = route.reasoning.budget.as_mut() {
+            b.cannot_continue = cannot;
+        }
         routes.push(route);
     }
     let cache = match (&raw.cache, routes.iter().any(|r| r.cache.is_some())) {
@@ -940,30 +944,27 @@ fn budget(errs: &mut Errors, path: &str, b: &RawBudget, legacy: Option<u64>) -> 
         extend_word,
         max_extensions: max_extensions.clamp(1, MAX_EXTENSIONS),
         effort,
+        cannot_continue: Vec::new(),
     }
 }
 
-/// Routes that continue generations (`on_exceed: answer`, `min_tokens`) must reach only pools
-/// that can continue one; decided here so no request finds out.
-fn budget_pools(
-    errs: &mut Errors,
-    path: &str,
-    route: &RouteConfig,
-    pools: &[UpstreamConfig],
-    engine: bool,
-) {
+/// The pools a route that continues generations (`on_exceed: answer`, `min_tokens`) reaches
+/// that declare no way to continue one: requests they serve fall back to the `error` form.
+/// Decided here, at config load, so no request finds out by trying; [`Config::notices`] says it.
+fn budget_pools(route: &RouteConfig, pools: &[UpstreamConfig], engine: bool) -> Vec<String> {
     if !route
         .reasoning
         .budget
         .as_ref()
         .is_some_and(BudgetConfig::continues)
     {
-        return;
+        return Vec::new();
     }
     let mut names = vec![route.upstream.as_str()];
     if let Some(c) = &route.canary {
         names.extend(c.variants.iter().map(|v| v.upstream.as_str()));
     }
+    let mut cannot: Vec<String> = Vec::new();
     for name in names {
         let can = if name == ENGINE_UPSTREAM {
             engine
@@ -973,13 +974,11 @@ fn budget_pools(
                 .find(|p| p.name == name)
                 .is_none_or(|p| p.continuation != Continuation::None)
         };
-        if !can {
-            errs.push(
-                &format!("{path}.reasoning.budget"),
-                format!("`on_exceed: answer` and `min_tokens` continue the generation from the reasoning so far, and upstream `{name}` does not declare how (`continuation: chat_prefix` on the pool, for a server that takes `continue_final_message` with a chat template that renders a final assistant message as it is; the stock DeepSeek-R1 and Qwen3 templates do not). Use `on_exceed: error` there."),
-            );
+        if !can && !cannot.iter().any(|c| c == name) {
+            cannot.push(name.to_string());
         }
     }
+    cannot
 }
 
 /// Longest reasoning tag: the parser holds back at most this much of a split tag.

@@ -92,7 +92,7 @@ pub fn filter(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: boo
             }
             Alert::BudgetExceeded => ApiError::new(
                 ErrorCode::ReasoningBudgetExceeded,
-                "The reasoning exceeded the route's max_reasoning_tokens; generation was stopped.",
+                budget_message(ctx.route.as_deref(), ctx.pool.as_deref()),
             ),
             Alert::Abort(check) => ApiError::new(
                 ErrorCode::VerificationFailed,
@@ -130,4 +130,22 @@ pub fn emit(ctx: &mut RequestCtx, mut out: Vec<u8>, end_of_stream: bool) -> Byte
     let out = super::api::client_bytes(ctx, out, end_of_stream || ctx.aborted);
     ctx.response_bytes += out.len();
     Bytes::from(out)
+}
+
+/// The budget error's message: a route that asked for a forced answer says why it got none.
+fn budget_message(
+    route: Option<&crate::config::RouteConfig>,
+    pool: Option<&crate::upstream::Pool>,
+) -> String {
+    let wanted_answer = route
+        .and_then(|r| r.reasoning.budget.as_ref())
+        .is_some_and(|b| b.answer);
+    match pool {
+        Some(pool) if wanted_answer => format!(
+            "The reasoning reached the route's budget; upstream `{}` cannot continue a generation (its pool declares no `continuation`), so the generation was stopped instead of answering.",
+            pool.config.name
+        ),
+        _ => "The reasoning exceeded the route's max_reasoning_tokens; generation was stopped."
+            .to_string(),
+    }
 }

@@ -39,7 +39,8 @@ use crate::upstream::Pool;
 
 /// The plan for a request, when the gateway must be able to continue it: a route with
 /// `on_exceed: answer` or `min_tokens`, a chat request with one choice, a pool that continues
-/// (checked at config load; a canary variant's pool too), tags the parser reads.
+/// (decided at config load, `BudgetConfig::cannot_continue`: on the others the budget has its
+/// `error` form), tags the parser reads.
 pub fn plan(route: &RouteConfig, pool: &Pool, ctx: &RequestCtx) -> Option<Plan> {
     let b = route.reasoning.budget.as_ref().filter(|b| b.continues())?;
     if ctx.endpoint != Some(Endpoint::ChatCompletions)

@@ -785,8 +785,8 @@ routes:
 }
 
 #[test]
-fn a_budget_that_continues_needs_a_pool_that_can() {
-    let e = errors(
+fn a_budget_on_a_pool_that_cannot_continue_falls_back_to_the_error_form() {
+    let c = parse(
         r#"
 upstreams:
   - { name: vllm, endpoints: ["127.0.0.1:8000"] }
@@ -806,15 +806,25 @@ routes:
     upstream: vllm
     reasoning: { budget: { max_tokens: 100 } }
 "#,
-    );
-    assert_eq!(e.len(), 2, "{e:?}");
+    )
+    .expect("a pool without continuation is not an error: the route falls back");
+    let budget = |i: usize| c.routes[i].reasoning.budget.clone().expect("budget");
+    assert_eq!(budget(0).cannot_continue, ["vllm"]);
+    assert!(budget(0).continues_on("next") && !budget(0).continues_on("vllm"));
+    assert_eq!(budget(1).cannot_continue, ["vllm"]);
     assert!(
-        e[0].starts_with("routes[0].reasoning.budget")
-            && e[0].contains("`vllm`")
-            && e[0].contains("continuation: chat_prefix"),
-        "{e:?}"
+        budget(2).cannot_continue.is_empty(),
+        "the error form needs nothing"
     );
-    assert!(e[1].starts_with("routes[1].reasoning.budget"), "{e:?}");
+    let notices = c.notices();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(
+        notices[0].starts_with("route `r1`: upstream `vllm`")
+            && notices[0].contains("on_exceed: error")
+            && notices[0].contains("continuation: chat_prefix"),
+        "{notices:?}"
+    );
+    assert!(notices[1].starts_with("route `r2`"), "{notices:?}");
 }
 
 #[test]
