@@ -196,10 +196,7 @@ impl CanaryState {
         variant: &str,
         o: Outcome,
     ) -> Option<Change> {
-        let mut all = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = self.lock();
         let window = canary.rollback.window;
         let key = (route.to_string(), variant.to_string());
         let entry = all.entry(key.clone()).or_default();
@@ -278,20 +275,14 @@ impl CanaryState {
     /// The served variants' weights now: configured, or the promotion step's; rolled-back
     /// variants get 0.
     pub fn weights(&self, route: &str, canary: &CanaryConfig) -> Vec<u32> {
-        let all = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all = self.lock();
         weights_in(&all, route, canary)
     }
 
     /// The served variants now, for [`crate::routing::variant::pick`]: the weights in force
     /// and which are rolled back (those cannot be forced by a header).
     pub fn live(&self, route: &str, canary: &CanaryConfig) -> Live {
-        let all = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all = self.lock();
         let rolled_back = canary
             .variants
             .iter()
@@ -322,10 +313,7 @@ impl CanaryState {
 
     /// Clears a rollback; returns whether there was one.
     pub fn enable(&self, route: &str, variant: &str) -> bool {
-        let mut all = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = self.lock();
         match all.get_mut(&(route.to_string(), variant.to_string())) {
             Some(w) if w.rolled_back.is_some() => {
                 // Re-enabled: a fresh window, and promotion starts again from its first step.
@@ -346,10 +334,7 @@ impl CanaryState {
     /// replica), `degraded` (fleet mode, Redis out of reach: this replica's own window decides)
     /// or `local` (no fleet mode).
     pub fn report(&self, routes: &[RouteConfig]) -> Value {
-        let all = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all = self.lock();
         let view = match (self.fleet.enabled(), self.fleet.is_live()) {
             (false, _) => "local",
             (true, true) => "fleet",

@@ -55,14 +55,21 @@ struct Fleet {
 /// Redis, the fake upstreams and three replicas whose canary view is the fleet's.
 async fn fleet() -> Fleet {
     let redis = Redis::start().await;
-    let (a, b) = (FakeUpstream::start("a").await, FakeUpstream::start("b").await);
+    let (a, b) = (
+        FakeUpstream::start("a").await,
+        FakeUpstream::start("b").await,
+    );
     let cfg = config(&a, &b, &redis);
     let replicas: Vec<_> = (0..3).map(|_| GatewayProc::start(&cfg, WAIT)).collect();
     for gw in &replicas {
-        eventually(WAIT, "every replica syncs its canary state", || async move {
-            let entries = canary(gw).await;
-            (!entries.is_empty() && entries.iter().all(|e| e["view"] == "fleet")).then_some(())
-        })
+        eventually(
+            WAIT,
+            "every replica syncs its canary state",
+            || async move {
+                let entries = canary(gw).await;
+                (!entries.is_empty() && entries.iter().all(|e| e["view"] == "fleet")).then_some(())
+            },
+        )
         .await;
     }
     Fleet {
@@ -160,15 +167,19 @@ async fn fleet_state(gw: &GatewayProc, route: &str) -> Vec<Value> {
 
 /// Waits until every replica shows the same state of `route`; returns it.
 async fn agreed(fleet: &Fleet, route: &str) -> Vec<Value> {
-    eventually(WAIT, "GET /admin/canary agrees on every replica", || async move {
-        let first = fleet_state(&fleet.replicas[0], route).await;
-        for gw in &fleet.replicas[1..] {
-            if fleet_state(gw, route).await != first {
-                return None;
+    eventually(
+        WAIT,
+        "GET /admin/canary agrees on every replica",
+        || async move {
+            let first = fleet_state(&fleet.replicas[0], route).await;
+            for gw in &fleet.replicas[1..] {
+                if fleet_state(gw, route).await != first {
+                    return None;
+                }
             }
-        }
-        Some(first)
-    })
+            Some(first)
+        },
+    )
     .await
 }
 
@@ -178,7 +189,9 @@ async fn rolled_back_everywhere(fleet: &Fleet) {
         eventually(
             Duration::from_secs(5),
             &format!("replica {i} applies the fleet's rollback"),
-            || async move { (entry(gw, "failing", "canary").await["rolled_back"] == true).then_some(()) },
+            || async move {
+                (entry(gw, "failing", "canary").await["rolled_back"] == true).then_some(())
+            },
         )
         .await;
     }
@@ -202,7 +215,10 @@ async fn errors_spread_over_three_replicas_roll_the_canary_back_on_all_three() {
             .is_some_and(|r| r.starts_with("error rate 100.0 %")),
         "{canary}"
     );
-    assert!(canary["window"]["requests"].as_u64() >= Some(MIN as u64), "{canary}");
+    assert!(
+        canary["window"]["requests"].as_u64() >= Some(MIN as u64),
+        "{canary}"
+    );
     assert_eq!(canary["traffic_share"], 0.0, "{canary}");
     assert_eq!(canary["decided_locally"], false, "{canary}");
 
@@ -235,10 +251,16 @@ async fn re_enabling_on_one_replica_clears_the_verdict_on_all() {
         .await;
     assert_eq!(status, 200, "{body}");
     let body: Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!((&body["re_enabled"], &body["view"]), (&json!(true), &json!("fleet")));
+    assert_eq!(
+        (&body["re_enabled"], &body["view"]),
+        (&json!(true), &json!("fleet"))
+    );
 
     let state = agreed(&fleet, "failing").await;
-    let canary = state.iter().find(|e| e["variant"] == "canary").expect("entry");
+    let canary = state
+        .iter()
+        .find(|e| e["variant"] == "canary")
+        .expect("entry");
     assert_eq!(canary["rolled_back"], false, "{canary}");
     assert_eq!(canary["window"]["requests"], 0, "a fresh window: {canary}");
     // Each replica sends weighted traffic to the canary again (stopping at the first, so the
@@ -272,7 +294,10 @@ async fn a_promotion_decided_on_the_fleet_counts_applies_on_all_three() {
     }
     none_could_decide_alone(&fleet, "healthy").await;
     let state = agreed(&fleet, "healthy").await;
-    let canary = state.iter().find(|e| e["variant"] == "canary").expect("entry");
+    let canary = state
+        .iter()
+        .find(|e| e["variant"] == "canary")
+        .expect("entry");
     assert_eq!(canary["promotion"]["percent"], 100, "{canary}");
     assert_eq!(canary["traffic_share"], 1.0, "{canary}");
 
@@ -317,9 +342,16 @@ async fn without_redis_a_replica_decides_alone_and_its_verdict_reaches_the_fleet
     // locally by replica 0.
     fleet.redis.restart().await;
     let state = agreed(&fleet, "failing").await;
-    let canary = state.iter().find(|e| e["variant"] == "canary").expect("entry");
+    let canary = state
+        .iter()
+        .find(|e| e["variant"] == "canary")
+        .expect("entry");
     assert_eq!(
-        (&canary["view"], &canary["rolled_back"], &canary["decided_locally"]),
+        (
+            &canary["view"],
+            &canary["rolled_back"],
+            &canary["decided_locally"]
+        ),
         (&json!("fleet"), &json!(true), &json!(true)),
         "{canary}"
     );

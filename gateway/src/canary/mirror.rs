@@ -55,7 +55,11 @@ pub(super) fn count(w: &mut Window, o: &Outcome, window: Duration) {
     let width = bucket_width(window);
     w.pending.entry(now_s - now_s % width).or_default().add(o);
     let oldest = now_s.saturating_sub(window.as_secs() + width);
-    while w.pending.first_key_value().is_some_and(|(b, _)| *b < oldest) {
+    while w
+        .pending
+        .first_key_value()
+        .is_some_and(|(b, _)| *b < oldest)
+    {
         w.pending.pop_first();
     }
 }
@@ -99,7 +103,10 @@ impl CanaryState {
 
     /// The fleet now holds this rollback (this replica's or another's).
     pub fn mark_published(&self, route: &str, variant: &str) {
-        if let Some(w) = self.lock().get_mut(&(route.to_string(), variant.to_string())) {
+        if let Some(w) = self
+            .lock()
+            .get_mut(&(route.to_string(), variant.to_string()))
+        {
             w.unpublished = false;
         }
     }
@@ -236,7 +243,13 @@ mod tests {
             w.rolled_back = Some("error rate".into());
             w.unpublished = true;
         }
-        assert_eq!(state.apply("r", [("canary".to_string(), FleetVariant::default())].into()), vec![]);
+        assert_eq!(
+            state.apply(
+                "r",
+                [("canary".to_string(), FleetVariant::default())].into()
+            ),
+            vec![]
+        );
         assert_eq!(
             state.unpublished(),
             vec![("r".into(), "canary".into(), "error rate".into())]

@@ -95,7 +95,10 @@ pub async fn flush(
             .arg(now_ms)
             .ignore();
     }
-    run(shared, |mut c| async move { pipe.query_async::<()>(&mut c).await }).await
+    run(shared, |mut c| async move {
+        pipe.query_async::<()>(&mut c).await
+    })
+    .await
 }
 
 /// Publishes a rollback unless one is published already: true when this call did.
