@@ -11,8 +11,10 @@
 //! - `GET /admin/cache`: the reasoning cache's statistics.
 //! - `POST /admin/cache/purge`: removes entries by `route`, `tenant` or `api_key` (none: all).
 //! - `POST /admin/cache/snapshot`: writes a cache snapshot now.
-//! - `GET /admin/canary`: each variant's window, rollback state and promotion step.
-//! - `POST /admin/canary/enable?route=R&variant=V`: re-enables a rolled-back variant.
+//! - `GET /admin/canary`: each variant's window, rollback state and promotion step (the
+//!   fleet's, in fleet mode: `view` says whose).
+//! - `POST /admin/canary/enable?route=R&variant=V`: re-enables a rolled-back variant (on every
+//!   replica, in fleet mode).
 //!
 //! Every request passes [`guard::vet`] first; handlers that write (reload, purge, snapshot,
 //! canary enable) run on the blocking pool so the probes and the scrape never wait behind them.
@@ -185,16 +187,28 @@ pub fn handle(gw: &Gateway, endpoint: Endpoint, query: Option<&str>) -> Response
         }
         Endpoint::CanaryEnable => match (param("route"), param("variant")) {
             (Some(r), Some(v)) => {
-                let was = gw.canary.enable(&r, &v);
+                // The fleet first: cleared locally before, the next sync would mirror the
+                // fleet's verdict right back.
+                let fleet = crate::shared::canary::clear_blocking(gw, &r, &v);
+                let local = gw.canary.enable(&r, &v);
+                let was = local || matches!(fleet, Some(Ok(true)));
+                let view = match &fleet {
+                    None => "local",
+                    Some(Ok(_)) => "fleet",
+                    Some(Err(e)) => {
+                        tracing::warn!(route = %r, variant = %v, error = %e, "Canary variant re-enabled on this replica only: Redis could not be told, and the fleet's verdict applies again once it answers.");
+                        "degraded"
+                    }
+                };
                 if was {
-                    tracing::info!(route = %r, variant = %v, "Canary variant re-enabled by an operator.");
+                    tracing::info!(route = %r, variant = %v, view, "Canary variant re-enabled by an operator.");
                     let snap = gw.snapshot.load();
                     let live = snap.config.routes.iter().find(|c| c.name == r);
                     if let Some(canary) = live.and_then(|c| c.canary.as_ref()) {
                         gw.canary.publish(&gw.metrics, &r, canary);
                     }
                 }
-                let body = json!({"route": r, "variant": v, "re_enabled": was});
+                let body = json!({"route": r, "variant": v, "re_enabled": was, "view": view});
                 response(
                     200,
                     "application/json",

@@ -1,7 +1,16 @@
 //! Canary health: a sliding window of outcomes per (route, variant), the comparison that rolls a
 //! canary back, and the rollback state operators see and clear. Survives config reloads.
+//!
+//! In fleet mode ([`fleet`]) the windows stay, as the fallback while Redis is out of reach, and
+//! each outcome is also counted for Redis ([`tally`]); while the fleet's view is current the
+//! fleet decides, and its verdict and promotion step are mirrored into these windows
+//! ([`mirror`]), so the traffic split reads one place either way.
 
-use std::collections::{HashMap, VecDeque};
+pub mod fleet;
+pub mod mirror;
+pub mod tally;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -60,6 +69,11 @@ struct Window {
     step_since: Option<Instant>,
     /// Outcomes recorded on the current step.
     step_requests: usize,
+    /// Fleet mode: outcomes not yet added up in Redis, by time bucket (Unix seconds).
+    pending: BTreeMap<u64, tally::Tally>,
+    /// Fleet mode: rolled back on this replica's own window while the fleet's view was not
+    /// current; published when it is again.
+    unpublished: bool,
 }
 
 impl Window {
@@ -163,9 +177,17 @@ pub fn compare(stable: &Rates, canary: &Rates, cfg: &RollbackConfig) -> Option<S
 #[derive(Debug, Default)]
 pub struct CanaryState {
     windows: Mutex<Windows>,
+    /// The fleet's view, in fleet mode.
+    pub fleet: fleet::Link,
 }
 
 impl CanaryState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
+        self.windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Records an outcome; returns the change it caused: a rollback, or a promotion step.
     pub fn record(
         &self,
@@ -174,20 +196,22 @@ impl CanaryState {
         variant: &str,
         o: Outcome,
     ) -> Option<Change> {
-        let mut all = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = self.lock();
         let window = canary.rollback.window;
         let key = (route.to_string(), variant.to_string());
         let entry = all.entry(key.clone()).or_default();
         entry.events.push_back(o);
         entry.prune(o.at, window);
+        if self.fleet.enabled() {
+            mirror::count(entry, &o, window);
+        }
         let stable = canary.variants.first()?;
         if variant == stable.name
             || entry.rolled_back.is_some()
             || canary.shadow.as_ref().is_some_and(|s| s.name == variant)
+            || self.fleet.is_live()
         {
+            // While the fleet's view is current the fleet decides, on everyone's outcomes.
             return None;
         }
         entry.step_requests += 1;
@@ -199,6 +223,7 @@ impl CanaryState {
         let entry = all.get_mut(&key)?;
         if let Some(reason) = compare(&stable_rates, &canary_rates, &canary.rollback) {
             entry.rolled_back = Some(reason.clone());
+            entry.unpublished = self.fleet.enabled();
             return Some(Change::RolledBack(reason));
         }
         // Promotion: only the second served variant, only after a real comparison passed.
@@ -250,20 +275,14 @@ impl CanaryState {
     /// The served variants' weights now: configured, or the promotion step's; rolled-back
     /// variants get 0.
     pub fn weights(&self, route: &str, canary: &CanaryConfig) -> Vec<u32> {
-        let all = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all = self.lock();
         weights_in(&all, route, canary)
     }
 
     /// The served variants now, for [`crate::routing::variant::pick`]: the weights in force
     /// and which are rolled back (those cannot be forced by a header).
     pub fn live(&self, route: &str, canary: &CanaryConfig) -> Live {
-        let all = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all = self.lock();
         let rolled_back = canary
             .variants
             .iter()
@@ -294,36 +313,56 @@ impl CanaryState {
 
     /// Clears a rollback; returns whether there was one.
     pub fn enable(&self, route: &str, variant: &str) -> bool {
-        let mut all = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = self.lock();
         match all.get_mut(&(route.to_string(), variant.to_string())) {
             Some(w) if w.rolled_back.is_some() => {
                 // Re-enabled: a fresh window, and promotion starts again from its first step.
                 *w = Window::default();
+                self.fleet.forget(route, variant);
                 true
             }
-            _ => false,
+            _ => {
+                self.fleet.forget(route, variant);
+                false
+            }
         }
     }
 
     /// State for `GET /admin/canary`: each variant's window and rollback, and, for routes of the
     /// live config `routes`, the weight and traffic share in force and the promotion step.
+    /// `view` says whose state it is: `fleet` (every replica's outcomes, the same on every
+    /// replica), `degraded` (fleet mode, Redis out of reach: this replica's own window decides)
+    /// or `local` (no fleet mode).
     pub fn report(&self, routes: &[RouteConfig]) -> Value {
-        let all = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all = self.lock();
+        let view = match (self.fleet.enabled(), self.fleet.is_live()) {
+            (false, _) => "local",
+            (true, true) => "fleet",
+            (true, false) => "degraded",
+        };
+        let now_ms = fleet::unix_ms();
         let mut out: Vec<Value> = all
             .iter()
             .map(|((route, variant), w)| {
-                let r = rates(w.events.iter());
-                let mut e = json!({"route": route, "variant": variant, "rolled_back": w.rolled_back.is_some(), "reason": w.rolled_back,
-                    "promotion_step": w.step, "step_requests": w.step_requests,
-                    "step_seconds": w.step_since.map(|t| t.elapsed().as_secs_f64()),
-                    "window": {"requests": r.requests, "error_rate": r.error_rate, "p95_seconds": r.p95,
-                        "verification_failure_rate": r.verification_failure_rate, "step_timeout_rate": r.step_timeout_rate}});
+                let own = rates(w.events.iter());
+                let shared = if view == "fleet" { self.fleet.get(route, variant) } else { None };
+                let (mut e, step) = match &shared {
+                    Some(f) => {
+                        let v = f.verdict.as_ref();
+                        (json!({"route": route, "variant": variant, "view": view,
+                            "rolled_back": v.is_some(), "reason": v.map(|v| &v.reason),
+                            "decided_by": v.map(|v| &v.by), "decided_at": v.map(|v| v.at_ms as f64 / 1000.0),
+                            "decided_locally": v.map(|v| v.local),
+                            "promotion_step": f.step, "step_requests": f.step_requests,
+                            "step_seconds": f.step_since_ms.map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
+                            "window": window_json(&f.rates()), "local_window": window_json(&own)}), f.step)
+                    }
+                    None => (json!({"route": route, "variant": variant, "view": view,
+                        "rolled_back": w.rolled_back.is_some(), "reason": w.rolled_back,
+                        "promotion_step": w.step, "step_requests": w.step_requests,
+                        "step_seconds": w.step_since.map(|t| t.elapsed().as_secs_f64()),
+                        "window": window_json(&own)}), w.step),
+                };
                 let live = routes.iter().find(|c| &c.name == route).and_then(|c| c.canary.as_ref());
                 let Some(canary) = live else { return e };
                 let weights = weights_in(&all, route, canary);
@@ -333,7 +372,7 @@ impl CanaryState {
                 }
                 if let Some(p) = &canary.promotion {
                     if canary.variants.get(1).is_some_and(|v| &v.name == variant) {
-                        let step = p.step(w.step);
+                        let step = p.step(step);
                         e["promotion"] = json!({"steps": p.steps, "step": step, "percent": p.steps.get(step),
                             "complete": step + 1 == p.steps.len()});
                     }
@@ -344,6 +383,12 @@ impl CanaryState {
         out.sort_by_key(|v| (v["route"].to_string(), v["variant"].to_string()));
         Value::Array(out)
     }
+}
+
+/// A window's rates as `GET /admin/canary` shows them.
+fn window_json(r: &Rates) -> Value {
+    json!({"requests": r.requests, "error_rate": r.error_rate, "p95_seconds": r.p95,
+        "verification_failure_rate": r.verification_failure_rate, "step_timeout_rate": r.step_timeout_rate})
 }
 
 type Windows = HashMap<(String, String), Window>;
@@ -388,203 +433,4 @@ pub fn shares(weights: &[u32]) -> Vec<f64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn outcome(ok: bool, ms: u64) -> Outcome {
-        Outcome {
-            at: Instant::now(),
-            ok,
-            latency: Duration::from_millis(ms),
-            verification_failed: false,
-            step_timeout: false,
-        }
-    }
-
-    fn cfg() -> RollbackConfig {
-        RollbackConfig {
-            window: Duration::from_secs(60),
-            min_requests: 10,
-            max_error_rate_delta: 0.1,
-            max_p95_ratio: 2.0,
-            min_p95_delta: Duration::from_millis(100),
-            max_verification_failure_delta: 0.1,
-            max_step_timeout_delta: 0.1,
-        }
-    }
-
-    #[test]
-    fn rates_and_p95_are_exact() {
-        let events: Vec<_> = (1..=100).map(|ms| outcome(ms % 10 != 0, ms)).collect();
-        let r = rates(events.iter());
-        assert_eq!(r.requests, 100);
-        assert!((r.error_rate - 0.1).abs() < 1e-9);
-        assert!((r.p95 - 0.095).abs() < 1e-9);
-    }
-
-    #[test]
-    fn a_worse_canary_is_rolled_back_and_a_similar_one_is_not() {
-        let stable: Vec<_> = (0..20).map(|_| outcome(true, 100)).collect();
-        let s = rates(stable.iter());
-        let failing: Vec<_> = (0..20).map(|i| outcome(i % 2 == 0, 100)).collect();
-        assert!(compare(&s, &rates(failing.iter()), &cfg())
-            .unwrap()
-            .starts_with("error rate 50.0 %"));
-        let slow: Vec<_> = (0..20).map(|_| outcome(true, 500)).collect();
-        assert!(compare(&s, &rates(slow.iter()), &cfg())
-            .unwrap()
-            .starts_with("p95 latency"));
-        let similar: Vec<_> = (0..20).map(|i| outcome(i != 0, 150)).collect();
-        assert_eq!(compare(&s, &rates(similar.iter()), &cfg()), None);
-        // Three times slower, but by 2 ms: noise, not a regression.
-        let fast_stable: Vec<_> = (0..20).map(|_| outcome(true, 1)).collect();
-        let fast_canary: Vec<_> = (0..20).map(|_| outcome(true, 3)).collect();
-        assert_eq!(
-            compare(
-                &rates(fast_stable.iter()),
-                &rates(fast_canary.iter()),
-                &cfg()
-            ),
-            None
-        );
-        let few: Vec<_> = (0..5).map(|_| outcome(false, 100)).collect();
-        assert_eq!(
-            compare(&s, &rates(few.iter()), &cfg()),
-            None,
-            "not enough canary requests yet"
-        );
-    }
-
-    fn promoted_route(steps: &[u32]) -> CanaryConfig {
-        use crate::config::{PromotionConfig, VariantConfig};
-        let v = |name: &str| VariantConfig {
-            name: name.into(),
-            upstream: "u".into(),
-            weight: 0,
-            upstream_model: None,
-        };
-        CanaryConfig {
-            allow_forcing: true,
-            header: None,
-            sticky_header: None,
-            variants: vec![v("stable"), v("canary")],
-            shadow: None,
-            rollback: cfg(),
-            promotion: Some(PromotionConfig {
-                steps: steps.to_vec(),
-                interval: Duration::from_secs(60),
-                min_requests: 10,
-            }),
-        }
-    }
-
-    fn at(base: Instant, secs: u64, ok: bool) -> Outcome {
-        Outcome {
-            at: base + Duration::from_secs(secs),
-            ..outcome(ok, 100)
-        }
-    }
-
-    #[test]
-    fn a_healthy_canary_climbs_the_steps_only_after_the_interval_and_enough_requests() {
-        let c = promoted_route(&[10, 50, 100]);
-        let state = CanaryState::default();
-        assert_eq!(state.weights("r", &c), vec![90, 10]);
-        let base = Instant::now();
-        // Both sides well past min_requests at t = 0..30 s: too early for the 60 s interval.
-        for s in 0..30 {
-            assert_eq!(state.record("r", &c, "stable", at(base, s, true)), None);
-            assert_eq!(state.record("r", &c, "canary", at(base, s, true)), None);
-        }
-        assert_eq!(state.weights("r", &c), vec![90, 10]);
-        // At 60 s after the step's first canary request, the next canary outcome promotes it.
-        assert_eq!(
-            state.record("r", &c, "canary", at(base, 60, true)),
-            Some(Change::Promoted(50))
-        );
-        assert_eq!(state.weights("r", &c), vec![50, 50]);
-        // The new step needs its own interval and its own 10 requests.
-        for s in 61..125 {
-            state.record("r", &c, "stable", at(base, s, true));
-        }
-        for s in 0..9 {
-            assert_eq!(
-                state.record("r", &c, "canary", at(base, 121 + s, true)),
-                None
-            );
-        }
-        assert_eq!(
-            state.record("r", &c, "canary", at(base, 130, true)),
-            Some(Change::Promoted(100))
-        );
-        assert_eq!(state.weights("r", &c), vec![0, 100]);
-        // The last step is the end: nothing further happens.
-        for s in 131..300 {
-            assert_eq!(state.record("r", &c, "canary", at(base, s, true)), None);
-        }
-        assert_eq!(state.weights("r", &c), vec![0, 100]);
-    }
-
-    #[test]
-    fn a_failing_canary_is_rolled_back_mid_promotion_and_restarts_from_the_first_step() {
-        let c = promoted_route(&[10, 50, 100]);
-        let state = CanaryState::default();
-        let base = Instant::now();
-        for s in 0..=60 {
-            state.record("r", &c, "stable", at(base, s, true));
-            state.record("r", &c, "canary", at(base, s, true));
-        }
-        assert_eq!(state.weights("r", &c), vec![50, 50]);
-        let mut change = None;
-        for s in 61..80 {
-            change = change.or(state.record("r", &c, "canary", at(base, s, false)));
-        }
-        assert!(matches!(change, Some(Change::RolledBack(ref r)) if r.starts_with("error rate")));
-        assert_eq!(
-            state.weights("r", &c),
-            vec![50, 0],
-            "stable serves everything"
-        );
-        assert!(state.enable("r", "canary"));
-        assert_eq!(
-            state.weights("r", &c),
-            vec![90, 10],
-            "back to the first step"
-        );
-    }
-
-    #[test]
-    fn without_enough_stable_traffic_to_compare_there_is_no_promotion() {
-        let c = promoted_route(&[10, 100]);
-        let state = CanaryState::default();
-        let base = Instant::now();
-        for s in 0..200 {
-            assert_eq!(state.record("r", &c, "canary", at(base, s, true)), None);
-        }
-        assert_eq!(state.weights("r", &c), vec![90, 10]);
-    }
-
-    #[test]
-    fn a_reload_with_fewer_steps_keeps_the_canary_within_the_new_list() {
-        let long = promoted_route(&[10, 20, 30, 40]);
-        let state = CanaryState::default();
-        let base = Instant::now();
-        let mut t = 0;
-        for _ in 0..3 {
-            for _ in 0..61 {
-                state.record("r", &long, "stable", at(base, t, true));
-                state.record("r", &long, "canary", at(base, t, true));
-                t += 1;
-            }
-        }
-        assert_eq!(state.weights("r", &long), vec![60, 40]);
-        let short = promoted_route(&[5, 25]);
-        assert_eq!(state.weights("r", &short), vec![75, 25]);
-        // Without promotion the configured weights apply again.
-        let mut plain = promoted_route(&[5]);
-        plain.promotion = None;
-        plain.variants[0].weight = 3;
-        plain.variants[1].weight = 1;
-        assert_eq!(state.weights("r", &plain), vec![3, 1]);
-    }
-}
+mod tests;

@@ -171,6 +171,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         let started = crate::shared::Shared::start(shared.clone(), &gw.metrics)
             .map_err(|e| StartError::Shared(e.to_string()))?;
         tracing::info!(redis = %shared.display_url(), key_prefix = %shared.key_prefix, replica = %started.replica, "Fleet mode: sharing state through Redis.");
+        crate::shared::canary::start(&gw, &started);
         let _ = gw.shared.set(started);
     }
     if let Some(otlp) = &config.telemetry.otlp {
