@@ -29,8 +29,8 @@ use crate::config::AsyncJobsConfig;
 use crate::openai::{ApiError, ErrorCode};
 use crate::outcome::Outcome;
 use crate::util::now_unix;
-use quota::json_len;
 pub use fleet::unavailable;
+use quota::json_len;
 pub use quota::Rejection;
 
 /// Runs a job may get (the first, plus one after a restart interrupted it).
@@ -694,6 +694,11 @@ impl Jobs {
         if let Err(e) = write() {
             tracing::error!(job = %job.id, error = %e, "Async job could not be saved.");
         }
+    }
+
+    /// Delivers the job's callback in the calling task (fleet mode, after its end is written).
+    async fn deliver_here(self: &Arc<Self>, id: String) {
+        callback::deliver(self.clone(), id).await;
     }
 
     fn deliver(self: &Arc<Self>, id: String) {

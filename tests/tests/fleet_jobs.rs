@@ -218,9 +218,11 @@ async fn a_job_running_on_one_replica_is_cancelled_from_another() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["status"], "cancelled");
     // A's runner sees it and drops its upstream connection.
-    eventually(Duration::from_secs(5), "the upstream sees A's run stop", || async {
-        (up.gated_cancels.load(Ordering::SeqCst) == 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the upstream sees A's run stop",
+        || async { (up.gated_cancels.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
     .await;
     up.open_gate();
     let on_a = job_until(&a, &id, |j| j["status"] == "cancelled").await;

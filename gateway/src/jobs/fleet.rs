@@ -132,10 +132,12 @@ impl Jobs {
             tenant,
             held: 0,
         };
-        let (reason, e) = super::quota::check(&self.settings, usage, 0).err().unwrap_or((
-            super::Rejection::StoreFull,
-            ApiError::new(ErrorCode::TooManyJobs, "Async jobs are full; retry later."),
-        ));
+        let (reason, e) = super::quota::check(&self.settings, usage, 0)
+            .err()
+            .unwrap_or((
+                super::Rejection::StoreFull,
+                ApiError::new(ErrorCode::TooManyJobs, "Async jobs are full; retry later."),
+            ));
         if let Some(gw) = self.gateway() {
             gw.metrics().async_job_rejections_total.with(&reason).inc();
         }
@@ -268,7 +270,7 @@ impl Jobs {
             return;
         }
         if owes {
-            super::callback::deliver(self.clone(), id).await;
+            self.deliver_here(id).await;
         } else {
             self.lock().remove(&id);
         }
@@ -379,7 +381,9 @@ impl Jobs {
             taken += 1;
             match serde_json::from_str::<Job>(&json) {
                 Ok(job) if job.tenant == tenant && job.id == id => self.adopt(job),
-                _ => tracing::error!(job = %id, "Unreadable async job in the shared store ignored."),
+                _ => {
+                    tracing::error!(job = %id, "Unreadable async job in the shared store ignored.")
+                }
             }
         }
     }
