@@ -382,7 +382,7 @@ impl Jobs {
             match serde_json::from_str::<Job>(&json) {
                 Ok(job) if job.tenant == tenant && job.id == id => self.adopt(job),
                 _ => {
-                    tracing::error!(job = %id, "Unreadable async job in the shared store ignored.")
+                    tracing::error!(job = %id, "Unreadable async job in the shared store ignored.");
                 }
             }
         }
