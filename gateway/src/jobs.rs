@@ -7,8 +7,12 @@
 //! With `async_jobs.dir` every job is a JSON file there: after a restart, finished jobs are
 //! served again and unfinished ones run again (once; a second interruption fails them with the
 //! reason), undelivered callbacks are retried.
+//!
+//! In fleet mode (`shared` configured) jobs live in Redis instead, shared by every replica:
+//! see [`fleet`].
 
 pub mod callback;
+mod fleet;
 pub mod quota;
 mod runner;
 pub mod target;
@@ -25,6 +29,7 @@ use crate::config::AsyncJobsConfig;
 use crate::openai::{ApiError, ErrorCode};
 use crate::outcome::Outcome;
 use crate::util::now_unix;
+pub use fleet::unavailable;
 use quota::json_len;
 pub use quota::Rejection;
 
@@ -55,6 +60,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
     /// Finished one way or another.
     pub fn is_terminal(self) -> bool {
         matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
@@ -172,6 +188,10 @@ struct Entry {
     request_bytes: u64,
     /// The stored result's and error's size, once finished.
     outcome_bytes: u64,
+    /// Fleet mode: held while the job is written to Redis, so its writes go one at a time.
+    write: Arc<tokio::sync::Mutex<()>>,
+    /// Fleet mode: when it was last written to Redis.
+    synced: Option<std::time::Instant>,
 }
 
 impl Entry {
@@ -181,6 +201,8 @@ impl Entry {
             outcome_bytes: 0,
             job,
             task: None,
+            write: Arc::default(),
+            synced: None,
         };
         e.measure_outcome();
         e
@@ -209,6 +231,8 @@ pub trait Host: Send + Sync {
     fn config(&self) -> Arc<crate::config::Config>;
     /// The header value that makes a job's request run as `tenant` (see [`crate::tenant`]).
     fn seal_tenant(&self, tenant: &str) -> String;
+    /// Fleet mode's Redis, when `shared` is configured: jobs then live there.
+    fn shared(&self) -> Option<Arc<crate::shared::Shared>>;
 }
 
 /// The job store and runner.
@@ -226,6 +250,8 @@ pub struct Jobs {
     /// Stored jobs are in the store: until then the gateway is not ready (a client asking for
     /// its job right after a restart would get 404).
     loaded: std::sync::atomic::AtomicBool,
+    /// Fleet mode: the job table in Redis (set once, at [`Jobs::resume`]).
+    fleet: OnceLock<crate::shared::jobs::JobTable>,
 }
 
 impl Jobs {
@@ -241,6 +267,7 @@ impl Jobs {
             gw: OnceLock::new(),
             callback_tls: OnceLock::new(),
             loaded: std::sync::atomic::AtomicBool::new(false),
+            fleet: OnceLock::new(),
         })
     }
 
@@ -271,7 +298,8 @@ impl Jobs {
         self.loaded.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Binds the store to a runtime and the gateway; loads stored jobs and resumes them.
+    /// Binds the store to a runtime and the gateway; loads stored jobs and resumes them (in
+    /// fleet mode, joins the fleet's table instead: see [`fleet`]).
     pub fn resume<H: Host + 'static>(
         self: &Arc<Self>,
         gw: &Arc<H>,
@@ -280,7 +308,10 @@ impl Jobs {
         let _ = self.runtime.set(handle);
         let host: std::sync::Weak<H> = Arc::downgrade(gw);
         let _ = self.gw.set(host);
-        self.load_stored();
+        match gw.shared() {
+            Some(shared) => self.join_fleet(shared),
+            None => self.load_stored(),
+        }
         self.loaded
             .store(true, std::sync::atomic::Ordering::Release);
     }
@@ -425,8 +456,13 @@ impl Jobs {
             traceparent,
         };
         let view = job.view();
+        if let Some(table) = self.table() {
+            self.store_new(table, &job).await?;
+        }
         self.persist(&job);
-        self.lock().insert(id.clone(), Entry::new(job));
+        let mut entry = Entry::new(job);
+        entry.synced = self.table().map(|_| std::time::Instant::now());
+        self.lock().insert(id.clone(), entry);
         self.start(id);
         Ok(view)
     }
@@ -462,15 +498,15 @@ impl Jobs {
         }
     }
 
-    /// The job's view, if it exists and belongs to `tenant`.
-    pub fn get(&self, id: &str, tenant: &str) -> Option<Value> {
+    /// The job's view, if this process holds it and it belongs to `tenant`.
+    fn get_local(&self, id: &str, tenant: &str) -> Option<Value> {
         let entries = self.lock();
         let e = entries.get(id).filter(|e| e.job.tenant == tenant)?;
         Some(e.job.view())
     }
 
-    /// Cancels a job (stopping its upstream request); returns its view.
-    pub fn cancel(&self, id: &str, tenant: &str) -> Option<Value> {
+    /// Cancels a job this process holds (stopping its upstream request); returns its view.
+    fn cancel_local(&self, id: &str, tenant: &str) -> Option<Value> {
         let job = {
             let mut entries = self.lock();
             let e = entries.get_mut(id).filter(|e| e.job.tenant == tenant)?;
@@ -478,11 +514,7 @@ impl Jobs {
                 if let Some(t) = e.task.take() {
                     t.abort();
                 }
-                e.job.status = Status::Cancelled;
-                e.job.outcome = Some(Outcome::ClientCancelled);
-                e.job.error =
-                    Some(json!({"code": "cancelled", "message": "Cancelled by the client."}));
-                e.job.updated = now_unix();
+                fleet::mark_cancelled(&mut e.job);
             }
             e.job.clone()
         };
@@ -640,6 +672,9 @@ impl Jobs {
         let Some(dir) = &self.settings.dir else {
             return;
         };
+        if self.table().is_some() {
+            return;
+        }
         let _one_at_a_time = self
             .persisting
             .lock()
@@ -659,6 +694,11 @@ impl Jobs {
         if let Err(e) = write() {
             tracing::error!(job = %job.id, error = %e, "Async job could not be saved.");
         }
+    }
+
+    /// Delivers the job's callback in the calling task (fleet mode, after its end is written).
+    async fn deliver_here(self: &Arc<Self>, id: String) {
+        callback::deliver(self.clone(), id).await;
     }
 
     fn deliver(self: &Arc<Self>, id: String) {

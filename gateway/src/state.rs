@@ -151,4 +151,8 @@ impl crate::jobs::Host for Gateway {
     fn seal_tenant(&self, tenant: &str) -> String {
         self.tenant_relay.seal(tenant)
     }
+
+    fn shared(&self) -> Option<Arc<crate::shared::Shared>> {
+        self.shared.get().cloned()
+    }
 }

@@ -100,8 +100,15 @@ pub fn signature(secret: &str, t: u64, body: &[u8]) -> String {
     )
 }
 
-/// Delivers a finished job's callback, retrying with exponential backoff.
+/// Delivers a finished job's callback, retrying with exponential backoff. In fleet mode only
+/// the job's lease holder sends it, and the job is let go after (see [`super::fleet`]).
 pub async fn deliver(jobs: Arc<Jobs>, id: String) {
+    attempt(&jobs, &id).await;
+    jobs.callbacks_over(&id).await;
+}
+
+async fn attempt(jobs: &Arc<Jobs>, id: &str) {
+    let id = id.to_string();
     let Some(job) = jobs.snapshot(&id) else {
         return;
     };
@@ -129,10 +136,13 @@ pub async fn deliver(jobs: Arc<Jobs>, id: String) {
     let max_attempts = jobs.settings.callback_retries + 1;
     let mut attempts = cb.attempts;
     while attempts < max_attempts {
+        if !jobs.may_call_back(&id).await {
+            return;
+        }
         attempts += 1;
         let result = tokio::time::timeout(
             jobs.settings.callback_timeout,
-            post(&jobs, &url, &id, &body, job.traceparent.as_deref()),
+            post(jobs, &url, &id, &body, job.traceparent.as_deref()),
         )
         .await
         .unwrap_or_else(|_| Err(Failure::Transport("timed out".to_string())));
@@ -158,6 +168,10 @@ pub async fn deliver(jobs: Arc<Jobs>, id: String) {
                 Err(_) => c.last_error = Some(super::DELIVERY_FAILED.to_string()),
             }
         });
+        // Written before the next attempt: a replica taking over knows what was sent.
+        if jobs.sync(&id, super::fleet::Sync::Now).await == super::fleet::Synced::Gone {
+            return;
+        }
         match result {
             Ok(s) if delivered => {
                 tracing::debug!(job = %id, attempt = n, status = s, "Async job callback delivered.");

@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
+use super::fleet::{Sync, Synced};
 use super::{keep_tail, Checkpoint, Jobs, Status, MAX_CHECKPOINTS, MAX_PROGRESS_BYTES};
 use crate::config::OutputField;
 use crate::metrics::labels::JobResult;
@@ -43,7 +44,8 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
         j.steps = 0;
         j.checkpoints.clear();
     });
-    if !still_wanted {
+    // In fleet mode the other replicas see it running (and a lost lease stops it here).
+    if !still_wanted || jobs.sync(&id, Sync::Now).await == Synced::Gone {
         return;
     }
     let outcome = execute(&jobs, &id, &job).await;
@@ -63,7 +65,7 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
                 j.status = Status::Queued;
                 j.attempts = j.attempts.saturating_sub(1);
             });
-            if requeued {
+            if requeued && jobs.sync(&id, Sync::Now).await != Synced::Gone {
                 drop(_slot);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 jobs.start(id);
@@ -77,7 +79,9 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
         let attempts = jobs.snapshot(&id).map_or(u32::MAX, |j| j.attempts);
         if transport && attempts < super::MAX_ATTEMPTS {
             tracing::warn!(job = %id, error = %e, "Async job lost its connection to the gateway; queued again.");
-            if jobs.update(&id, true, |j| j.status = Status::Queued) {
+            if jobs.update(&id, true, |j| j.status = Status::Queued)
+                && jobs.sync(&id, Sync::Now).await != Synced::Gone
+            {
                 drop(_slot);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 jobs.start(id);
@@ -101,7 +105,8 @@ pub async fn run(jobs: Arc<Jobs>, id: String) {
             };
             gw.metrics().async_jobs_total.with(&result).inc();
         }
-        jobs.deliver(id);
+        drop(_slot);
+        jobs.conclude(id).await;
     }
 }
 
@@ -267,7 +272,10 @@ async fn execute(jobs: &Arc<Jobs>, id: &str, job: &super::Job) -> Result<(Value,
                 j.checkpoints.drain(..extra);
             }
         });
-        if !alive {
+        // Other replicas see progress as it comes (checkpoints at once, the rest at a bounded
+        // rate); a job cancelled on another replica stops here.
+        let how = if persist { Sync::Now } else { Sync::Progress };
+        if !alive || jobs.sync(id, how).await == Synced::Gone {
             return Err(failure("cancelled", "Cancelled by the client."));
         }
     }

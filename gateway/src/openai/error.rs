@@ -99,11 +99,13 @@ pub enum ErrorCode {
     UnsupportedContentType,
     /// An admin request whose `Host` is not an IP address or `localhost`.
     HostNotAllowed,
+    /// Fleet mode: the shared store (Redis) an async job lives in is unreachable.
+    SharedStateUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 35] = [
+    pub const ALL: [ErrorCode; 36] = [
         ErrorCode::InvalidValue,
         ErrorCode::MissingRequiredParameter,
         ErrorCode::InvalidJson,
@@ -139,6 +141,7 @@ impl ErrorCode {
         ErrorCode::OriginNotAllowed,
         ErrorCode::UnsupportedContentType,
         ErrorCode::HostNotAllowed,
+        ErrorCode::SharedStateUnavailable,
     ];
 
     /// The wire string: the body's `code` and the access log's `error_code`.
@@ -212,6 +215,7 @@ impl ErrorCode {
             ErrorCode::OriginNotAllowed => ("origin_not_allowed", 403, Client),
             ErrorCode::UnsupportedContentType => ("unsupported_content_type", 415, Client),
             ErrorCode::HostNotAllowed => ("host_not_allowed", 403, Client),
+            ErrorCode::SharedStateUnavailable => ("shared_state_unavailable", 503, Server),
         }
     }
 }
@@ -418,6 +422,12 @@ mod tests {
                 I,
             ),
             (ErrorCode::HostNotAllowed, "host_not_allowed", 403, I),
+            (
+                ErrorCode::SharedStateUnavailable,
+                "shared_state_unavailable",
+                503,
+                S,
+            ),
         ];
         assert_eq!(table.len(), ErrorCode::ALL.len());
         for (code, (listed, s, status, kind)) in ErrorCode::ALL.into_iter().zip(table) {

@@ -48,11 +48,14 @@ pub async fn handle(
         }
         (m, p) if p.starts_with("/v1/async/jobs/") => {
             let id = &p["/v1/async/jobs/".len()..];
+            // In fleet mode both read Redis: while it is unreachable the answer is 503
+            // `shared_state_unavailable`, never a 404 the job does not deserve.
             let view = match m {
-                "GET" => gw.jobs.get(id, &tenant),
+                "GET" => gw.jobs.get(id, &tenant).await,
                 "DELETE" => {
-                    let v = gw.jobs.cancel(id, &tenant);
-                    if v.as_ref().and_then(|v| v["status"].as_str()) == Some("cancelled") {
+                    let v = gw.jobs.cancel(id, &tenant).await;
+                    let status = v.as_ref().ok().and_then(|v| v.as_ref()?["status"].as_str());
+                    if status == Some("cancelled") {
                         gw.metrics
                             .async_jobs_total
                             .with(&JobResult::Cancelled)
@@ -66,7 +69,8 @@ pub async fn handle(
                 }
             };
             match view {
-                Some(v) => {
+                Err(e) => respond::error(session, ctx, e).await,
+                Ok(Some(v)) => {
                     respond::json(
                         session,
                         ctx,
@@ -75,7 +79,7 @@ pub async fn handle(
                     )
                     .await
                 }
-                None => respond::error(session, ctx, not_found(id)).await,
+                Ok(None) => respond::error(session, ctx, not_found(id)).await,
             }
         }
         (_, "/v1/async/responses" | "/v1/async/messages") => {
