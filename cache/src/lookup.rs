@@ -250,6 +250,20 @@ impl Cache {
                 reason: Reason::Exact,
             };
         }
+        // In a fleet, another replica may have stored this very problem a moment ago (before
+        // its stream of inserts reaches this one): the fleet answers the exact tier too.
+        if let Some(entry) = self
+            .fleet_exact(route, &pending.key, settings.max_entries)
+            .await
+        {
+            self.metrics.similarity(route, Candidacy::Hit, 1.0);
+            self.remember_hit(pending.key.exact);
+            return Lookup::Hit {
+                entry,
+                similarity: 1.0,
+                reason: Reason::Exact,
+            };
+        }
         if !self.store.has_entries(&pending.key.partition) {
             // Nothing to compare with: no embedding on the request path. If the response is
             // stored, the insert embeds it in the background; if not, it is never embedded.

@@ -169,6 +169,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
             .map_err(|e| StartError::Shared(e.to_string()))?;
         tracing::info!(redis = %shared.display_url(), key_prefix = %shared.key_prefix, replica = %started.replica, "Fleet mode: sharing state through Redis.");
         let _ = gw.shared.set(started);
+        crate::shared::cache::start(&gw);
     }
     if let Some(otlp) = &config.telemetry.otlp {
         let traces = crate::telemetry::otlp::Traces::start(otlp, gw.metrics.otlp_counters(otlp))?;
