@@ -47,16 +47,40 @@ pub struct FleetCache {
     log: String,
 }
 
-/// Starts sharing `gw`'s cache through `gw`'s Redis (both configured; else nothing): plugs the
-/// fleet into the cache's lookups and inserts and starts the stream tail on the fleet thread.
+/// The routes a replica caches, with their `max_entries` (read at each use: a reload may
+/// change them). Entries of other routes are not stored by this replica.
+pub type Routes = Arc<dyn Fn() -> HashMap<String, usize> + Send + Sync>;
+
+/// Starts sharing `gw`'s cache through `gw`'s Redis (both configured; else nothing).
 pub fn start(gw: &Arc<Gateway>) {
     let (Some(cache), Some(shared)) = (gw.cache.get(), gw.shared.get()) else {
         return;
     };
+    let weak = Arc::downgrade(gw);
+    let routes: Routes = Arc::new(move || {
+        weak.upgrade()
+            .map(|gw| {
+                gw.snapshot
+                    .load()
+                    .config
+                    .routes
+                    .iter()
+                    .filter_map(|r| Some((r.name.clone(), r.cache?.max_entries)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    share(cache, shared, routes);
+}
+
+/// Plugs the fleet into `cache`'s lookups and inserts and starts following the fleet's
+/// entries on the fleet thread (until the cache is dropped).
+pub fn share(cache: &Arc<Cache>, shared: &Arc<Shared>, routes: Routes) -> Arc<FleetCache> {
     let fleet = Arc::new(FleetCache::new(shared.clone(), cache));
     cache.set_fleet(fleet.clone());
     tracing::info!(model = %cache.model_id(), keys = %fleet.base, "The reasoning cache is shared with the fleet.");
-    shared.spawn(sync::run(Arc::downgrade(gw), fleet));
+    shared.spawn(sync::run(Arc::downgrade(cache), routes, fleet.clone()));
+    fleet
 }
 
 /// Purges the fleet's copy of the entries of `route` and/or `tenant` (both `None`: all) and
@@ -106,7 +130,7 @@ impl FleetCache {
     }
 
     /// Writes an entry, its TTL and its stream event in one transaction.
-    async fn write(&self, record: &Record, json: Vec<u8>, vector: Vec<u8>) -> Result<(), SharedError> {
+    pub async fn write(&self, record: &Record, json: Vec<u8>, vector: Vec<u8>) -> Result<(), SharedError> {
         let ttl_ms = record.expires.saturating_sub(now_unix()).max(1) * 1000;
         let key = self.entry_key(&record.route, &record.tenant, &record.exact);
         let (log, replica) = (self.log.clone(), self.shared.replica.clone());
@@ -147,8 +171,8 @@ impl FleetCache {
     }
 
     /// Deletes the matching entry keys, then publishes the purge (after: a replica that reads
-    /// an insert event meanwhile finds its key gone).
-    async fn purge(&self, route: Option<&str>, tenant: Option<&str>) -> Result<usize, SharedError> {
+    /// an insert event meanwhile finds its key gone). Returns how many keys were deleted.
+    pub async fn purge(&self, route: Option<&str>, tenant: Option<&str>) -> Result<usize, SharedError> {
         let pattern = self.pattern(route, tenant);
         let (log, replica) = (self.log.clone(), self.shared.replica.clone());
         let (route, tenant) = (route.unwrap_or_default(), tenant.unwrap_or_default());

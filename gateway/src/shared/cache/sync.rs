@@ -14,10 +14,9 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use reasoning_cache::fleet::Exchanged;
 use reasoning_cache::Cache;
 
-use super::{parse, FleetCache, SCAN_COUNT};
+use super::{parse, FleetCache, Routes, SCAN_COUNT};
 use crate::metrics::labels::SharedOp;
 use crate::shared::HEALTH_EVERY;
-use crate::state::Gateway;
 
 /// Longest block of one `XREAD`: how long a stopped gateway may keep this loop alive.
 const BLOCK: Duration = Duration::from_millis(500);
@@ -34,26 +33,23 @@ enum Event {
     Purge(Option<String>, Option<String>),
 }
 
-/// The loop; returns when the gateway is gone.
-pub(super) async fn run(gw: Weak<Gateway>, fleet: Arc<FleetCache>) {
+/// The loop; returns when the cache is gone.
+pub(super) async fn run(cache: Weak<Cache>, routes: Routes, fleet: Arc<FleetCache>) {
     // `None`: load everything before tailing (at start, and after a gap).
     let mut last: Option<String> = None;
     let mut conn: Option<ConnectionManager> = None;
     let mut failing = false;
     loop {
-        let Some(gw) = gw.upgrade() else { return };
-        let Some(cache) = gw.cache.get().cloned() else {
-            return;
-        };
+        let Some(cache) = cache.upgrade() else { return };
         if !fleet.shared.is_up() {
-            drop(gw);
+            drop(cache);
             tokio::time::sleep(HEALTH_EVERY).await;
             continue;
         }
         let step = match conn.as_mut() {
             Some(c) => match &last {
-                None => load(&gw, &fleet, &cache, c).await.map(Some),
-                Some(id) => tail(&gw, &fleet, &cache, c, id).await,
+                None => load(&routes, &fleet, &cache, c).await.map(Some),
+                Some(id) => tail(&routes, &fleet, &cache, c, id).await,
             },
             None => {
                 let deadline = BLOCK + fleet.shared.config.timeout + Duration::from_secs(1);
@@ -81,7 +77,7 @@ pub(super) async fn run(gw: Weak<Gateway>, fleet: Arc<FleetCache>) {
                     failing = true;
                 }
                 conn = None;
-                drop(gw);
+                drop(cache);
                 tokio::time::sleep(HEALTH_EVERY).await;
             }
         }
@@ -90,7 +86,7 @@ pub(super) async fn run(gw: Weak<Gateway>, fleet: Arc<FleetCache>) {
 
 /// Loads every entry Redis holds; returns the stream id to tail from.
 async fn load(
-    gw: &Gateway,
+    routes: &Routes,
     fleet: &FleetCache,
     cache: &Arc<Cache>,
     c: &mut ConnectionManager,
@@ -120,7 +116,7 @@ async fn load(
             .query_async(c)
             .await
             .map_err(|e| e.to_string())?;
-        let routes = cached_routes(gw);
+        let routes = routes();
         // A route this replica does not cache (another config) is not stored here.
         let entries: Vec<Exchanged> = fetch(c, &keys)
             .await?
@@ -148,7 +144,7 @@ async fn load(
 
 /// One `XREAD` from `last`; the id to go on from (`None`: a gap, load again).
 async fn tail(
-    gw: &Gateway,
+    routes: &Routes,
     fleet: &FleetCache,
     cache: &Arc<Cache>,
     c: &mut ConnectionManager,
@@ -188,22 +184,11 @@ async fn tail(
     }
     let events = events(fleet, c, &ids).await?;
     if !events.is_empty() {
-        let routes = cached_routes(gw);
+        let routes = routes();
         let cache = cache.clone();
         let _ = tokio::task::spawn_blocking(move || apply(&cache, events, &routes)).await;
     }
     Ok(Some(newest))
-}
-
-/// The routes this replica caches, with their `max_entries`.
-fn cached_routes(gw: &Gateway) -> HashMap<String, usize> {
-    gw.snapshot
-        .load()
-        .config
-        .routes
-        .iter()
-        .filter_map(|r| Some((r.name.clone(), r.cache?.max_entries)))
-        .collect()
 }
 
 /// The events of other replicas among `ids`, in order, with the inserted entries fetched.
