@@ -1,9 +1,9 @@
 //! A lookup: tenant → bypass headers → key (tenant, partition, problem) → exact tier (same
-//! problem text, spacing aside) → embedding (dedicated threads, bounded wait) → nearest entries
-//! of the partition (HNSW or an exact scan) → for each, best first: the guard's quantity checks
-//! (numbers, units) → the pair check (a surface repeat at any similarity above
-//! [`SURFACE_FLOOR`]; else the threshold and the learned score). Every verdict carries its
-//! [`Reason`].
+//! problem text, spacing aside; in a fleet, then the fleet's store) → embedding (dedicated
+//! threads, bounded wait) → nearest entries of the partition (HNSW or an exact scan) → for each,
+//! best first: the guard's quantity checks (numbers, units) → the pair check (a surface repeat
+//! at any similarity above [`SURFACE_FLOOR`]; else the threshold and the learned score). Every
+//! verdict carries its [`Reason`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

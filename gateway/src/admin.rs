@@ -167,7 +167,11 @@ pub fn handle(gw: &Gateway, endpoint: Endpoint, query: Option<&str>) -> Response
             let mut body = json!({"removed": removed, "route": route, "tenant": tenant});
             if gw.shared.get().is_some() {
                 // Every replica purges too, on the stream's purge event (within a second).
-                body["fleet"] = match crate::shared::cache::purge(gw, route.as_deref(), tenant.as_deref()) {
+                body["fleet"] = match crate::shared::cache::purge(
+                    gw,
+                    route.as_deref(),
+                    tenant.as_deref(),
+                ) {
                     Ok(n) => json!({"removed": n}),
                     Err(e) => {
                         tracing::warn!(error = %e, "The purge did not reach the fleet: other replicas keep these entries.");

@@ -128,11 +128,22 @@ async fn a_miss_on_one_replica_is_a_hit_on_the_others_and_a_purge_anywhere_clear
         (THINK_REASONING.into(), THINK_ANSWER.into())
     );
     // C, through the stream within a second, vector included: a reworded question hits.
-    until_metric(c, ENTRIES, 1.0, SPREAD, "C applies A's insert from the stream").await;
+    until_metric(
+        c,
+        ENTRIES,
+        1.0,
+        SPREAD,
+        "C applies A's insert from the stream",
+    )
+    .await;
     let on_c = ask(c, SIMILAR, "sk-one").await;
     assert_eq!(on_c.cache, "hit", "{:?} {:?}", on_c.similarity, on_c.reason);
     assert!(on_c.similarity.unwrap() < 1.0, "{:?}", on_c.similarity);
-    assert_eq!(up.requests.load(Ordering::SeqCst), calls, "a hit went upstream");
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        calls,
+        "a hit went upstream"
+    );
 
     // A purge on C reaches A and B within a second, and Redis.
     until_metric(a, ENTRIES, 1.0, WAIT, "A holds its entry").await;
@@ -162,7 +173,11 @@ async fn a_replica_started_later_loads_the_entries_without_the_upstream() {
     until_metric(&late, ENTRIES, 1.0, WAIT, "the new replica loads the entry").await;
     // Not the exact tier: the loaded vector is what finds it.
     let reply = ask(&late, SIMILAR, "sk-one").await;
-    assert_eq!(reply.cache, "hit", "{:?} {:?}", reply.similarity, reply.reason);
+    assert_eq!(
+        reply.cache, "hit",
+        "{:?} {:?}",
+        reply.similarity, reply.reason
+    );
     assert_eq!(
         texts(&reply.body),
         (THINK_REASONING.into(), THINK_ANSWER.into())
@@ -260,13 +275,19 @@ async fn redis_killed_under_load_loses_no_request_and_sharing_resumes_when_it_is
     .await;
     redis.kill();
     let ok = running.await.unwrap();
-    assert_eq!(ok, TOTAL, "every request under the Redis loss got its 200 and whole body");
+    assert_eq!(
+        ok, TOTAL,
+        "every request under the Redis loss got its 200 and whole body"
+    );
     for gw in &gws {
         until_metric(gw, UP, 0.0, WAIT, "shared_state_up falls to 0").await;
     }
     let after = errors(&gws).await;
     for (b, a) in before.iter().zip(&after) {
-        assert!(a > b, "shared_state_errors_total rose: {before:?} -> {after:?}");
+        assert!(
+            a > b,
+            "shared_state_errors_total rose: {before:?} -> {after:?}"
+        );
     }
 
     // Back (empty): every replica reconnects by itself, and sharing works again.

@@ -85,7 +85,10 @@ fn shared(
 async fn until_up(s: &Shared) -> anyhow::Result<()> {
     let started = Instant::now();
     while !s.is_up() {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "Redis is not reachable");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "Redis is not reachable"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
@@ -112,7 +115,9 @@ fn sequence() -> Vec<String> {
     for i in 0..PROBLEMS {
         let (name, item) = (names[i % names.len()], items[(i / 6) % items.len()]);
         let (a, b) = (3 + i % 17, 2 + i / 17);
-        let q = format!("{name} has {a} {item} and buys {b} more. How many {item} does {name} have now?");
+        let q = format!(
+            "{name} has {a} {item} and buys {b} more. How many {item} does {name} have now?"
+        );
         out.push(q.clone());
         out.push(q.clone());
         out.push(format!("  {}  ", q.replace(' ', "  ")));
@@ -167,7 +172,10 @@ async fn hits(model_dir: &str, ort: &str, url: &str) -> anyhow::Result<()> {
     let file = model_file(Path::new(model_dir));
     let (md, o, f) = (model_dir.to_string(), ort.to_string(), file.clone());
     let embedder = Embedder::start(1, Duration::from_secs(5), move || {
-        Ok(Box::new(MiniLm::load(Path::new(&md), &f, Path::new(&o), 1, false)?) as Box<dyn TextEmbed>)
+        Ok(
+            Box::new(MiniLm::load(Path::new(&md), &f, Path::new(&o), 1, false)?)
+                as Box<dyn TextEmbed>,
+        )
     })?;
     let settings = settings(model_dir, file, ort);
     let make = || Cache::with_embedder(settings.clone(), Metrics::unregistered(), embedder.clone());
@@ -205,7 +213,10 @@ async fn hits(model_dir: &str, ort: &str, url: &str) -> anyhow::Result<()> {
         100.0 * hits_alone as f64 / n as f64,
         100.0 * hits_fleet as f64 / n as f64
     );
-    for (label, v) in [("shared off (one cache)", &mut off), ("shared on (three replicas)", &mut on)] {
+    for (label, v) in [
+        ("shared off (one cache)", &mut off),
+        ("shared on (three replicas)", &mut on),
+    ] {
         println!(
             "lookup {label}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
             pct(v, 0.5).as_secs_f64() * 1e3,
@@ -241,26 +252,33 @@ async fn used_memory(s: &Shared) -> anyhow::Result<u64> {
 async fn delete(s: &Shared, pattern: &str) {
     let pattern = pattern.to_string();
     let _ = s
-        .run_with(SharedOp::Ping, Duration::from_secs(120), |mut c| async move {
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut c)
-                    .await?;
-                if !keys.is_empty() {
-                    redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut c).await?;
+        .run_with(
+            SharedOp::Ping,
+            Duration::from_secs(120),
+            |mut c| async move {
+                let mut cursor = 0u64;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await?;
+                    if !keys.is_empty() {
+                        redis::cmd("UNLINK")
+                            .arg(&keys)
+                            .query_async::<()>(&mut c)
+                            .await?;
+                    }
+                    if next == 0 {
+                        return Ok(());
+                    }
+                    cursor = next;
                 }
-                if next == 0 {
-                    return Ok(());
-                }
-                cursor = next;
-            }
-        })
+            },
+        )
         .await;
 }
 

@@ -176,7 +176,10 @@ async fn a_stored_response_is_offered_to_the_fleet_once() {
     assert_eq!(offered[0].answer, "6");
     assert_eq!(offered[0].tenant, "ta");
     // What came from the fleet is not offered back to it.
-    cache.apply(stored_by_tenant("tc", "What is 5 + 5?", now_unix() + 60), 100);
+    cache.apply(
+        stored_by_tenant("tc", "What is 5 + 5?", now_unix() + 60),
+        100,
+    );
     assert_eq!(fleet.offered.lock().unwrap().len(), 1);
 }
 

@@ -86,7 +86,11 @@ pub fn share(cache: &Arc<Cache>, shared: &Arc<Shared>, routes: Routes) -> Arc<Fl
 /// Purges the fleet's copy of the entries of `route` and/or `tenant` (both `None`: all) and
 /// tells every replica to purge theirs. Waits at most [`PURGE_DEADLINE`] (an admin request,
 /// on a blocking thread); returns how many entries Redis held.
-pub fn purge(gw: &Gateway, route: Option<&str>, tenant: Option<&str>) -> Result<usize, SharedError> {
+pub fn purge(
+    gw: &Gateway,
+    route: Option<&str>,
+    tenant: Option<&str>,
+) -> Result<usize, SharedError> {
     let (Some(cache), Some(shared)) = (gw.cache.get(), gw.shared.get()) else {
         return Ok(0);
     };
@@ -103,11 +107,8 @@ pub fn purge(gw: &Gateway, route: Option<&str>, tenant: Option<&str>) -> Result<
 impl FleetCache {
     fn new(shared: Arc<Shared>, cache: &Cache) -> Self {
         let base = shared.key(&["cache", &cache.model_tag()]);
-        FleetCache {
-            log: format!("{base}:log"),
-            base,
-            shared,
-        }
+        let log = format!("{base}:log");
+        FleetCache { shared, base, log }
     }
 
     /// The HASH key of an entry.
@@ -130,7 +131,12 @@ impl FleetCache {
     }
 
     /// Writes an entry, its TTL and its stream event in one transaction.
-    pub async fn write(&self, record: &Record, json: Vec<u8>, vector: Vec<u8>) -> Result<(), SharedError> {
+    pub async fn write(
+        &self,
+        record: &Record,
+        json: Vec<u8>,
+        vector: Vec<u8>,
+    ) -> Result<(), SharedError> {
         let ttl_ms = record.expires.saturating_sub(now_unix()).max(1) * 1000;
         let key = self.entry_key(&record.route, &record.tenant, &record.exact);
         let (log, replica) = (self.log.clone(), self.shared.replica.clone());
@@ -172,7 +178,11 @@ impl FleetCache {
 
     /// Deletes the matching entry keys, then publishes the purge (after: a replica that reads
     /// an insert event meanwhile finds its key gone). Returns how many keys were deleted.
-    pub async fn purge(&self, route: Option<&str>, tenant: Option<&str>) -> Result<usize, SharedError> {
+    pub async fn purge(
+        &self,
+        route: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<usize, SharedError> {
         let pattern = self.pattern(route, tenant);
         let (log, replica) = (self.log.clone(), self.shared.replica.clone());
         let (route, tenant) = (route.unwrap_or_default(), tenant.unwrap_or_default());

@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use reasoning_cache::fleet::Exchanged;
 use reasoning_cache::Cache;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 
 use super::{parse, FleetCache, Routes, SCAN_COUNT};
 use crate::metrics::labels::SharedOp;
@@ -46,21 +46,14 @@ pub(super) async fn run(cache: Weak<Cache>, routes: Routes, fleet: Arc<FleetCach
             tokio::time::sleep(HEALTH_EVERY).await;
             continue;
         }
-        let step = match conn.as_mut() {
-            Some(c) => match &last {
-                None => load(&routes, &fleet, &cache, c).await.map(Some),
-                Some(id) => tail(&routes, &fleet, &cache, c, id).await,
-            },
-            None => {
-                let deadline = BLOCK + fleet.shared.config.timeout + Duration::from_secs(1);
-                match fleet.shared.dedicated(deadline).await {
-                    Ok(c) => {
-                        conn = Some(c);
-                        continue;
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
-            }
+        if conn.is_none() {
+            let deadline = BLOCK + fleet.shared.config.timeout + Duration::from_secs(1);
+            conn = fleet.shared.dedicated(deadline).await.ok();
+        }
+        let step = match (conn.as_mut(), &last) {
+            (None, _) => Err("no connection".to_string()),
+            (Some(c), None) => load(&routes, &fleet, &cache, c).await.map(Some),
+            (Some(c), Some(id)) => tail(&routes, &fleet, &cache, c, id).await,
         };
         match step {
             Ok(next) => {
@@ -138,7 +131,11 @@ async fn load(
         let cache2 = cache.clone();
         let _ = tokio::task::spawn_blocking(move || cache2.index_loaded()).await;
     }
-    tracing::info!(entries = seen, new = stored, "Reasoning cache loaded from the fleet.");
+    tracing::info!(
+        entries = seen,
+        new = stored,
+        "Reasoning cache loaded from the fleet."
+    );
     Ok(from)
 }
 
