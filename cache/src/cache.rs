@@ -2,12 +2,13 @@
 //! completed responses, sweeps and snapshots itself, and answers lookups (`lookup.rs`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
 use crate::embed::{self, EmbedError, Embedder};
+use crate::fleet::Fleet;
 use crate::key::Digest128;
 use crate::metrics::Metrics;
 use crate::pending::{Completed, Pending};
@@ -22,12 +23,16 @@ pub struct Cache {
     pub settings: Settings,
     pub(crate) embedder: Arc<Embedder>,
     /// Which model makes the vectors ([`embed::model_id`]); snapshots record it.
-    model_id: String,
+    pub(crate) model_id: String,
     /// Entries and index.
     pub store: Store,
     pub(crate) metrics: Metrics,
     /// Recent hits by exact key, for the suspect-hit signal (see `lookup.rs`).
     pub(crate) recent_hits: Mutex<(HashMap<Digest128, Instant>, VecDeque<Digest128>)>,
+    /// The other replicas, in fleet mode (`fleet.rs`).
+    pub(crate) fleet: OnceLock<Arc<dyn Fleet>>,
+    /// This cache, for work it hands to other threads.
+    pub(crate) weak: OnceLock<Weak<Cache>>,
 }
 
 impl Cache {
@@ -67,6 +72,8 @@ impl Cache {
             model_id,
             store,
             recent_hits: Mutex::new((HashMap::new(), VecDeque::new())),
+            fleet: OnceLock::new(),
+            weak: OnceLock::new(),
             metrics,
             settings,
         };
@@ -87,6 +94,7 @@ impl Cache {
             }
         }
         let cache = Arc::new(cache);
+        let _ = cache.weak.set(Arc::downgrade(&cache));
         if build_graph {
             // The gateway serves meanwhile: exact matches and small partitions at once, lookups
             // in larger partitions miss until the graph is there.
@@ -213,6 +221,7 @@ impl Cache {
         self.metrics.insert(&pending.route);
         self.metrics.removals(&removed);
         self.set_entries();
+        self.share(&exact);
     }
 
     /// Sets `cache_entries` for every route the store knows.

@@ -16,11 +16,13 @@
 //! - [`pending`]: a miss waiting for its response, and the completed response;
 //! - [`replay`]: a hit written as the client asked (SSE chunks or JSON);
 //! - [`snapshot`]: entries persisted across restarts; [`files`]: atomic, private writes;
+//! - [`fleet`]: the cache in a fleet of replicas (entries exchanged with their vectors);
 //! - [`settings`], [`metrics`], [`util`].
 
 pub mod cache;
 pub mod embed;
 pub mod files;
+pub mod fleet;
 pub mod guard;
 pub mod index;
 pub mod key;

@@ -1,9 +1,9 @@
 //! A lookup: tenant → bypass headers → key (tenant, partition, problem) → exact tier (same
-//! problem text, spacing aside) → embedding (dedicated threads, bounded wait) → nearest entries
-//! of the partition (HNSW or an exact scan) → for each, best first: the guard's quantity checks
-//! (numbers, units) → the pair check (a surface repeat at any similarity above
-//! [`SURFACE_FLOOR`]; else the threshold and the learned score). Every verdict carries its
-//! [`Reason`].
+//! problem text, spacing aside; in a fleet, then the fleet's store) → embedding (dedicated
+//! threads, bounded wait) → nearest entries of the partition (HNSW or an exact scan) → for each,
+//! best first: the guard's quantity checks (numbers, units) → the pair check (a surface repeat
+//! at any similarity above [`SURFACE_FLOOR`]; else the threshold and the learned score). Every
+//! verdict carries its [`Reason`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -242,6 +242,20 @@ impl Cache {
         }
         let now = now_unix();
         if let Some(entry) = self.store.exact(&pending.key.exact, now) {
+            self.metrics.similarity(route, Candidacy::Hit, 1.0);
+            self.remember_hit(pending.key.exact);
+            return Lookup::Hit {
+                entry,
+                similarity: 1.0,
+                reason: Reason::Exact,
+            };
+        }
+        // In a fleet, another replica may have stored this very problem a moment ago (before
+        // its stream of inserts reaches this one): the fleet answers the exact tier too.
+        if let Some(entry) = self
+            .fleet_exact(route, &pending.key, settings.max_entries)
+            .await
+        {
             self.metrics.similarity(route, Candidacy::Hit, 1.0);
             self.remember_hit(pending.key.exact);
             return Lookup::Hit {

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::key::Digest128;
 use crate::store::{Entry, Record};
+use crate::util::unhex;
 
 const MAGIC: &[u8; 8] = b"RGCACHE2";
 /// Version 1: no model id.
@@ -147,17 +148,6 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(b);
         Some(u64::from_le_bytes(a))
     }
-}
-
-fn unhex(s: &str) -> Option<Digest128> {
-    if s.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -13,3 +13,15 @@ pub fn now_unix() -> u64 {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The 128-bit digest a 32-character hex string spells (`None`: anything else).
+pub fn unhex(s: &str) -> Option<crate::key::Digest128> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}

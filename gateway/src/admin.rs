@@ -9,7 +9,8 @@
 //! - `GET /admin/config`: generation, routes, pools with endpoint health, admission state.
 //! - `POST /admin/reload`: reloads the config file; 400 with every error, 409 without a file.
 //! - `GET /admin/cache`: the reasoning cache's statistics.
-//! - `POST /admin/cache/purge`: removes entries by `route`, `tenant` or `api_key` (none: all).
+//! - `POST /admin/cache/purge`: removes entries by `route`, `tenant` or `api_key` (none: all),
+//!   in fleet mode from Redis and every replica too.
 //! - `POST /admin/cache/snapshot`: writes a cache snapshot now.
 //! - `GET /admin/canary`: each variant's window, rollback state and promotion step (the
 //!   fleet's, in fleet mode: `view` says whose).
@@ -165,10 +166,22 @@ pub fn handle(gw: &Gateway, endpoint: Endpoint, query: Option<&str>) -> Response
             let route = param("route");
             let removed = cache.purge(route.as_deref(), tenant.as_deref());
             tracing::info!(route = ?route, tenant = ?tenant, removed, "Reasoning cache purged by an operator.");
-            json_response(
-                200,
-                json!({"removed": removed, "route": route, "tenant": tenant}),
-            )
+            let mut body = json!({"removed": removed, "route": route, "tenant": tenant});
+            if gw.shared.get().is_some() {
+                // Every replica purges too, on the stream's purge event (within a second).
+                body["fleet"] = match crate::shared::cache::purge(
+                    gw,
+                    route.as_deref(),
+                    tenant.as_deref(),
+                ) {
+                    Ok(n) => json!({"removed": n}),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "The purge did not reach the fleet: other replicas keep these entries.");
+                        json!({"error": e.to_string()})
+                    }
+                };
+            }
+            json_response(200, body)
         }
         Endpoint::CacheSnapshot => {
             let cache = gw.cache.get().expect("checked above");

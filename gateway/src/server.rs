@@ -173,6 +173,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         tracing::info!(redis = %shared.display_url(), key_prefix = %shared.key_prefix, replica = %started.replica, "Fleet mode: sharing state through Redis.");
         crate::shared::canary::start(&gw, &started);
         let _ = gw.shared.set(started);
+        crate::shared::cache::start(&gw);
     }
     if let Some(otlp) = &config.telemetry.otlp {
         let traces = crate::telemetry::otlp::Traces::start(otlp, gw.metrics.otlp_counters(otlp))?;
