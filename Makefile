@@ -22,6 +22,7 @@ test: deps models venv build
 	$(BIN) check --config configs/engine.yaml
 	$(BIN) check --config configs/vllm.yaml
 	$(BIN) check --config configs/canary.yaml
+	REDIS_PASSWORD=example $(BIN) check --config configs/fleet.yaml
 
 # Prerequisites: scripts/prereqs.sh holds the table (a C compiler and cmake for Pingora's zlib-ng,
 # python3 with venv and pip for the models and the SDK tests, Prometheus for the alert-rule and

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::embed::{self, EmbedError, Embedder};
-use crate::fleet::Fleet;
+use crate::fleet::port::Fleet;
 use crate::key::Digest128;
 use crate::metrics::Metrics;
 use crate::pending::{Completed, Pending};

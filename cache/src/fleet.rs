@@ -5,43 +5,17 @@
 //! and [`Cache::load_exchanged`] (everything, at start or after a gap), always with the vector
 //! the writer computed: nothing is embedded again.
 
-use std::future::Future;
-use std::pin::Pin;
+pub mod port;
+
 use std::sync::Arc;
 
 use crate::cache::Cache;
 use crate::guard;
 use crate::key::{Digest128, RequestKey};
-use crate::store::{Entry, Record};
+use crate::store::Entry;
 use crate::util::{hex, now_unix, unhex};
 
-/// A boxed future ([`Fleet`] is used as a trait object).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// An entry as replicas exchange it: the record (which holds its route, tenant, partition and
-/// exact keys and expiry) and the writer's embedding of its problem.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Exchanged {
-    /// Persisted fields.
-    pub record: Record,
-    /// Unit embedding of the problem, made by the same embedding model ([`Cache::model_tag`]).
-    pub vector: Vec<f32>,
-}
-
-/// What the cache needs from the fleet.
-pub trait Fleet: Send + Sync {
-    /// The fleet's entry for an exact key of `route` and `tenant`, if the fleet answers in time
-    /// (a request waits on this: implementations bound it and give up rather than wait).
-    fn exact<'a>(
-        &'a self,
-        route: &'a str,
-        tenant: &'a str,
-        exact: &'a Digest128,
-    ) -> BoxFuture<'a, Option<Exchanged>>;
-
-    /// This replica stored `entry` (called off the request path; must not block).
-    fn inserted(&self, entry: &Arc<Entry>);
-}
+pub use port::{BoxFuture, Exchanged, Fleet};
 
 /// What [`Cache::apply`] did with an entry from another replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +35,7 @@ pub fn encode_vector(v: &[f32]) -> Vec<u8> {
 
 /// The vector [`encode_vector`] wrote (`None`: not a whole number of f32 values).
 pub fn decode_vector(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(

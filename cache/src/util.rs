@@ -15,7 +15,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// The 128-bit digest a 32-character hex string spells (`None`: anything else).
-pub fn unhex(s: &str) -> Option<crate::key::Digest128> {
+pub fn unhex(s: &str) -> Option<[u8; 16]> {
     if s.len() != 32 {
         return None;
     }

@@ -265,7 +265,7 @@ async fn redis_killed_under_load_loses_no_request_and_sharing_resumes_when_it_is
     let before = errors(&gws).await;
 
     const TOTAL: usize = 200;
-    let ports = Arc::new(gws.iter().map(|g| g.base_url()).collect::<Vec<_>>());
+    let ports = Arc::new(gws.iter().map(GatewayProc::base_url).collect::<Vec<_>>());
     let done = Arc::new(AtomicUsize::new(0));
     let running = tokio::spawn(load(ports, TOTAL, 4, done.clone()));
     eventually(WAIT, "a quarter of the load is answered", || {

@@ -23,6 +23,7 @@ const TOOLS: &[&str] = &[
     "curl",
     "promtool",
     "prometheus",
+    "redis-server",
     "cargo-nextest",
     "kubectl",
 ];
@@ -38,6 +39,7 @@ fn install_command(item: &str) -> &'static str {
         "curl" => "apt-get install -y curl",
         "cc" => "apt-get install -y build-essential",
         "promtool" | "prometheus" => "apt-get install -y prometheus",
+        "redis-server" => "apt-get install -y redis-server",
         "python3-venv" => "apt-get install -y python3-venv",
         "pip" => "apt-get install -y python3-pip",
         "cargo-nextest" => "cargo install --locked cargo-nextest",

@@ -9,8 +9,9 @@ use serde_json::{json, Map, Value};
 use super::*;
 use crate::embed::{BoxError, Embedder, TextEmbed};
 use crate::key::{request_key, Served};
-use crate::pending::{Completed, Pending};
+use crate::pending::Completed;
 use crate::settings::{RouteSettings, Settings};
+use crate::store::Record;
 use crate::{Lookup, Metrics, Query, Reason};
 
 /// Every text embeds to the same unit vector.

@@ -28,7 +28,7 @@ const START: &str = "0-0";
 /// What one stream event asks of this replica.
 enum Event {
     /// Store this entry (another replica's insert).
-    Insert(Exchanged),
+    Insert(Box<Exchanged>),
     /// Purge by route and/or tenant (`None`: any).
     Purge(Option<String>, Option<String>),
 }
@@ -210,7 +210,7 @@ async fn events(
             Some("insert") if s.contains_key("k") => {
                 // Gone already (purged or expired since): nothing to store.
                 if let Some(Some(e)) = fetched.next() {
-                    out.push(Event::Insert(e));
+                    out.push(Event::Insert(Box::new(e)));
                 }
             }
             Some("purge") => {
@@ -247,7 +247,7 @@ fn apply(cache: &Cache, events: Vec<Event>, routes: &HashMap<String, usize>) {
             Event::Insert(e) => {
                 // A route this replica does not cache (another config) is not stored here.
                 if let Some(max) = routes.get(&e.record.route) {
-                    cache.apply(e, *max);
+                    cache.apply(*e, *max);
                 }
             }
             Event::Purge(route, tenant) => {
