@@ -191,14 +191,7 @@ impl FleetCache {
                 let mut cursor = 0u64;
                 let mut removed = 0usize;
                 loop {
-                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT)
-                        .query_async(&mut c)
-                        .await?;
+                    let (next, keys) = scan_page(&mut c, cursor, &pattern).await?;
                     if !keys.is_empty() {
                         removed += redis::cmd("UNLINK")
                             .arg(&keys)
@@ -230,6 +223,22 @@ impl FleetCache {
             })
             .await
     }
+}
+
+/// One page of entry keys matching `pattern`: the next cursor (0 at the end) and the keys.
+async fn scan_page(
+    c: &mut redis::aio::ConnectionManager,
+    cursor: u64,
+    pattern: &str,
+) -> redis::RedisResult<(u64, Vec<String>)> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_COUNT)
+        .query_async(c)
+        .await
 }
 
 /// An entry from its HASH fields (`None`: gone, or not written by this code).

@@ -14,7 +14,7 @@ use reasoning_cache::Cache;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 
-use super::{parse, FleetCache, Routes, SCAN_COUNT};
+use super::{parse, scan_page, FleetCache, Routes};
 use crate::metrics::labels::SharedOp;
 use crate::shared::HEALTH_EVERY;
 
@@ -100,13 +100,7 @@ async fn load(
     let pattern = fleet.pattern(None, None);
     let (mut cursor, mut stored, mut seen) = (0u64, 0usize, 0usize);
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(c)
+        let (next, keys) = scan_page(c, cursor, &pattern)
             .await
             .map_err(|e| e.to_string())?;
         let routes = routes();
