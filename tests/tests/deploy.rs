@@ -1,6 +1,6 @@
 //! deploy/: the Kubernetes manifests and the container image work as written.
 //!
-//! Each kustomization (base and the overlays engine, vllm, gpu) is rendered with
+//! Each kustomization (base and the overlays engine, vllm, gpu, fleet) is rendered with
 //! `kubectl kustomize` and every document validated against the Kubernetes JSON schemas
 //! (kubernetes-validate, strict) for the oldest and newest Kubernetes we claim; the gateway config
 //! inside the rendered ConfigMap passes `reasoning-gateway check` in a copy of the pod's file
@@ -15,11 +15,19 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway_tests::harness::GatewayProc;
-use gateway_tests::harness::{free_port, gateway_bin, http_status, python, repo_root, TempDir};
+use gateway_tests::harness::{
+    eventually, free_port, gateway_bin, http_status, python, repo_root, TempDir,
+};
 use serde_json::Value;
 
 /// Every kustomization a user may apply, relative to deploy/kubernetes.
-const KUSTOMIZATIONS: &[&str] = &["base", "overlays/engine", "overlays/vllm", "overlays/gpu"];
+const KUSTOMIZATIONS: &[&str] = &[
+    "base",
+    "overlays/engine",
+    "overlays/vllm",
+    "overlays/gpu",
+    "overlays/fleet",
+];
 
 /// Kubernetes versions the manifests must be valid for: the oldest supported (the `sleep`
 /// preStop action is on by default from 1.30) and the newest kubernetes-validate 1.37.0 knows.
@@ -92,6 +100,14 @@ fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["name"] == name))
         .unwrap_or_else(|| panic!("no container {name} in the pod"))
+}
+
+/// The `secretKeyRef` a container's env var `name` is set from (Null when it is not).
+fn secret_env(container: &Value, name: &str) -> Value {
+    container["env"]
+        .as_array()
+        .and_then(|es| es.iter().find(|e| e["name"] == name))
+        .map_or(Value::Null, |e| e["valueFrom"]["secretKeyRef"].clone())
 }
 
 /// "30s", "2m", "500ms" as seconds (rounded up).
@@ -420,12 +436,21 @@ fn the_configmap_config_passes_check_in_the_pods_layout() {
             .0
             .join(format!("{}-check.yaml", r.name.replace('/', "-")));
         std::fs::write(&config, &r.config_text).unwrap();
-        let out = Command::new(gateway_bin())
+        let mut check = Command::new(gateway_bin());
+        check
             .args(["check", "--config"])
             .arg(&config)
-            .current_dir(&work)
-            .output()
-            .unwrap();
+            .current_dir(&work);
+        // Fleet mode: the Redis password reaches the gateway from a Secret, as an env var.
+        if let Some(var) = c["shared"]["password_env"].as_str() {
+            assert!(
+                secret_env(r.gateway(), var).is_object(),
+                "{}: `{var}` is not set from a Secret in the gateway container",
+                r.name
+            );
+            check.env(var, "a-password");
+        }
+        let out = check.output().unwrap();
         assert!(
             out.status.success(),
             "{}: check failed:\n{}",
@@ -1099,4 +1124,250 @@ fn the_image_builds_and_answers_readyz() {
         "no drain on SIGTERM; logs:\n{}",
         logs()
     );
+}
+
+/// Kills a process when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first reply line of each of `commands`, sent in order on one connection.
+async fn redis_replies(port: u16, commands: &[&[&str]]) -> Vec<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to redis-server");
+    let (read, mut write) = s.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let mut out = Vec::new();
+    for args in commands {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in *args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        write.write_all(req.as_bytes()).await.unwrap();
+        let first = lines.next_line().await.unwrap().unwrap_or_default();
+        // An array of bulk strings (CONFIG GET): its elements joined by spaces.
+        let bulks = match first.strip_prefix('*') {
+            Some(n) => n.parse().unwrap(),
+            None if first.starts_with('$') && first != "$-1" => 1,
+            None => 0,
+        };
+        if bulks == 0 {
+            out.push(first);
+            continue;
+        }
+        let mut items = Vec::new();
+        for _ in 0..bulks {
+            if first.starts_with('*') {
+                lines.next_line().await.unwrap(); // `$len`
+            }
+            items.push(lines.next_line().await.unwrap().unwrap_or_default());
+        }
+        out.push(items.join(" "));
+    }
+    out
+}
+
+/// overlays/fleet as written: its Redis container's command and arguments run the real
+/// redis-server (the version the image pins), which refuses a client without the Secret's
+/// password and is bounded in memory; the gateway config's `shared:` section names that Redis's
+/// Service and takes the password from the same Secret key; two replicas with that section (the
+/// Service's name resolved to loopback, a fake backend) are one cache: a miss on one is a hit on
+/// the other.
+#[tokio::test]
+async fn the_fleet_overlays_redis_and_shared_section_work_as_written() {
+    let dir = TempDir::new("deploy-fleet");
+    let r = render_all(&dir.0)
+        .into_iter()
+        .find(|r| r.name == "overlays/fleet")
+        .unwrap();
+    assert_eq!(
+        find(&r.docs, "Deployment", "reasoning-gateway")["spec"]["replicas"],
+        3
+    );
+    let shared = &r.config["shared"];
+    let redis_pod =
+        &find(&r.docs, "Deployment", "reasoning-gateway-redis")["spec"]["template"]["spec"];
+    let redis = container(redis_pod, "redis");
+    let service = find(&r.docs, "Service", "reasoning-gateway-redis");
+    let service_port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(
+        shared["redis_url"],
+        format!("redis://reasoning-gateway-redis:{service_port}/0"),
+        "the config names the Service"
+    );
+    // The NetworkPolicy lets only the gateway's pods reach Redis.
+    let policy = find(&r.docs, "NetworkPolicy", "reasoning-gateway-redis");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        redis_pod_labels(&r.docs)
+    );
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+        find(&r.docs, "Deployment", "reasoning-gateway")["spec"]["template"]["metadata"]["labels"]
+    );
+    // One Secret key on both sides.
+    let args: Vec<String> = redis["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let after = |flag: &str| {
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("redis has no {flag}: {args:?}"));
+        args[i + 1].clone()
+    };
+    let redis_var = after("--requirepass")
+        .strip_prefix("$(")
+        .and_then(|v| v.strip_suffix(')'))
+        .expect("the password comes from an env var")
+        .to_string();
+    let var = shared["password_env"].as_str().unwrap();
+    let secret = secret_env(r.gateway(), var);
+    assert!(secret.is_object(), "{var} is not from a Secret");
+    assert_eq!(
+        secret,
+        secret_env(redis, &redis_var),
+        "not the same Secret key"
+    );
+    assert_eq!(
+        after("--port"),
+        service["spec"]["ports"][0]["targetPort"]
+            .as_str()
+            .map(|name| {
+                redis["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == name)
+                    .unwrap()["containerPort"]
+                    .to_string()
+            })
+            .unwrap()
+    );
+
+    // The real redis-server with the container's arguments: its port moved to a free one on
+    // loopback and its data directory to a temporary one.
+    let password = "deploy-test-password";
+    let port = free_port();
+    let data = TempDir::new("deploy-fleet-redis");
+    let run_args: Vec<String> = args
+        .iter()
+        .zip(std::iter::once("").chain(args.iter().map(String::as_str)))
+        .map(|(a, before)| match before {
+            "--port" => port.to_string(),
+            "--dir" => data.0.display().to_string(),
+            _ => a.replace(&format!("$({redis_var})"), password),
+        })
+        .collect();
+    assert_eq!(redis["command"][0], "redis-server");
+    let _redis = Killed(
+        Command::new(std::env::var("RG_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()))
+            .args(&run_args)
+            .args(["--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (`make test` installs it)"),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "redis-server listens",
+        || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    let replies = redis_replies(
+        port,
+        &[
+            &["PING"],
+            &["AUTH", password],
+            &["CONFIG", "GET", "maxmemory-policy"],
+        ],
+    )
+    .await;
+    assert!(replies[0].starts_with("-NOAUTH"), "{replies:?}");
+    assert_eq!(replies[1], "+OK");
+    assert_eq!(
+        replies[2],
+        format!("maxmemory-policy {}", after("--maxmemory-policy"))
+    );
+    let maxmemory = redis_replies(
+        port,
+        &[&["AUTH", password], &["CONFIG", "GET", "maxmemory"]],
+    )
+    .await;
+    let bytes: u64 = maxmemory[1]
+        .strip_prefix("maxmemory ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{maxmemory:?}"));
+    assert!(bytes > 0, "Redis is not bounded in memory");
+
+    // Two replicas with the overlay's `shared:` section.
+    let up = gateway_tests::fake_upstream::FakeUpstream::start("vllm").await;
+    let section = format!(
+        "shared:\n  redis_url: {}\n  password_env: {var}\n  key_prefix: {}\n  timeout: {}\n",
+        shared["redis_url"].as_str().unwrap().replace(
+            &format!("reasoning-gateway-redis:{service_port}"),
+            &format!("127.0.0.1:{port}")
+        ),
+        shared["key_prefix"].as_str().unwrap(),
+        shared["timeout"].as_str().unwrap(),
+    );
+    let config = format!(
+        "{section}cache:\n  model_dir: {}\n  onnxruntime: {}\n  embed_timeout: 5s\nupstreams: [{{name: fake, endpoints: [\"{}\"]}}]\nroutes:\n  - {{model: think, upstream: fake, reasoning: {{parser: deepseek_r1}}, cache: {{}}}}\n",
+        repo_root().join("models/minilm").display(),
+        repo_root().join("models/onnxruntime/libonnxruntime.so").display(),
+        up.addr
+    );
+    let wait = Duration::from_secs(30);
+    let gws: Vec<GatewayProc> = (0..2)
+        .map(|_| GatewayProc::start_with_env(&config, wait, &[(var, password)]))
+        .collect();
+    let ask = |gw: &GatewayProc| {
+        let url = format!("{}/chat/completions", gw.base_url());
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .bearer_auth("sk-fleet")
+                .json(&serde_json::json!({"model": "think", "messages": [{"role": "user", "content": "Sam has 2 apples and buys 2 more. How many now?"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.headers()
+                .get("x-reasoning-cache")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(ask(&gws[0]).await, "miss");
+    eventually(
+        wait,
+        "the other replica serves the entry from Redis",
+        || async { (ask(&gws[1]).await == "hit").then_some(()) },
+    )
+    .await;
+    assert!(
+        !gws.iter().any(|g| g.log_text().contains(password)),
+        "the password reached a log"
+    );
+}
+
+/// The labels of the Redis Deployment's pods.
+fn redis_pod_labels(docs: &[Value]) -> Value {
+    find(docs, "Deployment", "reasoning-gateway-redis")["spec"]["template"]["metadata"]["labels"]
+        .clone()
 }
