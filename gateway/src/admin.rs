@@ -167,6 +167,7 @@ pub fn handle(gw: &Gateway, endpoint: Endpoint, query: Option<&str>) -> Response
             let removed = cache.purge(route.as_deref(), tenant.as_deref());
             tracing::info!(route = ?route, tenant = ?tenant, removed, "Reasoning cache purged by an operator.");
             let mut body = json!({"removed": removed, "route": route, "tenant": tenant});
+            let mut status = 200;
             if gw.shared.get().is_some() {
                 // Every replica purges too, on the stream's purge event (within a second).
                 body["fleet"] = match crate::shared::cache::purge(
@@ -177,11 +178,16 @@ pub fn handle(gw: &Gateway, endpoint: Endpoint, query: Option<&str>) -> Response
                     Ok(n) => json!({"removed": n}),
                     Err(e) => {
                         tracing::warn!(error = %e, "The purge did not reach the fleet: other replicas keep these entries.");
+                        // Not done: the operator must know to retry once Redis answers.
+                        status = 503;
+                        body["error"] = json!(format!(
+                            "the purge did not reach the fleet ({e}): this replica's entries are gone, the other replicas and Redis keep theirs; retry when shared_state_up is 1"
+                        ));
                         json!({"error": e.to_string()})
                     }
                 };
             }
-            json_response(200, body)
+            json_response(status, body)
         }
         Endpoint::CacheSnapshot => {
             let cache = gw.cache.get().expect("checked above");

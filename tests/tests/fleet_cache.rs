@@ -208,6 +208,41 @@ async fn one_tenants_entry_never_reaches_another_tenant_on_another_replica() {
     assert_eq!(ask(&gws[1], Q, "sk-tenant-a").await.cache, "hit");
 }
 
+#[tokio::test]
+async fn a_purge_while_redis_is_down_answers_503_and_after_a_restart_no_replica_serves_the_entry() {
+    let mut redis = Redis::start().await;
+    let up = FakeUpstream::start("u").await;
+    let gws: Vec<GatewayProc> = (0..2)
+        .map(|_| GatewayProc::start(&config(&up, &redis, "fc5"), WAIT))
+        .collect();
+    let (a, b) = (&gws[0], &gws[1]);
+    all_up(&gws).await;
+    assert_eq!(ask(a, Q, "sk-one").await.cache, "miss");
+    until_metric(b, ENTRIES, 1.0, WAIT, "B applies A's insert").await;
+
+    redis.kill();
+    for gw in &gws {
+        until_metric(gw, UP, 0.0, WAIT, "shared_state_up falls to 0").await;
+    }
+    // The purge cannot reach the fleet: the operator is told so, not handed a 200.
+    let (status, body) = a.admin_post("/admin/cache/purge").await;
+    assert_eq!(status, 503, "{body}");
+    let purged: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(purged["removed"], 1, "{body}");
+    assert!(purged["error"].as_str().unwrap().contains("retry"), "{body}");
+    // Meanwhile B serves from its own copy (Redis down changes no answer).
+    assert_eq!(ask(b, Q, "sk-one").await.cache, "hit");
+
+    // Redis back empty: the purge made meanwhile reached no stream, so B drops its copy on
+    // reconnecting, without waiting for any other replica's traffic.
+    redis.restart().await;
+    all_up(&gws).await;
+    until_metric(b, ENTRIES, 0.0, WAIT, "B drops its copy after the restart").await;
+    let calls = up.requests.load(Ordering::SeqCst);
+    assert_eq!(ask(b, Q, "sk-one").await.cache, "miss");
+    assert_eq!(up.requests.load(Ordering::SeqCst), calls + 1);
+}
+
 /// Sends `total` requests round-robin over the replicas from `workers` tasks (questions cycled
 /// so that some miss and some hit); counts the answers that were a 200 with the whole body.
 async fn load(

@@ -2,8 +2,10 @@
 //! holds (note the stream's last id, SCAN the entry keys, load them with their vectors), then
 //! tail the stream from the noted id on a connection of its own (`XREAD BLOCK`), applying the
 //! other replicas' inserts and every purge. When the stream no longer holds the last id read
-//! (trimmed past it, or Redis restarted empty), load again. On any error: pause, reconnect,
-//! go on from the last id.
+//! (trimmed past it, or Redis restarted empty), purges may have been missed: drop this replica's
+//! copy and load again, so that it never serves an entry the fleet purged. On any error: pause,
+//! reconnect, check that the stream still holds the last id (Redis may have restarted empty, and
+//! a purge made meanwhile reached no stream), and go on from it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -37,11 +39,16 @@ enum Event {
 pub(super) async fn run(cache: Weak<Cache>, routes: Routes, fleet: Arc<FleetCache>) {
     // `None`: load everything before tailing (at start, and after a gap).
     let mut last: Option<String> = None;
+    // A gap was found: the copy here may hold entries purged meanwhile.
+    let mut stale = false;
     let mut conn: Option<ConnectionManager> = None;
     let mut failing = false;
+    // Reconnected after an error: check the stream still holds `last` before tailing.
+    let mut verify = false;
     loop {
         let Some(cache) = cache.upgrade() else { return };
         if !fleet.shared.is_up() {
+            verify = true;
             drop(cache);
             tokio::time::sleep(HEALTH_EVERY).await;
             continue;
@@ -52,11 +59,26 @@ pub(super) async fn run(cache: Weak<Cache>, routes: Routes, fleet: Arc<FleetCach
         }
         let step = match (conn.as_mut(), &last) {
             (None, _) => Err("no connection".to_string()),
-            (Some(c), None) => load(&routes, &fleet, &cache, c).await.map(Some),
+            (Some(c), None) => {
+                if stale {
+                    stale = false;
+                    let cache2 = cache.clone();
+                    let dropped = tokio::task::spawn_blocking(move || cache2.purge(None, None))
+                        .await
+                        .unwrap_or(0);
+                    tracing::info!(dropped, "Reasoning cache: this replica's copy dropped (the fleet's stream has a gap, purges may be missing); loading the fleet's entries.");
+                }
+                load(&routes, &fleet, &cache, c).await.map(Some)
+            }
+            (Some(c), Some(id)) if verify => holds(&fleet, c, id).await.map(|held| {
+                verify = false;
+                held.then(|| id.clone())
+            }),
             (Some(c), Some(id)) => tail(&routes, &fleet, &cache, c, id).await,
         };
         match step {
             Ok(next) => {
+                stale |= last.is_some() && next.is_none();
                 if failing {
                     tracing::info!("The reasoning cache follows the fleet again.");
                     failing = false;
@@ -70,6 +92,7 @@ pub(super) async fn run(cache: Weak<Cache>, routes: Routes, fleet: Arc<FleetCach
                     failing = true;
                 }
                 conn = None;
+                verify = true;
                 drop(cache);
                 tokio::time::sleep(HEALTH_EVERY).await;
             }
@@ -158,20 +181,10 @@ async fn tail(
     let Some(newest) = ids.last().map(|s| s.id.clone()) else {
         return Ok(Some(last.to_string()));
     };
-    if last != START {
-        // Trimming drops the oldest entries first: if `last` is still there, nothing between
-        // it and what was just read is missing.
-        let still: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&fleet.log)
-            .arg(last)
-            .arg(last)
-            .query_async(c)
-            .await
-            .map_err(|e| e.to_string())?;
-        if still.ids.is_empty() {
-            tracing::info!("The cache's stream no longer holds this replica's place (trimmed, or Redis restarted empty): loading the fleet's entries again.");
-            return Ok(None);
-        }
+    // Trimming drops the oldest entries first: if `last` is still there, nothing between it
+    // and what was just read is missing.
+    if !holds(fleet, c, last).await? {
+        return Ok(None);
     }
     let events = events(fleet, c, &ids).await?;
     if !events.is_empty() {
@@ -180,6 +193,24 @@ async fn tail(
         let _ = tokio::task::spawn_blocking(move || apply(&cache, events, &routes)).await;
     }
     Ok(Some(newest))
+}
+
+/// Whether the stream still holds `last` (`START`: always). `false`: a gap.
+async fn holds(fleet: &FleetCache, c: &mut ConnectionManager, last: &str) -> Result<bool, String> {
+    if last == START {
+        return Ok(true);
+    }
+    let still: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&fleet.log)
+        .arg(last)
+        .arg(last)
+        .query_async(c)
+        .await
+        .map_err(|e| e.to_string())?;
+    if still.ids.is_empty() {
+        tracing::info!("The cache's stream no longer holds this replica's place (trimmed, or Redis restarted empty).");
+    }
+    Ok(!still.ids.is_empty())
 }
 
 /// The events of other replicas among `ids`, in order, with the inserted entries fetched.
