@@ -9,7 +9,7 @@
 //! gateway's replicas do (`reasoning_gateway::shared::cache`). Each miss is answered and stored
 //! at once, and the next request comes `GAP` later (an upstream's answer takes longer than
 //! that). It prints both hit rates and the lookup times with sharing off (the lone cache) and
-//! on (the three).
+//! on (the three), of all lookups and of the misses alone.
 //!
 //! `memory` writes N entries in the gateway's format (2 KB reasoning, 384-dimension vectors)
 //! and prints Redis's `used_memory` before and after. It uses the key prefix `rg-bench-memory`
@@ -197,13 +197,21 @@ async fn hits(model_dir: &str, ort: &str, url: &str) -> anyhow::Result<()> {
     let seq = sequence();
     let (mut hits_alone, mut hits_fleet) = (0, 0);
     let (mut off, mut on) = (Vec::new(), Vec::new());
+    // Misses alone: where sharing asks Redis (the exact tier) before going upstream.
+    let (mut off_miss, mut on_miss) = (Vec::new(), Vec::new());
     for (i, q) in seq.iter().enumerate() {
         let (hit, took) = serve(&alone, q).await;
         hits_alone += usize::from(hit);
         off.push(took);
+        if !hit {
+            off_miss.push(took);
+        }
         let (hit, took) = serve(&fleet[i % 3], q).await;
         hits_fleet += usize::from(hit);
         on.push(took);
+        if !hit {
+            on_miss.push(took);
+        }
         tokio::time::sleep(GAP).await;
     }
     let n = seq.len();
@@ -216,6 +224,8 @@ async fn hits(model_dir: &str, ort: &str, url: &str) -> anyhow::Result<()> {
     for (label, v) in [
         ("shared off (one cache)", &mut off),
         ("shared on (three replicas)", &mut on),
+        ("of a miss, shared off", &mut off_miss),
+        ("of a miss, shared on", &mut on_miss),
     ] {
         println!(
             "lookup {label}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
