@@ -1,7 +1,8 @@
 //! The reasoning cache shared by a fleet (issue 26): three real gateway processes on one real
 //! redis-server, the scripted upstream, real MiniLM embeddings. A miss on one replica is a hit
 //! on the others, a purge anywhere reaches every replica, a replica that joins later loads what
-//! exists, tenants stay apart, and losing Redis under load loses no request.
+//! exists, tenants stay apart, and losing Redis, or Redis too slow to answer, under load loses
+//! no request.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -229,7 +230,10 @@ async fn a_purge_while_redis_is_down_answers_503_and_after_a_restart_no_replica_
     assert_eq!(status, 503, "{body}");
     let purged: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(purged["removed"], 1, "{body}");
-    assert!(purged["error"].as_str().unwrap().contains("retry"), "{body}");
+    assert!(
+        purged["error"].as_str().unwrap().contains("retry"),
+        "{body}"
+    );
     // Meanwhile B serves from its own copy (Redis down changes no answer).
     assert_eq!(ask(b, Q, "sk-one").await.cache, "hit");
 
@@ -244,25 +248,27 @@ async fn a_purge_while_redis_is_down_answers_503_and_after_a_restart_no_replica_
 }
 
 /// Sends `total` requests round-robin over the replicas from `workers` tasks (questions cycled
-/// so that some miss and some hit); counts the answers that were a 200 with the whole body.
+/// so that some miss and some hit); counts the answers that were a 200 with the whole body, and
+/// returns the longest any request took.
 async fn load(
     ports: Arc<Vec<String>>,
     total: usize,
     workers: usize,
     done: Arc<AtomicUsize>,
-) -> usize {
+) -> (usize, Duration) {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..workers {
         let (ports, next, done) = (ports.clone(), next.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
-            let mut ok = 0;
+            let (mut ok, mut slowest) = (0, Duration::ZERO);
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 if i >= total {
-                    return ok;
+                    return (ok, slowest);
                 }
+                let started = std::time::Instant::now();
                 let resp = client
                     .post(format!("{}/chat/completions", ports[i % ports.len()]))
                     .bearer_auth("sk-load")
@@ -280,15 +286,18 @@ async fn load(
                         }
                     }
                 }
+                slowest = slowest.max(started.elapsed());
                 done.fetch_add(1, Ordering::SeqCst);
             }
         }));
     }
-    let mut ok = 0;
+    let (mut ok, mut slowest) = (0, Duration::ZERO);
     for t in tasks {
-        ok += t.await.unwrap();
+        let (n, s) = t.await.unwrap();
+        ok += n;
+        slowest = slowest.max(s);
     }
-    ok
+    (ok, slowest)
 }
 
 #[tokio::test]
@@ -309,7 +318,7 @@ async fn redis_killed_under_load_loses_no_request_and_sharing_resumes_when_it_is
     })
     .await;
     redis.kill();
-    let ok = running.await.unwrap();
+    let (ok, _) = running.await.unwrap();
     assert_eq!(
         ok, TOTAL,
         "every request under the Redis loss got its 200 and whole body"
@@ -350,4 +359,76 @@ async fn errors(gws: &[GatewayProc]) -> Vec<f64> {
         );
     }
     out
+}
+
+async fn submit(gw: &GatewayProc) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/async/chat/completions", gw.base_url()))
+        .bearer_auth("sk-one")
+        .json(&json!({"model": "think", "messages": [{"role": "user", "content": Q}]}))
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn redis_too_slow_under_load_loses_no_request_and_nothing_waits_it_out() {
+    let redis = Redis::start().await;
+    let up = FakeUpstream::start("u").await;
+    let gws: Vec<GatewayProc> = (0..2)
+        .map(|_| GatewayProc::start(&config(&up, &redis, "fc6"), WAIT))
+        .collect();
+    all_up(&gws).await;
+    let before = errors(&gws).await;
+
+    // Redis holds every command for far longer than `shared.timeout` (200 ms) and the health
+    // check's deadline (1 s): connections stay open, answers do not come.
+    const PAUSE: Duration = Duration::from_secs(12);
+    let reply = redis
+        .command(&["CLIENT", "PAUSE", &PAUSE.as_millis().to_string(), "ALL"])
+        .await
+        .unwrap();
+    assert_eq!(reply, "+OK");
+    let paused = std::time::Instant::now();
+    for gw in &gws {
+        until_metric(gw, UP, 0.0, WAIT, "shared_state_up falls to 0").await;
+    }
+    // A job cannot be stored: refused, not accepted and lost.
+    let (status, body) = submit(&gws[0]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "shared_state_unavailable", "{body}");
+
+    const TOTAL: usize = 60;
+    let ports = Arc::new(gws.iter().map(GatewayProc::base_url).collect::<Vec<_>>());
+    let (ok, slowest) = load(ports, TOTAL, 4, Arc::new(AtomicUsize::new(0))).await;
+    assert!(
+        paused.elapsed() < PAUSE,
+        "the load ran while Redis was paused"
+    );
+    assert_eq!(ok, TOTAL, "every request got its 200 and whole body");
+    // A request that waited on Redis would wait out the pause.
+    assert!(
+        slowest < PAUSE / 4,
+        "a request waited on the paused Redis: {slowest:?}"
+    );
+    let after = errors(&gws).await;
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            a > b,
+            "shared_state_errors_total rose: {before:?} -> {after:?}"
+        );
+    }
+
+    // The pause ends: both replicas share again by themselves.
+    all_up(&gws).await;
+    let q = "A question after the pause: what is 3 + 4?";
+    assert_eq!(ask(&gws[0], q, "sk-one").await.cache, "miss");
+    until_redis_entries(&redis, "fc6", 1).await;
+    let calls = up.requests.load(Ordering::SeqCst);
+    assert_eq!(ask(&gws[1], q, "sk-one").await.cache, "hit");
+    assert_eq!(up.requests.load(Ordering::SeqCst), calls);
+    let (status, body) = submit(&gws[1]).await;
+    assert_eq!(status, 202, "{body}");
 }
