@@ -101,12 +101,12 @@ bench-cache: deps models build
 
 # llama.cpp built for this CPU in its own virtualenv, for the side-by-side engine benchmark.
 BENCH_VENV ?= $(HOME)/.cache/reasoning-gateway/bench-venv
-# Budget forcing on the bundled engine: answer rate and latency at three budgets, answer vs error.
 # Fleet mode: the shared cache on a redis-server of its own (hit rate of three replicas against
 # one, lookup time with sharing on and off, Redis memory per 100 k entries). Results: BENCHMARKS.md.
 bench-fleet: deps models build
 	./benches/fleet.sh
 
+# Budget forcing on the bundled engine: answer rate and latency at three budgets, answer vs error.
 bench-budget: deps models build
 	python3 benches/budget_forcing.py $(BIN)
 
