@@ -45,6 +45,15 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// `N` distinct free loopback ports: all held at once while picked, so two of them are never
+/// the same (two `free_port` calls may return one port twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("free port").port())
+}
+
 /// Polls `probe` every 20 ms until it returns `Some` (bounded by `within`, which fails the
 /// test naming `what`): the one wait helper new tests use instead of sleeping.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
@@ -152,7 +161,7 @@ impl GatewayProc {
         fd_limit: Option<(u64, u64)>,
     ) -> GatewayProc {
         let dir = TempDir::new("gw");
-        let (port, admin_port) = (free_port(), free_port());
+        let [port, admin_port] = free_ports();
         let config =
             format!("listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\n{body}");
         let path = dir.0.join("gateway.yaml");

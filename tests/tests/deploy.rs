@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use gateway_tests::harness::GatewayProc;
 use gateway_tests::harness::{
-    eventually, free_port, gateway_bin, http_status, python, repo_root, TempDir,
+    eventually, free_port, free_ports, gateway_bin, http_status, python, repo_root, TempDir,
 };
 use serde_json::Value;
 
@@ -488,7 +488,7 @@ async fn the_sidecar_config_serves_and_writes_only_its_volumes() {
     assert_eq!(r.name, "base");
     let (work, mounts) = pod_layout(&r, &dir.0);
     let upstream = gateway_tests::fake_upstream::FakeUpstream::start("vllm").await;
-    let (port, admin) = (free_port(), free_port());
+    let [port, admin] = free_ports();
     let config = r
         .config_text
         .replace("listen: 0.0.0.0:8080", &format!("listen: 127.0.0.1:{port}"))
