@@ -181,7 +181,7 @@ pub fn handle(gw: &Gateway, endpoint: Endpoint, query: Option<&str>) -> Response
                         // Not done: the operator must know to retry once Redis answers.
                         status = 503;
                         body["error"] = json!(format!(
-                            "the purge did not reach the fleet ({e}): this replica's entries are gone, the other replicas and Redis keep theirs; retry when shared_state_up is 1"
+                            "the purge may not have reached the fleet ({e}): this replica's entries are gone, the other replicas and Redis may keep theirs; retry when shared_state_up is 1"
                         ));
                         json!({"error": e.to_string()})
                     }

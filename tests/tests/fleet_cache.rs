@@ -247,6 +247,36 @@ async fn a_purge_while_redis_is_down_answers_503_and_after_a_restart_no_replica_
     assert_eq!(up.requests.load(Ordering::SeqCst), calls + 1);
 }
 
+#[tokio::test]
+async fn an_operator_flushing_redis_empties_every_replicas_copy() {
+    let redis = Redis::start().await;
+    let up = FakeUpstream::start("u").await;
+    let gws: Vec<GatewayProc> = (0..2)
+        .map(|_| GatewayProc::start(&config(&up, &redis, "fc7"), WAIT))
+        .collect();
+    let (a, b) = (&gws[0], &gws[1]);
+    all_up(&gws).await;
+    assert_eq!(ask(a, Q, "sk-one").await.cache, "miss");
+    until_metric(b, ENTRIES, 1.0, WAIT, "B applies A's insert").await;
+
+    // No replica writes afterwards: nothing comes through the stream to tell them. Each sees
+    // Redis's epoch gone after its next `XREAD` (500 ms at most) and reloads: empty.
+    assert_eq!(redis.command(&["FLUSHALL"]).await.unwrap(), "+OK");
+    for gw in &gws {
+        until_metric(
+            gw,
+            ENTRIES,
+            0.0,
+            2 * SPREAD,
+            "the flush empties the replica's copy",
+        )
+        .await;
+    }
+    let calls = up.requests.load(Ordering::SeqCst);
+    assert_eq!(ask(b, Q, "sk-one").await.cache, "miss");
+    assert_eq!(up.requests.load(Ordering::SeqCst), calls + 1);
+}
+
 /// Sends `total` requests round-robin over the replicas from `workers` tasks (questions cycled
 /// so that some miss and some hit); counts the answers that were a 200 with the whole body, and
 /// returns the longest any request took.
@@ -385,7 +415,7 @@ async fn redis_too_slow_under_load_loses_no_request_and_nothing_waits_it_out() {
 
     // Redis holds every command for far longer than `shared.timeout` (200 ms) and the health
     // check's deadline (1 s): connections stay open, answers do not come.
-    const PAUSE: Duration = Duration::from_secs(12);
+    const PAUSE: Duration = Duration::from_secs(20);
     let reply = redis
         .command(&["CLIENT", "PAUSE", &PAUSE.as_millis().to_string(), "ALL"])
         .await
@@ -431,4 +461,29 @@ async fn redis_too_slow_under_load_loses_no_request_and_nothing_waits_it_out() {
     assert_eq!(up.requests.load(Ordering::SeqCst), calls);
     let (status, body) = submit(&gws[1]).await;
     assert_eq!(status, 202, "{body}");
+    // Redis kept its data through the pause: once following the stream again, no replica
+    // dropped its own copy (what it stored alone meanwhile stays).
+    for gw in &gws {
+        eventually(
+            WAIT,
+            "the replica follows the fleet's stream again",
+            || async {
+                gw.log_text()
+                    .contains("The reasoning cache follows the fleet again.")
+                    .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(
+            metric(
+                gw,
+                "reasoning_gateway_cache_evictions_total{reason=\"purge\"}"
+            )
+            .await
+            .unwrap_or(0.0),
+            0.0,
+            "a replica dropped its copy after a pause that lost nothing"
+        );
+        assert!(!gw.log_text().contains("copy dropped"));
+    }
 }

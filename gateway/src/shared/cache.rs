@@ -10,6 +10,9 @@
 //! - `{base}:log`: a stream of `op=insert k={entry key}` and `op=purge route= tenant=`
 //!   (empty: any), each with `w`, trimmed to about [`LOG_MAX`]. Replicas tail it
 //!   (`cache/sync.rs`).
+//! - `{base}:epoch`: a random value set once (`SET NX`, no TTL) by the first replica that loads
+//!   from this Redis. A replica that finds another value (or none) knows Redis lost its data
+//!   since it loaded (a restart without persistence, a flush) and loads again.
 //!
 //! Everything a request waits on is bounded by `shared.timeout` and skipped while Redis is
 //! down ([`Shared::run`]); writes go out after the local insert, on the fleet thread.
@@ -45,6 +48,8 @@ pub struct FleetCache {
     base: String,
     /// The stream of inserts and purges.
     log: String,
+    /// The data's generation in this Redis (see the module's keys).
+    epoch: String,
 }
 
 /// The routes a replica caches, with their `max_entries` (read at each use: a reload may
@@ -108,7 +113,13 @@ impl FleetCache {
     fn new(shared: Arc<Shared>, cache: &Cache) -> Self {
         let base = shared.key(&["cache", &cache.model_tag()]);
         let log = format!("{base}:log");
-        FleetCache { shared, base, log }
+        let epoch = format!("{base}:epoch");
+        FleetCache {
+            shared,
+            base,
+            log,
+            epoch,
+        }
     }
 
     /// The HASH key of an entry.

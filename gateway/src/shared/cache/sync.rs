@@ -1,11 +1,12 @@
 //! Each replica's copy of the fleet's cache, kept in step on the fleet thread: load what Redis
-//! holds (note the stream's last id, SCAN the entry keys, load them with their vectors), then
-//! tail the stream from the noted id on a connection of its own (`XREAD BLOCK`), applying the
-//! other replicas' inserts and every purge. When the stream no longer holds the last id read
-//! (trimmed past it, or Redis restarted empty), purges may have been missed: drop this replica's
-//! copy and load again, so that it never serves an entry the fleet purged. On any error: pause,
-//! reconnect, check that the stream still holds the last id (Redis may have restarted empty, and
-//! a purge made meanwhile reached no stream), and go on from it.
+//! holds (note its epoch and the stream's last id, SCAN the entry keys, load them with their
+//! vectors), then tail the stream from the noted id on a connection of its own (`XREAD BLOCK`),
+//! applying the other replicas' inserts and every purge. A gap: Redis's epoch is not the one
+//! noted (it lost its data: restarted empty, flushed), or the stream no longer holds the last id
+//! read (trimmed past it). Purges may have been missed then, so the replica drops its copy and
+//! loads again: it never serves an entry the fleet purged. The epoch is checked after every
+//! `XREAD`, the last id after every one that brought events and on reconnecting. On any error:
+//! pause, reconnect, check, go on from the last id.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -27,6 +28,13 @@ const BATCH: usize = 256;
 /// The id before any stream entry (a stream that did not exist when the replica loaded).
 const START: &str = "0-0";
 
+/// Where this replica is in the fleet's data: Redis's epoch when it loaded, the last stream id
+/// it applied.
+struct Place {
+    epoch: String,
+    id: String,
+}
+
 /// What one stream event asks of this replica.
 enum Event {
     /// Store this entry (another replica's insert).
@@ -38,7 +46,7 @@ enum Event {
 /// The loop; returns when the cache is gone.
 pub(super) async fn run(cache: Weak<Cache>, routes: Routes, fleet: Arc<FleetCache>) {
     // `None`: load everything before tailing (at start, and after a gap).
-    let mut last: Option<String> = None;
+    let mut last: Option<Place> = None;
     // A gap was found: the copy here may hold entries purged meanwhile.
     let mut stale = false;
     let mut conn: Option<ConnectionManager> = None;
@@ -70,11 +78,14 @@ pub(super) async fn run(cache: Weak<Cache>, routes: Routes, fleet: Arc<FleetCach
                 }
                 load(&routes, &fleet, &cache, c).await.map(Some)
             }
-            (Some(c), Some(id)) if verify => holds(&fleet, c, id).await.map(|held| {
+            (Some(c), Some(place)) if verify => holds(&fleet, c, place).await.map(|held| {
                 verify = false;
-                held.then(|| id.clone())
+                held.then(|| Place {
+                    epoch: place.epoch.clone(),
+                    id: place.id.clone(),
+                })
             }),
-            (Some(c), Some(id)) => tail(&routes, &fleet, &cache, c, id).await,
+            (Some(c), Some(place)) => tail(&routes, &fleet, &cache, c, place).await,
         };
         match step {
             Ok(next) => {
@@ -100,13 +111,26 @@ pub(super) async fn run(cache: Weak<Cache>, routes: Routes, fleet: Arc<FleetCach
     }
 }
 
-/// Loads every entry Redis holds; returns the stream id to tail from.
+/// Loads every entry Redis holds; returns Redis's epoch and the stream id to tail from.
 async fn load(
     routes: &Routes,
     fleet: &FleetCache,
     cache: &Arc<Cache>,
     c: &mut ConnectionManager,
-) -> Result<String, String> {
+) -> Result<Place, String> {
+    // Random: the same replica reloading within one second must not write the value back.
+    let fresh = format!("{:032x}", rand::random::<u128>());
+    let (epoch,): (String,) = redis::pipe()
+        .cmd("SET")
+        .arg(&fleet.epoch)
+        .arg(&fresh)
+        .arg("NX")
+        .ignore()
+        .cmd("GET")
+        .arg(&fleet.epoch)
+        .query_async(c)
+        .await
+        .map_err(|e| e.to_string())?;
     let newest: StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(&fleet.log)
         .arg("+")
@@ -153,17 +177,18 @@ async fn load(
         new = stored,
         "Reasoning cache loaded from the fleet."
     );
-    Ok(from)
+    Ok(Place { epoch, id: from })
 }
 
-/// One `XREAD` from `last`; the id to go on from (`None`: a gap, load again).
+/// One `XREAD` from `place`; where to go on from (`None`: a gap, load again).
 async fn tail(
     routes: &Routes,
     fleet: &FleetCache,
     cache: &Arc<Cache>,
     c: &mut ConnectionManager,
-    last: &str,
-) -> Result<Option<String>, String> {
+    place: &Place,
+) -> Result<Option<Place>, String> {
+    let last = place.id.as_str();
     let reply: Option<StreamReadReply> = redis::cmd("XREAD")
         .arg("COUNT")
         .arg(BATCH)
@@ -179,11 +204,16 @@ async fn tail(
         .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
         .unwrap_or_default();
     let Some(newest) = ids.last().map(|s| s.id.clone()) else {
-        return Ok(Some(last.to_string()));
+        // Nothing new; but Redis may have restarted empty meanwhile (a reconnect that no
+        // command saw fail), with a purge that will never come through this stream.
+        return Ok(same_epoch(fleet, c, place).await?.then(|| Place {
+            epoch: place.epoch.clone(),
+            id: last.to_string(),
+        }));
     };
     // Trimming drops the oldest entries first: if `last` is still there, nothing between it
     // and what was just read is missing.
-    if !holds(fleet, c, last).await? {
+    if !holds(fleet, c, place).await? {
         return Ok(None);
     }
     let events = events(fleet, c, &ids).await?;
@@ -192,23 +222,54 @@ async fn tail(
         let cache = cache.clone();
         let _ = tokio::task::spawn_blocking(move || apply(&cache, events, &routes)).await;
     }
-    Ok(Some(newest))
+    Ok(Some(Place {
+        epoch: place.epoch.clone(),
+        id: newest,
+    }))
 }
 
-/// Whether the stream still holds `last` (`START`: always). `false`: a gap.
-async fn holds(fleet: &FleetCache, c: &mut ConnectionManager, last: &str) -> Result<bool, String> {
-    if last == START {
+/// Whether Redis still has the data this replica loaded from (its epoch).
+async fn same_epoch(
+    fleet: &FleetCache,
+    c: &mut ConnectionManager,
+    place: &Place,
+) -> Result<bool, String> {
+    let now: Option<String> = redis::cmd("GET")
+        .arg(&fleet.epoch)
+        .query_async(c)
+        .await
+        .map_err(|e| e.to_string())?;
+    let same = now.as_deref() == Some(place.epoch.as_str());
+    if !same {
+        tracing::info!("Redis lost the fleet's cache since this replica loaded it (restarted empty, or flushed).");
+    }
+    Ok(same)
+}
+
+/// Whether nothing is missing after `place`: the same epoch, and the stream still holds its
+/// id (`START`: nothing read yet). `false`: a gap.
+async fn holds(
+    fleet: &FleetCache,
+    c: &mut ConnectionManager,
+    place: &Place,
+) -> Result<bool, String> {
+    if !same_epoch(fleet, c, place).await? {
+        return Ok(false);
+    }
+    if place.id == START {
         return Ok(true);
     }
     let still: StreamRangeReply = redis::cmd("XRANGE")
         .arg(&fleet.log)
-        .arg(last)
-        .arg(last)
+        .arg(&place.id)
+        .arg(&place.id)
         .query_async(c)
         .await
         .map_err(|e| e.to_string())?;
     if still.ids.is_empty() {
-        tracing::info!("The cache's stream no longer holds this replica's place (trimmed, or Redis restarted empty).");
+        tracing::info!(
+            "The cache's stream no longer holds this replica's place (trimmed past it)."
+        );
     }
     Ok(!still.ids.is_empty())
 }
