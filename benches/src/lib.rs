@@ -30,3 +30,34 @@ pub fn embed_all(
     );
     Ok(vectors)
 }
+
+/// A small deterministic generator (Knuth's MMIX constants): benchmark inputs that are the same
+/// on every run.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next state.
+    pub fn step(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0
+    }
+
+    /// 31 random bits.
+    pub fn bits31(&mut self) -> u64 {
+        self.step() >> 33
+    }
+
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.step() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn gauss(&mut self) -> f32 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+    }
+}

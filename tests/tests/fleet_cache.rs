@@ -95,10 +95,20 @@ async fn until_redis_entries(redis: &Redis, prefix: &str, n: i64) {
     .await;
 }
 
-fn fleet(up: &FakeUpstream, redis: &Redis, prefix: &str) -> Vec<GatewayProc> {
-    (0..3)
+/// `n` replicas on `redis`, keys under `prefix`.
+fn fleet(up: &FakeUpstream, redis: &Redis, prefix: &str, n: usize) -> Vec<GatewayProc> {
+    (0..n)
         .map(|_| GatewayProc::start(&config(up, redis, prefix), WAIT))
         .collect()
+}
+
+/// Two replicas, both up; A stored [`Q`] (a miss) and B applied it from the stream.
+async fn two_holding_q(up: &FakeUpstream, redis: &Redis, prefix: &str) -> Vec<GatewayProc> {
+    let gws = fleet(up, redis, prefix, 2);
+    all_up(&gws).await;
+    assert_eq!(ask(&gws[0], Q, "sk-one").await.cache, "miss");
+    until_metric(&gws[1], ENTRIES, 1.0, WAIT, "B applies A's insert").await;
+    gws
 }
 
 async fn all_up(gws: &[GatewayProc]) {
@@ -111,7 +121,7 @@ async fn all_up(gws: &[GatewayProc]) {
 async fn a_miss_on_one_replica_is_a_hit_on_the_others_and_a_purge_anywhere_clears_all() {
     let redis = Redis::start().await;
     let up = FakeUpstream::start("u").await;
-    let gws = fleet(&up, &redis, "fc1");
+    let gws = fleet(&up, &redis, "fc1", 3);
     let (a, b, c) = (&gws[0], &gws[1], &gws[2]);
     all_up(&gws).await;
 
@@ -190,7 +200,7 @@ async fn a_replica_started_later_loads_the_entries_without_the_upstream() {
 async fn one_tenants_entry_never_reaches_another_tenant_on_another_replica() {
     let redis = Redis::start().await;
     let up = FakeUpstream::start("u").await;
-    let gws = fleet(&up, &redis, "fc3");
+    let gws = fleet(&up, &redis, "fc3", 3);
     all_up(&gws).await;
     assert_eq!(ask(&gws[0], Q, "sk-tenant-a").await.cache, "miss");
     until_redis_entries(&redis, "fc3", 1).await;
@@ -213,13 +223,8 @@ async fn one_tenants_entry_never_reaches_another_tenant_on_another_replica() {
 async fn a_purge_while_redis_is_down_answers_503_and_after_a_restart_no_replica_serves_the_entry() {
     let mut redis = Redis::start().await;
     let up = FakeUpstream::start("u").await;
-    let gws: Vec<GatewayProc> = (0..2)
-        .map(|_| GatewayProc::start(&config(&up, &redis, "fc5"), WAIT))
-        .collect();
+    let gws = two_holding_q(&up, &redis, "fc5").await;
     let (a, b) = (&gws[0], &gws[1]);
-    all_up(&gws).await;
-    assert_eq!(ask(a, Q, "sk-one").await.cache, "miss");
-    until_metric(b, ENTRIES, 1.0, WAIT, "B applies A's insert").await;
 
     redis.kill();
     for gw in &gws {
@@ -251,13 +256,8 @@ async fn a_purge_while_redis_is_down_answers_503_and_after_a_restart_no_replica_
 async fn an_operator_flushing_redis_empties_every_replicas_copy() {
     let redis = Redis::start().await;
     let up = FakeUpstream::start("u").await;
-    let gws: Vec<GatewayProc> = (0..2)
-        .map(|_| GatewayProc::start(&config(&up, &redis, "fc7"), WAIT))
-        .collect();
-    let (a, b) = (&gws[0], &gws[1]);
-    all_up(&gws).await;
-    assert_eq!(ask(a, Q, "sk-one").await.cache, "miss");
-    until_metric(b, ENTRIES, 1.0, WAIT, "B applies A's insert").await;
+    let gws = two_holding_q(&up, &redis, "fc7").await;
+    let b = &gws[1];
 
     // No replica writes afterwards: nothing comes through the stream to tell them. Each sees
     // Redis's epoch gone after its next `XREAD` (500 ms at most) and reloads: empty.
@@ -334,7 +334,7 @@ async fn load(
 async fn redis_killed_under_load_loses_no_request_and_sharing_resumes_when_it_is_back() {
     let mut redis = Redis::start().await;
     let up = FakeUpstream::start("u").await;
-    let gws = fleet(&up, &redis, "fc4");
+    let gws = fleet(&up, &redis, "fc4", 3);
     all_up(&gws).await;
     let before = errors(&gws).await;
 
@@ -407,9 +407,7 @@ async fn submit(gw: &GatewayProc) -> (u16, Value) {
 async fn redis_too_slow_under_load_loses_no_request_and_nothing_waits_it_out() {
     let redis = Redis::start().await;
     let up = FakeUpstream::start("u").await;
-    let gws: Vec<GatewayProc> = (0..2)
-        .map(|_| GatewayProc::start(&config(&up, &redis, "fc6"), WAIT))
-        .collect();
+    let gws = fleet(&up, &redis, "fc6", 2);
     all_up(&gws).await;
     let before = errors(&gws).await;
 

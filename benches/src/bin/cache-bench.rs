@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gateway_benches::{embed_all, model_file};
+use gateway_benches::{embed_all, model_file, Lcg};
 use reasoning_cache::embed::{normalise, Embedder, MiniLm, TextEmbed};
 use reasoning_cache::index::dot;
 use reasoning_cache::index::shards::{
@@ -461,20 +461,4 @@ fn ann(
         );
     }
     Ok(())
-}
-
-struct Lcg(u64);
-
-impl Lcg {
-    fn uniform(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 + 0.5) / (1u64 << 24) as f32
-    }
-    fn gauss(&mut self) -> f32 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-    }
 }

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway_benches::model_file;
+use gateway_benches::{model_file, Lcg};
 use reasoning_cache::embed::{normalise, BoxError, Embedder, MiniLm, TextEmbed};
 use reasoning_cache::store::Record;
 use reasoning_cache::util::{hex, now_unix};
@@ -94,19 +94,6 @@ async fn until_up(s: &Shared) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A small deterministic generator (the sequence must be the same on every run).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
-
 /// The request sequence: every problem four times, shuffled.
 fn sequence() -> Vec<String> {
     let names = ["Sam", "Ana", "Li", "Omar", "Kate", "Ravi"];
@@ -125,7 +112,7 @@ fn sequence() -> Vec<String> {
     }
     let mut rng = Lcg(26);
     for i in (1..out.len()).rev() {
-        let j = (rng.next() % (i as u64 + 1)) as usize;
+        let j = (rng.bits31() % (i as u64 + 1)) as usize;
         out.swap(i, j);
     }
     out
@@ -314,7 +301,7 @@ async fn memory(n: usize, url: &str) -> anyhow::Result<()> {
     let mut rng = Lcg(7);
     for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
         let writes = chunk.iter().map(|i| {
-            let mut v: Vec<f32> = (0..384).map(|_| rng.next() as f32 / (1u64 << 31) as f32 - 0.5).collect();
+            let mut v: Vec<f32> = (0..384).map(|_| rng.bits31() as f32 / (1u64 << 31) as f32 - 0.5).collect();
             normalise(&mut v);
             let id = format!("{i:032x}");
             let record = Record {

@@ -30,6 +30,7 @@ const START: &str = "0-0";
 
 /// Where this replica is in the fleet's data: Redis's epoch when it loaded, the last stream id
 /// it applied.
+#[derive(Clone)]
 struct Place {
     epoch: String,
     id: String,
@@ -47,8 +48,6 @@ enum Event {
 pub(super) async fn run(cache: Weak<Cache>, routes: Routes, fleet: Arc<FleetCache>) {
     // `None`: load everything before tailing (at start, and after a gap).
     let mut last: Option<Place> = None;
-    // A gap was found: the copy here may hold entries purged meanwhile.
-    let mut stale = false;
     let mut conn: Option<ConnectionManager> = None;
     let mut failing = false;
     // Reconnected after an error: check the stream still holds `last` before tailing.
@@ -67,29 +66,23 @@ pub(super) async fn run(cache: Weak<Cache>, routes: Routes, fleet: Arc<FleetCach
         }
         let step = match (conn.as_mut(), &last) {
             (None, _) => Err("no connection".to_string()),
-            (Some(c), None) => {
-                if stale {
-                    stale = false;
+            (Some(c), None) => load(&routes, &fleet, &cache, c).await.map(Some),
+            (Some(c), Some(place)) if verify => holds(&fleet, c, place).await.map(|held| {
+                verify = false;
+                held.then(|| place.clone())
+            }),
+            (Some(c), Some(place)) => tail(&routes, &fleet, &cache, c, place).await,
+        };
+        match step {
+            Ok(next) => {
+                if last.is_some() && next.is_none() {
+                    // A gap: the copy here may hold entries purged meanwhile.
                     let cache2 = cache.clone();
                     let dropped = tokio::task::spawn_blocking(move || cache2.purge(None, None))
                         .await
                         .unwrap_or(0);
                     tracing::info!(dropped, "Reasoning cache: this replica's copy dropped (the fleet's stream has a gap, purges may be missing); loading the fleet's entries.");
                 }
-                load(&routes, &fleet, &cache, c).await.map(Some)
-            }
-            (Some(c), Some(place)) if verify => holds(&fleet, c, place).await.map(|held| {
-                verify = false;
-                held.then(|| Place {
-                    epoch: place.epoch.clone(),
-                    id: place.id.clone(),
-                })
-            }),
-            (Some(c), Some(place)) => tail(&routes, &fleet, &cache, c, place).await,
-        };
-        match step {
-            Ok(next) => {
-                stale |= last.is_some() && next.is_none();
                 if failing {
                     tracing::info!("The reasoning cache follows the fleet again.");
                     failing = false;
@@ -206,10 +199,7 @@ async fn tail(
     let Some(newest) = ids.last().map(|s| s.id.clone()) else {
         // Nothing new; but Redis may have restarted empty meanwhile (a reconnect that no
         // command saw fail), with a purge that will never come through this stream.
-        return Ok(same_epoch(fleet, c, place).await?.then(|| Place {
-            epoch: place.epoch.clone(),
-            id: last.to_string(),
-        }));
+        return Ok(same_epoch(fleet, c, place).await?.then(|| place.clone()));
     };
     // Trimming drops the oldest entries first: if `last` is still there, nothing between it
     // and what was just read is missing.
