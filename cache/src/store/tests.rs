@@ -186,35 +186,82 @@ fn a_graph_split_into_shards_finds_a_repeated_problem_as_well() {
 }
 
 #[test]
-/// A cache filled one response at a time: past twice the shard target per shard a rebuild
-/// is due and splits the graph; later inserts land in a shard where searches find them.
-fn a_growing_cache_is_split_into_shards_by_its_rebuilds() {
+/// A cache filled one response at a time. A partition small enough to scan puts nothing in the
+/// graph; the insert that outgrows the scan puts every entry of it in. Past twice the shard
+/// target per shard a rebuild is due and splits the graph; later inserts land in a shard where
+/// searches find them, and the small partition stays out of it, found by its scan.
+fn a_partition_enters_the_graph_when_it_outgrows_the_scan_and_rebuilds_split_it() {
     let s = Store::new();
     s.set_shard_target(1000);
-    let p = [4u8; 16];
+    let (p, small) = ([4u8; 16], [5u8; 16]);
     let v = |i: u64| unit(70_000 + i, 96);
-    for i in 0..2000u64 {
+    let graph_points = |s: &Store| s.shard_sizes().iter().sum::<usize>();
+    let n = BRUTE_FORCE_MAX as u64;
+    for i in 0..n {
         s.insert(record("r", "q", 100), p, key(i), v(i), usize::MAX);
     }
-    assert!(!s.needs_rebuild(), "2 000 entries still fit one graph");
-    s.insert(record("r", "q", 100), p, key(2000), v(2000), usize::MAX);
-    assert!(s.needs_rebuild());
+    for i in 100_000..100_100u64 {
+        s.insert(record("r", "q", 100), small, key(i), v(i), usize::MAX);
+    }
+    assert_eq!(
+        graph_points(&s),
+        0,
+        "partitions that are scanned are not in the graph"
+    );
+    assert!(!s.needs_rebuild(), "no graph, nothing to rebuild");
+    s.insert(record("r", "q", 100), p, key(n), v(n), usize::MAX);
+    assert_eq!(
+        graph_points(&s),
+        BRUTE_FORCE_MAX + 1,
+        "the whole partition, the small one not"
+    );
+    assert!(
+        s.needs_rebuild(),
+        "4 097 graph entries against a shard target of 1 000"
+    );
     s.rebuild();
     assert!(!s.needs_rebuild());
-    assert_eq!(s.shard_sizes().len(), 3);
-    for i in 2001..5000u64 {
+    assert_eq!(s.shard_sizes().len(), 5);
+    assert_eq!(
+        graph_points(&s),
+        BRUTE_FORCE_MAX + 1,
+        "the rebuild leaves the small one out"
+    );
+    for i in n + 1..6000u64 {
         s.insert(record("r", "q", 100), p, key(i), v(i), usize::MAX);
     }
-    assert_eq!(s.shard_sizes().iter().sum::<usize>(), 5000);
+    assert_eq!(graph_points(&s), 6000);
     // Past the exact-scan size the graph answers; every entry finds itself.
-    let found = (0..5000u64)
+    let found = (0..6000u64)
         .filter(|i| {
             s.search(&v(*i), &p, 10, 1)
                 .first()
                 .is_some_and(|c| c.entry.exact == key(*i) && c.similarity > 0.9999)
         })
         .count();
-    assert!(found >= 4950, "{found} of 5000 entries found themselves");
+    assert!(found >= 5940, "{found} of 6000 entries found themselves");
+    for i in 100_000..100_100u64 {
+        let best = s.search(&v(i), &small, 10, 1);
+        assert_eq!(
+            best[0].entry.exact,
+            key(i),
+            "the small partition's scan finds it"
+        );
+    }
+}
+
+#[test]
+/// Removals from partitions that are scanned leave no tombstones in the graph: a small
+/// partition's churn never makes a rebuild due.
+fn churn_in_scanned_partitions_never_makes_a_rebuild_due() {
+    let s = Store::new();
+    for i in 0..3000u64 {
+        let p = [(i % 3) as u8; 16];
+        s.insert(record("r", "q", 100), p, key(i), unit(i, 32), 500);
+    }
+    assert_eq!(s.sizes().0, 500, "capacity kept the newest 500");
+    assert_eq!(s.sizes().2, 0, "no tombstones");
+    assert!(!s.needs_rebuild());
 }
 
 /// Entries of partition `p` for `vectors` (exact key = position).
