@@ -74,15 +74,11 @@ async fn lookup(pairs_path: &str, model_dir: &str, ort: &str) -> anyhow::Result<
     };
     let (md, o) = (settings.model_dir.clone(), settings.onnxruntime.clone());
     let file = settings.model_file.clone();
-    // As the gateway's default (`cache.embed_intra_threads`): min(2, CPUs); INTRA overrides.
+    // As the gateway's default (`cache.embed_intra_threads`): 1; INTRA overrides.
     let intra = std::env::var("INTRA")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(2)
-        });
+        .unwrap_or(1);
     // As the gateway's default (`cache.embed_spin: false`); SPIN=1 turns it on.
     let spin = std::env::var("SPIN").is_ok_and(|v| v == "1");
     println!("one embedding thread, {intra} ONNX Runtime thread(s) per embedding, spinning {spin}");

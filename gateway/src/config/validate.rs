@@ -1184,11 +1184,12 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
         );
     }
     let embed_threads = errs.positive("cache.embed_threads", c.and_then(|c| c.embed_threads), 1);
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    // One: a second ONNX Runtime thread shortened a 48-word hit by about 0.7 ms but cost 25–45 %
+    // more CPU per embedding (BENCHMARKS.md), CPU the proxy needs under load.
     let embed_intra_threads = errs.positive(
         "cache.embed_intra_threads",
         c.and_then(|c| c.embed_intra_threads),
-        cpus.min(2),
+        1,
     );
     let tenant_header = c.and_then(|c| c.tenant_header.clone());
     if let Some(h) = &tenant_header {
