@@ -96,8 +96,9 @@ impl Cache {
         let cache = Arc::new(cache);
         let _ = cache.weak.set(Arc::downgrade(&cache));
         if build_graph {
-            // The gateway serves meanwhile: exact matches and small partitions at once, lookups
-            // in larger partitions miss until the graph is there.
+            // The gateway serves meanwhile: exact matches and partitions up to
+            // SCAN_WHILE_DUE_MAX entries at once, lookups in larger ones miss until the graph is
+            // there.
             let c = cache.clone();
             let spawned = std::thread::Builder::new()
                 .name("rg-cache-graph".into())

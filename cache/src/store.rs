@@ -8,7 +8,7 @@
 //! (measured: about 0.26 ms per insert at 3 000 entries, against 1.1–1.3 ms per embedding), work
 //! wasted on the many small partitions (one per tenant and route) that never search it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -25,6 +25,10 @@ use crate::key::Digest128;
 
 /// Partitions up to this size are scanned exactly.
 pub const BRUTE_FORCE_MAX: usize = 4096;
+
+/// A partition waiting for its graph (bulk-loaded past [`BRUTE_FORCE_MAX`]) is scanned meanwhile
+/// up to this size (about 1 ms of scan); a larger one's lookups miss until the rebuild.
+pub const SCAN_WHILE_DUE_MAX: usize = 4 * BRUTE_FORCE_MAX;
 
 /// Token usage of the original response.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,10 +125,14 @@ enum Graph {
     /// Small enough to scan: none of its entries is in the graph.
     #[default]
     No,
-    /// Outgrown the scan: its earlier entries are being added (it is scanned until they are);
-    /// new ones go into the graph at once.
-    Filling,
-    /// Every entry is in the graph (or is due in the rebuild that follows a bulk load).
+    /// Outgrown the scan by an insert, which is adding the earlier entries (fill number `n`:
+    /// only that fill may finish it); scanned until they are in. New entries go into the graph
+    /// at once.
+    Filling(u64),
+    /// Outgrown the scan by a bulk load: in the graph from the next rebuild (which is due);
+    /// scanned until then up to [`SCAN_WHILE_DUE_MAX`] entries.
+    Due,
+    /// Every entry is in the graph.
     Yes,
 }
 
@@ -149,6 +157,12 @@ impl Partition {
     /// Whether searches go through the graph (a partition that shrank back is scanned again).
     fn searched_in_graph(&self) -> bool {
         self.graph == Graph::Yes && self.len() > BRUTE_FORCE_MAX
+    }
+
+    /// Whether a lookup finds nothing in it for now: it waits for a rebuild and is too large to
+    /// scan meanwhile.
+    fn waiting_for_graph(&self) -> bool {
+        self.graph == Graph::Due && self.len() > SCAN_WHILE_DUE_MAX
     }
 
     fn is_empty(&self) -> bool {
@@ -213,6 +227,8 @@ struct Inner {
     next_id: usize,
     tombstones: usize,
     dirty: bool,
+    /// Partitions that have outgrown the scan by an insert (numbers their fills).
+    fills: u64,
 }
 
 impl Inner {
@@ -227,17 +243,46 @@ impl Inner {
         part.push(entry.clone());
         let placed = match part.graph {
             Graph::No if part.len() > BRUTE_FORCE_MAX => {
-                part.graph = Graph::Filling;
-                Placed::Outgrown(part.entries.clone())
+                self.fills += 1;
+                part.graph = Graph::Filling(self.fills);
+                Placed::Outgrown(part.entries.clone(), self.fills)
             }
             Graph::No => Placed::Scanned,
-            Graph::Filling | Graph::Yes => Placed::Graph,
+            Graph::Filling(_) | Graph::Due | Graph::Yes => Placed::Graph,
         };
         self.entries.insert(id, entry);
         self.order.entry(route.clone()).or_default().push_back(id);
         *self.counts.entry(route).or_default() += 1;
         self.dirty = true;
         placed
+    }
+
+    /// The entries of partitions in the graph that a graph built from `covered`'s entries below
+    /// id `cutoff` lacks: the later ones, and every entry of a partition not in `covered`.
+    fn missing(&self, covered: &HashSet<Digest128>, cutoff: usize) -> Vec<Arc<Entry>> {
+        let mut out = Vec::new();
+        for (key, p) in &self.partitions {
+            if p.graph == Graph::No {
+                continue;
+            }
+            let whole = !covered.contains(key);
+            out.extend(
+                p.entries
+                    .iter()
+                    .filter(|e| whole || e.id >= cutoff)
+                    .cloned(),
+            );
+        }
+        out
+    }
+
+    /// The partitions in the graph.
+    fn graphed(&self) -> HashSet<Digest128> {
+        self.partitions
+            .iter()
+            .filter(|(_, p)| p.graph != Graph::No)
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     /// Live entries of partitions in the graph.
@@ -277,8 +322,9 @@ enum Placed {
     Scanned,
     /// Into the graph.
     Graph,
-    /// Its partition has just outgrown the scan: every entry of it, this one included.
-    Outgrown(Vec<Arc<Entry>>),
+    /// Its partition has just outgrown the scan: every entry of it, this one included, and the
+    /// fill's number.
+    Outgrown(Vec<Arc<Entry>>, u64),
 }
 
 /// All cached entries of the process.
@@ -393,7 +439,11 @@ impl Store {
         k: usize,
     ) -> Vec<Candidate> {
         let inner = self.read();
-        let Some(ids) = inner.partitions.get(partition) else {
+        let Some(ids) = inner
+            .partitions
+            .get(partition)
+            .filter(|p| !p.waiting_for_graph())
+        else {
             return Vec::new();
         };
         let live = |e: &Arc<Entry>| e.record.expires > now;
@@ -532,7 +582,7 @@ impl Store {
                 let graph = self.graph_vector(&entry.vector);
                 self.index.load().insert(&graph, id, ef);
             }
-            Placed::Outgrown(all) => {
+            Placed::Outgrown(all, fill) => {
                 // Once per partition, on this (background) thread: about 1 s for 4 097 entries.
                 // The partition is scanned until every entry is in; a rebuild meanwhile takes
                 // them all (it files partitions it did not copy), so none is lost to the swap.
@@ -541,7 +591,7 @@ impl Store {
                     index.insert(&self.graph_vector(&e.vector), e.id, ef);
                 }
                 if let Some(p) = self.write().partitions.get_mut(&entry.partition) {
-                    if p.graph == Graph::Filling {
+                    if p.graph == Graph::Filling(fill) {
                         p.graph = Graph::Yes;
                     }
                 }
@@ -659,9 +709,10 @@ impl Store {
 
     /// Loads entries in bulk without adding them to the graph (start-up from a snapshot: the
     /// build takes about 15 s per 100 k entries on 2 cores). The exact tier and the exact scans
-    /// of partitions up to [`BRUTE_FORCE_MAX`] entries find them at once; larger partitions only
-    /// once [`Store::rebuild`] has run (until then their lookups miss). Returns whether any
-    /// partition is large enough to need the graph.
+    /// of partitions up to [`SCAN_WHILE_DUE_MAX`] entries find them at once; larger partitions
+    /// only once [`Store::rebuild`] has run (until then their lookups miss; a rebuild is due).
+    /// A partition already in the graph keeps searching it, and finds what was loaded into it
+    /// from the rebuild on. Returns whether any partition is large enough to need the graph.
     pub fn load_unindexed(&self, items: Vec<(Record, Digest128, Digest128, Vec<f32>)>) -> bool {
         let mut inner = self.write();
         for (record, partition, exact, vector) in items {
@@ -678,11 +729,14 @@ impl Store {
             inner.add(entry);
         }
         inner.tombstones = 0;
-        // Large partitions search the graph the caller builds next (missing until then).
+        // A partition that outgrew the scan waits for the graph the caller builds next (one
+        // already in it keeps searching it; what was loaded into it is found from the rebuild).
         let mut large = false;
         for p in inner.partitions.values_mut() {
             if p.len() > BRUTE_FORCE_MAX {
-                p.graph = Graph::Yes;
+                if p.graph != Graph::Yes {
+                    p.graph = Graph::Due;
+                }
                 large = true;
             }
         }
@@ -696,7 +750,9 @@ impl Store {
         let live = inner.in_graph();
         let shards = self.index.load().shards.len();
         let target = self.shard_target.load(Ordering::Relaxed);
-        (inner.tombstones >= 1024 && inner.tombstones > live) || live > 2 * target * shards
+        (inner.tombstones >= 1024 && inner.tombstones > live)
+            || live > 2 * target * shards
+            || inner.partitions.values().any(|p| p.graph == Graph::Due)
     }
 
     /// Builds a fresh index from the live entries of the partitions in the graph and swaps it
@@ -705,39 +761,45 @@ impl Store {
         if self.rebuilding.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (snapshot, cutoff, copied) = {
+        let ef = self.ef_search.load(Ordering::Relaxed);
+        let (snapshot, cutoff, covered) = {
             let inner = self.read();
-            let copied: std::collections::HashSet<Digest128> = inner
-                .partitions
-                .iter()
-                .filter(|(_, p)| p.graph != Graph::No)
-                .map(|(k, _)| *k)
-                .collect();
+            let covered = inner.graphed();
             let v: Vec<Arc<Entry>> = inner
                 .entries
                 .values()
-                .filter(|e| copied.contains(&e.partition))
+                .filter(|e| covered.contains(&e.partition))
                 .cloned()
                 .collect();
-            (v, inner.next_id, copied)
+            (v, inner.next_id, covered)
         };
         let index = self.build_index(&snapshot);
+        // What came meanwhile — entries, and whole partitions that outgrew the scan (4 097
+        // inserts or more) — goes in before the write lock, which lookups wait for.
+        let (late, cutoff, covered) = {
+            let inner = self.read();
+            (
+                inner.missing(&covered, cutoff),
+                inner.next_id,
+                inner.graphed(),
+            )
+        };
+        for e in &late {
+            index.insert(&self.graph_vector(&e.vector), e.id, ef);
+        }
         let mut inner = self.write();
-        // Entries added since, and whole partitions that outgrew the scan since.
-        for (key, p) in &mut inner.partitions {
-            if p.graph == Graph::No {
-                continue;
+        for e in inner.missing(&covered, cutoff) {
+            index.insert(&self.graph_vector(&e.vector), e.id, ef);
+        }
+        for p in inner.partitions.values_mut() {
+            if p.graph != Graph::No {
+                p.graph = Graph::Yes;
             }
-            let new_partition = !copied.contains(key);
-            for e in p.entries.iter().filter(|e| new_partition || e.id >= cutoff) {
-                let g = self.graph_vector(&e.vector);
-                index.insert(&g, e.id, self.ef_search.load(Ordering::Relaxed));
-            }
-            p.graph = Graph::Yes;
         }
         // Removals during the build are tombstones in the new index too.
         let removed_since = snapshot
             .iter()
+            .chain(&late)
             .filter(|e| !inner.entries.contains_key(&e.id))
             .count();
         inner.tombstones = removed_since;

@@ -215,6 +215,20 @@ fn a_partition_enters_the_graph_when_it_outgrows_the_scan_and_rebuilds_split_it(
         BRUTE_FORCE_MAX + 1,
         "the whole partition, the small one not"
     );
+    assert_eq!(
+        s.read().partitions[&p].graph,
+        Graph::Yes,
+        "the fill finished"
+    );
+    // Before any rebuild, the graph finds every entry of the partition.
+    let found = (0..=n)
+        .filter(|i| {
+            s.search(&v(*i), &p, 10, 1)
+                .first()
+                .is_some_and(|c| c.entry.exact == key(*i))
+        })
+        .count();
+    assert!(found >= 4056, "{found} of 4 097 entries found themselves");
     assert!(
         s.needs_rebuild(),
         "4 097 graph entries against a shard target of 1 000"
@@ -262,6 +276,74 @@ fn churn_in_scanned_partitions_never_makes_a_rebuild_due() {
     assert_eq!(s.sizes().0, 500, "capacity kept the newest 500");
     assert_eq!(s.sizes().2, 0, "no tombstones");
     assert!(!s.needs_rebuild());
+}
+
+#[test]
+/// What a rebuild adds after its build: the entries since its snapshot, and every entry of a
+/// partition that outgrew the scan since (the insert that outgrew it filled the old graph).
+fn a_rebuild_catches_up_with_partitions_that_outgrew_the_scan_meanwhile() {
+    let s = Store::new();
+    let (a, b, c) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+    for i in 0..30u64 {
+        let p = [a, b, c][(i % 3) as usize];
+        s.insert(record("r", "q", 100), p, key(i), unit(i, 16), usize::MAX);
+    }
+    let mut inner = s.write();
+    for p in [a, b] {
+        inner.partitions.get_mut(&p).unwrap().graph = Graph::Yes;
+    }
+    let covered: HashSet<Digest128> = [a].into_iter().collect();
+    let mut got: Vec<(Digest128, usize)> = inner
+        .missing(&covered, 15)
+        .iter()
+        .map(|e| (e.partition, e.id))
+        .collect();
+    got.sort_unstable();
+    let mut want: Vec<(Digest128, usize)> = (15..30).step_by(3).map(|i| (a, i)).collect();
+    want.extend((1..30).step_by(3).map(|i| (b, i)));
+    want.sort_unstable();
+    assert_eq!(
+        got, want,
+        "a's later entries, all of b, none of the scanned c"
+    );
+}
+
+#[test]
+/// A fleet load into a live replica takes a scanned partition past the scan: it stays found
+/// (old entries and loaded ones) by its scan until the rebuild, which is due, puts it in the
+/// graph.
+fn a_bulk_load_past_the_scan_keeps_the_partition_found_until_the_rebuild() {
+    let s = Store::new();
+    let p = [6u8; 16];
+    let v = |i: u64| unit(80_000 + i, 64);
+    for i in 0..3000u64 {
+        s.insert(record("r", "q", 100), p, key(i), v(i), usize::MAX);
+    }
+    let loaded: Vec<_> = (3000..5000u64)
+        .map(|i| (record("r", "q", 100), p, key(i), v(i)))
+        .collect();
+    assert!(s.load_unindexed(loaded));
+    assert_eq!(s.read().partitions[&p].graph, Graph::Due);
+    assert!(s.needs_rebuild(), "a partition waits for the graph");
+    let found = |s: &Store| {
+        (0..5000u64)
+            .filter(|i| {
+                s.search(&v(*i), &p, 10, 1)
+                    .first()
+                    .is_some_and(|c| c.entry.exact == key(*i))
+            })
+            .count()
+    };
+    assert_eq!(
+        found(&s),
+        5000,
+        "the scan finds old and loaded entries alike"
+    );
+    s.rebuild();
+    assert_eq!(s.read().partitions[&p].graph, Graph::Yes);
+    assert!(!s.needs_rebuild());
+    assert_eq!(s.shard_sizes().iter().sum::<usize>(), 5000);
+    assert!(found(&s) >= 4950, "the graph finds them");
 }
 
 /// Entries of partition `p` for `vectors` (exact key = position).
@@ -506,8 +588,9 @@ fn centroids_land_one_in_each_separated_cluster() {
 }
 
 #[test]
-/// Start-up from a snapshot: entries serve before the graph is built (exact scans of small
-/// partitions), a large partition's lookups miss until the build, then find their entries.
+/// Start-up from a snapshot: entries serve before the graph is built (exact scans of partitions
+/// up to SCAN_WHILE_DUE_MAX), a larger partition's lookups miss until the build, then find
+/// their entries.
 fn entries_loaded_without_the_graph_serve_small_partitions_at_once() {
     let s = Store::new();
     let (small, large) = ([1u8; 16], [2u8; 16]);
@@ -522,9 +605,16 @@ fn entries_loaded_without_the_graph_serve_small_partitions_at_once() {
     assert!((found[0].similarity - 1.0).abs() < 1e-5);
 
     let s = Store::new();
-    items.extend((0..BRUTE_FORCE_MAX + 100).map(|i| entry(1000 + i, large)));
+    let middle = [3u8; 16];
+    items.extend((0..BRUTE_FORCE_MAX + 100).map(|i| entry(100_000 + i, middle)));
+    items.extend((0..SCAN_WHILE_DUE_MAX + 100).map(|i| entry(1000 + i, large)));
     assert!(s.load_unindexed(items), "a large partition needs the graph");
     assert!((s.search(&unit(3, 128), &small, 10, 1)[0].similarity - 1.0).abs() < 1e-5);
+    let middle_found = s.search(&unit(101_500, 128), &middle, 10, 1);
+    assert!(
+        (middle_found[0].similarity - 1.0).abs() < 1e-5,
+        "scanned while it waits for the graph"
+    );
     assert!(s.search(&unit(1500, 128), &large, 10, 1).is_empty());
     s.rebuild();
     let found = s.search(&unit(1500, 128), &large, 10, 1);
