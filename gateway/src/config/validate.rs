@@ -1184,8 +1184,8 @@ fn cache_settings(errs: &mut Errors, c: Option<&RawCacheSettings>) -> CacheSetti
         );
     }
     let embed_threads = errs.positive("cache.embed_threads", c.and_then(|c| c.embed_threads), 1);
-    // One: a second ONNX Runtime thread shortened a 48-word hit by about 0.7 ms but cost 25–45 %
-    // more CPU per embedding (BENCHMARKS.md), CPU the proxy needs under load.
+    // One: a second ONNX Runtime thread shortened a 48-word hit by 0.7 ms in one run of two but
+    // cost 20–115 % more CPU per lookup (BENCHMARKS.md), CPU the proxy needs under load.
     let embed_intra_threads = errs.positive(
         "cache.embed_intra_threads",
         c.and_then(|c| c.embed_intra_threads),
