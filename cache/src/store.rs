@@ -258,7 +258,8 @@ impl Inner {
     }
 
     /// The entries of partitions in the graph that a graph built from `covered`'s entries below
-    /// id `cutoff` lacks: the later ones, and every entry of a partition not in `covered`.
+    /// id `cutoff` lacks: the later ones, and every entry of a partition not in `covered` (with
+    /// nothing covered: every entry the graph should hold).
     fn missing(&self, covered: &HashSet<Digest128>, cutoff: usize) -> Vec<Arc<Entry>> {
         let mut out = Vec::new();
         for (key, p) in &self.partitions {
@@ -541,7 +542,7 @@ impl Store {
         let features = guard::features(&record.problem);
         let route = record.route.clone();
         let now = record.created;
-        let (id, entry, placed) = {
+        let (entry, placed) = {
             let mut inner = self.write();
             if let Some(old) = inner.exact.get(&exact).copied() {
                 let live = inner
@@ -573,23 +574,16 @@ impl Store {
                     removed.push(Removal::Capacity);
                 }
             }
-            (id, entry, placed)
+            (entry, placed)
         };
-        let ef = self.ef_search.load(Ordering::Relaxed);
         match placed {
             Placed::Scanned => {}
-            Placed::Graph => {
-                let graph = self.graph_vector(&entry.vector);
-                self.index.load().insert(&graph, id, ef);
-            }
+            Placed::Graph => self.insert_points(&self.index.load(), [&entry]),
             Placed::Outgrown(all, fill) => {
                 // Once per partition, on this (background) thread: about 1 s for 4 097 entries.
                 // The partition is scanned until every entry is in; a rebuild meanwhile takes
                 // them all (it files partitions it did not copy), so none is lost to the swap.
-                let index = self.index.load();
-                for e in &all {
-                    index.insert(&self.graph_vector(&e.vector), e.id, ef);
-                }
+                self.insert_points(&self.index.load(), &all);
                 if let Some(p) = self.write().partitions.get_mut(&entry.partition) {
                     if p.graph == Graph::Filling(fill) {
                         p.graph = Graph::Yes;
@@ -598,6 +592,14 @@ impl Store {
             }
         }
         Some(removed)
+    }
+
+    /// Adds `entries`' points to `index`.
+    fn insert_points<'a>(&self, index: &Index, entries: impl IntoIterator<Item = &'a Arc<Entry>>) {
+        let ef = self.ef_search.load(Ordering::Relaxed);
+        for e in entries {
+            index.insert(&self.graph_vector(&e.vector), e.id, ef);
+        }
     }
 
     /// Removes expired entries; returns how many.
@@ -761,17 +763,10 @@ impl Store {
         if self.rebuilding.swap(true, Ordering::AcqRel) {
             return;
         }
-        let ef = self.ef_search.load(Ordering::Relaxed);
         let (snapshot, cutoff, covered) = {
             let inner = self.read();
-            let covered = inner.graphed();
-            let v: Vec<Arc<Entry>> = inner
-                .entries
-                .values()
-                .filter(|e| covered.contains(&e.partition))
-                .cloned()
-                .collect();
-            (v, inner.next_id, covered)
+            let nothing = HashSet::new();
+            (inner.missing(&nothing, 0), inner.next_id, inner.graphed())
         };
         let index = self.build_index(&snapshot);
         // What came meanwhile — entries, and whole partitions that outgrew the scan (4 097
@@ -784,13 +779,9 @@ impl Store {
                 inner.graphed(),
             )
         };
-        for e in &late {
-            index.insert(&self.graph_vector(&e.vector), e.id, ef);
-        }
+        self.insert_points(&index, &late);
         let mut inner = self.write();
-        for e in inner.missing(&covered, cutoff) {
-            index.insert(&self.graph_vector(&e.vector), e.id, ef);
-        }
+        self.insert_points(&index, &inner.missing(&covered, cutoff));
         for p in inner.partitions.values_mut() {
             if p.graph != Graph::No {
                 p.graph = Graph::Yes;

@@ -185,6 +185,22 @@ fn a_graph_split_into_shards_finds_a_repeated_problem_as_well() {
     assert!(found >= 291, "found the entry for {found} of 300 queries");
 }
 
+/// How many of entries `ids` (exact key `key(i)`, vector `v(i)`) of partition `p` a search by
+/// their own vector finds first, at similarity 1.
+fn found_themselves(
+    s: &Store,
+    p: Digest128,
+    ids: impl Iterator<Item = u64>,
+    v: impl Fn(u64) -> Vec<f32>,
+) -> usize {
+    ids.filter(|i| {
+        s.search(&v(*i), &p, 10, 1)
+            .first()
+            .is_some_and(|c| c.entry.exact == key(*i) && c.similarity > 0.9999)
+    })
+    .count()
+}
+
 #[test]
 /// A cache filled one response at a time. A partition small enough to scan puts nothing in the
 /// graph; the insert that outgrows the scan puts every entry of it in. Past twice the shard
@@ -221,13 +237,7 @@ fn a_partition_enters_the_graph_when_it_outgrows_the_scan_and_rebuilds_split_it(
         "the fill finished"
     );
     // Before any rebuild, the graph finds every entry of the partition.
-    let found = (0..=n)
-        .filter(|i| {
-            s.search(&v(*i), &p, 10, 1)
-                .first()
-                .is_some_and(|c| c.entry.exact == key(*i))
-        })
-        .count();
+    let found = found_themselves(&s, p, 0..=n, v);
     assert!(found >= 4056, "{found} of 4 097 entries found themselves");
     assert!(
         s.needs_rebuild(),
@@ -246,13 +256,7 @@ fn a_partition_enters_the_graph_when_it_outgrows_the_scan_and_rebuilds_split_it(
     }
     assert_eq!(graph_points(&s), 6000);
     // Past the exact-scan size the graph answers; every entry finds itself.
-    let found = (0..6000u64)
-        .filter(|i| {
-            s.search(&v(*i), &p, 10, 1)
-                .first()
-                .is_some_and(|c| c.entry.exact == key(*i) && c.similarity > 0.9999)
-        })
-        .count();
+    let found = found_themselves(&s, p, 0..6000, v);
     assert!(found >= 5940, "{found} of 6000 entries found themselves");
     for i in 100_000..100_100u64 {
         let best = s.search(&v(i), &small, 10, 1);
@@ -325,15 +329,7 @@ fn a_bulk_load_past_the_scan_keeps_the_partition_found_until_the_rebuild() {
     assert!(s.load_unindexed(loaded));
     assert_eq!(s.read().partitions[&p].graph, Graph::Due);
     assert!(s.needs_rebuild(), "a partition waits for the graph");
-    let found = |s: &Store| {
-        (0..5000u64)
-            .filter(|i| {
-                s.search(&v(*i), &p, 10, 1)
-                    .first()
-                    .is_some_and(|c| c.entry.exact == key(*i))
-            })
-            .count()
-    };
+    let found = |s: &Store| found_themselves(s, p, 0..5000, v);
     assert_eq!(
         found(&s),
         5000,
